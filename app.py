@@ -1,0 +1,18 @@
+"""The router: page config, the shared sidebar, then the pages (titles and order live here)."""
+
+import streamlit as st
+
+from dashboard.state import sidebar_ui
+
+st.set_page_config(page_title="MTL playground", page_icon="🧠", layout="wide")
+
+pages = [
+    st.Page("pages/home.py", title="Home", icon="🏠", default=True),
+    st.Page("pages/train.py", title="Train", icon="🏋️"),
+    st.Page("pages/compare.py", title="Compare", icon="📊"),
+    st.Page("pages/cross_stitch.py", title="Cross-stitch", icon="🧵"),
+    st.Page("pages/draw.py", title="Draw", icon="✏️"),
+]
+nav = st.navigation(pages)
+sidebar_ui()
+nav.run()

@@ -1,0 +1,146 @@
+"""`TrainConfig`: every training choice in one frozen, validated record, with the two reference presets.
+
+Defaults live here only; the dashboard's widgets and the CLI take theirs from it, and a saved run
+stores `asdict(config)` so a model can be rebuilt from its file.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from .data import SOURCES
+from .models import ALPHA_INITS, MODELS, get_model_spec
+from .tasks import TASKS
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("none", "step")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16")
+
+
+class ConfigError(ValueError):
+    """A training configuration that cannot run; the message lists every reason."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = "hard"
+    tasks: tuple[str, ...] = ()  # empty: the model's default tasks
+    epochs: int = 20
+    lr: float = 1e-3
+    batch_size: int = 128
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # SGD only
+    scheduler: str = "none"
+    step_size: int = 5
+    gamma: float = 0.5
+    loss_weights: dict[str, float] = field(default_factory=dict)  # missing tasks weigh 1
+    seed: int = 0
+    device: str = "auto"
+    data: str = "auto"
+    alpha_init: str = "identity"  # cross-stitch only
+    alpha_lr_mult: float = 1.0  # cross-stitch only; the paper used 1e2 to 1e3
+    precision: str = "fp32"  # "bf16": autocast on CPU or GPU
+    channels_last: bool = False  # CNN only
+    train_limit: int = 0  # use only the first N training digits (0: all)
+    max_batches: int = 0  # stop each epoch after N batches (0: all); a dry run
+
+    def __post_init__(self) -> None:
+        if not self.tasks and self.model in MODELS:
+            object.__setattr__(self, "tasks", get_model_spec(self.model).default_tasks)
+        object.__setattr__(self, "tasks", tuple(self.tasks))
+        object.__setattr__(self, "loss_weights", {k: float(v) for k, v in dict(self.loss_weights).items()})
+        problems = self.problems()
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    @classmethod
+    def preset(cls, model: str, **overrides: Any) -> "TrainConfig":
+        """The reference recipe for a model: the MTL-vs-STL study for the MLPs, the tutorial for the CNN."""
+        if model not in MODELS:
+            raise ConfigError(f"unknown model {model!r}; valid models: {', '.join(MODELS)}")
+        base: dict[str, Any] = {"model": model, "epochs": 20, "lr": 1e-3, "batch_size": 128}
+        if MODELS[model].family == "cnn":
+            base.update(epochs=10, scheduler="step", step_size=5, gamma=0.5, loss_weights={"value": 10.0})
+        base.update(overrides)
+        return cls(**base)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown config fields: {', '.join(unknown)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["tasks"] = list(self.tasks)
+        return d
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return replace(self, **changes)
+
+    def weight(self, task: str) -> float:
+        return self.loss_weights.get(task, 1.0)
+
+    def problems(self) -> list[str]:
+        """Every reason this config cannot run (empty when it can)."""
+        p: list[str] = []
+
+        def check_int(name: str, lo: int, hi: int) -> None:
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+                p.append(f"{name} must be a whole number from {lo} to {hi:,} (got {v!r})")
+
+        def check_float(name: str, lo: float, hi: float, lo_open: bool = False) -> None:
+            v = getattr(self, name)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            ok = ok and (lo < v if lo_open else lo <= v) and v <= hi
+            if not ok:
+                bound = f"{'above' if lo_open else 'from'} {lo:g} {'and at most' if lo_open else 'to'} {hi:g}"
+                p.append(f"{name} must be a number {bound} (got {v!r})")
+
+        def check_choice(name: str, choices: Any) -> None:
+            v = getattr(self, name)
+            if v not in choices:
+                p.append(f"unknown {name} {v!r}; valid: {', '.join(choices)}")
+
+        check_choice("model", MODELS)
+        bad = [t for t in self.tasks if t not in TASKS]
+        if bad:
+            p.append(f"unknown task(s) {', '.join(map(repr, bad))}; valid tasks: {', '.join(TASKS)}")
+        if not self.tasks:
+            p.append("choose at least one task")
+        if len(set(self.tasks)) != len(self.tasks):
+            p.append(f"tasks repeat: {', '.join(self.tasks)}")
+        check_int("epochs", 1, 500)
+        check_float("lr", 0.0, 10.0, lo_open=True)
+        check_int("batch_size", 1, 65536)
+        check_choice("optimizer", OPTIMIZERS)
+        check_float("weight_decay", 0.0, 1.0)
+        check_float("momentum", 0.0, 0.999)
+        check_choice("scheduler", SCHEDULERS)
+        check_int("step_size", 1, 500)
+        check_float("gamma", 0.0, 1.0, lo_open=True)
+        for task, w in self.loss_weights.items():
+            if task not in self.tasks:
+                p.append(f"loss weight given for {task!r}, which is not one of the tasks")
+            elif not (math.isfinite(w) and 0 <= w <= 1000):
+                p.append(f"loss weight of {task!r} must be from 0 to 1000 (got {w!r})")
+        if self.tasks and self.loss_weights and all(self.weight(t) == 0 for t in self.tasks):
+            p.append("at least one loss weight must be above 0")
+        check_int("seed", 0, 2**31 - 1)
+        check_choice("device", DEVICES)
+        check_choice("data", SOURCES)
+        check_choice("alpha_init", ALPHA_INITS)
+        check_float("alpha_lr_mult", 0.0, 1e4, lo_open=True)
+        check_choice("precision", PRECISIONS)
+        if not isinstance(self.channels_last, bool):
+            p.append(f"channels_last must be true or false (got {self.channels_last!r})")
+        check_int("train_limit", 0, 10_000_000)
+        check_int("max_batches", 0, 10_000_000)
+        return p

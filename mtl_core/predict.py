@@ -1,0 +1,96 @@
+"""Prediction, array in and array out: canvas preprocessing and per-task probabilities."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .data import MEAN, STD
+from .metrics import probabilities
+from .models import MultiTaskModel
+
+INK_THRESHOLD = 0.1  # fraction of full intensity below which a pixel counts as background
+
+
+def to_grey(image: np.ndarray) -> np.ndarray:
+    """Any HxW, HxWx3 or HxWx4 uint8/float image -> float grey in [0, 1], ink bright on dark.
+
+    Transparent pixels count as background. A mostly bright picture (dark ink on paper) is inverted."""
+    a = np.asarray(image)
+    if a.ndim not in (2, 3) or a.size == 0:
+        raise ValueError(f"expected an HxW or HxWxC image, got shape {a.shape}")
+    a = a.astype(np.float32)
+    if a.max() > 1.0:
+        a = a / 255.0
+    if a.ndim == 3:
+        rgb = a[..., :3] if a.shape[2] >= 3 else np.repeat(a[..., :1], 3, axis=2)
+        grey = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        if a.shape[2] == 4:
+            alpha = a[..., 3]
+            if alpha.min() < 1.0 and alpha.max() > 0:
+                # Transparent canvas: where nothing is drawn, alpha is 0; ink shows up in alpha.
+                bg = np.median(grey[alpha < 0.5]) if (alpha < 0.5).any() else 0.0
+                grey = grey * alpha + bg * (1 - alpha)
+        a = grey
+    if np.median(a) > 0.5:
+        a = 1.0 - a
+    return np.clip(a, 0.0, 1.0)
+
+
+def preprocess_canvas(rgba: np.ndarray) -> np.ndarray | None:
+    """A drawing -> a normalised 28x28 float32 image the way MNIST was made, or None with no ink.
+
+    MNIST digits were size-normalised to fit a 20x20 box (aspect kept) and centred by centre of mass
+    in a 28x28 field; we do the same so a drawn digit looks like the training data."""
+    grey = to_grey(rgba)
+    ink = grey > INK_THRESHOLD
+    if not ink.any():
+        return None
+    rows, cols = np.nonzero(ink)
+    crop = grey[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    h, w = crop.shape
+    scale = 20.0 / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    small = np.asarray(Image.fromarray((crop * 255).astype(np.uint8)).resize((nw, nh), Image.LANCZOS), np.float32) / 255.0
+    small = np.clip(small, 0, 1)
+    field = np.zeros((28, 28), np.float32)
+    top, left = (28 - nh) // 2, (28 - nw) // 2
+    field[top : top + nh, left : left + nw] = small
+    total = field.sum()
+    if total <= 0:
+        return None
+    yy, xx = np.mgrid[0:28, 0:28]
+    cy, cx = (yy * field).sum() / total, (xx * field).sum() / total
+    dy, dx = int(round(13.5 - cy)), int(round(13.5 - cx))
+    # Shift by whole pixels, clamped so no ink falls off the edge.
+    rr, cc = np.nonzero(field > 0)
+    dy = int(np.clip(dy, -rr.min(), 27 - rr.max()))
+    dx = int(np.clip(dx, -cc.min(), 27 - cc.max()))
+    field = np.roll(field, (dy, dx), axis=(0, 1))
+    return ((field - MEAN) / STD).astype(np.float32)
+
+
+def to_display(image: np.ndarray) -> np.ndarray:
+    """A normalised 28x28 image back to uint8 for showing it."""
+    return np.clip((np.asarray(image) * STD + MEAN) * 255, 0, 255).astype(np.uint8)
+
+
+@torch.no_grad()
+def predict(model: MultiTaskModel, images: np.ndarray | torch.Tensor, batch_size: int = 2048) -> dict[str, np.ndarray]:
+    """Normalised images (N, 28, 28) or (N, 1, 28, 28) -> {task: probabilities (N, C) or values (N,)}."""
+    x = torch.as_tensor(np.asarray(images, dtype=np.float32) if not isinstance(images, torch.Tensor) else images).float()
+    if x.dim() == 2:
+        x = x.unsqueeze(0)
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    if tuple(x.shape[1:]) != (1, 28, 28):
+        raise ValueError(f"expected images of shape (N, 28, 28), got {tuple(x.shape)}")
+    model.eval()
+    device = next(model.parameters()).device
+    parts: dict[str, list[np.ndarray]] = {t: [] for t in model.tasks}
+    for start in range(0, len(x), batch_size):
+        out = model(x[start : start + batch_size].to(device))
+        for t in model.tasks:
+            parts[t].append(probabilities(t, out[t]).cpu().numpy())
+    return {t: np.concatenate(v) if v else np.zeros((0,)) for t, v in parts.items()}

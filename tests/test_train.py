@@ -1,0 +1,142 @@
+"""Training loop: learns, is deterministic, validates its config, stops on NaN and on request."""
+
+import math
+
+import pytest
+import torch
+
+from mtl_core.config import ConfigError, TrainConfig
+from mtl_core.train import Training, iter_train, state_copy
+
+
+def tiny(model="hard", **kw):
+    return TrainConfig.preset(model, epochs=kw.pop("epochs", 3), batch_size=kw.pop("batch_size", 64), data="synthetic", **kw)
+
+
+@pytest.mark.parametrize("model", ["stl", "hard", "cross_stitch", "cnn"])
+def test_training_reduces_loss_on_synthetic(model, synthetic):
+    records = list(iter_train(tiny(model, epochs=3, max_batches=8 if model == "cnn" else 0), synthetic))
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert records[-1]["train_loss_total"] < records[0]["train_loss_total"]
+    for r in records:
+        assert set(r["metrics"]) == set(TrainConfig.preset(model).tasks)
+        assert all(math.isfinite(v) for v in r["train_loss"].values())
+        assert r["seconds"] > 0 and r["lr"] > 0
+    if model == "cross_stitch":
+        assert len(records[0]["alphas"]) == 2 and len(records[0]["alphas"][0]) == 2
+        assert records[0]["alphas"] != records[-1]["alphas"]  # they are learned
+    else:
+        assert records[0]["alphas"] is None
+    if model == "cnn":
+        assert {"mae", "rmse", "mae_digits"} <= set(records[0]["metrics"]["value"])
+
+
+def test_record_is_plain_data(synthetic):
+    import json
+
+    record = next(iter_train(tiny("cross_stitch"), synthetic))
+    assert json.loads(json.dumps(record)) == record  # floats and lists only, no tensors
+
+
+def test_same_seed_gives_bitwise_identical_losses(synthetic):
+    a = [r["train_loss"] for r in iter_train(tiny("cross_stitch", seed=7), synthetic)]
+    b = [r["train_loss"] for r in iter_train(tiny("cross_stitch", seed=7), synthetic)]
+    c = [r["train_loss"] for r in iter_train(tiny("cross_stitch", seed=8), synthetic)]
+    assert a == b
+    assert a != c
+
+
+def test_best_checkpoint_is_the_best_average_epoch(synthetic):
+    training = Training(tiny("hard", epochs=4, lr=0.05), synthetic)
+    records = list(training.records())
+    best = max(records, key=lambda r: r["avg_acc"])
+    assert training.best_epoch == best["epoch"]
+    metrics, _ = training.evaluate()  # the model now holds the best epoch's weights
+    assert metrics == best["metrics"]
+    assert training.summary()["best_avg"] == best["avg_acc"]
+
+
+def test_lr_schedule_and_alpha_lr(synthetic):
+    records = list(iter_train(tiny("hard", epochs=3, scheduler="step", step_size=1, gamma=0.5), synthetic))
+    assert [r["lr"] for r in records] == pytest.approx([1e-3, 5e-4, 2.5e-4])
+    slow = list(iter_train(tiny("cross_stitch", epochs=1), synthetic))[0]["alphas"]
+    fast = list(iter_train(tiny("cross_stitch", epochs=1, alpha_lr_mult=100.0), synthetic))[0]["alphas"]
+    moved = lambda a: abs(a[0][0][1])  # noqa: E731 - an off-diagonal alpha starts at 0
+    assert moved(fast) > 10 * moved(slow)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"epochs": 0}, "epochs must be a whole number"),
+        ({"epochs": 2.5}, "epochs must be a whole number"),
+        ({"lr": -1.0}, "lr must be a number above 0"),
+        ({"lr": float("nan")}, "lr must be"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"model": "resnet"}, "unknown model 'resnet'"),
+        ({"tasks": ("even", "prime")}, "unknown task"),
+        ({"tasks": ("even", "even")}, "tasks repeat"),
+        ({"optimizer": "lbfgs"}, "unknown optimizer"),
+        ({"device": "tpu"}, "unknown device"),
+        ({"loss_weights": {"digit": 2.0}}, "not one of the tasks"),
+        ({"loss_weights": {"even": 0.0, "mult3": 0.0}}, "at least one loss weight"),
+        ({"alpha_lr_mult": 0.0}, "alpha_lr_mult"),
+    ],
+)
+def test_config_rejects_bad_values_with_a_reason(changes, message):
+    base = {"model": "hard", "data": "synthetic", **changes}
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**base)
+
+
+def test_config_lists_every_problem_and_round_trips():
+    with pytest.raises(ConfigError) as e:
+        TrainConfig(epochs=0, lr=0)
+    assert "epochs" in str(e.value) and "lr" in str(e.value)
+    cfg = TrainConfig.preset("cnn", seed=3)
+    assert cfg.epochs == 10 and cfg.scheduler == "step" and cfg.weight("value") == 10.0
+    assert cfg.tasks == ("digit", "even", "gt4", "value")
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match="unknown config fields: colour"):
+        TrainConfig.from_dict({"model": "hard", "colour": "red"})
+
+
+def test_batch_larger_than_data_is_rejected(synthetic):
+    with pytest.raises(ConfigError, match="larger than the 512 training digits"):
+        Training(tiny(batch_size=1000), synthetic)
+
+
+def test_cuda_without_gpu_is_a_clear_error(synthetic):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        Training(tiny(device="cuda"), synthetic)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_state(synthetic):
+    data = synthetic.limited()  # a copy of the views; poisoned below
+    data.train_x = data.train_x.clone()
+    training = Training(tiny("hard", epochs=5), data)
+    records = []
+    for r in training.records():
+        records.append(r)
+        good = state_copy(training.model)
+        data.train_x[:] = float("nan")  # every batch of the next epoch is poisoned
+    assert len(records) == 1
+    assert training.status == "diverged"
+    assert "non-finite loss" in training.reason and "epoch 2, batch 1" in training.reason
+    for k, v in training.model.state_dict().items():
+        assert torch.equal(v, good[k]), k
+        assert torch.isfinite(v.float()).all()
+
+
+def test_stop_flag_is_checked_every_batch(synthetic):
+    calls = []
+
+    def stop():
+        calls.append(1)
+        return len(calls) > 3  # stop at the 4th batch of epoch 1
+
+    training = Training(tiny("hard", epochs=3, batch_size=16), synthetic, stop=stop)
+    assert list(training.records()) == []
+    assert training.status == "cancelled" and len(calls) == 4
