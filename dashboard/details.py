@@ -1,0 +1,72 @@
+"""A saved run looked at digit by digit: confusion matrices, the value scatter, a grid of test digits."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+from PIL import Image, ImageOps
+
+from dashboard.charts import confusion_heatmap, error_histogram, value_scatter
+from dashboard.state import get_data, model_of
+from mtl_core.analysis import confusion, is_mistake, predictions_on_test_set
+from mtl_core.predict import to_display
+from mtl_core.tasks import get_task
+
+GRID = 24
+
+
+@st.cache_data(max_entries=16, show_spinner="Scoring the test set…")
+def _predictions(run_id: str, weights_path: str, source: str) -> dict:
+    from dashboard.state import get_store
+
+    model, _, _ = model_of(get_store().get_run(run_id))
+    return predictions_on_test_set(model, get_data(source))
+
+
+def _tile(image: np.ndarray, wrong: bool) -> Image.Image:
+    tile = Image.fromarray(to_display(image)).resize((84, 84), Image.NEAREST).convert("RGB")
+    return ImageOps.expand(tile, border=4, fill=(230, 60, 50) if wrong else (60, 170, 90))
+
+
+def _caption(preds: dict, i: int) -> str:
+    parts = []
+    for task, p in preds.items():
+        t = get_task(task)
+        if t.kind == "regression":
+            parts.append(f"{p['pred'][i]:.1f}")
+        else:
+            ok = p["pred"][i] == p["true"][i]
+            parts.append(("" if ok else "✗") + t.classes[int(p["pred"][i])])
+    return " · ".join(parts)
+
+
+def details_ui(run: dict) -> None:
+    if not run.get("weights_path"):
+        st.info("This run has no saved model (it stopped before finishing an epoch).")
+        return
+    source = run["config"]["data"]
+    preds = _predictions(run["id"], run["weights_path"], source)
+    data = get_data(source)
+    st.caption(f"Test set: {data.describe()}")
+    classification = [t for t in preds if get_task(t).is_classification]
+    if classification:
+        cols = st.columns(min(len(classification), 3))
+        for i, task in enumerate(classification):
+            t = get_task(task)
+            m = confusion(preds[task]["true"], preds[task]["pred"], t.n_classes)
+            acc = np.trace(m) / m.sum()
+            cols[i % len(cols)].plotly_chart(confusion_heatmap(m, t.classes, f"{task} · accuracy {acc:.2%}"),
+                                             key=f"cm_{task}", width="stretch")
+    if "value" in preds:
+        c1, c2 = st.columns(2)
+        c1.plotly_chart(value_scatter(preds["value"]["true"], preds["value"]["pred"]), key="value_scatter",
+                        width="stretch")
+        c2.plotly_chart(error_histogram(preds["value"]["true"], preds["value"]["pred"]), key="value_hist",
+                        width="stretch")
+    st.markdown(f"**{GRID} test digits** with every task's prediction ({' · '.join(preds)}); "
+                "a red frame and ✗ mark a mistake.")
+    rng = np.random.default_rng(0)
+    idx = rng.choice(data.n_test, size=min(GRID, data.n_test), replace=False)
+    idx = sorted(idx, key=lambda i: not is_mistake(preds, i))  # mistakes first: they teach the most
+    images = [_tile(data.test_x[i, 0].numpy(), is_mistake(preds, i)) for i in idx]
+    st.image(images, caption=[_caption(preds, i) for i in idx], width=92)

@@ -1,0 +1,69 @@
+"""Pieces of the Draw page: the uploaded-image check, the quick model, and one model's predictions."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import streamlit as st
+from PIL import Image, UnidentifiedImageError
+
+from dashboard.charts import class_probabilities
+from dashboard.state import get_runner, model_of, owner_id
+from mtl_core.analysis import run_label
+from mtl_core.config import TrainConfig
+from mtl_core.predict import predict
+from mtl_core.tasks import VALUE_SCALE, get_task
+
+MAX_UPLOAD_BYTES = 2 * 1024 * 1024
+MAX_UPLOAD_PIXELS = 4096 * 4096
+
+# The quick model: the 4-task CNN (it answers every task) on 8,000 digits for 3 epochs, in bf16.
+QUICK_MODEL = dict(model="cnn", epochs=3, train_limit=8000, precision="bf16", channels_last=True)
+
+
+def read_upload(data: bytes) -> np.ndarray:
+    """Bytes of an uploaded picture -> an RGBA array; ValueError with the reason when it is not one."""
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise ValueError(f"the file is {len(data) / 1e6:.1f} MB; the limit is {MAX_UPLOAD_BYTES / 1e6:.0f} MB")
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            probe.verify()  # structure check without decoding everything
+        img = Image.open(io.BytesIO(data))
+        if img.width * img.height > MAX_UPLOAD_PIXELS:
+            raise ValueError(f"the picture is {img.width}x{img.height}; at most {MAX_UPLOAD_PIXELS:,} pixels")
+        img.seek(0)  # first frame of a GIF or WebP animation
+        return np.asarray(img.convert("RGBA"))
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"not a readable image ({type(exc).__name__})") from None
+
+
+def quick_model_ui() -> None:
+    st.info("No trained model yet. Train a quick one (the 4-task CNN on 8,000 digits, 3 epochs, "
+            "well under a minute on a CPU), or train your own on the **Train** page.")
+    if st.button("⚡ Train a quick model", type="primary", key="quick_model"):
+        try:
+            get_runner().submit(TrainConfig.preset(**QUICK_MODEL), owner=owner_id(), label="quick model")
+            st.session_state["quick_pending"] = True
+        except Exception as exc:  # noqa: BLE001 - QueueFull or ConfigError, shown as a message
+            st.warning(str(exc))
+
+
+def predictions_ui(run: dict, image: np.ndarray, key: str) -> None:
+    """Every task's answer from one model for one preprocessed 28x28 image."""
+    model, _, _ = model_of(run)
+    out = predict(model, image[None])
+    st.markdown(f"**{run_label(run)}**")
+    for task, probs in out.items():
+        t = get_task(task)
+        if t.kind == "regression":
+            v = float(probs[0])
+            st.metric(f"{task}: digit value", f"{v * VALUE_SCALE:.2f}", help=f"raw output d/9 = {v:.3f}")
+        elif t.kind == "multiclass":
+            p = probs[0]
+            st.plotly_chart(class_probabilities(p, t.classes, f"{task}: {t.classes[int(p.argmax())]} ({p.max():.0%})"),
+                            key=f"{key}_{task}", width="stretch")
+        else:
+            p_yes = float(probs[0][1])
+            answer = t.classes[1] if p_yes >= 0.5 else t.classes[0]
+            st.progress(p_yes, text=f"{t.title} → **{answer}** (P({t.classes[1]}) = {p_yes:.0%})")

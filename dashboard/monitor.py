@@ -1,0 +1,78 @@
+"""Live view of one run: status, progress with ETA, Stop, curves; redrawn by a polling fragment."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard.charts import training_curves
+from dashboard.state import get_runner, get_store
+from mtl_core.analysis import run_label
+from mtl_core.runs import ACTIVE
+
+POLL_S = 1.0
+
+
+def _eta(records: list[dict], total: int) -> str:
+    if not records:
+        return "first epoch running…"
+    per = sum(r["seconds"] for r in records) / len(records)
+    left = per * (total - len(records))
+    return f"~{left:.0f} s left ({per:.1f} s per epoch)"
+
+
+def status_ui(run: dict, records: list[dict]) -> None:
+    total = run["config"]["epochs"]
+    status = run["status"]
+    if status == "queued":
+        ahead = [r for r in get_store().list_runs(statuses=("queued", "running")) if r["created"] < run["created"]]
+        st.info(f"Queued: {len(ahead)} job(s) ahead of this one on the server.")
+    elif status == "running":
+        st.progress(len(records) / total, text=f"Epoch {len(records)} of {total} · {_eta(records, total)}")
+    elif status == "finished":
+        st.success(f"Finished {total} epochs in {run['train_seconds']:.1f} s; best epoch {run['best_epoch']}.")
+    elif status == "cancelled":
+        st.warning(f"Stopped: {run['reason']}. The best weights so far are kept.")
+    else:  # failed or diverged
+        st.error(f"{status.capitalize()}: {run['reason']}")
+
+
+def metrics_ui(run: dict, records: list[dict]) -> None:
+    if not records:
+        return
+    last = records[-1]
+    cols = st.columns(len(last["metrics"]) + 2)
+    cols[0].metric("Parameters", f"{run['params']:,}" if run["params"] else "-")
+    for col, (task, m) in zip(cols[1:], last["metrics"].items()):
+        col.metric(task, f"{m['acc']:.2%}" if "acc" in m else f"MAE {m['mae_digits']:.2f}")
+    if last["avg_acc"] is not None:
+        cols[-1].metric("Average acc", f"{last['avg_acc']:.2%}")
+
+
+def monitor_ui(run_id: str) -> None:
+    store = get_store()
+    run = store.get_run(run_id)
+    if run is None:
+        st.info("That run no longer exists.")
+        return
+    active_key = f"_was_active_{run_id}"
+    st.session_state[active_key] = run["status"] in ACTIVE
+
+    @st.fragment(run_every=POLL_S if run["status"] in ACTIVE else None)
+    def live() -> None:
+        run = store.get_run(run_id)
+        records = store.epochs(run_id)
+        head, stop = st.columns([5, 1])
+        head.markdown(f"**{run_label(run)}** · {run['config']['data']} · {run['device'] or 'waiting for a worker'}")
+        if run["status"] in ACTIVE and stop.button("⏹ Stop", key="stop_run", width="stretch"):
+            get_runner().stop(run_id)
+            st.toast("Stopping…")
+        status_ui(run, records)
+        metrics_ui(run, records)
+        if records:
+            st.plotly_chart(training_curves(records, run["config"]["epochs"]), key=f"curves_{run_id}",
+                            width="stretch")
+        if st.session_state.get(active_key) and run["status"] not in ACTIVE:
+            st.session_state[active_key] = False
+            st.rerun(scope="app")  # stop polling: the run is over
+
+    live()

@@ -1,0 +1,122 @@
+"""Numbers for comparing runs: the comparison table, Δm against single-task runs, curves as rows,
+and per-test-digit predictions of a saved model (confusion matrices, the value scatter, the grid)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .data import MTLData
+from .models import MultiTaskModel
+from .predict import predict
+from .tasks import VALUE_SCALE, get_task
+
+
+def headline(metrics: dict[str, float]) -> float:
+    """One number per task: accuracy, or MAE for regression."""
+    return metrics["acc"] if "acc" in metrics else metrics["mae"]
+
+
+def delta_m(metrics: dict[str, dict], baseline: dict[str, dict]) -> float | None:
+    """Mean relative change over tasks vs a single-task baseline, in % (Maninis et al., 2019):
+    higher is better; for MAE, a lower value counts as a gain."""
+    terms = []
+    for task, m in metrics.items():
+        if task not in baseline:
+            return None
+        ours, base = headline(m), headline(baseline[task])
+        if base == 0:
+            return None
+        sign = -1.0 if "acc" not in m else 1.0
+        terms.append(sign * (ours - base) / base)
+    return 100.0 * sum(terms) / len(terms) if terms else None
+
+
+def _stl_baseline(run: dict, runs: list[dict]) -> dict | None:
+    """The newest finished STL run with the same tasks on the same data source."""
+    for r in runs:
+        if (r["model"] == "stl" and r["status"] == "finished" and r["best"]
+                and set(r["config"]["tasks"]) == set(run["config"]["tasks"])
+                and r["config"]["data"] == run["config"]["data"]):
+            return r
+    return None
+
+
+def run_label(run: dict) -> str:
+    name = run.get("label") or run["model"]
+    return f"{name} · {'+'.join(run['config']['tasks'])} · {run['id'][-6:]}"
+
+
+def compare_rows(runs: list[dict], pool: list[dict] | None = None) -> list[dict]:
+    """One flat row per run for the comparison table; `pool` is where STL baselines are looked up."""
+    pool = sorted(pool if pool is not None else runs, key=lambda r: r["created"], reverse=True)
+    rows = []
+    for r in runs:
+        row = {
+            "run": run_label(r), "model": r["model"], "status": r["status"],
+            "data": r["config"]["data"], "epochs": r["config"]["epochs"], "params": r["params"],
+            "train_s": None if r["train_seconds"] is None else round(r["train_seconds"], 2),
+            "best_epoch": r["best_epoch"],
+        }
+        for task, m in (r["best"] or {}).items():
+            if "acc" in m:
+                row[f"{task} acc %"] = round(100 * m["acc"], 2)
+            else:
+                row[f"{task} MAE (digits)"] = round(m["mae"] * VALUE_SCALE, 3)
+        row["best avg acc %"] = None if r["best_avg"] is None else round(100 * r["best_avg"], 2)
+        base = _stl_baseline(r, pool)
+        dm = delta_m(r["best"], base["best"]) if (base and r["best"] and r["model"] != "stl") else None
+        row["Δm vs STL %"] = None if dm is None else round(dm, 2)
+        rows.append(row)
+    return rows
+
+
+def curve_rows(run: dict, records: list[dict]) -> list[dict]:
+    """Long format (run, epoch, task, quantity, value): what the curve CSV holds."""
+    label, rows = run_label(run), []
+    for rec in records:
+        e = rec["epoch"]
+        for task, v in rec["train_loss"].items():
+            rows.append({"run": label, "epoch": e, "task": task, "quantity": "train loss", "value": v})
+        for task, v in (rec.get("test_loss") or {}).items():
+            rows.append({"run": label, "epoch": e, "task": task, "quantity": "test loss", "value": v})
+        for task, m in rec["metrics"].items():
+            for k, v in m.items():
+                rows.append({"run": label, "epoch": e, "task": task, "quantity": f"test {k}", "value": v})
+        if rec.get("avg_acc") is not None:
+            rows.append({"run": label, "epoch": e, "task": "average", "quantity": "test acc", "value": rec["avg_acc"]})
+        rows.append({"run": label, "epoch": e, "task": "all", "quantity": "seconds", "value": rec["seconds"]})
+    return rows
+
+
+def predictions_on_test_set(model: MultiTaskModel, data: MTLData) -> dict[str, dict[str, np.ndarray]]:
+    """For every task: the true label and the model's prediction on each test digit (and the
+    probability of the predicted class, or the regression value in digit units)."""
+    from .tasks import make_targets
+
+    outputs = predict(model, data.test_x)
+    targets = make_targets(data.test_y, model.tasks)
+    result = {}
+    for task in model.tasks:
+        out, y = outputs[task], targets[task].numpy()
+        if get_task(task).kind == "regression":
+            result[task] = {"true": y * VALUE_SCALE, "pred": out * VALUE_SCALE}
+        else:
+            result[task] = {"true": y, "pred": out.argmax(axis=1), "confidence": out.max(axis=1)}
+    return result
+
+
+def confusion(true: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
+    m = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(m, (true.astype(int), pred.astype(int)), 1)
+    return m
+
+
+def is_mistake(preds: dict[str, dict[str, np.ndarray]], i: int, value_tolerance: float = 0.5) -> bool:
+    """A test digit counts as a mistake when any task is wrong (value: off by more than half a digit)."""
+    for task, p in preds.items():
+        if get_task(task).kind == "regression":
+            if abs(p["pred"][i] - p["true"][i]) > value_tolerance:
+                return True
+        elif p["pred"][i] != p["true"][i]:
+            return True
+    return False

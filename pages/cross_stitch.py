@@ -1,0 +1,50 @@
+"""Cross-stitch: the learned alpha matrices per unit and epoch, live while the run trains."""
+
+import streamlit as st
+
+from dashboard.charts import alpha_animation, alpha_heatmaps, alpha_lines
+from dashboard.state import get_store, visible_runs
+from mtl_core.analysis import run_label
+from mtl_core.runs import ACTIVE
+
+st.title("🧵 Cross-stitch units")
+st.markdown(
+    "Each cross-stitch unit mixes the task columns: task *i*'s next layer reads "
+    "**Σⱼ α[i, j] · hⱼ**. The diagonal α[i, i] is the **same-task** weight (how much a column keeps its own "
+    "features); the off-diagonal α[i, j] are **other-task** weights (how much it borrows from task *j*). "
+    "Identity means no sharing at all; rows of 0.5 / 0.5 mean the columns share everything."
+)
+
+runs = [r for r in visible_runs() if r["model"] == "cross_stitch" and r["status"] != "queued"]
+if not runs:
+    st.info("No cross-stitch run yet. Train one on the **Train** page (model: Cross-stitch); "
+            "its alphas appear here while it trains.")
+    st.stop()
+
+by_id = {r["id"]: r for r in runs}
+run_id = st.selectbox("Run", list(by_id), key="cs_run", format_func=lambda i: f"{run_label(by_id[i])} — {by_id[i]['status']}")
+cfg = by_id[run_id]["config"]
+st.caption(f"alpha initialisation: {cfg['alpha_init']} · alpha learning-rate multiplier: {cfg['alpha_lr_mult']:g}")
+
+
+@st.fragment(run_every=1.0 if by_id[run_id]["status"] in ACTIVE else None)
+def alphas_view() -> None:
+    run = get_store().get_run(run_id)
+    history = [r["alphas"] for r in get_store().epochs(run_id) if r.get("alphas")]
+    tasks = run["config"]["tasks"]
+    if not history:
+        st.info("Waiting for the first epoch…")
+        return
+    if run["status"] in ACTIVE:
+        st.caption(f"Training: epoch {len(history)} of {run['config']['epochs']} (updates every second)")
+    n = len(history)
+    epoch = st.slider("Epoch", 1, n, n, key="cs_epoch") if n > 1 else 1
+    st.plotly_chart(alpha_heatmaps(history[epoch - 1], tasks, f"Alphas after epoch {epoch}"), key="cs_heat",
+                    width="stretch")
+    if n > 1:
+        st.plotly_chart(alpha_lines(history, tasks), key="cs_lines", width="stretch")
+        with st.expander("▶ Play the alphas epoch by epoch"):
+            st.plotly_chart(alpha_animation(history, tasks), key="cs_anim", width="stretch")
+
+
+alphas_view()

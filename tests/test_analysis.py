@@ -1,0 +1,49 @@
+"""Comparison numbers: Δm, the table rows, curve rows, confusion matrices."""
+
+import numpy as np
+import pytest
+import torch
+
+from mtl_core.analysis import compare_rows, confusion, curve_rows, delta_m, is_mistake, predictions_on_test_set
+from mtl_core.models import build_model
+
+
+def run(model, best, tasks=("even", "mult3"), status="finished", created=1.0, data="mnist"):
+    return {"id": f"id-{model}-{created}", "label": "", "model": model, "status": status, "created": created,
+            "config": {"tasks": list(tasks), "data": data, "epochs": 20}, "params": 1, "train_seconds": 2.0,
+            "best_epoch": 3, "best": best, "best_avg": 0.9}
+
+
+def test_delta_m_signs_and_missing_tasks():
+    base = {"even": {"acc": 0.8}, "value": {"mae": 0.2}}
+    better = {"even": {"acc": 0.88}, "value": {"mae": 0.1}}  # +10 % and a halved MAE (+50 %)
+    assert delta_m(better, base) == pytest.approx(30.0)
+    assert delta_m({"mult3": {"acc": 0.9}}, base) is None
+
+
+def test_compare_rows_use_the_matching_stl_run():
+    stl = run("stl", {"even": {"acc": 0.98}, "mult3": {"acc": 0.96}}, created=1)
+    other_data = run("stl", {"even": {"acc": 0.5}, "mult3": {"acc": 0.5}}, created=3, data="synthetic")
+    hard = run("hard", {"even": {"acc": 0.98}, "mult3": {"acc": 0.99}}, created=2)
+    rows = compare_rows([hard, stl], pool=[stl, hard, other_data])
+    assert rows[0]["Δm vs STL %"] == pytest.approx(100 * (0.03 / 0.96) / 2, abs=0.01)
+    assert rows[1]["Δm vs STL %"] is None  # STL itself
+    assert rows[0]["even acc %"] == 98.0
+
+
+def test_curve_rows_and_confusion():
+    rec = {"epoch": 1, "train_loss": {"even": 0.5}, "test_loss": {"even": 0.4}, "metrics": {"even": {"acc": 0.9}},
+           "avg_acc": 0.9, "seconds": 0.3}
+    rows = curve_rows(run("hard", {}), [rec])
+    assert {r["quantity"] for r in rows} == {"train loss", "test loss", "test acc", "seconds"}
+    m = confusion(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]), 3)
+    assert m.tolist() == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
+
+
+def test_test_predictions_cover_every_task(synthetic):
+    torch.manual_seed(0)
+    preds = predictions_on_test_set(build_model("cnn"), synthetic)
+    assert set(preds) == {"digit", "even", "gt4", "value"}
+    assert preds["digit"]["pred"].shape == (synthetic.n_test,)
+    assert preds["value"]["true"].max() <= 9.0
+    assert isinstance(is_mistake(preds, 0), bool)
