@@ -70,6 +70,7 @@ def data_label(source: str = "auto") -> str:
 
 def sidebar_ui() -> None:
     owner_id()
+    get_runner()  # start the workers with the first page view, so jobs queued before a restart resume
     with st.sidebar:
         st.toggle("Show all runs on this server", key="show_all_runs",
                   help="Teacher / projector view: everyone's runs instead of this browser's.")

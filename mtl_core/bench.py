@@ -121,7 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     for m in models:
         seed_s, timed = seed_faithful_seconds(m, data, limit)
         note = "" if a.full else f" (from {timed} batches)"
-        variants = [("", {})] if m != "cnn" else [(" fp32", {}), (" bf16+channels_last", {"precision": "bf16", "channels_last": True})]
+        variants = [("", {})] if m != "cnn" else [
+            (" fp32", {"precision": "fp32", "channels_last": False}),
+            (" fp32+channels_last", {"precision": "fp32", "channels_last": True}),
+            (" bf16+channels_last", {"precision": "bf16", "channels_last": True}),
+        ]
         for suffix, over in variants:
             ours, training = ours_seconds(m, data, **over)
             acc = training.history[-1]["avg_acc"]

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .checkpoint import save_model
-from .config import ConfigError, TrainConfig
+from .config import PRECISIONS, ConfigError, TrainConfig
 from .data import SOURCES, DataUnavailable, load_data
 from .models import ALPHA_INITS, MODELS
 from .reference import SEED_MODELS, SEED_STUDY
@@ -28,7 +28,7 @@ def _config_from_args(a: argparse.Namespace, model: str | None = None) -> TrainC
     overrides = {k: v for k, v in {
         "tasks": tuple(a.tasks) if a.tasks else None, "epochs": a.epochs, "lr": a.lr, "batch_size": a.batch_size,
         "seed": a.seed, "device": a.device, "data": a.data, "precision": a.precision,
-        "channels_last": a.channels_last or None, "alpha_init": a.alpha_init, "alpha_lr_mult": a.alpha_lr_mult,
+        "channels_last": a.channels_last, "alpha_init": a.alpha_init, "alpha_lr_mult": a.alpha_lr_mult,
         "train_limit": a.train_limit, "max_batches": a.max_batches, "optimizer": a.optimizer,
     }.items() if v is not None}
     return TrainConfig.preset(model or a.model, **overrides)
@@ -121,8 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=None)
     t.add_argument("--optimizer", default=None)
     t.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
-    t.add_argument("--precision", choices=("fp32", "bf16"), default=None)
-    t.add_argument("--channels-last", action="store_true")
+    t.add_argument("--precision", choices=PRECISIONS, default=None)
+    t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     t.add_argument("--alpha-init", choices=list(ALPHA_INITS), default=None)
     t.add_argument("--alpha-lr-mult", type=float, default=None)
     t.add_argument("--save", type=Path, default=None, help="write the best model here (.safetensors)")

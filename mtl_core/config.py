@@ -17,7 +17,7 @@ from .tasks import TASKS
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "step")
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 class ConfigError(ValueError):
@@ -43,7 +43,7 @@ class TrainConfig:
     data: str = "auto"
     alpha_init: str = "identity"  # cross-stitch only
     alpha_lr_mult: float = 1.0  # cross-stitch only; the paper used 1e2 to 1e3
-    precision: str = "fp32"  # "bf16": autocast on CPU or GPU
+    precision: str = "fp32"  # "bf16": autocast; "auto": bf16 for the CNN where the hardware has it natively
     channels_last: bool = False  # CNN only
     train_limit: int = 0  # use only the first N training digits (0: all)
     max_batches: int = 0  # stop each epoch after N batches (0: all); a dry run
@@ -64,7 +64,8 @@ class TrainConfig:
             raise ConfigError(f"unknown model {model!r}; valid models: {', '.join(MODELS)}")
         base: dict[str, Any] = {"model": model, "epochs": 20, "lr": 1e-3, "batch_size": 128}
         if MODELS[model].family == "cnn":
-            base.update(epochs=10, scheduler="step", step_size=5, gamma=0.5, loss_weights={"value": 10.0})
+            base.update(epochs=10, scheduler="step", step_size=5, gamma=0.5, loss_weights={"value": 10.0},
+                        precision="auto", channels_last=True)
         base.update(overrides)
         return cls(**base)
 

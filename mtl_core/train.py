@@ -30,6 +30,24 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def bf16_is_native(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(config: TrainConfig, family: str, device: torch.device) -> str:
+    """"auto" picks bf16 autocast for the CNN when the hardware runs it natively (about 2x faster per
+    epoch on this project's CPUs at the same accuracy, see benchmarks/), and fp32 otherwise; for the small
+    MLPs the casts cost more than they save."""
+    if config.precision != "auto":
+        return config.precision
+    return "bf16" if family == "cnn" and bf16_is_native(device) else "fp32"
+
+
 def make_optimizer(config: TrainConfig, model: MultiTaskModel, device: torch.device) -> torch.optim.Optimizer:
     alphas = {id(p) for p in model.alpha_parameters()}
     groups = [{"params": [p for p in model.parameters() if id(p) not in alphas], "lr": config.lr}]
@@ -66,6 +84,7 @@ class Training:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.params = count_parameters(self.model)
+        self.precision = resolve_precision(config, self.model.family, self.device)
         self.optimizer = make_optimizer(config, self.model, self.device)
         self.scheduler = (
             torch.optim.lr_scheduler.StepLR(self.optimizer, config.step_size, config.gamma)
@@ -87,7 +106,7 @@ class Training:
         self._test_t = {k: v.to(self.device) for k, v in make_targets(data.test_y, tasks).items()}
 
     def _autocast(self):
-        if self.config.precision == "bf16":
+        if self.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -193,6 +212,7 @@ class Training:
             "best_metrics": best.get("metrics", {}),
             "best_avg": best.get("avg_acc"),
             "device": str(self.device),
+            "precision": self.precision,
             "data": self.data.source,
         }
 

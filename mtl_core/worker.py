@@ -54,7 +54,7 @@ def execute_run(store: RunStore, run_id: str, data: _DataCache) -> str:
         config = TrainConfig.from_dict(store.get_run(run_id)["config"])
         dataset = data.get(config.data)
         training = Training(config, dataset, stop=_throttled_stop(store, run_id))
-        store.mark_started(run_id, training.params, dataset.describe(), str(training.device))
+        store.mark_started(run_id, training.params, dataset.describe(), f"{training.device} · {training.precision}")
         for record in training.records():
             store.add_epoch(run_id, record)
         path = None

@@ -46,16 +46,17 @@ if not selected:
     st.stop()
 
 table = pd.DataFrame(compare_rows(selected, pool=runs))
+st.subheader("Your runs")
+st.dataframe(table, hide_index=True, width="stretch")
 left, right = st.columns([3, 2])
 with left:
-    st.subheader("Your runs")
-    st.dataframe(table, hide_index=True, width="stretch")
-with right:
-    st.subheader("Reference study")
-    st.caption(SEED_STUDY["source"] + " — published figures, not measured here.")
+    st.markdown("**Reference study** (published figures, not measured here)")
     st.dataframe(pd.DataFrame([{"model": m, "params": f["params"], "train_s": f["train_seconds"],
                                 "best avg acc %": round(100 * f["best_avg"], 2)}
                                for m, f in SEED_STUDY["rows"].items()]), hide_index=True, width="stretch")
+with right:
+    st.caption(f"Reference: {SEED_STUDY['source']}. Δm is the mean relative change per task against the newest "
+               "finished STL run with the same tasks and data (MAE counts lower as better).")
 
 histories = {r["id"]: store.epochs(r["id"]) for r in selected}
 curves = pd.DataFrame([row for r in selected for row in curve_rows(r, histories[r["id"]])])

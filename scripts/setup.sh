@@ -20,8 +20,8 @@ if [ ! -f "$stamp" ]; then
     touch "$stamp"
 fi
 
-if [ "$mode" = test ] && [ ! -x /usr/bin/chromium ]; then
-    echo "setup: installing Debian's chromium for the browser tests"
+if [ "$mode" = test ] && { [ ! -x /usr/bin/chromium ] || ! dpkg -s fonts-noto-color-emoji >/dev/null 2>&1; }; then
+    echo "setup: installing Debian's chromium (and an emoji font) for the browser tests"
     SUDO=""
     [ "$(id -u)" -ne 0 ] && SUDO="sudo"
     $SUDO apt-get update -q
