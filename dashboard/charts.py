@@ -12,8 +12,13 @@ PALETTE = ["#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A", "#19D3F3", "#F
 
 
 def _layout(fig: go.Figure, title: str, height: int = 330) -> go.Figure:
-    fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=45, b=10),
-                      legend=dict(orientation="h", yanchor="bottom", y=-0.35), template="plotly_white")
+    fig.update_layout(
+        title=title,
+        height=height,
+        margin=dict(l=10, r=10, t=45, b=10),
+        legend=dict(orientation="h", yanchor="bottom", y=-0.35),
+        template="plotly_white",
+    )
     return fig
 
 
@@ -24,16 +29,34 @@ def training_curves(records: list[dict], total_epochs: int | None = None) -> go.
     tasks = list(records[0]["train_loss"]) if records else []
     for i, t in enumerate(tasks):
         color = PALETTE[i % len(PALETTE)]
-        fig.add_trace(go.Scatter(x=epochs, y=[r["train_loss"][t] for r in records], name=f"{t} loss",
-                                 mode="lines+markers", line=dict(color=color)), row=1, col=1)
+        fig.add_trace(
+            go.Scatter(
+                x=epochs,
+                y=[r["train_loss"][t] for r in records],
+                name=f"{t} loss",
+                mode="lines+markers",
+                line=dict(color=color),
+            ),
+            row=1,
+            col=1,
+        )
         if get_task(t).kind == "regression":
             ys, name = [1 - r["metrics"][t]["mae"] for r in records], f"{t} 1-MAE"
         else:
             ys, name = [r["metrics"][t]["acc"] for r in records], f"{t} acc"
         fig.add_trace(go.Scatter(x=epochs, y=ys, name=name, mode="lines+markers", line=dict(color=color)), row=1, col=2)
     if records and records[0].get("avg_acc") is not None:
-        fig.add_trace(go.Scatter(x=epochs, y=[r["avg_acc"] for r in records], name="average acc",
-                                 mode="lines+markers", line=dict(color="black", dash="dash")), row=1, col=2)
+        fig.add_trace(
+            go.Scatter(
+                x=epochs,
+                y=[r["avg_acc"] for r in records],
+                name="average acc",
+                mode="lines+markers",
+                line=dict(color="black", dash="dash"),
+            ),
+            row=1,
+            col=2,
+        )
     if total_epochs:
         fig.update_xaxes(range=[0.5, total_epochs + 0.5])
     fig.update_xaxes(title_text="epoch")
@@ -50,14 +73,30 @@ def overlay(series: dict[str, tuple[list, list]], title: str, y_title: str) -> g
 
 
 def bars(names: list[str], values: list, title: str, fmt: str = "{:,}") -> go.Figure:
-    fig = go.Figure(go.Bar(x=names, y=values, text=[fmt.format(v) if v is not None else "-" for v in values],
-                           marker_color=PALETTE[: len(names)], textposition="auto"))
+    fig = go.Figure(
+        go.Bar(
+            x=names,
+            y=values,
+            text=[fmt.format(v) if v is not None else "-" for v in values],
+            marker_color=PALETTE[: len(names)],
+            textposition="auto",
+        )
+    )
     return _layout(fig, title, height=300)
 
 
 def confusion_heatmap(matrix: np.ndarray, classes: tuple[str, ...], title: str) -> go.Figure:
-    fig = go.Figure(go.Heatmap(z=matrix, x=list(classes), y=list(classes), colorscale="Blues",
-                               text=matrix, texttemplate="%{text}", showscale=False))
+    fig = go.Figure(
+        go.Heatmap(
+            z=matrix,
+            x=list(classes),
+            y=list(classes),
+            colorscale="Blues",
+            text=matrix,
+            texttemplate="%{text}",
+            showscale=False,
+        )
+    )
     fig.update_xaxes(title_text="predicted")
     fig.update_yaxes(title_text="true", autorange="reversed")
     return _layout(fig, title, height=300 if len(classes) <= 2 else 420)
@@ -66,10 +105,14 @@ def confusion_heatmap(matrix: np.ndarray, classes: tuple[str, ...], title: str) 
 def value_scatter(true: np.ndarray, pred: np.ndarray) -> go.Figure:
     rng = np.random.default_rng(0)
     jitter = rng.uniform(-0.2, 0.2, len(true))  # digits are integers; spread them to see density
-    fig = go.Figure(go.Scattergl(x=true + jitter, y=pred, mode="markers", marker=dict(size=3, opacity=0.35),
-                                 name="test digits"))
-    fig.add_trace(go.Scatter(x=[0, VALUE_SCALE], y=[0, VALUE_SCALE], mode="lines", name="perfect",
-                             line=dict(color="black", dash="dash")))
+    fig = go.Figure(
+        go.Scattergl(x=true + jitter, y=pred, mode="markers", marker=dict(size=3, opacity=0.35), name="test digits")
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[0, VALUE_SCALE], y=[0, VALUE_SCALE], mode="lines", name="perfect", line=dict(color="black", dash="dash")
+        )
+    )
     fig.update_xaxes(title_text="true digit")
     fig.update_yaxes(title_text="predicted value (digits)")
     return _layout(fig, "value: predicted vs true")
@@ -86,9 +129,20 @@ def alpha_heatmaps(alphas: list[list[list[float]]], tasks: list[str], title: str
     n = len(alphas)
     fig = make_subplots(rows=1, cols=n, subplot_titles=[f"unit {u + 1} (after hidden layer {u + 1})" for u in range(n)])
     for u, a in enumerate(alphas):
-        fig.add_trace(go.Heatmap(z=a, x=[f"from {t}" for t in tasks], y=[f"into {t}" for t in tasks],
-                                 text=np.round(np.array(a), 3), texttemplate="%{text}", colorscale="RdBu",
-                                 zmid=0, showscale=u == n - 1), row=1, col=u + 1)
+        fig.add_trace(
+            go.Heatmap(
+                z=a,
+                x=[f"from {t}" for t in tasks],
+                y=[f"into {t}" for t in tasks],
+                text=np.round(np.array(a), 3),
+                texttemplate="%{text}",
+                colorscale="RdBu",
+                zmid=0,
+                showscale=u == n - 1,
+            ),
+            row=1,
+            col=u + 1,
+        )
         fig.update_yaxes(autorange="reversed", row=1, col=u + 1)
     return _layout(fig, title, height=340)
 
@@ -102,13 +156,31 @@ def alpha_animation(history: list[list[list[list[float]]]], tasks: list[str]) ->
         frames.append(go.Frame(data=f.data, name=str(e), layout=go.Layout(title=f"epoch {e}")))
     fig = alpha_heatmaps(history[0], tasks, "epoch 1")
     fig.frames = frames
-    steps = [dict(method="animate", label=str(e), args=[[str(e)], dict(mode="immediate", frame=dict(duration=0, redraw=True))])
-             for e in range(1, len(history) + 1)]
+    steps = [
+        dict(
+            method="animate", label=str(e), args=[[str(e)], dict(mode="immediate", frame=dict(duration=0, redraw=True))]
+        )
+        for e in range(1, len(history) + 1)
+    ]
     fig.update_layout(
-        updatemenus=[dict(type="buttons", x=0, y=-0.25, xanchor="left", buttons=[
-            dict(label="▶ play", method="animate", args=[None, dict(frame=dict(duration=500, redraw=True), fromcurrent=True)]),
-            dict(label="⏸ pause", method="animate", args=[[None], dict(mode="immediate", frame=dict(duration=0))]),
-        ])],
+        updatemenus=[
+            dict(
+                type="buttons",
+                x=0,
+                y=-0.25,
+                xanchor="left",
+                buttons=[
+                    dict(
+                        label="▶ play",
+                        method="animate",
+                        args=[None, dict(frame=dict(duration=500, redraw=True), fromcurrent=True)],
+                    ),
+                    dict(
+                        label="⏸ pause", method="animate", args=[[None], dict(mode="immediate", frame=dict(duration=0))]
+                    ),
+                ],
+            )
+        ],
         sliders=[dict(steps=steps, x=0.15, len=0.85, y=-0.2, currentvalue=dict(prefix="epoch "))],
         height=420 if n_units else 300,
     )
@@ -117,7 +189,9 @@ def alpha_animation(history: list[list[list[list[float]]]], tasks: list[str]) ->
 
 def alpha_lines(history: list[list[list[list[float]]]], tasks: list[str]) -> go.Figure:
     n_units = len(history[0])
-    fig = make_subplots(rows=1, cols=n_units, subplot_titles=[f"unit {u + 1}" for u in range(n_units)], shared_yaxes=True)
+    fig = make_subplots(
+        rows=1, cols=n_units, subplot_titles=[f"unit {u + 1}" for u in range(n_units)], shared_yaxes=True
+    )
     epochs = list(range(1, len(history) + 1))
     k = 0
     for i, ti in enumerate(tasks):
@@ -126,9 +200,19 @@ def alpha_lines(history: list[list[list[list[float]]]], tasks: list[str]) -> go.
             k += 1
             kind = "same-task" if i == j else "other-task"
             for u in range(n_units):
-                fig.add_trace(go.Scatter(x=epochs, y=[h[u][i][j] for h in history], mode="lines+markers",
-                                         name=f"α[{ti}←{tj}] ({kind})", legendgroup=f"{i}{j}", showlegend=u == 0,
-                                         line=dict(color=color, dash="solid" if i == j else "dot")), row=1, col=u + 1)
+                fig.add_trace(
+                    go.Scatter(
+                        x=epochs,
+                        y=[h[u][i][j] for h in history],
+                        mode="lines+markers",
+                        name=f"α[{ti}←{tj}] ({kind})",
+                        legendgroup=f"{i}{j}",
+                        showlegend=u == 0,
+                        line=dict(color=color, dash="solid" if i == j else "dot"),
+                    ),
+                    row=1,
+                    col=u + 1,
+                )
     fig.update_xaxes(title_text="epoch")
     return _layout(fig, "Each alpha over epochs", height=380)
 
@@ -136,7 +220,8 @@ def alpha_lines(history: list[list[list[list[float]]]], tasks: list[str]) -> go.
 def class_probabilities(probs: np.ndarray, classes: tuple[str, ...], title: str) -> go.Figure:
     best = int(np.argmax(probs))
     colors = ["#EF553B" if i == best else "#9DB4F0" for i in range(len(classes))]
-    fig = go.Figure(go.Bar(x=list(classes), y=probs, marker_color=colors, text=[f"{p:.0%}" for p in probs],
-                           textposition="outside"))
+    fig = go.Figure(
+        go.Bar(x=list(classes), y=probs, marker_color=colors, text=[f"{p:.0%}" for p in probs], textposition="outside")
+    )
     fig.update_yaxes(range=[0, 1.15], tickformat=".0%")
     return _layout(fig, title, height=260)

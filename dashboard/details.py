@@ -55,16 +55,20 @@ def details_ui(run: dict) -> None:
             t = get_task(task)
             m = confusion(preds[task]["true"], preds[task]["pred"], t.n_classes)
             acc = np.trace(m) / m.sum()
-            cols[i % len(cols)].plotly_chart(confusion_heatmap(m, t.classes, f"{task} · accuracy {acc:.2%}"),
-                                             key=f"cm_{task}", width="stretch")
+            cols[i % len(cols)].plotly_chart(
+                confusion_heatmap(m, t.classes, f"{task} · accuracy {acc:.2%}"), key=f"cm_{task}", width="stretch"
+            )
     if "value" in preds:
         c1, c2 = st.columns(2)
-        c1.plotly_chart(value_scatter(preds["value"]["true"], preds["value"]["pred"]), key="value_scatter",
-                        width="stretch")
-        c2.plotly_chart(error_histogram(preds["value"]["true"], preds["value"]["pred"]), key="value_hist",
-                        width="stretch")
-    st.markdown(f"**{GRID} test digits** with every task's prediction ({' · '.join(preds)}); "
-                "a red frame and ✗ mark a mistake.")
+        c1.plotly_chart(
+            value_scatter(preds["value"]["true"], preds["value"]["pred"]), key="value_scatter", width="stretch"
+        )
+        c2.plotly_chart(
+            error_histogram(preds["value"]["true"], preds["value"]["pred"]), key="value_hist", width="stretch"
+        )
+    st.markdown(
+        f"**{GRID} test digits** with every task's prediction ({' · '.join(preds)}); a red frame and ✗ mark a mistake."
+    )
     rng = np.random.default_rng(0)
     idx = rng.choice(data.n_test, size=min(GRID, data.n_test), replace=False)
     idx = sorted(idx, key=lambda i: not is_mistake(preds, i))  # mistakes first: they teach the most

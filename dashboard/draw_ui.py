@@ -39,8 +39,10 @@ def read_upload(data: bytes) -> np.ndarray:
 
 
 def quick_model_ui() -> None:
-    st.info("No trained model yet. Train a quick one (the 4-task CNN on 8,000 digits, 3 epochs, "
-            "well under a minute on a CPU), or train your own on the **Train** page.")
+    st.info(
+        "No trained model yet. Train a quick one (the 4-task CNN on 8,000 digits, 3 epochs, "
+        "well under a minute on a CPU), or train your own on the **Train** page."
+    )
     if st.button("⚡ Train a quick model", type="primary", key="quick_model"):
         try:
             get_runner().submit(TrainConfig.preset(**QUICK_MODEL), owner=owner_id(), label="quick model")
@@ -61,8 +63,11 @@ def predictions_ui(run: dict, image: np.ndarray, key: str) -> None:
             st.metric(f"{task}: digit value", f"{v * VALUE_SCALE:.2f}", help=f"raw output d/9 = {v:.3f}")
         elif t.kind == "multiclass":
             p = probs[0]
-            st.plotly_chart(class_probabilities(p, t.classes, f"{task}: {t.classes[int(p.argmax())]} ({p.max():.0%})"),
-                            key=f"{key}_{task}", width="stretch")
+            st.plotly_chart(
+                class_probabilities(p, t.classes, f"{task}: {t.classes[int(p.argmax())]} ({p.max():.0%})"),
+                key=f"{key}_{task}",
+                width="stretch",
+            )
         else:
             p_yes = float(probs[0][1])
             answer = t.classes[1] if p_yes >= 0.5 else t.classes[0]

@@ -19,8 +19,21 @@ SOURCE_NAMES = {
 
 
 def model_picker_ui() -> str:
-    return st.radio("Model", list(MODELS), format_func=lambda m: MODELS[m].title, horizontal=True, key="train_model",
-                    help="STL, hard sharing and cross-stitch are the MLP study; the CNN is the 4-task tutorial.")
+    return st.radio(
+        "Model",
+        list(MODELS),
+        format_func=lambda m: MODELS[m].title,
+        horizontal=True,
+        key="train_model",
+        help="STL, hard sharing and cross-stitch are the MLP study; the CNN is the 4-task tutorial.",
+    )
+
+
+def reset_form_ui(model: str) -> None:
+    """One click back to the reference recipe: forget this model's edited form values."""
+    if st.button("↺ Reset to the reference recipe", key=f"reset_{model}"):
+        for key in [k for k in st.session_state if k.startswith("f_") and k.endswith(f"_{model}")]:
+            del st.session_state[key]
 
 
 def train_form_ui(model: str) -> dict | None:
@@ -29,12 +42,18 @@ def train_form_ui(model: str) -> dict | None:
     k = f"_{model}"  # per-model keys: switching model brings back that model's preset
     family = MODELS[model].family
     with st.form(f"train_form{k}"):
-        tasks = st.multiselect("Tasks", list(TASKS), default=list(preset.tasks), key=f"f_tasks{k}",
-                               format_func=lambda t: f"{t}: {TASKS[t].title}")
+        tasks = st.multiselect(
+            "Tasks",
+            list(TASKS),
+            default=list(preset.tasks),
+            key=f"f_tasks{k}",
+            format_func=lambda t: f"{t}: {TASKS[t].title}",
+        )
         c1, c2, c3 = st.columns(3)
         epochs = c1.number_input("Epochs", 1, 500, preset.epochs, key=f"f_epochs{k}")
-        lr = c2.number_input("Learning rate", min_value=1e-6, max_value=10.0, value=preset.lr, step=1e-4,
-                             format="%.5f", key=f"f_lr{k}")
+        lr = c2.number_input(
+            "Learning rate", min_value=1e-6, max_value=10.0, value=preset.lr, step=1e-4, format="%.5f", key=f"f_lr{k}"
+        )
         batch = c3.number_input("Batch size", 1, 8192, preset.batch_size, key=f"f_batch{k}")
         c1, c2, c3 = st.columns(3)
         optimizer = c1.selectbox("Optimiser", OPTIMIZERS, key=f"f_opt{k}")
@@ -42,45 +61,84 @@ def train_form_ui(model: str) -> dict | None:
         seed = c3.number_input("Seed", 0, 2**31 - 1, preset.seed, key=f"f_seed{k}")
         c1, c2 = st.columns(2)
         data = c1.selectbox("Data", SOURCES, format_func=SOURCE_NAMES.get, key=f"f_data{k}")
-        train_limit = c2.number_input("Use only the first N training digits (0 = all)", 0, 60000, 0, step=1000,
-                                      key=f"f_limit{k}")
+        train_limit = c2.number_input(
+            "Use only the first N training digits (0 = all)", 0, 60000, 0, step=1000, key=f"f_limit{k}"
+        )
         cuda = torch.cuda.is_available()
-        use_gpu = st.toggle("Train on the GPU", value=False, disabled=not cuda, key=f"f_gpu{k}",
-                            help=None if cuda else "No CUDA GPU on this server, so training runs on the CPU.")
+        use_gpu = st.toggle(
+            "Train on the GPU",
+            value=False,
+            disabled=not cuda,
+            key=f"f_gpu{k}",
+            help=None if cuda else "No CUDA GPU on this server, so training runs on the CPU.",
+        )
         if not cuda:
             st.caption("GPU: not available on this server (no CUDA device found); training runs on the CPU.")
         with st.expander("Loss weights and learning-rate schedule"):
             cols = st.columns(len(TASKS))
-            weights = {t: col.number_input(t, 0.0, 1000.0, preset.weight(t), step=0.5, key=f"f_w_{t}{k}")
-                       for col, t in zip(cols, TASKS)}
+            weights = {
+                t: col.number_input(t, 0.0, 1000.0, preset.weight(t), step=0.5, key=f"f_w_{t}{k}")
+                for col, t in zip(cols, TASKS)
+            }
             c1, c2, c3 = st.columns(3)
-            scheduler = c1.selectbox("Schedule", ["none", "step"], index=["none", "step"].index(preset.scheduler),
-                                     key=f"f_sched{k}", help="step: multiply the LR by gamma every N epochs (StepLR)")
+            scheduler = c1.selectbox(
+                "Schedule",
+                ["none", "step"],
+                index=["none", "step"].index(preset.scheduler),
+                key=f"f_sched{k}",
+                help="step: multiply the LR by gamma every N epochs (StepLR)",
+            )
             step_size = c2.number_input("Step every N epochs", 1, 500, preset.step_size, key=f"f_step{k}")
             gamma = c3.number_input("Gamma", 0.01, 1.0, preset.gamma, step=0.05, key=f"f_gamma{k}")
         extra: dict = {}
         if model == "cross_stitch":
             c1, c2 = st.columns(2)
-            extra["alpha_init"] = c1.selectbox("Alpha initialisation", list(ALPHA_INITS), key=f"f_ainit{k}",
-                                               help="convex-0.9: 0.9 same-task / 0.1 other-task (best in the paper)")
-            extra["alpha_lr_mult"] = c2.number_input("Alpha learning-rate multiplier", 0.01, 10000.0, 1.0,
-                                                     key=f"f_amult{k}", help="The paper used 100 to 1000.")
+            extra["alpha_init"] = c1.selectbox(
+                "Alpha initialisation",
+                list(ALPHA_INITS),
+                key=f"f_ainit{k}",
+                help="convex-0.9: 0.9 same-task / 0.1 other-task (best in the paper)",
+            )
+            extra["alpha_lr_mult"] = c2.number_input(
+                "Alpha learning-rate multiplier",
+                0.01,
+                10000.0,
+                1.0,
+                key=f"f_amult{k}",
+                help="The paper used 100 to 1000.",
+            )
         if family == "cnn":
             c1, c2 = st.columns(2)
-            extra["precision"] = c1.selectbox("Precision", PRECISIONS, index=PRECISIONS.index(preset.precision),
-                                              key=f"f_prec{k}",
-                                              help="bf16 autocast is about 2x faster where the CPU/GPU has it; "
-                                                   "auto uses it when it is native here")
-            extra["channels_last"] = c2.checkbox("channels_last memory layout", value=preset.channels_last,
-                                                 key=f"f_cl{k}")
+            extra["precision"] = c1.selectbox(
+                "Precision",
+                PRECISIONS,
+                index=PRECISIONS.index(preset.precision),
+                key=f"f_prec{k}",
+                help="bf16 autocast is about 2x faster where the CPU/GPU has it; auto uses it when it is native here",
+            )
+            extra["channels_last"] = c2.checkbox(
+                "channels_last memory layout", value=preset.channels_last, key=f"f_cl{k}"
+            )
         label = st.text_input("Run name (optional)", max_chars=40, key=f"f_label{k}")
         submitted = st.form_submit_button("Start training", type="primary", key=f"train_submit{k}")
     if not submitted:
         return None
     return dict(
-        model=model, tasks=tuple(tasks), epochs=int(epochs), lr=float(lr), batch_size=int(batch),
-        optimizer=optimizer, weight_decay=float(weight_decay), seed=int(seed), data=data,
-        train_limit=int(train_limit), device="cuda" if use_gpu else "cpu",
+        model=model,
+        tasks=tuple(tasks),
+        epochs=int(epochs),
+        lr=float(lr),
+        batch_size=int(batch),
+        optimizer=optimizer,
+        weight_decay=float(weight_decay),
+        seed=int(seed),
+        data=data,
+        train_limit=int(train_limit),
+        device="cuda" if use_gpu else "cpu",
         loss_weights={t: w for t, w in weights.items() if t in tasks and w != 1.0},
-        scheduler=scheduler, step_size=int(step_size), gamma=float(gamma), label=label.strip(), **extra,
+        scheduler=scheduler,
+        step_size=int(step_size),
+        gamma=float(gamma),
+        label=label.strip(),
+        **extra,
     )

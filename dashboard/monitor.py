@@ -69,8 +69,7 @@ def monitor_ui(run_id: str) -> None:
         status_ui(run, records)
         metrics_ui(run, records)
         if records:
-            st.plotly_chart(training_curves(records, run["config"]["epochs"]), key=f"curves_{run_id}",
-                            width="stretch")
+            st.plotly_chart(training_curves(records, run["config"]["epochs"]), key=f"curves_{run_id}", width="stretch")
         if st.session_state.get(active_key) and run["status"] not in ACTIVE:
             st.session_state[active_key] = False
             st.rerun(scope="app")  # stop polling: the run is over

@@ -72,8 +72,11 @@ def sidebar_ui() -> None:
     owner_id()
     get_runner()  # start the workers with the first page view, so jobs queued before a restart resume
     with st.sidebar:
-        st.toggle("Show all runs on this server", key="show_all_runs",
-                  help="Teacher / projector view: everyone's runs instead of this browser's.")
+        st.toggle(
+            "Show all runs on this server",
+            key="show_all_runs",
+            help="Teacher / projector view: everyone's runs instead of this browser's.",
+        )
         store = get_store()
         active = store.list_runs(statuses=("queued", "running"))
         running = sum(r["status"] == "running" for r in active)

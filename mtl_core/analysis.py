@@ -34,9 +34,13 @@ def delta_m(metrics: dict[str, dict], baseline: dict[str, dict]) -> float | None
 def _stl_baseline(run: dict, runs: list[dict]) -> dict | None:
     """The newest finished STL run with the same tasks on the same data source."""
     for r in runs:
-        if (r["model"] == "stl" and r["status"] == "finished" and r["best"]
-                and set(r["config"]["tasks"]) == set(run["config"]["tasks"])
-                and r["config"]["data"] == run["config"]["data"]):
+        if (
+            r["model"] == "stl"
+            and r["status"] == "finished"
+            and r["best"]
+            and set(r["config"]["tasks"]) == set(run["config"]["tasks"])
+            and r["config"]["data"] == run["config"]["data"]
+        ):
             return r
     return None
 
@@ -52,8 +56,12 @@ def compare_rows(runs: list[dict], pool: list[dict] | None = None) -> list[dict]
     rows = []
     for r in runs:
         row = {
-            "run": run_label(r), "model": r["model"], "status": r["status"],
-            "data": r["config"]["data"], "epochs": r["config"]["epochs"], "params": r["params"],
+            "run": run_label(r),
+            "model": r["model"],
+            "status": r["status"],
+            "data": r["config"]["data"],
+            "epochs": r["config"]["epochs"],
+            "params": r["params"],
             "train_s": None if r["train_seconds"] is None else round(r["train_seconds"], 2),
             "best_epoch": r["best_epoch"],
         }

@@ -67,8 +67,9 @@ def seed_faithful_seconds(model_name: str, data: MTLData, max_batches: int | Non
     total, timed = 0.0, 0
     n_batches = (len(images) + 127) // 128
     for net in nets:
-        loader = torch.utils.data.DataLoader(SeedFaithfulMNIST(images, digits, net.tasks), batch_size=128,
-                                             shuffle=True, num_workers=0)
+        loader = torch.utils.data.DataLoader(
+            SeedFaithfulMNIST(images, digits, net.tasks), batch_size=128, shuffle=True, num_workers=0
+        )
         opt = torch.optim.Adam(net.parameters(), lr=1e-3)
         net.train()
         t0, seen = time.perf_counter(), 0
@@ -121,16 +122,23 @@ def main(argv: list[str] | None = None) -> int:
     for m in models:
         seed_s, timed = seed_faithful_seconds(m, data, limit)
         note = "" if a.full else f" (from {timed} batches)"
-        variants = [("", {})] if m != "cnn" else [
-            (" fp32", {"precision": "fp32", "channels_last": False}),
-            (" fp32+channels_last", {"precision": "fp32", "channels_last": True}),
-            (" bf16+channels_last", {"precision": "bf16", "channels_last": True}),
-        ]
+        variants = (
+            [("", {})]
+            if m != "cnn"
+            else [
+                (" fp32", {"precision": "fp32", "channels_last": False}),
+                (" fp32+channels_last", {"precision": "fp32", "channels_last": True}),
+                (" bf16+channels_last", {"precision": "bf16", "channels_last": True}),
+            ]
+        )
         for suffix, over in variants:
             ours, training = ours_seconds(m, data, **over)
             acc = training.history[-1]["avg_acc"]
-            print(f"{m + suffix:<22}{seed_s:>24.2f}{ours:>14.2f}{seed_s / ours:>9.1f}x   avg acc after 1 epoch "
-                  f"{acc * 100:.2f}%{note}", flush=True)
+            print(
+                f"{m + suffix:<22}{seed_s:>24.2f}{ours:>14.2f}{seed_s / ours:>9.1f}x   avg acc after 1 epoch "
+                f"{acc * 100:.2f}%{note}",
+                flush=True,
+            )
     if not a.no_table:
         total = 0.0
         for m in SEED_MODELS:
@@ -138,8 +146,11 @@ def main(argv: list[str] | None = None) -> int:
             for _ in training.records():
                 pass
             total += training.train_seconds
-            print(f"seed table: {m} 20 epochs {training.train_seconds:.1f} s (incl. per-epoch test), "
-                  f"best avg {training.summary()['best_avg'] * 100:.2f}%", flush=True)
+            print(
+                f"seed table: {m} 20 epochs {training.train_seconds:.1f} s (incl. per-epoch test), "
+                f"best avg {training.summary()['best_avg'] * 100:.2f}%",
+                flush=True,
+            )
         print(f"seed table total: {total:.1f} s of training for STL pair + hard + cross-stitch (target <= 30 s)")
     for m in ["stl", "hard", "cross_stitch", "cnn"]:
         print(f"single-image prediction {m:<13} {prediction_ms(m):.2f} ms (median of 200)")

@@ -88,10 +88,14 @@ def load_model_bytes(payload: bytes) -> tuple[MultiTaskModel, TrainConfig, dict]
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or unexpected:
-        raise ModelFileError(f"tensors do not match a {config.model} model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ModelFileError(
+            f"tensors do not match a {config.model} model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     for k, v in expected.items():
         if tensors[k].shape != v.shape or tensors[k].dtype != v.dtype:
-            raise ModelFileError(f"tensor {k!r} is {tuple(tensors[k].shape)} {tensors[k].dtype}, expected {tuple(v.shape)} {v.dtype}")
+            raise ModelFileError(
+                f"tensor {k!r} is {tuple(tensors[k].shape)} {tensors[k].dtype}, expected {tuple(v.shape)} {v.dtype}"
+            )
         if v.is_floating_point() and not torch.isfinite(tensors[k]).all():
             raise ModelFileError(f"tensor {k!r} holds NaN or infinite values")
     model.load_state_dict(tensors)

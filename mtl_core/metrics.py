@@ -63,7 +63,12 @@ class MetricAccumulator:
             losses[t] = self.loss[t] / self.n
             if get_task(t).kind == "regression":
                 mae, rmse = self.abs_err[t] / self.n, (self.sq_err[t] / self.n) ** 0.5
-                metrics[t] = {"mae": mae, "rmse": rmse, "mae_digits": mae * VALUE_SCALE, "rmse_digits": rmse * VALUE_SCALE}
+                metrics[t] = {
+                    "mae": mae,
+                    "rmse": rmse,
+                    "mae_digits": mae * VALUE_SCALE,
+                    "rmse_digits": rmse * VALUE_SCALE,
+                }
             else:
                 metrics[t] = {"acc": self.correct[t] / self.n}
         return metrics, losses

@@ -9,8 +9,8 @@ textbook per-column versions the tests check the fused ones against.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -160,9 +160,7 @@ class HardSharingMLP(MultiTaskModel):
     def __init__(self, tasks: tuple[str, ...]):
         super().__init__(tasks)
         h1, h2 = MLP_HIDDEN
-        self.trunk = nn.Sequential(
-            nn.Flatten(), nn.Linear(IN_FEATURES, h1), nn.ReLU(), nn.Linear(h1, h2), nn.ReLU()
-        )
+        self.trunk = nn.Sequential(nn.Flatten(), nn.Linear(IN_FEATURES, h1), nn.ReLU(), nn.Linear(h1, h2), nn.ReLU())
         self.heads = nn.ModuleDict({name: nn.Linear(h2, head_dim(name, "mlp")) for name in self.tasks})
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -178,14 +176,25 @@ class MultiTaskCNN(MultiTaskModel):
     def __init__(self, tasks: tuple[str, ...]):
         super().__init__(tasks)
         self.trunk = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Dropout(0.5),
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(64 * 7 * 7, 128),
+            nn.ReLU(),
+            nn.Dropout(0.5),
         )
 
         def head(name: str) -> nn.Sequential:
             hidden = 64 if get_task(name).kind == "multiclass" else 32
-            return nn.Sequential(nn.Linear(128, hidden), nn.ReLU(), nn.Dropout(0.3), nn.Linear(hidden, head_dim(name, "cnn")))
+            return nn.Sequential(
+                nn.Linear(128, hidden), nn.ReLU(), nn.Dropout(0.3), nn.Linear(hidden, head_dim(name, "cnn"))
+            )
 
         self.heads = nn.ModuleDict({name: head(name) for name in self.tasks})
 
@@ -208,14 +217,38 @@ class ModelSpec:
 
 
 MODELS: dict[str, ModelSpec] = {
-    "stl": ModelSpec("stl", "Single-task (STL)", "mlp", ("even", "mult3"), STLMLP,
-                     "One independent 784-64-32 MLP per task; nothing is shared."),
-    "hard": ModelSpec("hard", "Hard sharing", "mlp", ("even", "mult3"), HardSharingMLP,
-                      "One shared 784-64-32 trunk, a linear head per task."),
-    "cross_stitch": ModelSpec("cross_stitch", "Cross-stitch", "mlp", ("even", "mult3"), CrossStitchMLP,
-                              "One column per task, mixed after each hidden layer by learned alphas."),
-    "cnn": ModelSpec("cnn", "4-task CNN", "cnn", ("digit", "even", "gt4", "value"), MultiTaskCNN,
-                     "Shared conv trunk (2 conv blocks, 128-d), a small MLP head per task."),
+    "stl": ModelSpec(
+        "stl",
+        "Single-task (STL)",
+        "mlp",
+        ("even", "mult3"),
+        STLMLP,
+        "One independent 784-64-32 MLP per task; nothing is shared.",
+    ),
+    "hard": ModelSpec(
+        "hard",
+        "Hard sharing",
+        "mlp",
+        ("even", "mult3"),
+        HardSharingMLP,
+        "One shared 784-64-32 trunk, a linear head per task.",
+    ),
+    "cross_stitch": ModelSpec(
+        "cross_stitch",
+        "Cross-stitch",
+        "mlp",
+        ("even", "mult3"),
+        CrossStitchMLP,
+        "One column per task, mixed after each hidden layer by learned alphas.",
+    ),
+    "cnn": ModelSpec(
+        "cnn",
+        "4-task CNN",
+        "cnn",
+        ("digit", "even", "gt4", "value"),
+        MultiTaskCNN,
+        "Shared conv trunk (2 conv blocks, 128-d), a small MLP head per task.",
+    ),
 }
 
 
@@ -226,7 +259,9 @@ def get_model_spec(name: str) -> ModelSpec:
         raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}") from None
 
 
-def build_model(name: str, tasks: tuple[str, ...] | list[str] | None = None, alpha_init: str = "identity") -> MultiTaskModel:
+def build_model(
+    name: str, tasks: tuple[str, ...] | list[str] | None = None, alpha_init: str = "identity"
+) -> MultiTaskModel:
     spec = get_model_spec(name)
     tasks = tuple(tasks) if tasks else spec.default_tasks
     if name == "cross_stitch":
@@ -265,7 +300,7 @@ class PlainSTL(nn.Module):
         return out
 
     @classmethod
-    def from_fused(cls, fused: _StackedColumns) -> "PlainSTL":
+    def from_fused(cls, fused: _StackedColumns) -> PlainSTL:
         plain = cls(fused.tasks)
         with torch.no_grad():
             for i, t in enumerate(fused.tasks):
@@ -295,7 +330,7 @@ class PlainCrossStitch(PlainSTL):
         return {t: _finish(t, c.head(h)) for t, c, h in zip(self.tasks, cols, hs)}
 
     @classmethod
-    def from_fused(cls, fused: CrossStitchMLP) -> "PlainCrossStitch":
+    def from_fused(cls, fused: CrossStitchMLP) -> PlainCrossStitch:
         plain = super().from_fused(fused)
         with torch.no_grad():
             for mine, theirs in zip(plain.alpha, fused.alpha):

@@ -52,7 +52,9 @@ def preprocess_canvas(rgba: np.ndarray) -> np.ndarray | None:
     h, w = crop.shape
     scale = 20.0 / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    small = np.asarray(Image.fromarray((crop * 255).astype(np.uint8)).resize((nw, nh), Image.LANCZOS), np.float32) / 255.0
+    small = (
+        np.asarray(Image.fromarray((crop * 255).astype(np.uint8)).resize((nw, nh), Image.LANCZOS), np.float32) / 255.0
+    )
     small = np.clip(small, 0, 1)
     field = np.zeros((28, 28), np.float32)
     top, left = (28 - nh) // 2, (28 - nw) // 2
@@ -79,7 +81,9 @@ def to_display(image: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def predict(model: MultiTaskModel, images: np.ndarray | torch.Tensor, batch_size: int = 2048) -> dict[str, np.ndarray]:
     """Normalised images (N, 28, 28) or (N, 1, 28, 28) -> {task: probabilities (N, C) or values (N,)}."""
-    x = torch.as_tensor(np.asarray(images, dtype=np.float32) if not isinstance(images, torch.Tensor) else images).float()
+    x = torch.as_tensor(
+        np.asarray(images, dtype=np.float32) if not isinstance(images, torch.Tensor) else images
+    ).float()
     if x.dim() == 2:
         x = x.unsqueeze(0)
     if x.dim() == 3:

@@ -11,9 +11,10 @@ import os
 import sqlite3
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 STATUSES = ("queued", "running", "finished", "failed", "cancelled", "diverged")
 ACTIVE = ("queued", "running")
@@ -115,7 +116,9 @@ class RunStore:
 
     def mark_started(self, run_id: str, params: int, data_source: str, device: str) -> None:
         with self._connect() as db:
-            db.execute("UPDATE runs SET params=?, data_source=?, device=? WHERE id=?", (params, data_source, device, run_id))
+            db.execute(
+                "UPDATE runs SET params=?, data_source=?, device=? WHERE id=?", (params, data_source, device, run_id)
+            )
 
     def add_epoch(self, run_id: str, record: dict) -> None:
         with self._connect() as db:
@@ -124,8 +127,9 @@ class RunStore:
                 (run_id, int(record["epoch"]), json.dumps(_json_safe(record))),
             )
 
-    def finish(self, run_id: str, status: str, reason: str = "", summary: dict | None = None,
-               weights_path: str | None = None) -> None:
+    def finish(
+        self, run_id: str, status: str, reason: str = "", summary: dict | None = None, weights_path: str | None = None
+    ) -> None:
         if status not in STATUSES:
             raise ValueError(f"unknown status {status!r}")
         s = summary or {}
@@ -133,9 +137,18 @@ class RunStore:
             db.execute(
                 "UPDATE runs SET status=?, reason=?, finished=?, train_seconds=?, best_epoch=?, best=?, best_avg=?, "
                 "weights_path=COALESCE(?, weights_path), params=COALESCE(?, params) WHERE id=?",
-                (status, reason, time.time(), s.get("train_seconds"), s.get("best_epoch"),
-                 json.dumps(_json_safe(s.get("best_metrics", {}))), s.get("best_avg"), weights_path,
-                 s.get("params"), run_id),
+                (
+                    status,
+                    reason,
+                    time.time(),
+                    s.get("train_seconds"),
+                    s.get("best_epoch"),
+                    json.dumps(_json_safe(s.get("best_metrics", {}))),
+                    s.get("best_avg"),
+                    weights_path,
+                    s.get("params"),
+                    run_id,
+                ),
             )
 
     def request_stop(self, run_id: str) -> None:
@@ -172,7 +185,8 @@ class RunStore:
                     continue
                 db.execute(
                     "UPDATE runs SET status='failed', reason='worker stopped unexpectedly (server restarted?)', "
-                    "finished=? WHERE id=?", (time.time(), row["id"]),
+                    "finished=? WHERE id=?",
+                    (time.time(), row["id"]),
                 )
                 n += 1
         return n

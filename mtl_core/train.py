@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -40,7 +40,7 @@ def bf16_is_native(device: torch.device) -> bool:
 
 
 def resolve_precision(config: TrainConfig, family: str, device: torch.device) -> str:
-    """"auto" picks bf16 autocast for the CNN when the hardware runs it natively (about 2x faster per
+    """ "auto" picks bf16 autocast for the CNN when the hardware runs it natively (about 2x faster per
     epoch on this project's CPUs at the same accuracy, see benchmarks/), and fp32 otherwise; for the small
     MLPs the casts cost more than they save."""
     if config.precision != "auto":
@@ -88,7 +88,8 @@ class Training:
         self.optimizer = make_optimizer(config, self.model, self.device)
         self.scheduler = (
             torch.optim.lr_scheduler.StepLR(self.optimizer, config.step_size, config.gamma)
-            if config.scheduler == "step" else None
+            if config.scheduler == "step"
+            else None
         )
         self.generator = torch.Generator().manual_seed(config.seed)
         self.status = "running"
@@ -135,8 +136,10 @@ class Training:
             if not math.isfinite(total.item()):
                 bad = [t for t in cfg.tasks if not math.isfinite(losses[t].item())] or list(cfg.tasks)
                 self.status = "diverged"
-                self.reason = (f"non-finite loss ({', '.join(bad)}) at epoch {epoch}, batch {b + 1}; "
-                               "kept the last good weights (try a smaller learning rate)")
+                self.reason = (
+                    f"non-finite loss ({', '.join(bad)}) at epoch {epoch}, batch {b + 1}; "
+                    "kept the last good weights (try a smaller learning rate)"
+                )
                 return None
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()

@@ -38,8 +38,13 @@ if not runs:
 
 by_id = {r["id"]: r for r in runs}
 default = [r["id"] for r in runs if r["status"] == "finished"][:6]
-chosen = st.multiselect("Runs", list(by_id), default=default, key="compare_runs",
-                        format_func=lambda i: f"{run_label(by_id[i])} ({by_id[i]['status']})")
+chosen = st.multiselect(
+    "Runs",
+    list(by_id),
+    default=default,
+    key="compare_runs",
+    format_func=lambda i: f"{run_label(by_id[i])} ({by_id[i]['status']})",
+)
 selected = [by_id[i] for i in chosen]
 if not selected:
     st.info("Pick one or more runs above.")
@@ -51,37 +56,70 @@ st.dataframe(table, hide_index=True, width="stretch")
 left, right = st.columns([3, 2])
 with left:
     st.markdown("**Reference study** (published figures, not measured here)")
-    st.dataframe(pd.DataFrame([{"model": m, "params": f["params"], "train_s": f["train_seconds"],
-                                "best avg acc %": round(100 * f["best_avg"], 2)}
-                               for m, f in SEED_STUDY["rows"].items()]), hide_index=True, width="stretch")
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "model": m,
+                    "params": f["params"],
+                    "train_s": f["train_seconds"],
+                    "best avg acc %": round(100 * f["best_avg"], 2),
+                }
+                for m, f in SEED_STUDY["rows"].items()
+            ]
+        ),
+        hide_index=True,
+        width="stretch",
+    )
 with right:
-    st.caption(f"Reference: {SEED_STUDY['source']}. Δm is the mean relative change per task against the newest "
-               "finished STL run with the same tasks and data (MAE counts lower as better).")
+    st.caption(
+        f"Reference: {SEED_STUDY['source']}. Δm is the mean relative change per task against the newest "
+        "finished STL run with the same tasks and data (MAE counts lower as better)."
+    )
 
 histories = {r["id"]: store.epochs(r["id"]) for r in selected}
 curves = pd.DataFrame([row for r in selected for row in curve_rows(r, histories[r["id"]])])
 d1, d2, d3 = st.columns(3)
 d1.download_button("⬇ Table (CSV)", table.to_csv(index=False), "comparison.csv", "text/csv", key="dl_table_csv")
 d2.download_button("⬇ Curves (CSV)", curves.to_csv(index=False), "curves.csv", "text/csv", key="dl_curves_csv")
-d3.download_button("⬇ Table and curves (JSON)",
-                   json.dumps({"table": table.to_dict("records"), "curves": curves.to_dict("records")}, default=str),
-                   "comparison.json", "application/json", key="dl_json")
+d3.download_button(
+    "⬇ Table and curves (JSON)",
+    json.dumps({"table": table.to_dict("records"), "curves": curves.to_dict("records")}, default=str),
+    "comparison.json",
+    "application/json",
+    key="dl_json",
+)
 
 c1, c2 = st.columns(2)
-avg = {run_label(r): ([h["epoch"] for h in histories[r["id"]]], [h["avg_acc"] for h in histories[r["id"]]])
-       for r in selected if histories[r["id"]] and histories[r["id"]][0]["avg_acc"] is not None}
-loss = {run_label(r): ([h["epoch"] for h in histories[r["id"]]], [h["train_loss_total"] for h in histories[r["id"]]])
-        for r in selected if histories[r["id"]]}
+avg = {
+    run_label(r): ([h["epoch"] for h in histories[r["id"]]], [h["avg_acc"] for h in histories[r["id"]]])
+    for r in selected
+    if histories[r["id"]] and histories[r["id"]][0]["avg_acc"] is not None
+}
+loss = {
+    run_label(r): ([h["epoch"] for h in histories[r["id"]]], [h["train_loss_total"] for h in histories[r["id"]]])
+    for r in selected
+    if histories[r["id"]]
+}
 c1.plotly_chart(overlay(avg, "Test average accuracy", "accuracy"), key="ov_acc", width="stretch")
 c2.plotly_chart(overlay(loss, "Train loss (weighted sum over tasks)", "loss"), key="ov_loss", width="stretch")
 
 names = [run_label(r) for r in selected]
 b1, b2, b3 = st.columns(3)
 b1.plotly_chart(bars(names, [r["params"] for r in selected], "Parameters"), key="bar_params", width="stretch")
-b2.plotly_chart(bars(names, [r["train_seconds"] for r in selected], "Training time (s)", "{:.1f}"),
-                key="bar_time", width="stretch")
-b3.plotly_chart(bars(names, [None if r["best_avg"] is None else 100 * r["best_avg"] for r in selected],
-                     "Best average accuracy (%)", "{:.2f}"), key="bar_acc", width="stretch")
+b2.plotly_chart(
+    bars(names, [r["train_seconds"] for r in selected], "Training time (s)", "{:.1f}"), key="bar_time", width="stretch"
+)
+b3.plotly_chart(
+    bars(
+        names,
+        [None if r["best_avg"] is None else 100 * r["best_avg"] for r in selected],
+        "Best average accuracy (%)",
+        "{:.2f}",
+    ),
+    key="bar_acc",
+    width="stretch",
+)
 
 st.subheader("Look inside one run")
 detail = st.selectbox("Run", chosen, format_func=lambda i: run_label(by_id[i]), key="detail_run")

@@ -17,12 +17,16 @@ st.markdown(
 
 runs = [r for r in visible_runs() if r["model"] == "cross_stitch" and r["status"] != "queued"]
 if not runs:
-    st.info("No cross-stitch run yet. Train one on the **Train** page (model: Cross-stitch); "
-            "its alphas appear here while it trains.")
+    st.info(
+        "No cross-stitch run yet. Train one on the **Train** page (model: Cross-stitch); "
+        "its alphas appear here while it trains."
+    )
     st.stop()
 
 by_id = {r["id"]: r for r in runs}
-run_id = st.selectbox("Run", list(by_id), key="cs_run", format_func=lambda i: f"{run_label(by_id[i])} — {by_id[i]['status']}")
+run_id = st.selectbox(
+    "Run", list(by_id), key="cs_run", format_func=lambda i: f"{run_label(by_id[i])} — {by_id[i]['status']}"
+)
 cfg = by_id[run_id]["config"]
 st.caption(f"alpha initialisation: {cfg['alpha_init']} · alpha learning-rate multiplier: {cfg['alpha_lr_mult']:g}")
 
@@ -39,8 +43,9 @@ def alphas_view() -> None:
         st.caption(f"Training: epoch {len(history)} of {run['config']['epochs']} (updates every second)")
     n = len(history)
     epoch = st.slider("Epoch", 1, n, n, key="cs_epoch") if n > 1 else 1
-    st.plotly_chart(alpha_heatmaps(history[epoch - 1], tasks, f"Alphas after epoch {epoch}"), key="cs_heat",
-                    width="stretch")
+    st.plotly_chart(
+        alpha_heatmaps(history[epoch - 1], tasks, f"Alphas after epoch {epoch}"), key="cs_heat", width="stretch"
+    )
     if n > 1:
         st.plotly_chart(alpha_lines(history, tasks), key="cs_lines", width="stretch")
         with st.expander("▶ Play the alphas epoch by epoch"):

@@ -32,19 +32,29 @@ for r in runs:  # newest run of each model kind, up to three
     if r["model"] not in seen and len(default) < 3:
         default.append(r["id"])
         seen.add(r["model"])
-chosen = st.multiselect("Models", list(by_id), default=default, key="draw_models", format_func=lambda i: run_label(by_id[i]))
+chosen = st.multiselect(
+    "Models", list(by_id), default=default, key="draw_models", format_func=lambda i: run_label(by_id[i])
+)
 
 left, mid, right = st.columns([3, 1, 5], gap="medium")
 with left:
     width = st.slider("Stroke width", 6, 40, 18, key="stroke_width")
     n = st.session_state.get("canvas_clears", 0)
-    result = st_canvas(stroke_width=width, stroke_color="#FFFFFF", background_color="#000000", height=280, width=280,
-                       return_image_data=True, key="canvas" if n == 0 else f"canvas_{n}")
+    result = st_canvas(
+        stroke_width=width,
+        stroke_color="#FFFFFF",
+        background_color="#000000",
+        height=280,
+        width=280,
+        return_image_data=True,
+        key="canvas" if n == 0 else f"canvas_{n}",
+    )
     if st.button("🧹 Clear", key="clear_canvas"):
         st.session_state["canvas_clears"] = n + 1
         st.rerun()
-    upload = st.file_uploader("…or upload a picture of a digit", type=["png", "jpg", "jpeg", "bmp", "gif", "webp"],
-                              key="upload")
+    upload = st.file_uploader(
+        "…or upload a picture of a digit", type=["png", "jpg", "jpeg", "bmp", "gif", "webp"], key="upload"
+    )
 
 image, source = None, "canvas"
 if upload is not None:
@@ -60,8 +70,10 @@ with mid:
     if image is not None:
         st.image(to_display(image), width=112, clamp=True, caption=f"28×28 from the {source}")
         with st.expander("How?"):
-            st.caption("Grey, crop to the ink, fit in 20×20, centre of mass to the centre of 28×28, "
-                       "normalise: the way MNIST itself was made.")
+            st.caption(
+                "Grey, crop to the ink, fit in 20×20, centre of mass to the centre of 28×28, "
+                "normalise: the way MNIST itself was made."
+            )
 with right:
     if image is None:
         st.info("✏️ Draw a digit on the black square (or upload a picture) to see every task's prediction.")

@@ -35,13 +35,17 @@ with right:
     st.subheader("Tasks")
     st.dataframe(
         [{"task": t.name, "kind": t.kind, "question": t.title} for t in TASKS.values()],
-        hide_index=True, width="stretch",
+        hide_index=True,
+        width="stretch",
     )
     st.subheader("Models")
     st.dataframe(
-        [{"model": s.title, "family": s.family, "default tasks": ", ".join(s.default_tasks), "what": s.description}
-         for s in MODELS.values()],
-        hide_index=True, width="stretch",
+        [
+            {"model": s.title, "family": s.family, "default tasks": ", ".join(s.default_tasks), "what": s.description}
+            for s in MODELS.values()
+        ],
+        hide_index=True,
+        width="stretch",
     )
 
 st.subheader("Data in use")

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from dashboard.forms import model_picker_ui, train_form_ui
+from dashboard.forms import model_picker_ui, reset_form_ui, train_form_ui
 from dashboard.monitor import monitor_ui
 from dashboard.state import get_runner, owner_id, visible_runs
 from mtl_core.analysis import run_label
@@ -16,6 +16,7 @@ left, right = st.columns([2, 3], gap="large")
 with left:
     model = model_picker_ui()
     st.caption(MODELS[model].description + " Defaults are the reference recipe for this model.")
+    reset_form_ui(model)
     fields = train_form_ui(model)
     if fields is not None:
         label = fields.pop("label")
@@ -39,6 +40,7 @@ with right:
         by_id = {r["id"]: r for r in runs}
         if st.session_state.get("watch_select") not in ids:
             st.session_state["watch_select"] = ids[0]
-        chosen = st.selectbox("Watching", ids, key="watch_select",
-                              format_func=lambda i: f"{run_label(by_id[i])} — {by_id[i]['status']}")
+        chosen = st.selectbox(
+            "Watching", ids, key="watch_select", format_func=lambda i: f"{run_label(by_id[i])} — {by_id[i]['status']}"
+        )
         monitor_ui(chosen)

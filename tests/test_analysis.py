@@ -9,9 +9,19 @@ from mtl_core.models import build_model
 
 
 def run(model, best, tasks=("even", "mult3"), status="finished", created=1.0, data="mnist"):
-    return {"id": f"id-{model}-{created}", "label": "", "model": model, "status": status, "created": created,
-            "config": {"tasks": list(tasks), "data": data, "epochs": 20}, "params": 1, "train_seconds": 2.0,
-            "best_epoch": 3, "best": best, "best_avg": 0.9}
+    return {
+        "id": f"id-{model}-{created}",
+        "label": "",
+        "model": model,
+        "status": status,
+        "created": created,
+        "config": {"tasks": list(tasks), "data": data, "epochs": 20},
+        "params": 1,
+        "train_seconds": 2.0,
+        "best_epoch": 3,
+        "best": best,
+        "best_avg": 0.9,
+    }
 
 
 def test_delta_m_signs_and_missing_tasks():
@@ -32,8 +42,14 @@ def test_compare_rows_use_the_matching_stl_run():
 
 
 def test_curve_rows_and_confusion():
-    rec = {"epoch": 1, "train_loss": {"even": 0.5}, "test_loss": {"even": 0.4}, "metrics": {"even": {"acc": 0.9}},
-           "avg_acc": 0.9, "seconds": 0.3}
+    rec = {
+        "epoch": 1,
+        "train_loss": {"even": 0.5},
+        "test_loss": {"even": 0.4},
+        "metrics": {"even": {"acc": 0.9}},
+        "avg_acc": 0.9,
+        "seconds": 0.3,
+    }
     rows = curve_rows(run("hard", {}), [rec])
     assert {r["quantity"] for r in rows} == {"train loss", "test loss", "test acc", "seconds"}
     m = confusion(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]), 3)

@@ -11,17 +11,21 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_core_does_not_import_streamlit():
-    code = ("import sys, pkgutil, importlib, mtl_core\n"
-            "for m in pkgutil.iter_modules(mtl_core.__path__):\n"
-            "    if m.name != '__main__': importlib.import_module('mtl_core.' + m.name)\n"
-            "print('streamlit' in sys.modules)")
+    code = (
+        "import sys, pkgutil, importlib, mtl_core\n"
+        "for m in pkgutil.iter_modules(mtl_core.__path__):\n"
+        "    if m.name != '__main__': importlib.import_module('mtl_core.' + m.name)\n"
+        "print('streamlit' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "False"
 
 
 def test_train_writes_json_summary_and_model(tmp_path, capsys):
     js, model = tmp_path / "s.json", tmp_path / "m.safetensors"
-    rc = main(["train", "--model", "stl", "--data", "synthetic", "--epochs", "2", "--json", str(js), "--save", str(model)])
+    rc = main(
+        ["train", "--model", "stl", "--data", "synthetic", "--epochs", "2", "--json", str(js), "--save", str(model)]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "epoch   1" in printed and "epoch   2" in printed

@@ -4,8 +4,8 @@ import time
 
 import pytest
 import torch
-
 from conftest import real_mnist_dir
+
 from mtl_core import data as data_mod
 from mtl_core.data import DataUnavailable, batch_indices, load_data, load_subset, make_synthetic
 from mtl_core.tasks import TASKS, make_targets

@@ -81,8 +81,9 @@ def test_closing_the_submitter_does_not_lose_the_job(tmp_path):
         print(r.submit(TrainConfig.preset("hard", epochs=3, data="synthetic")))
     """)  # the submitter exits right away, without shutting its runner down
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
-                         cwd=root, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=root, check=True
+    )
     rid = out.stdout.strip().splitlines()[-1]
     store = RunStore(db)
     assert wait_for(lambda: store.get_run(rid)["status"] == "finished", timeout=90), store.get_run(rid)

@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from mtl_core.models import (
-    ALPHA_INITS, MODELS, CrossStitchMLP, PlainCrossStitch, PlainSTL, STLMLP, alpha_matrix, build_model,
+    ALPHA_INITS,
+    MODELS,
+    STLMLP,
+    CrossStitchMLP,
+    PlainCrossStitch,
+    PlainSTL,
+    alpha_matrix,
+    build_model,
     count_parameters,
 )
 
@@ -107,7 +114,7 @@ def test_fused_stl_with_one_adam_trains_like_separate_adams():
             task_loss(t, net(x)[t], y).backward()
             opts[t].step()
     x = torch.randn(4, 1, 28, 28)
-    for i, t in enumerate(fused.tasks):
+    for t in fused.tasks:
         torch.testing.assert_close(fused(x)[t], separate[t](x)[t], rtol=1e-4, atol=1e-5)
 
 

@@ -10,7 +10,9 @@ from mtl_core.train import Training, iter_train, state_copy
 
 
 def tiny(model="hard", **kw):
-    return TrainConfig.preset(model, epochs=kw.pop("epochs", 3), batch_size=kw.pop("batch_size", 64), data="synthetic", **kw)
+    return TrainConfig.preset(
+        model, epochs=kw.pop("epochs", 3), batch_size=kw.pop("batch_size", 64), data="synthetic", **kw
+    )
 
 
 @pytest.mark.parametrize("model", ["stl", "hard", "cross_stitch", "cnn"])

@@ -1,0 +1,59 @@
+"""Plain functions behind the pages: upload validation and the Plotly figures."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dashboard.charts import alpha_animation, alpha_heatmaps, alpha_lines, training_curves
+from dashboard.draw_ui import MAX_UPLOAD_BYTES, read_upload
+from mtl_core.predict import preprocess_canvas
+
+
+def png(mode: str, size=(64, 64)) -> bytes:
+    img = Image.new(mode, size)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGB", "RGBA", "1", "I;16"])
+def test_uploads_of_any_mode_become_rgba(mode):
+    arr = read_upload(png(mode))
+    assert arr.shape == (64, 64, 4) and arr.dtype == np.uint8
+
+
+def test_a_drawn_digit_upload_is_preprocessed():
+    img = Image.new("L", (100, 100), 255)
+    img.paste(0, (45, 20, 55, 80))  # dark stroke on white paper
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG")
+    assert preprocess_canvas(read_upload(buf.getvalue())) is not None
+
+
+def test_bad_uploads_are_rejected_with_a_reason():
+    with pytest.raises(ValueError, match="not a readable image"):
+        read_upload(b"#!/bin/sh\necho not an image\n")
+    with pytest.raises(ValueError, match="limit"):
+        read_upload(b"\x89PNG" + b"0" * MAX_UPLOAD_BYTES)
+    with pytest.raises(ValueError, match="pixels|not a readable"):
+        read_upload(png("1", size=(5000, 5000)))  # tiny file, huge picture
+    with pytest.raises(ValueError, match="not a readable image"):
+        read_upload(png("RGB")[:60])  # truncated
+
+
+def test_figures_have_one_trace_per_task_and_frames_per_epoch():
+    rec = lambda e: {
+        "epoch": e,
+        "train_loss": {"even": 1.0 / e, "value": 0.1},  # noqa: E731
+        "metrics": {"even": {"acc": 0.9}, "value": {"mae": 0.1}},
+        "avg_acc": 0.9,
+    }
+    fig = training_curves([rec(1), rec(2)], total_epochs=5)
+    assert len(fig.data) == 5  # 2 losses, 2 metrics, the average
+    history = [[[[1.0, 0.0], [0.0, 1.0]]] * 2, [[[0.9, 0.1], [0.2, 0.8]]] * 2]
+    heat = alpha_heatmaps(history[1], ["even", "mult3"])
+    assert [list(map(list, t.z)) for t in heat.data] == [[[0.9, 0.1], [0.2, 0.8]]] * 2
+    assert len(alpha_animation(history, ["even", "mult3"]).frames) == 2
+    assert len(alpha_lines(history, ["even", "mult3"]).data) == 4 * 2  # 4 alphas x 2 units
