@@ -38,17 +38,19 @@ def read_upload(data: bytes) -> np.ndarray:
         raise ValueError(f"not a readable image ({type(exc).__name__})") from None
 
 
-def quick_model_ui() -> None:
+def quick_model_ui(busy: bool) -> None:
+    """Offer the quick model; `busy` (a job of yours is already training) greys the button out."""
     st.info(
         "No trained model yet. Train a quick one (the 4-task CNN on 8,000 digits, 3 epochs, "
         "well under a minute on a CPU), or train your own on the **Train** page."
     )
-    if st.button("⚡ Train a quick model", type="primary", key="quick_model"):
+    if st.button("⚡ Train a quick model", type="primary", key="quick_model", disabled=busy):
         try:
             get_runner().submit(TrainConfig.preset(**QUICK_MODEL), owner=owner_id(), label="quick model")
-            st.session_state["quick_pending"] = True
         except Exception as exc:  # noqa: BLE001 - QueueFull or ConfigError, shown as a message
             st.warning(str(exc))
+        else:
+            st.rerun()  # show it training and start waiting for the model
 
 
 def predictions_ui(run: dict, image: np.ndarray, key: str) -> None:

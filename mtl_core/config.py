@@ -27,7 +27,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class TrainConfig:
     model: str = "hard"
-    tasks: tuple[str, ...] = ()  # empty: the model's default tasks
+    tasks: tuple[str, ...] | None = None  # None: the model's default tasks; empty is an error
     epochs: int = 20
     lr: float = 1e-3
     batch_size: int = 128
@@ -49,8 +49,9 @@ class TrainConfig:
     max_batches: int = 0  # stop each epoch after N batches (0: all); a dry run
 
     def __post_init__(self) -> None:
-        if not self.tasks and self.model in MODELS:
-            object.__setattr__(self, "tasks", get_model_spec(self.model).default_tasks)
+        if self.tasks is None:
+            default = get_model_spec(self.model).default_tasks if self.model in MODELS else ()
+            object.__setattr__(self, "tasks", default)
         object.__setattr__(self, "tasks", tuple(self.tasks))
         object.__setattr__(self, "loss_weights", {k: float(v) for k, v in dict(self.loss_weights).items()})
         problems = self.problems()

@@ -11,10 +11,10 @@ from mtl_core.runs import ACTIVE
 
 st.title("✏️ Draw a digit")
 runs = [r for r in visible_runs() if r.get("weights_path")]
-active = [r for r in visible_runs(statuses=ACTIVE)]
 
 if not runs:
-    quick_model_ui()
+    active = visible_runs(statuses=ACTIVE)
+    quick_model_ui(busy=bool(active))
     if active:
         st.caption(f"{len(active)} job(s) training… this page refreshes when a model is ready.")
 

@@ -1,0 +1,287 @@
+"""The pages under Streamlit's AppTest: every page renders, Train queues runs, Compare, Cross-stitch and Draw
+show stored runs. Runs are trained in-process on synthetic data and written to the store directly, so no
+test waits for the worker; every JobRunner the app starts is shut down after each test."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+from streamlit.testing.v1 import AppTest
+
+from mtl_core.checkpoint import save_model
+from mtl_core.config import TrainConfig
+from mtl_core.jobs import JobRunner
+from mtl_core.reference import SEED_STUDY
+from mtl_core.runs import RunStore
+from mtl_core.train import Training
+
+ROOT = Path(__file__).resolve().parent.parent
+OWNER = "abcdefabcdef"  # the per-browser id (?u=...) every test browses as
+PAGES = {
+    "home": (None, "Multi-task learning playground"),
+    "train": ("pages/train.py", "Train"),
+    "compare": ("pages/compare.py", "Compare"),
+    "cross_stitch": ("pages/cross_stitch.py", "Cross-stitch units"),
+    "draw": ("pages/draw.py", "Draw a digit"),
+}
+
+
+# ----------------------------------------------------------------------------- fixtures and helpers
+
+
+@pytest.fixture(autouse=True)
+def _fresh_app_state(monkeypatch):
+    """A fresh cached RunStore/JobRunner for this test's MTL_HOME; every JobRunner started is shut down."""
+    from dashboard.state import get_runner, get_store
+
+    started: list[JobRunner] = []
+    original_init = JobRunner.__init__
+
+    def tracking_init(self, *args, **kwargs):
+        started.append(self)
+        original_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(JobRunner, "__init__", tracking_init)
+    get_store.clear()
+    get_runner.clear()
+    yield
+    for runner in started:
+        runner.shutdown(timeout=5)
+    get_store.clear()
+    get_runner.clear()
+
+
+def open_page(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    at.query_params["u"] = OWNER
+    if page:
+        at.switch_page(page)
+    return at.run()
+
+
+def assert_ok(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def stored_run(model: str, data, owner: str = OWNER, label: str = "") -> str:
+    """Train `model` for 2 epochs in this process and record it in the store like the worker would."""
+    store = RunStore()
+    config = TrainConfig.preset(model, epochs=2, data="synthetic")
+    training = Training(config, data)
+    run_id = store.create_run(config.to_dict(), owner=owner, label=label)
+    assert store.claim_next(os.getpid()) == run_id
+    store.mark_started(run_id, training.params, data.describe(), str(training.device))
+    for record in training.records():
+        store.add_epoch(run_id, record)
+    path = store.models_dir / f"{run_id}.safetensors"
+    save_model(path, training.model, config, {"run_id": run_id, "summary": training.summary()})
+    store.finish(run_id, "finished", "", training.summary(), str(path))
+    return run_id
+
+
+def plotly_specs(at: AppTest) -> list[dict]:
+    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+
+
+def stroke_png() -> str:
+    """A 280x280 RGBA drawing: a white vertical stroke (a "1") on black, as the canvas sends it."""
+    img = Image.new("RGBA", (280, 280), (0, 0, 0, 255))
+    ImageDraw.Draw(img).line([(140, 50), (140, 230)], fill=(255, 255, 255, 255), width=18)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+# ----------------------------------------------------------------------------- every page
+
+
+@pytest.mark.parametrize("name", list(PAGES))
+def test_every_page_renders_with_an_empty_store(name):
+    page, title = PAGES[name]
+    at = open_page(page)
+    assert_ok(at)
+    assert title in at.title[0].value
+    assert at.query_params["u"] == OWNER  # the owner id from the link is kept
+    if name == "compare":
+        assert "No runs to compare yet" in texts(at.info)
+    elif name == "cross_stitch":
+        assert "No cross-stitch run yet" in texts(at.info)
+    elif name == "train":
+        assert "No runs yet" in texts(at.info)
+
+
+# ----------------------------------------------------------------------------- Train
+
+
+def test_train_form_queues_a_run_with_the_chosen_config():
+    at = open_page("pages/train.py")
+    at.radio(key="train_model").set_value("hard").run()
+    assert_ok(at)
+    at.number_input(key="f_epochs_hard").set_value(3)
+    at.number_input(key="f_batch_hard").set_value(64)
+    at.number_input(key="f_lr_hard").set_value(0.002)
+    at.selectbox(key="f_data_hard").set_value("synthetic")
+    at.number_input(key="f_w_even_hard").set_value(2.0)
+    at.text_input(key="f_label_hard").input("my hard run")
+    at.button(key="train_submit_hard").click().run()
+    assert_ok(at)
+    assert not at.error
+
+    runs = RunStore().list_runs()
+    assert len(runs) == 1
+    run = runs[0]
+    assert run["status"] in ("queued", "running", "finished")
+    assert run["owner"] == OWNER and run["label"] == "my hard run" and run["model"] == "hard"
+    cfg = run["config"]
+    assert cfg["epochs"] == 3 and cfg["batch_size"] == 64 and cfg["data"] == "synthetic"
+    assert cfg["lr"] == pytest.approx(0.002)
+    assert cfg["tasks"] == ["even", "mult3"] and cfg["loss_weights"] == {"even": 2.0}
+    assert at.session_state["watch_select"] == run["id"]  # the new run is shown on the right
+    assert at.selectbox(key="watch_select").value == run["id"]
+
+
+def test_train_form_rejects_an_invalid_config_with_the_reason():
+    at = open_page("pages/train.py")
+    at.radio(key="train_model").set_value("hard").run()
+    at.selectbox(key="f_data_hard").set_value("synthetic")
+    at.number_input(key="f_w_even_hard").set_value(0.0)
+    at.number_input(key="f_w_mult3_hard").set_value(0.0)
+    at.button(key="train_submit_hard").click().run()
+    assert_ok(at)
+    assert len(at.error) == 1
+    assert "Cannot start this run" in at.error[0].value
+    assert "at least one loss weight must be above 0" in at.error[0].value
+    assert RunStore().list_runs() == []
+
+
+def test_train_form_with_no_tasks_shows_an_error_and_queues_nothing():
+    at = open_page("pages/train.py")
+    at.radio(key="train_model").set_value("hard").run()
+    at.selectbox(key="f_data_hard").set_value("synthetic")
+    at.multiselect(key="f_tasks_hard").set_value([])
+    at.button(key="train_submit_hard").click().run()
+    assert_ok(at)
+    assert RunStore().list_runs() == []
+    assert at.error and "task" in at.error[0].value.lower()
+
+
+# ----------------------------------------------------------------------------- Compare
+
+
+def test_compare_shows_stored_runs_and_the_reference_study(synthetic):
+    stl = stored_run("stl", synthetic)
+    hard = stored_run("hard", synthetic)
+    stored_run("hard", synthetic, owner="0123456789ab")  # someone else's: not listed
+    at = open_page("pages/compare.py")
+    assert_ok(at)
+    assert set(at.multiselect(key="compare_runs").value) == {stl, hard}
+
+    table = at.dataframe[0].value
+    assert len(table) == 2
+    assert "Δm vs STL %" in table.columns
+    rows = {r["model"]: r for r in table.to_dict("records")}
+    assert rows["hard"]["params"] == 52_386 and rows["stl"]["params"] == 104_706
+    assert rows["hard"]["epochs"] == 2 and rows["hard"]["status"] == "finished"
+    assert rows["hard"]["Δm vs STL %"] == rows["hard"]["Δm vs STL %"]  # a number (not NaN): STL baseline found
+    assert "even acc %" in table.columns and "mult3 acc %" in table.columns
+
+    reference = at.dataframe[1].value
+    assert list(reference["model"]) == list(SEED_STUDY["rows"])
+    assert list(reference["params"]) == [f["params"] for f in SEED_STUDY["rows"].values()]
+
+    assert at.selectbox(key="detail_run").value in {stl, hard}
+    assert len(plotly_specs(at)) >= 5  # two overlays, three bar charts, the detail confusion matrices
+
+
+# ----------------------------------------------------------------------------- Cross-stitch
+
+
+def test_cross_stitch_page_draws_the_stored_alphas(synthetic):
+    run_id = stored_run("cross_stitch", synthetic)
+    history = [r["alphas"] for r in RunStore().epochs(run_id)]
+    assert len(history) == 2
+    at = open_page("pages/cross_stitch.py")
+    assert_ok(at)
+    assert at.selectbox(key="cs_run").value == run_id
+
+    def heatmap_z(title: str) -> list:
+        figs = [s for s in plotly_specs(at) if title in json.dumps(s["layout"].get("title", ""))]
+        assert len(figs) == 1, [s["layout"].get("title") for s in plotly_specs(at)]
+        traces = [t for t in figs[0]["data"] if t["type"] == "heatmap"]
+        return [t["z"] for t in traces]
+
+    z = heatmap_z("Alphas after epoch 2")
+    assert len(z) == len(history[-1]) == 2  # one heatmap per cross-stitch unit
+    for got, want in zip(z, history[-1]):
+        assert np.asarray(got) == pytest.approx(np.asarray(want))
+
+    at.slider(key="cs_epoch").set_value(1).run()
+    assert_ok(at)
+    for got, want in zip(heatmap_z("Alphas after epoch 1"), history[0]):
+        assert np.asarray(got) == pytest.approx(np.asarray(want))
+
+
+# ----------------------------------------------------------------------------- Draw
+
+
+def test_draw_page_predicts_a_drawn_digit(synthetic):
+    hard = stored_run("hard", synthetic)
+    cnn = stored_run("cnn", synthetic)
+    at = open_page("pages/draw.py")
+    assert_ok(at)
+    assert set(at.multiselect(key="draw_models").value) == {hard, cnn}
+    assert "draw a digit" in texts(at.info).lower()  # blank canvas: an invitation, no predictions
+    assert not at.get("progress") and not at.metric
+
+    at.session_state["canvas"] = {
+        "drawing": {"raw": {"objects": [{}]}, "data": stroke_png()},
+        "backgroundFit": None,
+    }
+    at.run()
+    assert_ok(at)
+    assert "draw a digit" not in texts(at.info).lower()
+    # hard: even + mult3 (binary -> progress); cnn: even + gt4 (binary), digit (bar chart), value (metric)
+    progress = at.get("progress")
+    assert len(progress) == 4
+    for p in progress:
+        assert 0 <= p.proto.value <= 100
+    assert [m.label for m in at.metric] == ["value: digit value"]
+    assert any("digit:" in json.dumps(s["layout"].get("title", "")) for s in plotly_specs(at))
+    images = at.get("image")
+    assert len(images) == 1  # the 28x28 model input
+    assert "28×28 from the canvas" in str(images[0].proto)
+
+
+def test_draw_page_without_models_offers_a_quick_model():
+    at = open_page("pages/draw.py")
+    assert_ok(at)
+    assert "No trained model yet" in texts(at.info)
+    at.button(key="quick_model").click().run()
+    assert_ok(at)
+    runs = RunStore().list_runs()
+    assert len(runs) == 1
+    run = runs[0]
+    assert run["model"] == "cnn" and run["owner"] == OWNER and run["label"] == "quick model"
+    assert run["config"]["epochs"] == 3 and run["config"]["train_limit"] == 8000
+    at.run()  # the next rerun (any interaction) shows the job and starts waiting for the model
+    assert_ok(at)
+    assert "1 job(s) training" in texts(at.caption)
+
+
+def test_draw_quick_model_click_gives_feedback_at_once():
+    at = open_page("pages/draw.py")
+    at.button(key="quick_model").click().run()
+    assert_ok(at)
+    assert len(RunStore().list_runs()) == 1
+    assert "1 job(s) training" in texts(at.caption)
