@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from dashboard.state import sidebar_ui
+from dashboard.state import keep_widget_values, sidebar_ui
 
 st.set_page_config(page_title="MTL playground", page_icon="🧠", layout="wide")
 
@@ -13,6 +13,7 @@ pages = [
     st.Page("pages/cross_stitch.py", title="Cross-stitch", icon="🧵"),
     st.Page("pages/draw.py", title="Draw", icon="✏️"),
 ]
+keep_widget_values()
 nav = st.navigation(pages)
 sidebar_ui()
 nav.run()

@@ -57,18 +57,22 @@ def training_curves(records: list[dict], total_epochs: int | None = None) -> go.
             row=1,
             col=2,
         )
-    if total_epochs:
+    # Accuracies never exceed 1: without a cap, a flat 100 % line gets a 0-2 axis.
+    fig.update_yaxes(autorangeoptions=dict(maxallowed=1.01), row=1, col=2)
+    if total_epochs and total_epochs <= 50:  # show the road ahead, unless it squashes the curve
         fig.update_xaxes(range=[0.5, total_epochs + 0.5])
     fig.update_xaxes(title_text="epoch")
     return _layout(fig, "", height=360)
 
 
-def overlay(series: dict[str, tuple[list, list]], title: str, y_title: str) -> go.Figure:
+def overlay(series: dict[str, tuple[list, list]], title: str, y_title: str, y_max: float | None = None) -> go.Figure:
     fig = go.Figure()
     for i, (name, (x, y)) in enumerate(series.items()):
         fig.add_trace(go.Scatter(x=x, y=y, name=name, mode="lines+markers", line=dict(color=PALETTE[i % len(PALETTE)])))
     fig.update_xaxes(title_text="epoch")
     fig.update_yaxes(title_text=y_title)
+    if y_max is not None:
+        fig.update_yaxes(autorangeoptions=dict(maxallowed=y_max))
     return _layout(fig, title)
 
 
@@ -144,7 +148,9 @@ def alpha_heatmaps(alphas: list[list[list[float]]], tasks: list[str], title: str
             col=u + 1,
         )
         fig.update_yaxes(autorange="reversed", row=1, col=u + 1)
-    return _layout(fig, title, height=340)
+    fig = _layout(fig, title, height=360)
+    fig.update_layout(margin=dict(t=80))  # room for the title above the unit titles
+    return fig
 
 
 def alpha_animation(history: list[list[list[list[float]]]], tasks: list[str]) -> go.Figure:

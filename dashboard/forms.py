@@ -59,9 +59,8 @@ def train_form_ui(model: str) -> dict | None:
         optimizer = c1.selectbox("Optimiser", OPTIMIZERS, key=f"f_opt{k}")
         weight_decay = c2.number_input("Weight decay", 0.0, 1.0, 0.0, step=1e-4, format="%.5f", key=f"f_wd{k}")
         seed = c3.number_input("Seed", 0, 2**31 - 1, preset.seed, key=f"f_seed{k}")
-        c1, c2 = st.columns(2)
-        data = c1.selectbox("Data", SOURCES, format_func=SOURCE_NAMES.get, key=f"f_data{k}")
-        train_limit = c2.number_input(
+        data = st.selectbox("Data", SOURCES, format_func=SOURCE_NAMES.get, key=f"f_data{k}")
+        train_limit = st.number_input(
             "Use only the first N training digits (0 = all)", 0, 60000, 0, step=1000, key=f"f_limit{k}"
         )
         cuda = torch.cuda.is_available()

@@ -37,15 +37,18 @@ def status_ui(run: dict, records: list[dict]) -> None:
 
 
 def metrics_ui(run: dict, records: list[dict]) -> None:
+    """The latest epoch's numbers, three to a row so long task lists still fit."""
     if not records:
         return
     last = records[-1]
-    cols = st.columns(len(last["metrics"]) + 2)
-    cols[0].metric("Parameters", f"{run['params']:,}" if run["params"] else "-")
-    for col, (task, m) in zip(cols[1:], last["metrics"].items()):
-        col.metric(task, f"{m['acc']:.2%}" if "acc" in m else f"MAE {m['mae_digits']:.2f}")
+    items = [("Parameters", f"{run['params']:,}" if run["params"] else "-")]
     if last["avg_acc"] is not None:
-        cols[-1].metric("Average acc", f"{last['avg_acc']:.2%}")
+        items.append(("Average acc", f"{last['avg_acc']:.2%}"))
+    for task, m in last["metrics"].items():
+        items.append((task, f"{m['acc']:.2%}" if "acc" in m else f"MAE {m['mae_digits']:.2f}"))
+    for start in range(0, len(items), 3):
+        for col, (label, value) in zip(st.columns(3), items[start : start + 3]):
+            col.metric(label, value)
 
 
 def monitor_ui(run_id: str) -> None:

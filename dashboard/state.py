@@ -68,6 +68,25 @@ def data_label(source: str = "auto") -> str:
         return f"unavailable: {exc}"
 
 
+# Widgets whose values should survive a visit to another page. Streamlit forgets a widget's value
+# when a run does not draw it; saving the value back into session state each run keeps it.
+KEPT_WIDGETS = ("train_model", "stroke_width")
+KEPT_PREFIXES = ("f_",)  # the training form's fields (their keys end with the model name)
+
+
+def keep_widget_values() -> None:
+    for key in list(st.session_state):
+        if key in KEPT_WIDGETS or key.startswith(KEPT_PREFIXES):
+            st.session_state[key] = st.session_state[key]
+
+
+@st.fragment(run_every=3)
+def _jobs_caption() -> None:
+    active = get_store().list_runs(statuses=("queued", "running"))
+    running = sum(r["status"] == "running" for r in active)
+    st.caption(f"Jobs on this server: {running} running, {len(active) - running} queued")
+
+
 def sidebar_ui() -> None:
     owner_id()
     get_runner()  # start the workers with the first page view, so jobs queued before a restart resume
@@ -77,8 +96,5 @@ def sidebar_ui() -> None:
             key="show_all_runs",
             help="Teacher / projector view: everyone's runs instead of this browser's.",
         )
-        store = get_store()
-        active = store.list_runs(statuses=("queued", "running"))
-        running = sum(r["status"] == "running" for r in active)
-        st.caption(f"Jobs on this server: {running} running, {len(active) - running} queued")
+        _jobs_caption()
         st.caption(f"Data: {data_label()}")

@@ -55,25 +55,28 @@ def compare_rows(runs: list[dict], pool: list[dict] | None = None) -> list[dict]
     pool = sorted(pool if pool is not None else runs, key=lambda r: r["created"], reverse=True)
     rows = []
     for r in runs:
+        # The columns people compare first come first (the table is wider than a laptop screen).
+        base = _stl_baseline(r, pool)
+        dm = delta_m(r["best"], base["best"]) if (base and r["best"] and r["model"] != "stl") else None
         row = {
             "run": run_label(r),
-            "model": r["model"],
-            "status": r["status"],
-            "data": r["config"]["data"],
-            "epochs": r["config"]["epochs"],
+            "best avg acc %": None if r["best_avg"] is None else round(100 * r["best_avg"], 2),
+            "Δm vs STL %": None if dm is None else round(dm, 2),
             "params": r["params"],
             "train_s": None if r["train_seconds"] is None else round(r["train_seconds"], 2),
-            "best_epoch": r["best_epoch"],
         }
         for task, m in (r["best"] or {}).items():
             if "acc" in m:
                 row[f"{task} acc %"] = round(100 * m["acc"], 2)
             else:
                 row[f"{task} MAE (digits)"] = round(m["mae"] * VALUE_SCALE, 3)
-        row["best avg acc %"] = None if r["best_avg"] is None else round(100 * r["best_avg"], 2)
-        base = _stl_baseline(r, pool)
-        dm = delta_m(r["best"], base["best"]) if (base and r["best"] and r["model"] != "stl") else None
-        row["Δm vs STL %"] = None if dm is None else round(dm, 2)
+        row.update(
+            model=r["model"],
+            status=r["status"],
+            data=r["config"]["data"],
+            epochs=r["config"]["epochs"],
+            best_epoch=r["best_epoch"],
+        )
         rows.append(row)
     return rows
 

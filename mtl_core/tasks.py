@@ -49,7 +49,7 @@ def _value(d: torch.Tensor) -> torch.Tensor:
 TASKS: dict[str, Task] = {
     "digit": Task("digit", "multiclass", "Which digit (0-9)", _digit, tuple(str(i) for i in range(10))),
     "even": Task("even", "binary", "Is it even?", _even, ("odd", "even")),
-    "mult3": Task("mult3", "binary", "Is it 3, 6 or 9?", _mult3, ("no", "yes")),
+    "mult3": Task("mult3", "binary", "Is it 3, 6 or 9?", _mult3, ("not 3/6/9", "3/6/9")),
     "gt4": Task("gt4", "binary", "Is it greater than 4?", _gt4, ("≤ 4", "> 4")),
     "value": Task("value", "regression", "Digit value d/9 (regression)", _value),
 }

@@ -101,7 +101,7 @@ loss = {
     for r in selected
     if histories[r["id"]]
 }
-c1.plotly_chart(overlay(avg, "Test average accuracy", "accuracy"), key="ov_acc", width="stretch")
+c1.plotly_chart(overlay(avg, "Test average accuracy", "accuracy", y_max=1.01), key="ov_acc", width="stretch")
 c2.plotly_chart(overlay(loss, "Train loss (weighted sum over tasks)", "loss"), key="ov_loss", width="stretch")
 
 names = [run_label(r) for r in selected]

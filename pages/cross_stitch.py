@@ -48,7 +48,7 @@ def alphas_view() -> None:
     )
     if n > 1:
         st.plotly_chart(alpha_lines(history, tasks), key="cs_lines", width="stretch")
-        with st.expander("▶ Play the alphas epoch by epoch"):
+        with st.expander("Play the alphas epoch by epoch"):
             st.plotly_chart(alpha_animation(history, tasks), key="cs_anim", width="stretch")
 
 

@@ -38,7 +38,7 @@ chosen = st.multiselect(
 
 left, mid, right = st.columns([3, 1, 5], gap="medium")
 with left:
-    width = st.slider("Stroke width", 6, 40, 18, key="stroke_width")
+    width = st.session_state.get("stroke_width", 18)  # the slider sits under the canvas
     n = st.session_state.get("canvas_clears", 0)
     result = st_canvas(
         stroke_width=width,
@@ -49,6 +49,7 @@ with left:
         return_image_data=True,
         key="canvas" if n == 0 else f"canvas_{n}",
     )
+    st.slider("Stroke width", 6, 40, 18, key="stroke_width")
     if st.button("🧹 Clear", key="clear_canvas"):
         st.session_state["canvas_clears"] = n + 1
         st.rerun()

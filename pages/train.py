@@ -40,7 +40,6 @@ with right:
         by_id = {r["id"]: r for r in runs}
         if st.session_state.get("watch_select") not in ids:
             st.session_state["watch_select"] = ids[0]
-        chosen = st.selectbox(
-            "Watching", ids, key="watch_select", format_func=lambda i: f"{run_label(by_id[i])} — {by_id[i]['status']}"
-        )
+        # No status in the label: it would go stale while the live panel below polls.
+        chosen = st.selectbox("Watching", ids, key="watch_select", format_func=lambda i: run_label(by_id[i]))
         monitor_ui(chosen)

@@ -32,6 +32,11 @@ def _isolated_home(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture(scope="session")
+def mnist_dir() -> Path | None:
+    return real_mnist_dir()
+
+
+@pytest.fixture(scope="session")
 def synthetic():
     from mtl_core.data import make_synthetic
 

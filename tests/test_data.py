@@ -4,7 +4,6 @@ import time
 
 import pytest
 import torch
-from conftest import real_mnist_dir
 
 from mtl_core import data as data_mod
 from mtl_core.data import DataUnavailable, batch_indices, load_data, load_subset, make_synthetic
@@ -41,8 +40,8 @@ def test_batches_cover_every_index_once_per_epoch():
     assert sorted(torch.cat(batches).tolist()) == list(range(1000))
 
 
-def test_full_mnist_from_cache_dir():
-    d = real_mnist_dir()
+def test_full_mnist_from_cache_dir(mnist_dir):
+    d = mnist_dir
     if d is None:
         pytest.skip("no ../shared/data here (a user's clone); the subset tests cover real digits")
     data = load_data("mnist", data_dir=d, download=False)

@@ -1,0 +1,288 @@
+"""End-to-end tests in a real browser (Debian chromium through Playwright) against `streamlit run app.py`.
+
+The tests run in file order and share one browser tab (one `?u=` owner), so later pages see the runs
+trained earlier: a short cross-stitch run (Train, Compare, Cross-stitch, Draw) and a stopped hard
+sharing run (Train, Draw). A second tab, a fresh owner with no runs, checks the Draw page's quick
+model. Full-page screenshots land in test-artifacts/screenshots/.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import time
+
+import pytest
+from playwright.sync_api import Browser, Page, expect
+
+T = 60_000  # ms: generous, the first render imports torch (5+ s) and the machine has 2 cores
+
+CS_EPOCHS = 20  # short cross-stitch run on synthetic data: a tiny batch makes it last ~10 s on 2 cores
+CS_BATCH = 3
+STOP_EPOCHS = 500  # a run that would last a minute or more, stopped after a few epochs
+
+CURVE_LEN_JS = """() => {
+    const p = document.querySelector('.js-plotly-plot');
+    return p && p.data && p.data.length ? p.data[0].x.length : 0;
+}"""
+PLOT_TYPES_JS = """() => Array.from(document.querySelectorAll('.js-plotly-plot'))
+    .map(p => (p.data || []).map(d => d.type))"""
+PLOT_TITLES_JS = """() => Array.from(document.querySelectorAll('.js-plotly-plot'))
+    .map(p => ((p.layout && p.layout.title && p.layout.title.text) || '').replace(/<[^>]*>/g, ''))"""
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def nav(page: Page, name: str, heading: str) -> None:
+    """Switch page through the sidebar and wait for the page's title."""
+    page.get_by_test_id("stSidebarNav").get_by_role("link", name=name, exact=True).click()
+    expect(page.get_by_role("heading", name=heading)).to_be_visible(timeout=T)
+
+
+def shot(page: Page, path) -> None:
+    """A full-page screenshot: Streamlit scrolls inside <main>, so grow the viewport to its height first."""
+    height = page.evaluate("() => document.querySelector('[data-testid=stMain]').scrollHeight")
+    page.set_viewport_size({"width": 1400, "height": max(1000, min(int(height) + 20, 8000))})
+    try:
+        page.wait_for_function(
+            "() => { const m = document.querySelector('[data-testid=stMain]'); "
+            "return m.scrollHeight <= m.clientHeight + 2; }",
+            timeout=5_000,
+        )
+    except Exception:  # noqa: BLE001 - a page that keeps growing still gets its picture
+        pass
+    page.wait_for_timeout(400)  # let Plotly finish its resize before the picture
+    page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size({"width": 1400, "height": 1000})
+
+
+def curve_len(page: Page) -> int:
+    return int(page.evaluate(CURVE_LEN_JS))
+
+
+def wait_curve_len(page: Page, at_least: int, timeout_s: float = 60) -> int:
+    page.wait_for_function(f"() => ({CURVE_LEN_JS})() >= {at_least}", timeout=timeout_s * 1000)
+    return curve_len(page)
+
+
+def fill_train_form(page: Page, model_title: str, description: str, epochs: int, batch: int) -> None:
+    """Pick a model, data "synthetic", epochs and batch size, and press Start training."""
+    page.get_by_test_id("stRadio").get_by_text(model_title, exact=True).click()
+    expect(page.get_by_text(description)).to_be_visible(timeout=T)
+    form = page.get_by_test_id("stForm")
+    data = form.get_by_role("combobox", name="Data", exact=True)
+    data.click()
+    page.get_by_role("option", name="synthetic (random tensors, for a smoke test)").click()
+    expect(data).to_have_value(re.compile(r"^synthetic"))
+    form.get_by_label("Epochs", exact=True).fill(str(epochs))
+    form.get_by_label("Batch size", exact=True).fill(str(batch))
+    form.get_by_label("Batch size", exact=True).press("Tab")
+    expect(form.get_by_label("Epochs", exact=True)).to_have_value(str(epochs))
+    form.get_by_role("button", name="Start training").click()
+
+
+def answer_re(question: str) -> re.Pattern:
+    """A binary task's answer line on the Draw page, whatever the class names are."""
+    return re.compile(re.escape(question) + r" → .+ \(P\(.+\) = \d+%\)")
+
+
+def p_yes(answer: str) -> int:
+    """The percentage in "... (P(<positive class>) = NN%)"."""
+    return int(re.search(r"= (\d+)%\)", answer).group(1))
+
+
+def draw_stroke(page: Page, points: list[tuple[float, float]]) -> None:
+    """Drag the mouse through `points` (fractions of the canvas) on the drawing layer."""
+    canvas = page.locator("canvas.upper-canvas")
+    expect(canvas).to_be_visible(timeout=T)
+    bb = canvas.bounding_box()
+    assert bb and bb["width"] > 100, f"canvas too small or hidden: {bb}"
+    xy = [(bb["x"] + fx * bb["width"], bb["y"] + fy * bb["height"]) for fx, fy in points]
+    page.mouse.move(*xy[0])
+    page.mouse.down()
+    for x, y in xy[1:]:
+        page.mouse.move(x, y, steps=20)
+    page.mouse.up()
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def app(browser: Browser, browser_context_args, streamlit_server) -> Page:
+    """One tab for the whole module: its `?u=` owner keeps the runs trained by earlier tests."""
+    context = browser.new_context(**browser_context_args, accept_downloads=True)
+    context.set_default_timeout(T)
+    page = context.new_page()
+    page.goto(streamlit_server + "/")
+    yield page
+    context.close()
+
+
+@pytest.fixture
+def fresh_page(browser: Browser, browser_context_args, streamlit_server) -> Page:
+    """A tab of a new browser: a new owner, so no runs of its own."""
+    context = browser.new_context(**browser_context_args)
+    context.set_default_timeout(T)
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+def test_home_renders_with_navigation(app: Page, screenshot_dir):
+    expect(app.get_by_role("heading", name="Multi-task learning playground")).to_be_visible(timeout=T)
+    links = app.get_by_test_id("stSidebarNav").get_by_role("link")
+    expect(links).to_have_count(5, timeout=T)
+    for name in ["Home", "Train", "Compare", "Cross-stitch", "Draw"]:
+        expect(app.get_by_test_id("stSidebarNav").get_by_role("link", name=name, exact=True)).to_be_visible()
+    expect(app.get_by_text("What is multi-task learning?")).to_be_visible()
+    expect(app.get_by_role("heading", name="Data in use")).to_be_visible()
+    expect(app).to_have_url(re.compile(r"[?&]u=[0-9a-f]{12}"), timeout=T)  # the per-browser owner id
+    shot(app, screenshot_dir / "home.png")
+
+
+def test_train_live_curve_survives_page_switch(app: Page, screenshot_dir):
+    nav(app, "Train", "Train")
+    fill_train_form(app, "Cross-stitch", "mixed after each hidden layer", CS_EPOCHS, CS_BATCH)
+    expect(app.get_by_role("combobox", name="Watching")).to_have_value(re.compile(r"^cross_stitch"), timeout=T)
+
+    # The curve appears and grows while the page only polls (no clicks).
+    first = wait_curve_len(app, 1)
+    assert first < CS_EPOCHS, f"the run was over before the curve was first seen ({first} epochs)"
+    grown = wait_curve_len(app, first + 1, timeout_s=30)
+    assert grown > first
+
+    # Leave for another page mid-run and come back: the job goes on in the worker.
+    nav(app, "Compare", "Compare")
+    nav(app, "Train", "Train")
+    back = wait_curve_len(app, 1)
+    assert back >= grown, f"the curve went back from {grown} to {back} epochs after the page switch"
+    expect(app.get_by_text(f"Finished {CS_EPOCHS} epochs")).to_be_visible(timeout=90_000)
+    assert wait_curve_len(app, CS_EPOCHS, timeout_s=10) == CS_EPOCHS
+    expect(app.get_by_role("button", name="Stop")).to_have_count(0, timeout=10_000)
+    shot(app, screenshot_dir / "train.png")
+
+
+def test_train_stop_button(app: Page, screenshot_dir):
+    expect(app.get_by_role("heading", name="Train")).to_be_visible(timeout=T)
+    fill_train_form(app, "Hard sharing", "One shared 784-64-32 trunk", STOP_EPOCHS, 8)
+    progress = app.get_by_text(re.compile(rf"Epoch [1-9]\d* of {STOP_EPOCHS}"))
+    expect(progress).to_be_visible(timeout=T)
+    stop = app.get_by_role("button", name="Stop")
+    expect(stop).to_be_visible()
+    clicked = time.monotonic()
+    stop.click()
+    stopped = app.get_by_text(re.compile(r"^Stopped"))  # "Stopped: stopped by request during epoch N. ..."
+    expect(stopped).to_be_visible(timeout=10_000)
+    assert time.monotonic() - clicked < 10
+    found = re.search(r"epoch (\d+)", stopped.inner_text())
+    epoch = int(found.group(1)) if found else STOP_EPOCHS - 1
+    assert 1 <= epoch < STOP_EPOCHS
+    expect(app.get_by_text(f"Finished {STOP_EPOCHS} epochs")).to_have_count(0)
+    expect(app.get_by_role("button", name="Stop")).to_have_count(0, timeout=10_000)
+    # The curve stays, and stops growing.
+    n = curve_len(app)
+    assert 1 <= n <= epoch
+    shot(app, screenshot_dir / "train_stopped.png")
+    assert curve_len(app) == n
+
+
+def test_train_watching_label_never_shows_a_stale_status(app: Page):
+    """The status lives in the live panel only; the run picker's label must not contradict it."""
+    expect(app.get_by_text(re.compile(r"^Stopped"))).to_be_visible(timeout=T)
+    picker = app.get_by_role("combobox", name="Watching")
+    expect(picker).to_have_value(re.compile(r"^hard · even\+mult3 · [0-9a-f]{6}$"), timeout=5_000)
+
+
+def test_draw_predicts_with_trained_models(app: Page, screenshot_dir):
+    nav(app, "Draw", "Draw a digit")
+    models = app.get_by_test_id("stMultiSelect")
+    # Defaults: the newest run of each model kind, the stopped hard run included (best weights kept).
+    expect(models).to_contain_text("cross_stitch", timeout=T)
+    expect(models).to_contain_text("hard")
+    expect(app.get_by_text("Draw a digit on the black square")).to_be_visible(timeout=T)
+    expect(app.get_by_text("Is it even?")).to_have_count(0)
+
+    draw_stroke(app, [(0.5, 0.15), (0.5, 0.85)])  # a "1"
+    expect(app.get_by_text("Model input")).to_be_visible(timeout=T)
+    expect(app.get_by_text("28×28 from the canvas")).to_be_visible(timeout=T)
+    expect(app.get_by_test_id("stImage")).to_have_count(1, timeout=T)
+    # One answer per model and binary task: "<question> → <class> (P(<class>) = NN%)".
+    expect(app.get_by_text(answer_re("Is it even?"))).to_have_count(2, timeout=T)
+    expect(app.get_by_text(answer_re("Is it 3, 6 or 9?"))).to_have_count(2)
+    expect(app.get_by_text("Draw a digit on the black square")).to_have_count(0)
+    shot(app, screenshot_dir / "draw.png")
+
+
+def test_draw_quick_model_reads_a_seven(fresh_page: Page, streamlit_server, screenshot_dir):
+    page = fresh_page
+    page.goto(streamlit_server + "/draw")
+    expect(page.get_by_role("heading", name="Draw a digit")).to_be_visible(timeout=T)
+    expect(page.get_by_text("No trained model yet")).to_be_visible(timeout=T)
+    quick = page.get_by_role("button", name="Train a quick model")
+    expect(quick).to_be_visible()
+    quick.click()
+
+    # Feedback at once, then the page refreshes itself when the model is ready (~10 s): no reload.
+    expect(page.get_by_text(re.compile(r"job\(s\) training"))).to_be_visible(timeout=10_000)
+    expect(page.locator("canvas.upper-canvas")).to_be_visible(timeout=120_000)
+    expect(page.get_by_test_id("stMultiSelect")).to_contain_text("quick model")
+    expect(page.get_by_text("Draw a digit on the black square")).to_be_visible(timeout=T)
+
+    draw_stroke(page, [(0.25, 0.2), (0.75, 0.2), (0.42, 0.85)])  # a "7"
+    gt4 = page.get_by_text(answer_re("Is it greater than 4?"))
+    expect(gt4).to_be_visible(timeout=T)
+    assert p_yes(gt4.inner_text()) >= 50, gt4.inner_text()  # 7 > 4
+    even = page.get_by_text(answer_re("Is it even?"))
+    expect(even).to_be_visible()
+    assert p_yes(even.inner_text()) < 50, even.inner_text()  # 7 is odd
+    page.wait_for_function(f"() => ({PLOT_TITLES_JS})().some(t => t.startsWith('digit: '))", timeout=T)
+    titles = page.evaluate(PLOT_TITLES_JS)
+    assert any(t.startswith("digit: 7 ") for t in titles), f"the CNN did not read the drawn 7: {titles}"
+    shot(page, screenshot_dir / "draw_quick_model.png")
+
+
+def test_compare_table_csv_download(app: Page, screenshot_dir):
+    nav(app, "Compare", "Compare")
+    runs = app.get_by_test_id("stMultiSelect")
+    expect(runs).to_contain_text("cross_stitch", timeout=T)  # finished runs are selected by default
+    expect(app.get_by_role("heading", name="Your runs")).to_be_visible(timeout=T)
+    button = app.get_by_role("button", name="Table (CSV)")
+    expect(button).to_be_visible(timeout=T)
+    with app.expect_download(timeout=T) as info:
+        button.click()
+    download = info.value
+    assert download.suggested_filename == "comparison.csv"
+    rows = list(csv.DictReader(io.StringIO(open(download.path(), encoding="utf-8").read())))
+    assert rows, "the CSV has no rows"
+    assert "params" in rows[0] and "model" in rows[0], f"unexpected header: {list(rows[0])}"
+    cs = [r for r in rows if r["model"] == "cross_stitch"]
+    assert len(cs) == 1, rows
+    assert int(cs[0]["params"]) > 0
+    assert int(cs[0]["epochs"]) == CS_EPOCHS
+    assert cs[0]["status"] == "finished"
+    types = app.evaluate(PLOT_TYPES_JS)
+    assert len(types) >= 5, f"expected the overlay and bar charts, got {types}"
+    shot(app, screenshot_dir / "compare.png")
+
+
+def test_cross_stitch_alpha_heatmaps(app: Page, screenshot_dir):
+    nav(app, "Cross-stitch", "Cross-stitch units")
+    expect(app.get_by_role("combobox", name="Run")).to_have_value(re.compile(r"^cross_stitch.*finished$"), timeout=T)
+    expect(app.get_by_text("alpha initialisation:")).to_be_visible(timeout=T)
+    app.wait_for_function(f"() => ({PLOT_TYPES_JS})().some(ts => ts.includes('heatmap'))", timeout=T)
+    heat = app.evaluate(
+        """() => Array.from(document.querySelectorAll('.js-plotly-plot'))
+            .flatMap(p => (p.data || []).filter(d => d.type === 'heatmap').map(d => d.z))"""
+    )
+    assert len(heat) >= 2, "one heatmap per cross-stitch unit expected"
+    z = heat[0]
+    assert len(z) == 2 and all(len(row) == 2 for row in z), f"a 2-task run has 2x2 alphas, got {z}"
+    assert all(isinstance(v, (int, float)) for row in z for v in row)
+    expect(app.get_by_test_id("stSlider")).to_be_visible()  # epoch slider: more than one epoch recorded
+    shot(app, screenshot_dir / "cross_stitch.png")
