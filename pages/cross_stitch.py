@@ -24,9 +24,7 @@ if not runs:
     st.stop()
 
 by_id = {r["id"]: r for r in runs}
-run_id = st.selectbox(
-    "Run", list(by_id), key="cs_run", format_func=lambda i: f"{run_label(by_id[i])} — {by_id[i]['status']}"
-)
+run_id = st.selectbox("Run", list(by_id), key="cs_run", format_func=lambda i: run_label(by_id[i]))
 cfg = by_id[run_id]["config"]
 st.caption(f"alpha initialisation: {cfg['alpha_init']} · alpha learning-rate multiplier: {cfg['alpha_lr_mult']:g}")
 
@@ -41,6 +39,8 @@ def alphas_view() -> None:
         return
     if run["status"] in ACTIVE:
         st.caption(f"Training: epoch {len(history)} of {run['config']['epochs']} (updates every second)")
+    else:
+        st.caption(f"Run {run['status']} after {len(history)} epoch(s).")
     n = len(history)
     epoch = st.slider("Epoch", 1, n, n, key="cs_epoch") if n > 1 else 1
     st.plotly_chart(
