@@ -11,6 +11,7 @@ from PIL import Image, UnidentifiedImageError
 from dashboard.charts import class_probabilities
 from dashboard.state import get_runner, model_of, owner_id
 from mtl_core.analysis import run_label
+from mtl_core.checkpoint import ModelFileError, load_model_bytes
 from mtl_core.config import TrainConfig
 from mtl_core.predict import predict
 from mtl_core.tasks import VALUE_SCALE, get_task
@@ -53,11 +54,31 @@ def quick_model_ui(busy: bool) -> None:
             st.rerun()  # show it training and start waiting for the model
 
 
-def predictions_ui(run: dict, image: np.ndarray, key: str) -> None:
+def model_file_ui():
+    """An uploaded .safetensors model (e.g. from `python -m mtl_core train --save`): (title, model) or None.
+
+    The file is untrusted: safetensors holds no code, and load_model_bytes checks every key and shape."""
+    with st.expander("Use a model file (.safetensors)"):
+        upload = st.file_uploader("Model saved by this playground", type=["safetensors"], key="model_file")
+    if upload is None:
+        return None
+    try:
+        model, config, _ = load_model_bytes(upload.getvalue())
+    except ModelFileError as exc:
+        st.error(f"That model file cannot be used: {exc}")
+        return None
+    return f"{upload.name} ({config.model})", model
+
+
+def run_model(run: dict):
+    """(title, model) of a stored run."""
+    return run_label(run), model_of(run)[0]
+
+
+def predictions_ui(title: str, model, image: np.ndarray, key: str) -> None:
     """Every task's answer from one model for one preprocessed 28x28 image."""
-    model, _, _ = model_of(run)
     out = predict(model, image[None])
-    st.markdown(f"**{run_label(run)}**")
+    st.markdown(f"**{title}**")
     for task, probs in out.items():
         t = get_task(task)
         if t.kind == "regression":

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import streamlit as st
 
 from dashboard.charts import training_curves
-from dashboard.state import get_runner, get_store
+from dashboard.state import get_runner, get_store, owner_id
 from mtl_core.analysis import run_label
 from mtl_core.runs import ACTIVE
 
@@ -51,6 +53,27 @@ def metrics_ui(run: dict, records: list[dict]) -> None:
             col.metric(label, value)
 
 
+def run_actions_ui(run: dict) -> None:
+    """For a run that is over: download its model, or delete it (only its owner can)."""
+    c1, c2, _ = st.columns([2, 2, 3])
+    path = run.get("weights_path")
+    if path and os.path.exists(path):
+        with open(path, "rb") as f:
+            c1.download_button(
+                "⬇ Model (.safetensors)",
+                f.read(),
+                f"{run['model']}-{run['id']}.safetensors",
+                "application/octet-stream",
+                key=f"dl_model_{run['id']}",
+            )
+    if run["owner"] == owner_id():
+        with c2.popover("🗑 Delete run"):
+            st.caption("Deletes its curves and its model file for good.")
+            if st.button("Delete", type="primary", key=f"delete_{run['id']}"):
+                get_store().delete_run(run["id"])
+                st.rerun(scope="app")
+
+
 def monitor_ui(run_id: str) -> None:
     store = get_store()
     run = store.get_run(run_id)
@@ -70,6 +93,8 @@ def monitor_ui(run_id: str) -> None:
             get_runner().stop(run_id)
             st.toast("Stopping…")
         status_ui(run, records)
+        if run["status"] not in ACTIVE:
+            run_actions_ui(run)
         metrics_ui(run, records)
         if records:
             st.plotly_chart(training_curves(records, run["config"]["epochs"]), key=f"curves_{run_id}", width="stretch")

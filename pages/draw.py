@@ -3,7 +3,7 @@
 import streamlit as st
 from streamlit_drawable_canvas import st_canvas  # only here: it needs a running Streamlit (RECIPES.md)
 
-from dashboard.draw_ui import predictions_ui, quick_model_ui, read_upload
+from dashboard.draw_ui import model_file_ui, predictions_ui, quick_model_ui, read_upload, run_model
 from dashboard.state import visible_runs
 from mtl_core.analysis import run_label
 from mtl_core.predict import preprocess_canvas, to_display
@@ -11,8 +11,9 @@ from mtl_core.runs import ACTIVE
 
 st.title("✏️ Draw a digit")
 runs = [r for r in visible_runs() if r.get("weights_path")]
+from_file = model_file_ui()
 
-if not runs:
+if not runs and from_file is None:
     active = visible_runs(statuses=ACTIVE)
     quick_model_ui(busy=bool(active))
     if active:
@@ -35,6 +36,7 @@ for r in runs:  # newest run of each model kind, up to three
 chosen = st.multiselect(
     "Models", list(by_id), default=default, key="draw_models", format_func=lambda i: run_label(by_id[i])
 )
+models = [run_model(by_id[i]) for i in chosen] + ([from_file] if from_file else [])
 
 left, mid, right = st.columns([3, 1, 5], gap="medium")
 with left:
@@ -78,10 +80,9 @@ with mid:
 with right:
     if image is None:
         st.info("✏️ Draw a digit on the black square (or upload a picture) to see every task's prediction.")
-    elif not chosen:
+    elif not models:
         st.info("Pick at least one model above.")
     else:
-        cols = st.columns(len(chosen))
-        for col, run_id in zip(cols, chosen):
+        for i, (col, (title, model)) in enumerate(zip(st.columns(len(models)), models)):
             with col:
-                predictions_ui(by_id[run_id], image, key=f"pred_{run_id}")
+                predictions_ui(title, model, image, key=f"pred_{i}")

@@ -204,6 +204,19 @@ def test_compare_shows_stored_runs_and_the_reference_study(synthetic):
     assert len(plotly_specs(at)) >= 5  # two overlays, three bar charts, the detail confusion matrices
 
 
+def test_train_page_offers_the_model_file_and_deletes_an_owned_run(synthetic):
+    mine = stored_run("hard", synthetic)
+    path = RunStore().get_run(mine)["weights_path"]
+    at = open_page("pages/train.py")
+    assert_ok(at)
+    assert at.selectbox(key="watch_select").value == mine
+    assert "Finished 2 epochs" in texts(at.success)
+    at.button(key=f"delete_{mine}").click().run()
+    assert_ok(at)
+    assert RunStore().get_run(mine) is None and not os.path.exists(path)
+    assert "No runs yet" in texts(at.info)
+
+
 # ----------------------------------------------------------------------------- Cross-stitch
 
 
