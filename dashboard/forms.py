@@ -9,6 +9,7 @@ from mtl_core.config import OPTIMIZERS, PRECISIONS, TrainConfig
 from mtl_core.data import SOURCES
 from mtl_core.models import ALPHA_INITS, MODELS
 from mtl_core.tasks import TASKS
+from mtl_core.weighting import WEIGHTINGS
 
 SOURCE_NAMES = {
     "auto": "auto (full MNIST if available, else the embedded subset)",
@@ -74,6 +75,13 @@ def train_form_ui(model: str) -> dict | None:
         if not cuda:
             st.caption("GPU: not available on this server (no CUDA device found); training runs on the CPU.")
         with st.expander("Loss weights and learning-rate schedule"):
+            weighting = st.selectbox(
+                "Loss weighting",
+                list(WEIGHTINGS),
+                key=f"f_weighting{k}",
+                help="static: the weights below. uncertainty: learned per-task weights (Kendall et al., 2018), "
+                "scaled by the weights below.",
+            )
             cols = st.columns(len(TASKS))
             weights = {
                 t: col.number_input(t, 0.0, 1000.0, preset.weight(t), step=0.5, key=f"f_w_{t}{k}")
@@ -135,6 +143,7 @@ def train_form_ui(model: str) -> dict | None:
         train_limit=int(train_limit),
         device="cuda" if use_gpu else "cpu",
         loss_weights={t: w for t, w in weights.items() if t in tasks and w != 1.0},
+        loss_weighting=weighting,
         scheduler=scheduler,
         step_size=int(step_size),
         gamma=float(gamma),

@@ -6,7 +6,7 @@ import os
 
 import streamlit as st
 
-from dashboard.charts import training_curves
+from dashboard.charts import overlay, training_curves
 from dashboard.state import get_runner, get_store, owner_id
 from mtl_core.analysis import run_label
 from mtl_core.runs import ACTIVE
@@ -98,6 +98,14 @@ def monitor_ui(run_id: str) -> None:
         metrics_ui(run, records)
         if records:
             st.plotly_chart(training_curves(records, run["config"]["epochs"]), key=f"curves_{run_id}", width="stretch")
+        if records and run["config"].get("loss_weighting") == "uncertainty":
+            epochs = [r["epoch"] for r in records]
+            series = {t: (epochs, [r["loss_weights"][t] for r in records]) for t in records[0]["loss_weights"]}
+            st.plotly_chart(
+                overlay(series, "Learned loss weights (uncertainty weighting)", "weight"),
+                key=f"weights_{run_id}",
+                width="stretch",
+            )
         if st.session_state.get(active_key) and run["status"] not in ACTIVE:
             st.session_state[active_key] = False
             st.rerun(scope="app")  # stop polling: the run is over

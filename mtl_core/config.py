@@ -13,6 +13,7 @@ from typing import Any
 from .data import SOURCES
 from .models import ALPHA_INITS, MODELS, get_model_spec
 from .tasks import TASKS
+from .weighting import WEIGHTINGS
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "step")
@@ -38,6 +39,7 @@ class TrainConfig:
     step_size: int = 5
     gamma: float = 0.5
     loss_weights: dict[str, float] = field(default_factory=dict)  # missing tasks weigh 1
+    loss_weighting: str = "static"  # or "uncertainty" (learned per-task weights, Kendall et al. 2018)
     seed: int = 0
     device: str = "auto"
     data: str = "auto"
@@ -142,6 +144,7 @@ class TrainConfig:
                 p.append(f"loss weight of {task!r} must be from 0 to 1000 (got {w!r})")
         if self.tasks and self.loss_weights and all(self.weight(t) == 0 for t in self.tasks):
             p.append("at least one loss weight must be above 0")
+        check_choice("loss_weighting", WEIGHTINGS)
         check_int("seed", 0, 2**31 - 1)
         check_choice("device", DEVICES)
         check_choice("data", SOURCES)

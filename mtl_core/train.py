@@ -18,6 +18,7 @@ from .data import MTLData, batch_indices
 from .metrics import MetricAccumulator, average_accuracy, selection_score, task_loss
 from .models import MultiTaskModel, build_model, count_parameters
 from .tasks import make_targets
+from .weighting import build_weighting
 
 EVAL_BATCH = 2048
 
@@ -48,12 +49,16 @@ def resolve_precision(config: TrainConfig, family: str, device: torch.device) ->
     return "bf16" if family == "cnn" and bf16_is_native(device) else "fp32"
 
 
-def make_optimizer(config: TrainConfig, model: MultiTaskModel, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(
+    config: TrainConfig, model: MultiTaskModel, device: torch.device, extra: list[torch.nn.Parameter] | None = None
+) -> torch.optim.Optimizer:
     alphas = {id(p) for p in model.alpha_parameters()}
     groups = [{"params": [p for p in model.parameters() if id(p) not in alphas], "lr": config.lr}]
     if alphas:
         # Misra et al. scale the cross-stitch learning rate up (1e2 to 1e3) so the alphas move at all.
         groups.append({"params": model.alpha_parameters(), "lr": config.lr * config.alpha_lr_mult})
+    if extra:  # learned loss weights train at the network's learning rate
+        groups.append({"params": extra, "lr": config.lr})
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
@@ -85,7 +90,10 @@ class Training:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.params = count_parameters(self.model)
         self.precision = resolve_precision(config, self.model.family, self.device)
-        self.optimizer = make_optimizer(config, self.model, self.device)
+        self.weighting = build_weighting(config.loss_weighting, {t: config.weight(t) for t in config.tasks}).to(
+            self.device
+        )
+        self.optimizer = make_optimizer(config, self.model, self.device, list(self.weighting.parameters()))
         self.scheduler = (
             torch.optim.lr_scheduler.StepLR(self.optimizer, config.step_size, config.gamma)
             if config.scheduler == "step"
@@ -120,7 +128,6 @@ class Training:
         model.train()
         sums = {t: torch.zeros((), device=self.device) for t in cfg.tasks}
         n_seen = 0
-        weights = {t: cfg.weight(t) for t in cfg.tasks}
         for b, idx in enumerate(batch_indices(self.data.n_train, cfg.batch_size, self.generator)):
             if cfg.max_batches and b >= cfg.max_batches:
                 break
@@ -132,7 +139,7 @@ class Training:
             with self._autocast():
                 out = model(xb)
             losses = {t: task_loss(t, out[t].float(), self._train_t[t].index_select(0, idx)) for t in cfg.tasks}
-            total = sum(weights[t] * losses[t] for t in cfg.tasks)
+            total = self.weighting(losses)
             if not math.isfinite(total.item()):
                 bad = [t for t in cfg.tasks if not math.isfinite(losses[t].item())] or list(cfg.tasks)
                 self.status = "diverged"
@@ -189,6 +196,7 @@ class Training:
                 "train_only_seconds": train_s,
                 "lr": lr,
                 "alphas": self.model.alphas(),
+                "loss_weights": self.weighting.current(),
             }
             score = selection_score(metrics)
             if score > self.best_score:

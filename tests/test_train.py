@@ -142,3 +142,25 @@ def test_stop_flag_is_checked_every_batch(synthetic):
     training = Training(tiny("hard", epochs=3, batch_size=16), synthetic, stop=stop)
     assert list(training.records()) == []
     assert training.status == "cancelled" and len(calls) == 4
+
+
+def test_uncertainty_weighting_learns_per_task_weights(synthetic):
+    from mtl_core.weighting import UncertaintyWeighting
+
+    records = list(iter_train(tiny("cnn", epochs=3, max_batches=8, loss_weighting="uncertainty"), synthetic))
+    first, last = records[0]["loss_weights"], records[-1]["loss_weights"]
+    assert set(first) == {"digit", "even", "gt4", "value"}
+    assert first != last  # learned, not fixed
+    assert last["value"] != last["digit"]  # the static 10 for value still scales it
+    assert records[-1]["train_loss_total"] < records[0]["train_loss_total"]
+    w = UncertaintyWeighting({"a": 1.0, "b": 10.0})
+    losses = {"a": torch.tensor(2.0), "b": torch.tensor(3.0)}
+    assert w(losses).item() == pytest.approx(0.5 * (2.0 + 30.0))  # s = 0 at the start
+    assert w.current() == {"a": 0.5, "b": 5.0}
+
+
+def test_static_weighting_records_the_config_weights(synthetic):
+    record = next(iter_train(tiny("hard", loss_weights={"even": 2.0}), synthetic))
+    assert record["loss_weights"] == {"even": 2.0, "mult3": 1.0}
+    with pytest.raises(ConfigError, match="unknown loss_weighting"):
+        TrainConfig(loss_weighting="gradnorm")
