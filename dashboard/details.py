@@ -7,7 +7,7 @@ import streamlit as st
 from PIL import Image, ImageOps
 
 from dashboard.charts import confusion_heatmap, error_histogram, value_scatter
-from dashboard.state import get_data, model_of
+from dashboard.state import get_data, has_model, model_of
 from mtl_core.analysis import confusion, is_mistake, predictions_on_test_set
 from mtl_core.predict import to_display
 from mtl_core.tasks import get_task
@@ -41,7 +41,7 @@ def _caption(preds: dict, i: int) -> str:
 
 
 def details_ui(run: dict) -> None:
-    if not run.get("weights_path"):
+    if not has_model(run):
         st.info("This run has no saved model (it stopped before finishing an epoch).")
         return
     source = run["config"]["data"]

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import streamlit as st
 
 from dashboard.charts import overlay, training_curves
-from dashboard.state import get_runner, get_store, owner_id
+from dashboard.state import get_runner, get_store, has_model, owner_id
 from mtl_core.analysis import run_label
 from mtl_core.runs import ACTIVE
 
@@ -56,9 +54,8 @@ def metrics_ui(run: dict, records: list[dict]) -> None:
 def run_actions_ui(run: dict) -> None:
     """For a run that is over: download its model, or delete it (only its owner can)."""
     c1, c2, _ = st.columns([2, 2, 3])
-    path = run.get("weights_path")
-    if path and os.path.exists(path):
-        with open(path, "rb") as f:
+    if has_model(run):
+        with open(run["weights_path"], "rb") as f:
             c1.download_button(
                 "⬇ Model (.safetensors)",
                 f.read(),

@@ -37,6 +37,12 @@ def get_model(path: str, mtime: float):
     return load_model(path)
 
 
+def has_model(run: dict) -> bool:
+    """A saved model that is still on disk (another tab may have deleted the run meanwhile)."""
+    path = run.get("weights_path")
+    return bool(path) and os.path.exists(path)
+
+
 def model_of(run: dict):
     path = run["weights_path"]
     return get_model(path, os.path.getmtime(path))

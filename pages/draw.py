@@ -4,13 +4,13 @@ import streamlit as st
 from streamlit_drawable_canvas import st_canvas  # only here: it needs a running Streamlit (RECIPES.md)
 
 from dashboard.draw_ui import model_file_ui, predictions_ui, quick_model_ui, read_upload, run_model
-from dashboard.state import visible_runs
+from dashboard.state import has_model, visible_runs
 from mtl_core.analysis import run_label
 from mtl_core.predict import preprocess_canvas, to_display
 from mtl_core.runs import ACTIVE
 
 st.title("✏️ Draw a digit")
-runs = [r for r in visible_runs() if r.get("weights_path")]
+runs = [r for r in visible_runs() if has_model(r)]
 from_file = model_file_ui()
 
 if not runs and from_file is None:
@@ -21,7 +21,7 @@ if not runs and from_file is None:
 
         @st.fragment(run_every=1.5)
         def wait_for_model() -> None:
-            if any(r.get("weights_path") for r in visible_runs()):
+            if any(has_model(r) for r in visible_runs()):
                 st.rerun(scope="app")
 
         wait_for_model()
