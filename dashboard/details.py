@@ -8,7 +8,7 @@ from PIL import Image, ImageOps
 
 from dashboard.charts import confusion_heatmap, error_histogram, value_scatter
 from dashboard.state import get_data, has_model, model_of
-from mtl_core.analysis import confusion, is_mistake, predictions_on_test_set
+from mtl_core.analysis import confusion, data_source, is_mistake, predictions_on_test_set
 from mtl_core.predict import to_display
 from mtl_core.tasks import get_task
 
@@ -44,7 +44,7 @@ def details_ui(run: dict) -> None:
     if not has_model(run):
         st.info("This run has no saved model (it stopped before finishing an epoch).")
         return
-    source = run["config"]["data"]
+    source = data_source(run)
     preds = _predictions(run["id"], run["weights_path"], source)
     data = get_data(source)
     st.caption(f"Test set: {data.describe()}")

@@ -6,7 +6,7 @@ import streamlit as st
 
 from dashboard.charts import overlay, training_curves
 from dashboard.state import get_runner, get_store, has_model, owner_id
-from mtl_core.analysis import run_label
+from mtl_core.analysis import data_source, run_label
 from mtl_core.runs import ACTIVE
 
 POLL_S = 1.0
@@ -85,8 +85,12 @@ def monitor_ui(run_id: str) -> None:
         run = store.get_run(run_id)
         records = store.epochs(run_id)
         head, stop = st.columns([5, 1])
-        head.markdown(f"**{run_label(run)}** · {run['config']['data']} · {run['device'] or 'waiting for a worker'}")
-        if run["status"] in ACTIVE and stop.button("⏹ Stop", key="stop_run", width="stretch"):
+        head.markdown(f"**{run_label(run)}** · {data_source(run)} · {run['device'] or 'waiting for a worker'}")
+        if (
+            run["status"] in ACTIVE
+            and run["owner"] == owner_id()
+            and stop.button("⏹ Stop", key="stop_run", width="stretch")
+        ):
             get_runner().stop(run_id)
             st.toast("Stopping…")
         status_ui(run, records)

@@ -88,6 +88,7 @@ def keep_widget_values() -> None:
 
 @st.fragment(run_every=3)
 def _jobs_caption() -> None:
+    get_runner().ensure_workers()  # replaces a worker that died and fails the run it left behind
     active = get_store().list_runs(statuses=("queued", "running"))
     running = sum(r["status"] == "running" for r in active)
     st.caption(f"Jobs on this server: {running} running, {len(active) - running} queued")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .data import MTLData
+from .data import SOURCES, MTLData
 from .models import MultiTaskModel
 from .predict import predict
 from .tasks import VALUE_SCALE, get_task
@@ -31,6 +31,12 @@ def delta_m(metrics: dict[str, dict], baseline: dict[str, dict]) -> float | None
     return 100.0 * sum(terms) / len(terms) if terms else None
 
 
+def data_source(run: dict) -> str:
+    """The source a run really trained on ("auto" resolved by its worker), else the one it asked for."""
+    resolved = run.get("data_source")
+    return resolved if resolved in SOURCES else run["config"]["data"]
+
+
 def _stl_baseline(run: dict, runs: list[dict]) -> dict | None:
     """The newest finished STL run with the same tasks on the same data source."""
     for r in runs:
@@ -39,7 +45,7 @@ def _stl_baseline(run: dict, runs: list[dict]) -> dict | None:
             and r["status"] == "finished"
             and r["best"]
             and set(r["config"]["tasks"]) == set(run["config"]["tasks"])
-            and r["config"]["data"] == run["config"]["data"]
+            and data_source(r) == data_source(run)
         ):
             return r
     return None
@@ -73,7 +79,7 @@ def compare_rows(runs: list[dict], pool: list[dict] | None = None) -> list[dict]
         row.update(
             model=r["model"],
             status=r["status"],
-            data=r["config"]["data"],
+            data=data_source(r),
             epochs=r["config"]["epochs"],
             best_epoch=r["best_epoch"],
         )

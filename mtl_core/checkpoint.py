@@ -62,9 +62,12 @@ def _read_header(payload: bytes) -> dict:
     if n > len(payload) - 8 or n > 10_000_000:
         raise ModelFileError("not a safetensors file (bad header length)")
     try:
-        return json.loads(payload[8 : 8 + n])
-    except ValueError as exc:
-        raise ModelFileError(f"not a safetensors file (header is not JSON: {exc})") from None
+        header = json.loads(payload[8 : 8 + n])
+    except (ValueError, RecursionError) as exc:
+        raise ModelFileError(f"not a safetensors file (header is not JSON: {type(exc).__name__})") from None
+    if not isinstance(header, dict) or not isinstance(header.get("__metadata__", {}), dict):
+        raise ModelFileError("not a safetensors file (header is not a JSON object)")
+    return header
 
 
 def load_model_bytes(payload: bytes) -> tuple[MultiTaskModel, TrainConfig, dict]:
@@ -98,6 +101,8 @@ def load_model_bytes(payload: bytes) -> tuple[MultiTaskModel, TrainConfig, dict]
             )
         if v.is_floating_point() and not torch.isfinite(tensors[k]).all():
             raise ModelFileError(f"tensor {k!r} holds NaN or infinite values")
+        if k.endswith("running_var") and (tensors[k] < 0).any():
+            raise ModelFileError(f"tensor {k!r} holds negative variances")
     model.load_state_dict(tensors)
     model.eval()
     return model, config, extra

@@ -101,9 +101,11 @@ def _md5(path: Path) -> str:
 def _read_idx(path: Path) -> np.ndarray:
     """Parse an idx file (gzipped or not); see http://yann.lecun.com/exdb/mnist/ for the format."""
     raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    if raw[:2] != b"\x00\x00" or raw[2] != 0x08:
-        raise DataUnavailable(f"{path.name} is not an unsigned-byte idx file")
+    if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] != 0x08 or raw[3] not in (1, 3):
+        raise DataUnavailable(f"{path.name} is not an MNIST idx file")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise DataUnavailable(f"{path.name} is truncated")
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(shape)):

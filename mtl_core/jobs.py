@@ -38,7 +38,6 @@ class JobRunner:
         self.max_active, self.max_per_owner = max_active, max_per_owner
         self._procs: list[subprocess.Popen] = []
         self._lock = threading.Lock()
-        self.store.fail_orphans(alive_pids=set())
         self.ensure_workers()
 
     def ensure_workers(self) -> None:
@@ -57,7 +56,16 @@ class JobRunner:
                     "--parent",
                     str(os.getpid()),
                 ]
-                self._procs.append(subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL))
+                # A session of its own: Ctrl+C on the server must not kill a job mid-epoch.
+                self._procs.append(subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True))
+            # A worker that died (killed, out of memory) leaves its run "running": fail it, free the slot.
+            self.store.fail_orphans(alive_pids={p.pid for p in self._procs})
+
+    def free_slots(self, owner: str = "") -> int:
+        """How many more jobs this owner may queue right now."""
+        active = self.store.list_runs(statuses=("queued", "running"))
+        mine = sum(r["owner"] == owner for r in active)
+        return max(0, min(self.max_per_owner - mine, self.max_active - len(active)))
 
     def submit(self, config: TrainConfig, owner: str = "", label: str = "") -> str:
         """Queue a run; raises QueueFull when the server or this owner has too many active jobs."""

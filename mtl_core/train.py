@@ -33,7 +33,7 @@ def resolve_device(name: str) -> torch.device:
 
 def bf16_is_native(device: torch.device) -> bool:
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -156,6 +156,16 @@ class Training:
             n_seen += len(idx)
         return {t: (s / max(n_seen, 1)).item() for t, s in sums.items()}
 
+    def _non_finite(self, metrics: dict, test_loss: dict) -> str:
+        """What is not finite after an epoch ("" when everything is)."""
+        for k, v in self.model.state_dict().items():
+            if v.is_floating_point() and not torch.isfinite(v).all():
+                return f"values in {k}"
+        for t, m in metrics.items():
+            if not all(math.isfinite(x) for x in m.values()) or not math.isfinite(test_loss[t]):
+                return f"test metrics for {t}"
+        return ""
+
     @torch.no_grad()
     def evaluate(self) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
         self.model.eval()
@@ -182,6 +192,15 @@ class Training:
             if self.scheduler is not None:
                 self.scheduler.step()
             metrics, test_loss = self.evaluate()
+            bad = self._non_finite(metrics, test_loss)
+            if bad:
+                # A finite training loss can still leave inf/NaN in BatchNorm statistics or weights.
+                self.status = "diverged"
+                self.reason = (
+                    f"non-finite {bad} after epoch {epoch}; kept the last good weights (try a smaller learning rate)"
+                )
+                self.model.load_state_dict(last_good)
+                break
             seconds = time.perf_counter() - t0
             self.train_seconds += seconds
             last_good = state_copy(self.model)

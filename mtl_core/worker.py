@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -22,6 +24,9 @@ from .train import Training
 
 POLL_S = 0.3
 STOP_CHECK_S = 0.2
+
+# Set by SIGTERM (JobRunner.shutdown): the running job stops at its next batch and is recorded as cancelled.
+_terminating = threading.Event()
 
 
 class _DataCache:
@@ -40,6 +45,8 @@ def _throttled_stop(store: RunStore, run_id: str):
     last = [0.0, False]
 
     def stop() -> bool:
+        if _terminating.is_set():
+            return True
         now = time.monotonic()
         if now - last[0] >= STOP_CHECK_S:
             last[0], last[1] = now, store.stop_requested(run_id)
@@ -54,14 +61,15 @@ def execute_run(store: RunStore, run_id: str, data: _DataCache) -> str:
         config = TrainConfig.from_dict(store.get_run(run_id)["config"])
         dataset = data.get(config.data)
         training = Training(config, dataset, stop=_throttled_stop(store, run_id))
-        store.mark_started(run_id, training.params, dataset.describe(), f"{training.device} · {training.precision}")
+        store.mark_started(run_id, training.params, dataset.source, f"{training.device} · {training.precision}")
         for record in training.records():
             store.add_epoch(run_id, record)
         path = None
         if training.best_epoch > 0:
             path = str(store.models_dir / f"{run_id}.safetensors")
             save_model(path, training.model, config, {"run_id": run_id, "summary": training.summary()})
-        store.finish(run_id, training.status, training.reason, training.summary(), path)
+        reason = "the server shut the worker down" if _terminating.is_set() else training.reason
+        store.finish(run_id, training.status, reason, training.summary(), path)
         return training.status
     except (ConfigError, DataUnavailable) as exc:
         store.finish(run_id, "failed", str(exc))
@@ -74,7 +82,8 @@ def execute_run(store: RunStore, run_id: str, data: _DataCache) -> str:
 def serve(db_path: str, parent_pid: int | None = None, once: bool = False) -> None:
     store = RunStore(db_path)
     data = _DataCache()
-    while True:
+    signal.signal(signal.SIGTERM, lambda *_: _terminating.set())
+    while not _terminating.is_set():
         run_id = store.claim_next(os.getpid())
         if run_id is not None:
             execute_run(store, run_id, data)

@@ -24,13 +24,20 @@ with st.expander("Run the seed study (STL, hard sharing, cross-stitch on the sam
         data = c2.selectbox("Data", ["auto", "mnist", "mnist-subset", "synthetic"], key="seed_data")
         seed = c3.number_input("Seed", 0, 2**31 - 1, 0, key="seed_seed")
         if st.form_submit_button("Queue the three runs", type="primary"):
-            try:
-                for m in SEED_MODELS:
-                    cfg = TrainConfig.preset(m, epochs=int(epochs), data=data, seed=int(seed))
-                    get_runner().submit(cfg, owner=owner_id(), label=f"seed study {m}")
-                st.success("Queued STL, hard sharing and cross-stitch. Watch them on the Train page.")
-            except QueueFull as exc:
-                st.warning(str(exc))
+            free = get_runner().free_slots(owner_id())
+            if free < len(SEED_MODELS):  # all three or none: a partial study compares nothing
+                st.warning(
+                    f"The seed study needs {len(SEED_MODELS)} free job slots and you have {free}: "
+                    "wait for a run to finish or stop one."
+                )
+            else:
+                try:
+                    for m in SEED_MODELS:
+                        cfg = TrainConfig.preset(m, epochs=int(epochs), data=data, seed=int(seed))
+                        get_runner().submit(cfg, owner=owner_id(), label=f"seed study {m}")
+                    st.success("Queued STL, hard sharing and cross-stitch. Watch them on the Train page.")
+                except QueueFull as exc:
+                    st.warning(str(exc))
 
 if not runs:
     st.info("No runs to compare yet: train one on the Train page, or queue the seed study above.")

@@ -82,3 +82,28 @@ def test_truncated_file_and_a_pickle_never_load(tmp_path):
     assert not (tmp_path / "pwned").exists()
     with pytest.raises(ModelFileError, match="cannot read"):
         load_model(tmp_path / "missing.safetensors")
+
+
+def _with_header(header: bytes) -> bytes:
+    return len(header).to_bytes(8, "little") + header
+
+
+@pytest.mark.parametrize(
+    "header",
+    [b"[]", b'{"__metadata__": "x"}', b'{"__metadata__": []}', b"[" * 100_000 + b"]" * 100_000, b"\xff\xfe"],
+)
+def test_crafted_headers_are_refused_with_a_reason(header):
+    from mtl_core.checkpoint import load_model_bytes
+
+    with pytest.raises(ModelFileError):
+        load_model_bytes(_with_header(header))
+
+
+def test_negative_batchnorm_variance_is_refused(tmp_path):
+    config = TrainConfig.preset("cnn")
+    model = build_model("cnn")
+    with torch.no_grad():
+        model.trunk[1].running_var[0] = -1.0
+    save_model(tmp_path / "neg.safetensors", model, config)
+    with pytest.raises(ModelFileError, match="negative variances"):
+        load_model(tmp_path / "neg.safetensors")

@@ -164,3 +164,37 @@ def test_static_weighting_records_the_config_weights(synthetic):
     assert record["loss_weights"] == {"even": 2.0, "mult3": 1.0}
     with pytest.raises(ConfigError, match="unknown loss_weighting"):
         TrainConfig(loss_weighting="gradnorm")
+
+
+def test_non_finite_batchnorm_statistics_count_as_divergence(synthetic):
+    """A finite training loss can hide inf in BatchNorm's running statistics; such weights must not be kept."""
+    training = Training(tiny("cnn", epochs=4, max_batches=4), synthetic)
+    records = []
+    for r in training.records():
+        records.append(r)
+        good = state_copy(training.model)
+        training.model.trunk[1].running_var[0] = float("inf")  # stays inf through the next epoch
+    assert len(records) == 1 and training.status == "diverged"
+    assert "running_var" in training.reason and "after epoch 2" in training.reason
+    for k, v in training.model.state_dict().items():
+        assert torch.equal(v, good[k]), k
+
+
+def test_best_checkpoint_can_be_an_earlier_epoch(synthetic):
+    """Scripted test scores (0.5, 0.9, 0.7): the model must end with epoch 2's weights, not epoch 3's."""
+    scores = iter([0.5, 0.9, 0.7])
+
+    class Scripted(Training):
+        def evaluate(self):
+            metrics, losses = super().evaluate()
+            s = next(scores)
+            return {t: {"acc": s} for t in metrics}, losses
+
+    training = Scripted(tiny("hard", epochs=3), synthetic)
+    states = []
+    for _ in training.records():
+        states.append(state_copy(training.model))
+    assert training.best_epoch == 2 and training.summary()["best_avg"] == 0.9
+    final = training.model.state_dict()
+    assert all(torch.equal(final[k], states[1][k]) for k in final)
+    assert not all(torch.equal(final[k], states[2][k]) for k in final)
