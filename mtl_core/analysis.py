@@ -8,7 +8,7 @@ import numpy as np
 from .data import SOURCES, MTLData
 from .models import MultiTaskModel
 from .predict import predict
-from .tasks import VALUE_SCALE, get_task
+from .tasks import VALUE_SCALE, get_task, make_targets
 
 
 def headline(metrics: dict[str, float]) -> float:
@@ -108,8 +108,6 @@ def curve_rows(run: dict, records: list[dict]) -> list[dict]:
 def predictions_on_test_set(model: MultiTaskModel, data: MTLData) -> dict[str, dict[str, np.ndarray]]:
     """For every task: the true label and the model's prediction on each test digit (and the
     probability of the predicted class, or the regression value in digit units)."""
-    from .tasks import make_targets
-
     outputs = predict(model, data.test_x)
     targets = make_targets(data.test_y, model.tasks)
     result = {}

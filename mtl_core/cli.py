@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .checkpoint import save_model
-from .config import PRECISIONS, ConfigError, TrainConfig
+from .config import DEVICES, OPTIMIZERS, PRECISIONS, ConfigError, TrainConfig
 from .data import SOURCES, DataUnavailable, load_data
 from .models import ALPHA_INITS, MODELS
 from .reference import SEED_MODELS, SEED_STUDY
@@ -139,8 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(t)
     t.add_argument("--lr", type=float, default=None)
     t.add_argument("--batch-size", type=int, default=None)
-    t.add_argument("--optimizer", default=None)
-    t.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
+    t.add_argument("--optimizer", choices=OPTIMIZERS, default=None)
+    t.add_argument("--device", choices=DEVICES, default=None)
     t.add_argument("--precision", choices=PRECISIONS, default=None)
     t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     t.add_argument("--alpha-init", choices=list(ALPHA_INITS), default=None)

@@ -61,23 +61,26 @@ class JobRunner:
             # A worker that died (killed, out of memory) leaves its run "running": fail it, free the slot.
             self.store.fail_orphans(alive_pids={p.pid for p in self._procs})
 
+    def _active_counts(self, owner: str) -> tuple[int, int]:
+        """(this owner's queued or running jobs, everyone's)."""
+        active = self.store.list_runs(statuses=("queued", "running"))
+        return sum(r["owner"] == owner for r in active), len(active)
+
     def free_slots(self, owner: str = "") -> int:
         """How many more jobs this owner may queue right now."""
-        active = self.store.list_runs(statuses=("queued", "running"))
-        mine = sum(r["owner"] == owner for r in active)
-        return max(0, min(self.max_per_owner - mine, self.max_active - len(active)))
+        mine, total = self._active_counts(owner)
+        return max(0, min(self.max_per_owner - mine, self.max_active - total))
 
     def submit(self, config: TrainConfig, owner: str = "", label: str = "") -> str:
         """Queue a run; raises QueueFull when the server or this owner has too many active jobs."""
-        active = self.store.list_runs(statuses=("queued", "running"))
-        mine = [r for r in active if r["owner"] == owner]
-        if len(mine) >= self.max_per_owner:
+        mine, total = self._active_counts(owner)
+        if mine >= self.max_per_owner:
             raise QueueFull(
-                f"you already have {len(mine)} jobs queued or running (limit {self.max_per_owner}); "
+                f"you already have {mine} jobs queued or running (limit {self.max_per_owner}); "
                 "wait for one to finish or stop one"
             )
-        if len(active) >= self.max_active:
-            raise QueueFull(f"the server's job queue is full ({len(active)} jobs); try again in a minute")
+        if total >= self.max_active:
+            raise QueueFull(f"the server's job queue is full ({total} jobs); try again in a minute")
         run_id = self.store.create_run(config.to_dict(), owner=owner, label=label)
         self.ensure_workers()
         return run_id

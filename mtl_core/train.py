@@ -21,6 +21,7 @@ from .tasks import make_targets
 from .weighting import build_weighting
 
 EVAL_BATCH = 2048
+DIVERGED_HINT = "kept the last good weights (try a smaller learning rate)"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -143,10 +144,7 @@ class Training:
             if not math.isfinite(total.item()):
                 bad = [t for t in cfg.tasks if not math.isfinite(losses[t].item())] or list(cfg.tasks)
                 self.status = "diverged"
-                self.reason = (
-                    f"non-finite loss ({', '.join(bad)}) at epoch {epoch}, batch {b + 1}; "
-                    "kept the last good weights (try a smaller learning rate)"
-                )
+                self.reason = f"non-finite loss ({', '.join(bad)}) at epoch {epoch}, batch {b + 1}; {DIVERGED_HINT}"
                 return None
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
@@ -196,9 +194,7 @@ class Training:
             if bad:
                 # A finite training loss can still leave inf/NaN in BatchNorm statistics or weights.
                 self.status = "diverged"
-                self.reason = (
-                    f"non-finite {bad} after epoch {epoch}; kept the last good weights (try a smaller learning rate)"
-                )
+                self.reason = f"non-finite {bad} after epoch {epoch}; {DIVERGED_HINT}"
                 self.model.load_state_dict(last_good)
                 break
             seconds = time.perf_counter() - t0

@@ -7,9 +7,11 @@ import streamlit as st
 
 from dashboard.charts import bars, overlay
 from dashboard.details import details_ui
+from dashboard.forms import SOURCE_NAMES
 from dashboard.state import get_runner, get_store, owner_id, visible_runs
 from mtl_core.analysis import compare_rows, curve_rows, run_label
 from mtl_core.config import TrainConfig
+from mtl_core.data import SOURCES
 from mtl_core.jobs import QueueFull
 from mtl_core.reference import SEED_MODELS, SEED_STUDY
 
@@ -21,7 +23,7 @@ with st.expander("Run the seed study (STL, hard sharing, cross-stitch on the sam
     with st.form("seed_study"):
         c1, c2, c3 = st.columns(3)
         epochs = c1.number_input("Epochs", 1, 200, 20, key="seed_epochs")
-        data = c2.selectbox("Data", ["auto", "mnist", "mnist-subset", "synthetic"], key="seed_data")
+        data = c2.selectbox("Data", SOURCES, format_func=SOURCE_NAMES.get, key="seed_data")
         seed = c3.number_input("Seed", 0, 2**31 - 1, 0, key="seed_seed")
         if st.form_submit_button("Queue the three runs", type="primary"):
             free = get_runner().free_slots(owner_id())

@@ -56,25 +56,23 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def _stop_group(proc: subprocess.Popen) -> None:
-    """SIGTERM the server's process group (streamlit and its worker), SIGKILL what is left."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
-    try:  # the worker may outlive streamlit by a moment: take the whole group down
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+def _signal_group(proc: subprocess.Popen, sig: int, wait_s: float) -> None:
     try:
-        proc.wait(5)
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(wait_s)
     except subprocess.TimeoutExpired:
         pass
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the server's process group, SIGKILL what is left. Training workers run in a session of
+    their own (so Ctrl+C cannot kill a job); they exit by themselves once idle and orphaned."""
+    if proc.poll() is None:
+        _signal_group(proc, signal.SIGTERM, 10)
+    _signal_group(proc, signal.SIGKILL, 5)
 
 
 @pytest.fixture(scope="session")
