@@ -7,11 +7,11 @@ from dashboard.state import keep_widget_values, sidebar_ui
 st.set_page_config(page_title="MTL playground", page_icon="🧠", layout="wide")
 
 pages = [
-    st.Page("pages/home.py", title="Home", icon="🏠", default=True),
-    st.Page("pages/train.py", title="Train", icon="🏋️"),
-    st.Page("pages/compare.py", title="Compare", icon="📊"),
-    st.Page("pages/cross_stitch.py", title="Cross-stitch", icon="🧵"),
-    st.Page("pages/draw.py", title="Draw", icon="✏️"),
+    st.Page("views/home.py", title="Home", icon="🏠", default=True),
+    st.Page("views/train.py", title="Train", icon="🏋️"),
+    st.Page("views/compare.py", title="Compare", icon="📊"),
+    st.Page("views/cross_stitch.py", title="Cross-stitch", icon="🧵"),
+    st.Page("views/draw.py", title="Draw", icon="✏️"),
 ]
 keep_widget_values()
 nav = st.navigation(pages)

@@ -9,7 +9,7 @@ import streamlit as st
 from PIL import Image, UnidentifiedImageError
 
 from dashboard.charts import class_probabilities
-from dashboard.state import get_runner, model_of, owner_id
+from dashboard.state import client_address, get_runner, model_of, owner_id
 from mtl_core.analysis import run_label
 from mtl_core.checkpoint import ModelFileError, load_model_bytes
 from mtl_core.config import TrainConfig
@@ -47,7 +47,9 @@ def quick_model_ui(busy: bool) -> None:
     )
     if st.button("⚡ Train a quick model", type="primary", key="quick_model", disabled=busy):
         try:
-            get_runner().submit(TrainConfig.preset(**QUICK_MODEL), owner=owner_id(), label="quick model")
+            get_runner().submit(
+                TrainConfig.preset(**QUICK_MODEL), owner=owner_id(), label="quick model", client=client_address()
+            )
         except Exception as exc:  # noqa: BLE001 - QueueFull or ConfigError, shown as a message
             st.warning(str(exc))
         else:

@@ -4,25 +4,34 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import uuid
 
 import streamlit as st
 
 from mtl_core.checkpoint import load_model
 from mtl_core.data import MTLData, load_data
-from mtl_core.jobs import JobRunner
-from mtl_core.runs import RunStore
+from mtl_core.jobs import JobRunner, server_runner
+from mtl_core.runs import ACTIVE, RunStore
 
 
-@st.cache_resource
-def get_store() -> RunStore:
-    return RunStore()
-
-
-@st.cache_resource
 def get_runner() -> JobRunner:
-    """One runner per server: its worker processes train every user's jobs, one at a time by default."""
-    return JobRunner(get_store(), workers=max(1, int(os.environ.get("MTL_WORKERS", "1"))))
+    """This server's one runner (`mtl_core.jobs.server_runner`): not a Streamlit cache, so clearing
+    the caches can never start a second pool. `python -m dashboard.serve` starts it before any page."""
+    return server_runner()
+
+
+def get_store() -> RunStore:
+    return get_runner().store
+
+
+def client_address() -> str:
+    """The browser's network address, so one person's many tabs share one cap."""
+    try:
+        address = st.context.ip_address
+    except Exception:  # noqa: BLE001 - AppTest has no connection
+        return ""
+    return address if isinstance(address, str) else ""
 
 
 @st.cache_resource(show_spinner="Loading digits…")
@@ -38,9 +47,10 @@ def get_model(path: str, mtime: float):
 
 
 def has_model(run: dict) -> bool:
-    """A saved model that is still on disk (another tab may have deleted the run meanwhile)."""
+    """A run that is over and whose saved model is still on disk (another tab may have deleted it).
+    A training run already has its best-so-far weights on disk; they are used once it ends."""
     path = run.get("weights_path")
-    return bool(path) and os.path.exists(path)
+    return run["status"] not in ACTIVE and bool(path) and os.path.exists(path)
 
 
 def model_of(run: dict):
@@ -86,9 +96,18 @@ def keep_widget_values() -> None:
             st.session_state[key] = st.session_state[key]
 
 
-@st.fragment(run_every=3)
-def _jobs_caption() -> None:
-    get_runner().ensure_workers()  # replaces a worker that died and fails the run it left behind
+SEEN_EVERY_S = 30
+
+
+def note_presence() -> None:
+    """Tell the store this browser is still here (at most every 30 s), so its queued runs are kept."""
+    now = time.monotonic()
+    if now - st.session_state.get("_seen_at", -1e9) >= SEEN_EVERY_S:
+        st.session_state["_seen_at"] = now
+        get_store().touch_owner(owner_id())
+
+
+def jobs_caption_ui() -> None:
     active = get_store().list_runs(statuses=("queued", "running"))
     running = sum(r["status"] == "running" for r in active)
     st.caption(f"Jobs on this server: {running} running, {len(active) - running} queued")
@@ -96,12 +115,17 @@ def _jobs_caption() -> None:
 
 def sidebar_ui() -> None:
     owner_id()
-    get_runner()  # start the workers with the first page view, so jobs queued before a restart resume
+    runner = get_runner()
+    note_presence()
     with st.sidebar:
+        if runner.store.notice:
+            st.warning(runner.store.notice)
+        if runner.problem:
+            st.error(runner.problem)
         st.toggle(
             "Show all runs on this server",
             key="show_all_runs",
             help="Teacher / projector view: everyone's runs instead of this browser's.",
         )
-        _jobs_caption()
+        jobs_caption_ui()
         st.caption(f"Data: {data_label()}")

@@ -1,26 +1,71 @@
-"""The job runner: a bounded queue of training runs (kept in the run store) and worker processes.
+"""The job runner: a bounded, fair queue of training runs (kept in the run store) and worker processes.
 
-The dashboard submits, watches, stops and lists runs through this; training itself happens in
+The dashboard submits, watches, stops and lists runs through this; training happens in
 `mtl_core.worker` processes, so no click, page switch or closed tab can kill or duplicate a run.
+A supervisor thread replaces dead workers (backing off when they die at once, so a broken disk
+cannot start a crash loop), ends runs whose heartbeat went stale, and cancels queued runs of
+browsers long gone. One pool per run store: a lock file keeps a second server from starting another.
 """
 
 from __future__ import annotations
 
+import atexit
+import fcntl
 import os
 import subprocess
 import sys
 import threading
+import time
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import TrainConfig
-from .runs import RunStore
+from .runs import Limits, QueueFull, RunStore, default_store_path
 
-MAX_ACTIVE_TOTAL = 32
-MAX_ACTIVE_PER_OWNER = 4
+__all__ = ["JobRunner", "QueueFull", "Limits", "RunnerSettings", "server_runner", "shutdown_server_runners"]
+
+SUPERVISE_S = 1.0
+STALE_S = 10.0  # a running run without a heartbeat for this long is interrupted
+QUICK_EXIT_S = 5.0  # a worker that dies this soon after starting counts towards the back-off
+MAX_BACKOFF_S = 60.0
 
 
-class QueueFull(RuntimeError):
-    """Too many queued or running jobs; the message says how many and what to do."""
+def _env_float(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    """How a server trains: workers and threads per worker, the per-job time cap, the grace period for
+    closed tabs. `from_env()` reads the MTL_* variables the README lists."""
+
+    workers: int = 1
+    threads: int = 1
+    max_job_s: float = 0.0  # 0: no limit
+    abandon_s: float = 0.0  # 0: queued runs of a closed tab wait forever
+    limits: Limits = field(default_factory=Limits)
+
+    @classmethod
+    def from_env(cls) -> RunnerSettings:
+        cores = os.cpu_count() or 1
+        workers = max(1, int(_env_float("MTL_WORKERS", cores)))
+        threads = max(1, int(_env_float("MTL_THREADS", max(1, cores // workers))))
+        return cls(
+            workers=workers,
+            threads=threads,
+            max_job_s=_env_float("MTL_MAX_JOB_MINUTES", 30) * 60,
+            abandon_s=_env_float("MTL_ABANDON_MINUTES", 10) * 60,
+            limits=Limits.from_env(),
+        )
+
+
+class _Worker:
+    def __init__(self, proc: subprocess.Popen, token: str):
+        self.proc, self.token, self.started = proc, token, time.monotonic()
 
 
 class JobRunner:
@@ -28,38 +73,126 @@ class JobRunner:
         self,
         store: RunStore,
         workers: int = 1,
-        max_active: int = MAX_ACTIVE_TOTAL,
-        max_per_owner: int = MAX_ACTIVE_PER_OWNER,
+        max_active: int | None = None,
+        max_per_owner: int | None = None,
+        settings: RunnerSettings | None = None,
+        supervise: bool = True,
     ):
-        if workers < 1:
+        settings = settings or RunnerSettings(workers=workers)
+        if settings.workers < 1:
             raise ValueError("a job runner needs at least one worker")
+        limits = settings.limits
+        if max_active is not None or max_per_owner is not None:
+            limits = Limits(
+                per_owner=max_per_owner or limits.per_owner,
+                per_client=limits.per_client,
+                total=max_active or limits.total,
+            )
         self.store = store
-        self.n_workers = workers
-        self.max_active, self.max_per_owner = max_active, max_per_owner
-        self._procs: list[subprocess.Popen] = []
+        self.settings = settings
+        self.limits = limits
+        self.n_workers = settings.workers
+        self.problem = ""  # a sentence for the dashboard when workers cannot be kept running
+        self._workers: list[_Worker] = []
         self._lock = threading.Lock()
-        self.ensure_workers()
+        self._closed = threading.Event()
+        self._quick_exits = 0
+        self._next_spawn = 0.0
+        self._pool_lock = self._acquire_pool_lock()
+        self.has_pool = self._pool_lock is not None
+        if self.has_pool:
+            # Runs left "running" by a previous server (killed, restarted) end as interrupted now.
+            self.store.interrupt_stale(0.0, "the server restarted while it was training; the curve so far is kept")
+        self.supervise_once()
+        if supervise:
+            threading.Thread(target=self._supervise_loop, daemon=True, name="job-supervisor").start()
+
+    # -- the pool ------------------------------------------------------------------------------
+
+    def _acquire_pool_lock(self):
+        """An exclusive lock beside the store, held for the life of this runner; the OS drops it when
+        the process dies, so a restarted server gets it back and never runs two pools."""
+        f = open(str(self.store.path) + ".pool.lock", "a+")  # noqa: SIM115 - held open on purpose
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            return None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        return f
+
+    def _spawn(self) -> _Worker:
+        token = uuid.uuid4().hex
+        root = str(Path(__file__).resolve().parent.parent)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+        cmd = [sys.executable, "-m", "mtl_core.worker", "--db", str(self.store.path), "--token", token]
+        cmd += ["--watch-stdin", "--threads", str(self.settings.threads)]
+        cmd += ["--max-seconds", str(self.settings.max_job_s)]
+        # stdin is a pipe we never write: when this process dies, however it dies, the worker sees EOF.
+        # A session of its own: Ctrl+C on the server reaches the worker only through that pipe.
+        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, start_new_session=True)
+        return _Worker(proc, token)
 
     def ensure_workers(self) -> None:
-        """Start (or restart) worker processes up to the configured number."""
+        """Replace dead workers (ending the run each one held) up to the configured number."""
+        if not self.has_pool or self._closed.is_set():
+            return
         with self._lock:
-            self._procs = [p for p in self._procs if p.poll() is None]
-            root = str(Path(__file__).resolve().parent.parent)
-            env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-            while len(self._procs) < self.n_workers:
-                cmd = [
-                    sys.executable,
-                    "-m",
-                    "mtl_core.worker",
-                    "--db",
-                    str(self.store.path),
-                    "--parent",
-                    str(os.getpid()),
-                ]
-                # A session of its own: Ctrl+C on the server must not kill a job mid-epoch.
-                self._procs.append(subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True))
-            # A worker that died (killed, out of memory) leaves its run "running": fail it, free the slot.
-            self.store.fail_orphans(alive_pids={p.pid for p in self._procs})
+            alive = []
+            for w in self._workers:
+                code = w.proc.poll()
+                if code is None:
+                    alive.append(w)
+                    continue
+                if w.proc.stdin:
+                    w.proc.stdin.close()
+                try:
+                    self.store.interrupt_worker(
+                        w.token, f"its worker process died (exit code {code}); the curve so far is kept"
+                    )
+                except Exception as exc:  # noqa: BLE001 - a damaged store must not stop the back-off below
+                    self.problem = f"The run store cannot be read or written ({exc}); training is paused."
+                if time.monotonic() - w.started < QUICK_EXIT_S:
+                    self._quick_exits += 1
+                    backoff = min(MAX_BACKOFF_S, 2.0**self._quick_exits)
+                    self._next_spawn = time.monotonic() + backoff
+                    self.problem = (
+                        f"Training workers exit right after starting (exit code {code}); retrying in {backoff:.0f} s. "
+                        "The server log says why."
+                    ) + (f" {self.problem}" if self.problem.startswith("The run store") else "")
+                else:
+                    self._quick_exits = 0
+            self._workers = alive
+            if time.monotonic() < self._next_spawn:
+                return
+            if self._workers and self._quick_exits == 0:
+                self.problem = ""
+            while len(self._workers) < self.n_workers:
+                self._workers.append(self._spawn())
+
+    def supervise_once(self) -> None:
+        """One round of supervision; the supervisor thread calls this every second."""
+        if not self.has_pool:
+            return
+        self.ensure_workers()
+        self.store.interrupt_stale(STALE_S)
+        if self.settings.abandon_s > 0:
+            self.store.cancel_abandoned(self.settings.abandon_s)
+        if self._quick_exits and all(time.monotonic() - w.started > QUICK_EXIT_S for w in self._workers):
+            self._quick_exits, self.problem = 0, ""
+
+    def _supervise_loop(self) -> None:
+        while not self._closed.wait(SUPERVISE_S):
+            try:
+                self.supervise_once()
+            except Exception as exc:  # noqa: BLE001 - the supervisor must outlive a bad moment of the store
+                if not self.problem:
+                    self.problem = f"The job supervisor hit a problem and will retry: {exc}"
+
+    # -- jobs ----------------------------------------------------------------------------------
 
     def _active_counts(self, owner: str) -> tuple[int, int]:
         """(this owner's queued or running jobs, everyone's)."""
@@ -69,36 +202,70 @@ class JobRunner:
     def free_slots(self, owner: str = "") -> int:
         """How many more jobs this owner may queue right now."""
         mine, total = self._active_counts(owner)
-        return max(0, min(self.max_per_owner - mine, self.max_active - total))
+        return max(0, min(self.limits.per_owner - mine, self.limits.total - total))
 
-    def submit(self, config: TrainConfig, owner: str = "", label: str = "") -> str:
-        """Queue a run; raises QueueFull when the server or this owner has too many active jobs."""
-        mine, total = self._active_counts(owner)
-        if mine >= self.max_per_owner:
-            raise QueueFull(
-                f"you already have {mine} jobs queued or running (limit {self.max_per_owner}); "
-                "wait for one to finish or stop one"
-            )
-        if total >= self.max_active:
-            raise QueueFull(f"the server's job queue is full ({total} jobs); try again in a minute")
-        run_id = self.store.create_run(config.to_dict(), owner=owner, label=label)
+    def submit(self, config: TrainConfig, owner: str = "", label: str = "", client: str = "") -> str:
+        """Queue a run; raises QueueFull when the server, this owner or this client has too many active jobs."""
+        return self.submit_many([config], owner, [label], client)[0]
+
+    def submit_many(
+        self, configs: list[TrainConfig], owner: str = "", labels: list[str] | None = None, client: str = ""
+    ) -> list[str]:
+        """Queue all of them or none (the caps are checked in the same transaction)."""
+        ids = self.store.create_runs([c.to_dict() for c in configs], owner, labels, client, self.limits)
         self.ensure_workers()
-        return run_id
+        return ids
 
     def stop(self, run_id: str) -> None:
         self.store.request_stop(run_id)
 
     def worker_pids(self) -> list[int]:
-        return [p.pid for p in self._procs if p.poll() is None]
+        return [w.proc.pid for w in self._workers if w.proc.poll() is None]
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        """Stop the workers now (a running job is marked failed on the next start)."""
+        """Stop the supervisor and the workers now; a running job ends as interrupted, its curve kept."""
+        self._closed.set()
         with self._lock:
-            for p in self._procs:
-                p.terminate()
-            for p in self._procs:
+            for w in self._workers:
+                w.proc.terminate()
+            for w in self._workers:
                 try:
-                    p.wait(timeout)
+                    w.proc.wait(timeout)
                 except subprocess.TimeoutExpired:
-                    p.kill()
-            self._procs = []
+                    w.proc.kill()
+                    w.proc.wait()
+                self.store.interrupt_worker(w.token, "the server shut the worker down")
+                if w.proc.stdin:
+                    w.proc.stdin.close()
+            self._workers = []
+        if self._pool_lock is not None:
+            self._pool_lock.close()
+            self._pool_lock = None
+
+
+# -- one runner per server process, independent of Streamlit's caches --------------------------
+
+_server_lock = threading.Lock()
+_server_runners: dict[str, JobRunner] = {}
+
+
+def server_runner(store_path: str | Path | None = None) -> JobRunner:
+    """This process's runner for a store (started on first call, then the same object every time).
+    The dashboard's launcher calls it before the first page is served."""
+    path = str(Path(store_path or default_store_path()).resolve())
+    with _server_lock:
+        runner = _server_runners.get(path)
+        if runner is None:
+            runner = _server_runners[path] = JobRunner(RunStore(path), settings=RunnerSettings.from_env())
+        return runner
+
+
+def shutdown_server_runners() -> None:
+    with _server_lock:
+        runners = list(_server_runners.values())
+        _server_runners.clear()
+    for r in runners:
+        r.shutdown()
+
+
+atexit.register(shutdown_server_runners)

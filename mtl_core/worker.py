@@ -1,8 +1,9 @@
 """A training worker process: claims queued runs from the run store one at a time and trains them.
 
-Run as `python -m mtl_core.worker --db PATH`. It never trains inside the dashboard's script thread,
-writes every epoch to the store as it goes, and exits when its parent is gone and it is idle, so a
-closed dashboard never cuts a running job short.
+Run as `python -m mtl_core.worker --db PATH --token T`. Liveness never rests on process ids: the
+worker writes a heartbeat for its run every second, every write is guarded by its token, and with
+`--watch-stdin` it stops within a second once its server is gone (the server holds the other end of
+the worker's stdin pipe; the operating system closes it whichever way the server dies).
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ import sys
 import threading
 import time
 import traceback
+import uuid
 from pathlib import Path
+
+import torch
 
 from .checkpoint import save_model
 from .config import ConfigError, TrainConfig
@@ -24,9 +28,12 @@ from .train import Training
 
 POLL_S = 0.3
 STOP_CHECK_S = 0.2
+HEARTBEAT_S = 1.0
 
-# Set by SIGTERM (JobRunner.shutdown): the running job stops at its next batch and is recorded as cancelled.
+# Set when the server is gone or shut the worker down: the running job stops at its next batch and is
+# recorded as interrupted (curve and best weights kept); then the worker exits.
 _terminating = threading.Event()
+_why_terminating = ["the server shut the worker down"]
 
 
 class _DataCache:
@@ -41,67 +48,148 @@ class _DataCache:
         return self._cache[source]
 
 
-def _throttled_stop(store: RunStore, run_id: str):
-    last = [0.0, False]
+def _terminate(why: str) -> None:
+    _why_terminating[0] = why
+    _terminating.set()
 
-    def stop() -> bool:
+
+def _watch_stdin() -> None:
+    """The server never writes to our stdin; end-of-file means it has exited or been killed."""
+    try:
+        while sys.stdin.buffer.read(4096):
+            pass
+    except (OSError, ValueError):
+        pass
+    _terminate("the server stopped")
+
+
+class _Heartbeat:
+    """Writes a heartbeat for the current run every second from a thread of its own, so a long
+    evaluation or data load never looks like a dead worker."""
+
+    def __init__(self, store: RunStore, worker: str):
+        self.store, self.worker = store, worker
+        self.run_id: str | None = None
+        threading.Thread(target=self._loop, daemon=True, name="heartbeat").start()
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(HEARTBEAT_S)
+            run_id = self.run_id
+            if run_id is not None:
+                try:
+                    self.store.heartbeat(run_id, self.worker)
+                except Exception:  # noqa: BLE001 - a missed beat is retried; the store may be busy
+                    pass
+
+
+class _StopCheck:
+    """The training loop's stop callback: the owner's Stop, the server going away, or the time cap."""
+
+    def __init__(self, store: RunStore, run_id: str, max_seconds: float):
+        self.store, self.run_id = store, run_id
+        self.deadline = time.monotonic() + max_seconds if max_seconds > 0 else None
+        self.max_seconds = max_seconds
+        self.timed_out = False
+        self._last, self._requested = 0.0, False
+
+    def __call__(self) -> bool:
         if _terminating.is_set():
             return True
         now = time.monotonic()
-        if now - last[0] >= STOP_CHECK_S:
-            last[0], last[1] = now, store.stop_requested(run_id)
-        return last[1]
+        if self.deadline is not None and now > self.deadline:
+            self.timed_out = True
+            return True
+        if now - self._last >= STOP_CHECK_S:
+            self._last, self._requested = now, self.store.stop_requested(self.run_id)
+        return self._requested
 
-    return stop
 
+def execute_run(store: RunStore, run_id: str, data: _DataCache, worker: str, max_seconds: float = 0) -> str:
+    """Train one claimed run to its end, recording everything in the store. Never raises.
 
-def execute_run(store: RunStore, run_id: str, data: _DataCache) -> str:
-    """Train one claimed run to its end, recording everything in the store. Never raises."""
+    The best weights are saved whenever an epoch improves on them, so a run cut short by a crash or
+    a killed server still has them."""
+    path = store.models_dir / f"{run_id}.safetensors"
     try:
         config = TrainConfig.from_dict(store.get_run(run_id)["config"])
         dataset = data.get(config.data)
-        training = Training(config, dataset, stop=_throttled_stop(store, run_id))
-        store.mark_started(run_id, training.params, dataset.source, f"{training.device} · {training.precision}")
+        stop = _StopCheck(store, run_id, max_seconds)
+        training = Training(config, dataset, stop=stop)
+        store.mark_started(run_id, worker, training.params, dataset.source, f"{training.device} · {training.precision}")
+        saved_epoch = 0
         for record in training.records():
-            store.add_epoch(run_id, record)
-        path = None
-        if training.best_epoch > 0:
-            path = str(store.models_dir / f"{run_id}.safetensors")
-            save_model(path, training.model, config, {"run_id": run_id, "summary": training.summary()})
-        reason = "the server shut the worker down" if _terminating.is_set() else training.reason
-        store.finish(run_id, training.status, reason, training.summary(), path)
-        return training.status
+            if not store.add_epoch(run_id, record, worker):
+                return "lost"  # someone else ended this run (stale heartbeat); leave it as they recorded
+            if training.best_epoch == record["epoch"]:
+                # The weights right now are the best so far (Training keeps them as its best state).
+                save_model(path, training.model, config, {"run_id": run_id, "best_epoch": record["epoch"]})
+                store.set_best(run_id, worker, record["epoch"], str(path))
+                saved_epoch = record["epoch"]
+        summary = training.summary()
+        if training.best_epoch > 0 and saved_epoch != training.best_epoch:
+            save_model(path, training.model, config, {"run_id": run_id, "summary": summary})
+        status, reason = training.status, training.reason
+        if _terminating.is_set() and status == "cancelled":
+            status, reason = "interrupted", f"{_why_terminating[0]} during the run; the curve so far is kept"
+        elif stop.timed_out:
+            reason = f"reached this server's time limit of {max_seconds / 60:g} min per job"
+        store.finish(run_id, status, reason, summary, str(path) if training.best_epoch > 0 else None, worker=worker)
+        return status
     except (ConfigError, DataUnavailable) as exc:
-        store.finish(run_id, "failed", str(exc))
+        store.finish(run_id, "failed", str(exc), worker=worker)
     except Exception as exc:  # noqa: BLE001 - a worker must survive any one bad run
         traceback.print_exc(file=sys.stderr)
-        store.finish(run_id, "failed", f"{type(exc).__name__}: {exc}")
+        try:
+            store.finish(run_id, "failed", f"{type(exc).__name__}: {exc}", worker=worker)
+        except Exception:  # noqa: BLE001 - the store itself may be what failed
+            traceback.print_exc(file=sys.stderr)
     return "failed"
 
 
-def serve(db_path: str, parent_pid: int | None = None, once: bool = False) -> None:
-    store = RunStore(db_path)
+def serve(
+    db_path: str,
+    worker: str | None = None,
+    once: bool = False,
+    watch_stdin: bool = False,
+    threads: int = 0,
+    max_seconds: float = 0,
+) -> None:
+    worker = worker or uuid.uuid4().hex
+    if threads > 0:
+        # One thread per worker and one worker per core: tiny matrices gain nothing from a second
+        # thread, and two workers with two threads each on two cores wait on each other.
+        torch.set_num_threads(threads)
+    store = RunStore(db_path, repair=False)  # only the server may move a damaged store aside
     data = _DataCache()
-    signal.signal(signal.SIGTERM, lambda *_: _terminating.set())
+    signal.signal(signal.SIGTERM, lambda *_: _terminate("the server shut the worker down"))
+    if watch_stdin:
+        threading.Thread(target=_watch_stdin, daemon=True, name="stdin-watch").start()
+    beat = _Heartbeat(store, worker)
     while not _terminating.is_set():
-        run_id = store.claim_next(os.getpid())
+        run_id = store.claim_next(worker, os.getpid())
         if run_id is not None:
-            execute_run(store, run_id, data)
+            beat.run_id = run_id
+            execute_run(store, run_id, data, worker, max_seconds)
+            beat.run_id = None
             if once:
                 return
             continue
-        if once or (parent_pid and os.getppid() != parent_pid):
-            return  # idle and orphaned: nobody will stop us any more
-        time.sleep(POLL_S)
+        if once:
+            return
+        _terminating.wait(POLL_S)
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--db", required=True, type=Path)
-    ap.add_argument("--parent", type=int, default=None, help="exit when idle once this pid is gone")
+    ap.add_argument("--token", default=None, help="this worker's id in the store (default: a random one)")
+    ap.add_argument("--watch-stdin", action="store_true", help="exit once stdin closes (the server is gone)")
     ap.add_argument("--once", action="store_true", help="train at most one queued run, then exit")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--max-seconds", type=float, default=0, help="stop a job after this long (0: no limit)")
     args = ap.parse_args(argv)
-    serve(str(args.db), args.parent, args.once)
+    serve(str(args.db), args.token, args.once, args.watch_stdin, args.threads, args.max_seconds)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -71,43 +72,114 @@ def test_a_failing_run_is_recorded_not_fatal(runner, store):
     assert run["status"] == "failed" and "larger than" in run["reason"]
 
 
-def test_closing_the_submitter_does_not_lose_the_job(tmp_path):
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_killed_server_stops_its_workers_and_a_restart_resumes_with_one_pool(tmp_path):
+    """SIGKILL the process that owns the runner mid-run: its worker notices within seconds (its stdin
+    pipe closes), the run ends interrupted with its curve and best weights; a new runner on the same
+    store trains what was still queued, and is the only pool."""
     db = tmp_path / "runs.sqlite"
     script = textwrap.dedent(f"""
+        import sys, time
         from mtl_core.config import TrainConfig
         from mtl_core.jobs import JobRunner
         from mtl_core.runs import RunStore
-        r = JobRunner(RunStore({str(db)!r}))
-        print(r.submit(TrainConfig.preset("hard", epochs=3, data="synthetic")))
-    """)  # the submitter exits right away, without shutting its runner down
+        store = RunStore({str(db)!r})
+        r = JobRunner(store)
+        long = r.submit(TrainConfig.preset("hard", epochs=500, batch_size=8, data="synthetic"))
+        while len(store.epochs(long)) < 1:
+            time.sleep(0.05)
+        print(long, r.submit(TrainConfig.preset("hard", epochs=2, data="synthetic")), flush=True)
+        time.sleep(600)
+    """)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=root, check=True
-    )
-    rid = out.stdout.strip().splitlines()[-1]
+    server = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=root)
+    try:
+        long, queued = server.stdout.readline().split()
+    finally:
+        server.kill()  # as an out-of-memory kill or a pulled plug would
+        server.wait()
     store = RunStore(db)
-    assert wait_for(lambda: store.get_run(rid)["status"] == "finished", timeout=90), store.get_run(rid)
-    assert len(store.epochs(rid)) == 3
+    worker_pid = store.get_run(long)["worker_pid"]
+    assert wait_for(lambda: not _alive(worker_pid), timeout=10), "the orphaned worker kept training"
+    run = store.get_run(long)
+    assert run["status"] == "interrupted" and "server stopped" in run["reason"], run
+    assert len(store.epochs(long)) >= 1 and os.path.exists(run["weights_path"])
+    assert store.get_run(queued)["status"] == "queued"  # not lost, not started by the dead server
+
+    runner = JobRunner(store)
+    try:
+        assert runner.has_pool
+        assert wait_for(lambda: store.get_run(queued)["status"] == "finished", timeout=60)
+        assert store.get_run(long)["status"] == "interrupted"  # never resumed twice
+        second = JobRunner(store)  # e.g. a second server started on the same folder
+        assert not second.has_pool and second.worker_pids() == []
+        second.shutdown()
+    finally:
+        runner.shutdown()
 
 
-def test_a_killed_worker_fails_its_run_and_is_replaced(runner, store):
+def test_a_killed_worker_interrupts_its_run_keeps_its_best_and_is_replaced(runner, store):
     import signal
 
     long = runner.submit(TrainConfig.preset("hard", epochs=500, batch_size=8, data="synthetic"), owner="me")
     assert wait_for(lambda: len(store.epochs(long)) >= 1)
     behind = runner.submit(TrainConfig.preset("hard", epochs=1, data="synthetic"), owner="me")
     os.kill(store.get_run(long)["worker_pid"], signal.SIGKILL)  # as the OOM killer would
-    assert wait_for(lambda: runner._procs[0].poll() is not None, timeout=10)
-    runner.ensure_workers()  # the dashboard calls this every few seconds
-    assert store.get_run(long)["status"] == "failed"
+    # No page polls here: the runner's own supervisor notices and replaces the worker.
+    assert wait_for(lambda: store.get_run(long)["status"] == "interrupted", timeout=10)
+    run = store.get_run(long)
+    assert "died" in run["reason"] and run["best_epoch"] >= 1 and os.path.exists(run["weights_path"])
+    assert len(store.epochs(long)) >= 1
     assert wait_for(lambda: store.get_run(behind)["status"] == "finished")
 
 
-def test_shutdown_cancels_the_running_job_cleanly(store):
+def test_shutdown_interrupts_the_running_job_cleanly(store):
     runner = JobRunner(store, workers=1)
     rid = runner.submit(TrainConfig.preset("hard", epochs=500, batch_size=8, data="synthetic"))
     assert wait_for(lambda: len(store.epochs(rid)) >= 1)
     runner.shutdown()
     run = store.get_run(rid)
-    assert run["status"] == "cancelled" and "shut the worker down" in run["reason"]
+    assert run["status"] == "interrupted" and "shut the worker down" in run["reason"]
     assert run["weights_path"]
+
+
+def test_a_job_past_the_time_cap_is_stopped_with_a_reason(store):
+    from mtl_core.jobs import RunnerSettings
+
+    runner = JobRunner(store, settings=RunnerSettings(workers=1, max_job_s=2.0))
+    try:
+        rid = runner.submit(TrainConfig.preset("hard", epochs=500, batch_size=8, data="synthetic"))
+        assert wait_for(lambda: store.get_run(rid)["status"] not in ("queued", "running"), timeout=30)
+        run = store.get_run(rid)
+        assert run["status"] == "cancelled" and "time limit" in run["reason"], run
+    finally:
+        runner.shutdown()
+
+
+def test_workers_that_die_at_once_are_not_respawned_in_a_loop(store, monkeypatch):
+    """A store that workers cannot open (here: damaged after the server started) must not make the
+    supervisor start worker after worker (55 in 80 s before this was fixed)."""
+    import mtl_core.jobs as jobs
+
+    spawned = []
+    real_spawn = JobRunner._spawn
+    monkeypatch.setattr(JobRunner, "_spawn", lambda self: spawned.append(1) or real_spawn(self))
+    runner = JobRunner(store, workers=1)
+    try:
+        assert wait_for(lambda: len(runner.worker_pids()) == 1)
+        store.path.write_bytes(b"garbage" * 1000)
+        for suffix in ("-wal", "-shm"):
+            Path(str(store.path) + suffix).unlink(missing_ok=True)
+        time.sleep(8)
+        assert 2 <= len(spawned) <= 5, spawned  # 1 s, 2 s, 4 s back-off instead of one a second or faster
+        assert "exit right after starting" in runner.problem and "run store" in runner.problem
+        assert jobs.MAX_BACKOFF_S >= 30
+    finally:
+        runner.shutdown()

@@ -1,6 +1,6 @@
 """The pages under Streamlit's AppTest: every page renders, Train queues runs, Compare, Cross-stitch and Draw
 show stored runs. Runs are trained in-process on synthetic data and written to the store directly, so no
-test waits for the worker; every JobRunner the app starts is shut down after each test."""
+test waits for the worker; the app's server runner is shut down after each test."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from streamlit.testing.v1 import AppTest
 
 from mtl_core.checkpoint import save_model
 from mtl_core.config import TrainConfig
-from mtl_core.jobs import JobRunner
 from mtl_core.reference import SEED_STUDY
 from mtl_core.runs import RunStore
 from mtl_core.train import Training
@@ -27,10 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 OWNER = "abcdefabcdef"  # the per-browser id (?u=...) every test browses as
 PAGES = {
     "home": (None, "Multi-task learning playground"),
-    "train": ("pages/train.py", "Train"),
-    "compare": ("pages/compare.py", "Compare"),
-    "cross_stitch": ("pages/cross_stitch.py", "Cross-stitch units"),
-    "draw": ("pages/draw.py", "Draw a digit"),
+    "train": ("views/train.py", "Train"),
+    "compare": ("views/compare.py", "Compare"),
+    "cross_stitch": ("views/cross_stitch.py", "Cross-stitch units"),
+    "draw": ("views/draw.py", "Draw a digit"),
 }
 
 
@@ -38,25 +37,13 @@ PAGES = {
 
 
 @pytest.fixture(autouse=True)
-def _fresh_app_state(monkeypatch):
-    """A fresh cached RunStore/JobRunner for this test's MTL_HOME; every JobRunner started is shut down."""
-    from dashboard.state import get_runner, get_store
+def _fresh_app_state():
+    """This test's MTL_HOME gets its own server runner; it is shut down (workers included) afterwards."""
+    from mtl_core.jobs import shutdown_server_runners
 
-    started: list[JobRunner] = []
-    original_init = JobRunner.__init__
-
-    def tracking_init(self, *args, **kwargs):
-        started.append(self)
-        original_init(self, *args, **kwargs)
-
-    monkeypatch.setattr(JobRunner, "__init__", tracking_init)
-    get_store.clear()
-    get_runner.clear()
+    shutdown_server_runners()
     yield
-    for runner in started:
-        runner.shutdown(timeout=5)
-    get_store.clear()
-    get_runner.clear()
+    shutdown_server_runners()
 
 
 def open_page(page: str | None = None) -> AppTest:
@@ -77,8 +64,8 @@ def stored_run(model: str, data, owner: str = OWNER, label: str = "") -> str:
     config = TrainConfig.preset(model, epochs=2, data="synthetic")
     training = Training(config, data)
     run_id = store.create_run(config.to_dict(), owner=owner, label=label)
-    assert store.claim_next(os.getpid()) == run_id
-    store.mark_started(run_id, training.params, data.source, str(training.device))
+    assert store.claim_next("test-worker", os.getpid()) == run_id
+    store.mark_started(run_id, "test-worker", training.params, data.source, str(training.device))
     for record in training.records():
         store.add_epoch(run_id, record)
     path = store.models_dir / f"{run_id}.safetensors"
@@ -126,7 +113,7 @@ def test_every_page_renders_with_an_empty_store(name):
 
 
 def test_train_form_queues_a_run_with_the_chosen_config():
-    at = open_page("pages/train.py")
+    at = open_page("views/train.py")
     at.radio(key="train_model").set_value("hard").run()
     assert_ok(at)
     at.number_input(key="f_epochs_hard").set_value(3)
@@ -153,7 +140,7 @@ def test_train_form_queues_a_run_with_the_chosen_config():
 
 
 def test_train_form_rejects_an_invalid_config_with_the_reason():
-    at = open_page("pages/train.py")
+    at = open_page("views/train.py")
     at.radio(key="train_model").set_value("hard").run()
     at.selectbox(key="f_data_hard").set_value("synthetic")
     at.number_input(key="f_w_even_hard").set_value(0.0)
@@ -167,7 +154,7 @@ def test_train_form_rejects_an_invalid_config_with_the_reason():
 
 
 def test_train_form_with_no_tasks_shows_an_error_and_queues_nothing():
-    at = open_page("pages/train.py")
+    at = open_page("views/train.py")
     at.radio(key="train_model").set_value("hard").run()
     at.selectbox(key="f_data_hard").set_value("synthetic")
     at.multiselect(key="f_tasks_hard").set_value([])
@@ -184,7 +171,7 @@ def test_compare_shows_stored_runs_and_the_reference_study(synthetic):
     stl = stored_run("stl", synthetic)
     hard = stored_run("hard", synthetic)
     stored_run("hard", synthetic, owner="0123456789ab")  # someone else's: not listed
-    at = open_page("pages/compare.py")
+    at = open_page("views/compare.py")
     assert_ok(at)
     assert set(at.multiselect(key="compare_runs").value) == {stl, hard}
 
@@ -209,7 +196,7 @@ def test_compare_shows_stored_runs_and_the_reference_study(synthetic):
 def test_train_page_offers_the_model_file_and_deletes_an_owned_run(synthetic):
     mine = stored_run("hard", synthetic)
     path = RunStore().get_run(mine)["weights_path"]
-    at = open_page("pages/train.py")
+    at = open_page("views/train.py")
     assert_ok(at)
     assert at.selectbox(key="watch_select").value == mine
     assert "Finished 2 epochs" in texts(at.success)
@@ -226,7 +213,7 @@ def test_cross_stitch_page_draws_the_stored_alphas(synthetic):
     run_id = stored_run("cross_stitch", synthetic)
     history = [r["alphas"] for r in RunStore().epochs(run_id)]
     assert len(history) == 2
-    at = open_page("pages/cross_stitch.py")
+    at = open_page("views/cross_stitch.py")
     assert_ok(at)
     assert at.selectbox(key="cs_run").value == run_id
 
@@ -253,7 +240,7 @@ def test_cross_stitch_page_draws_the_stored_alphas(synthetic):
 def test_draw_page_predicts_a_drawn_digit(synthetic):
     hard = stored_run("hard", synthetic)
     cnn = stored_run("cnn", synthetic)
-    at = open_page("pages/draw.py")
+    at = open_page("views/draw.py")
     assert_ok(at)
     assert set(at.multiselect(key="draw_models").value) == {hard, cnn}
     assert "draw a digit" in texts(at.info).lower()  # blank canvas: an invitation, no predictions
@@ -279,7 +266,7 @@ def test_draw_page_predicts_a_drawn_digit(synthetic):
 
 
 def test_draw_page_without_models_offers_a_quick_model():
-    at = open_page("pages/draw.py")
+    at = open_page("views/draw.py")
     assert_ok(at)
     assert "No trained model yet" in texts(at.info)
     at.button(key="quick_model").click().run()
@@ -295,7 +282,7 @@ def test_draw_page_without_models_offers_a_quick_model():
 
 
 def test_draw_quick_model_click_gives_feedback_at_once():
-    at = open_page("pages/draw.py")
+    at = open_page("views/draw.py")
     at.button(key="quick_model").click().run()
     assert_ok(at)
     assert len(RunStore().list_runs()) == 1

@@ -2,6 +2,8 @@
 
 import sqlite3
 
+import pytest
+
 from mtl_core.config import TrainConfig
 
 
@@ -10,8 +12,8 @@ def test_round_trip(store):
     rid = store.create_run(cfg, owner="alice", label="first")
     run = store.get_run(rid)
     assert run["status"] == "queued" and run["config"] == cfg and run["owner"] == "alice"
-    assert store.claim_next(pid=123) == rid and store.claim_next(pid=124) is None
-    store.mark_started(rid, 52386, "synthetic", "cpu")
+    assert store.claim_next("w1", 123) == rid and store.claim_next("w2", 124) is None
+    store.mark_started(rid, "w1", 52386, "synthetic", "cpu")
     store.add_epoch(rid, {"epoch": 1, "avg_acc": 0.5, "train_loss": {"even": float("nan")}})
     store.add_epoch(rid, {"epoch": 2, "avg_acc": 0.75, "train_loss": {"even": 0.1}})
     summary = {"train_seconds": 1.5, "best_epoch": 2, "best_metrics": {"even": {"acc": 0.75}}, "best_avg": 0.75}
@@ -32,15 +34,149 @@ def test_owner_listing_stop_and_delete(store):
     assert {r["id"] for r in store.list_runs()} == {a, b}
     store.request_stop(a)  # queued: cancelled at once, never claimed
     assert store.get_run(a)["status"] == "cancelled"
-    assert store.claim_next(pid=1) == b
+    assert store.claim_next("w1") == b
     store.request_stop(b)  # running: the worker sees the flag
     assert store.stop_requested(b) and store.get_run(b)["status"] == "running"
     store.delete_run(a)
     assert store.get_run(a) is None and store.count_active() == 1
 
 
-def test_orphaned_running_runs_are_marked_failed(store):
+def test_status_changes_are_guarded_by_the_worker_that_holds_the_run(store):
     rid = store.create_run(TrainConfig.preset("hard").to_dict())
-    store.claim_next(pid=2**22 + 12345)  # no such process
-    assert store.fail_orphans(alive_pids=set()) == 1
-    assert "worker stopped" in store.get_run(rid)["reason"]
+    assert store.claim_next("w1") == rid
+    assert store.interrupt_worker("w1", "its worker process died") == [rid]
+    # The old worker comes back late: none of its writes may change the interrupted run.
+    assert not store.add_epoch(rid, {"epoch": 1}, worker="w1")
+    assert not store.heartbeat(rid, "w1") and not store.set_best(rid, "w1", 1, "/tmp/x")
+    assert not store.finish(rid, "finished", worker="w1")
+    run = store.get_run(rid)
+    assert run["status"] == "interrupted" and store.epochs(rid) == []
+    # A final status is final even without a worker token (fail_orphans used to overwrite finished runs).
+    assert not store.finish(rid, "failed", "late")
+    assert store.get_run(rid)["status"] == "interrupted"
+
+
+def test_stale_heartbeats_interrupt_only_stale_runs(store):
+    cfg = TrainConfig.preset("hard").to_dict()
+    a, b = store.create_run(cfg), store.create_run(cfg)
+    store.claim_next("wa"), store.claim_next("wb")
+    with sqlite3.connect(store.path) as db:
+        db.execute("UPDATE runs SET heartbeat = heartbeat - 60 WHERE id=?", (a,))
+    assert store.heartbeat(b, "wb")
+    assert store.interrupt_stale(10.0) == [a]
+    assert store.get_run(a)["status"] == "interrupted" and store.get_run(b)["status"] == "running"
+    assert "heartbeat" in store.get_run(a)["reason"]
+
+
+def test_round_robin_across_owners(store):
+    cfg = TrainConfig.preset("hard").to_dict()
+    greedy = [store.create_run(cfg, owner="greedy") for _ in range(4)]
+    late = store.create_run(cfg, owner="late")
+    first = store.claim_next("w1")
+    second = store.claim_next("w2")  # greedy already has one running: the other owner goes next
+    assert (first, second) == (greedy[0], late)
+    store.finish(first, "finished"), store.finish(second, "finished")
+    other = store.create_run(cfg, owner="late")
+    # Nobody is running now; "late" had a job started more recently than "greedy", so greedy is next.
+    assert store.claim_next("w1") == greedy[1]
+    assert store.claim_next("w2") == other
+
+
+def test_caps_are_checked_in_the_inserting_transaction(store):
+    from mtl_core.runs import Limits, QueueFull
+
+    cfg = TrainConfig.preset("hard").to_dict()
+    limits = Limits(per_owner=3, per_client=4, total=5)
+    store.create_runs([cfg, cfg], owner="a", client="10.0.0.1", limits=limits)
+    with pytest.raises(QueueFull, match="limit 3"):  # all or none: two more would make four
+        store.create_runs([cfg, cfg], owner="a", client="10.0.0.1", limits=limits)
+    assert len(store.list_runs(owner="a")) == 2
+    store.create_runs([cfg, cfg], owner="b", client="10.0.0.1", limits=limits)  # a new tab, same computer
+    with pytest.raises(QueueFull, match="this computer"):
+        store.create_runs([cfg], owner="c", client="10.0.0.1", limits=limits)
+    store.create_runs([cfg], owner="d", client="10.0.0.2", limits=limits)
+    with pytest.raises(QueueFull, match="server's job queue is full"):
+        store.create_runs([cfg], owner="e", client="10.0.0.3", limits=limits)
+
+
+def test_parallel_submits_cannot_pass_a_cap(store):
+    """Eight processes submit at once against a cap of three: exactly three get in."""
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(8) as pool:
+        results = pool.starmap(_submit_one, [(str(store.path),)] * 8)
+    assert sorted(results) == [False] * 5 + [True] * 3
+    assert store.count_active() == 3
+
+
+def _submit_one(path: str) -> bool:
+    from mtl_core.runs import Limits, QueueFull, RunStore
+
+    try:
+        RunStore(path).create_runs([TrainConfig.preset("hard").to_dict()], owner="same", limits=Limits(3, 8, 32))
+    except QueueFull:
+        return False
+    return True
+
+
+def test_closed_tabs_lose_their_queued_runs_after_the_grace_period(store):
+    cfg = TrainConfig.preset("hard").to_dict()
+    gone, here, cli = store.create_run(cfg, owner="gone"), store.create_run(cfg, owner="here"), store.create_run(cfg)
+    store.touch_owner("gone"), store.touch_owner("here")
+    with sqlite3.connect(store.path) as db:
+        db.execute("UPDATE owners SET seen = seen - 3600 WHERE owner='gone'")
+    assert store.cancel_abandoned(600) == [gone]
+    assert [store.get_run(r)["status"] for r in (gone, here, cli)] == ["cancelled", "queued", "queued"]
+
+
+def test_the_change_counter_moves_with_changes_but_not_heartbeats(store):
+    v0 = store.version()
+    rid = store.create_run(TrainConfig.preset("hard").to_dict())
+    v1 = store.version()
+    store.claim_next("w")
+    v2 = store.version()
+    store.heartbeat(rid, "w")
+    assert v0 < v1 < v2 == store.version()
+    store.add_epoch(rid, {"epoch": 1}, worker="w")
+    assert store.version() > v2
+
+
+def test_a_corrupt_store_is_moved_aside_not_overwritten(tmp_path):
+    from mtl_core.runs import RunStore
+
+    path = tmp_path / "runs.sqlite"
+    path.write_bytes(b"this is not a database" * 100)
+    store = RunStore(path)
+    assert "moved aside" in store.notice and store.list_runs() == []
+    aside = list(tmp_path.glob("runs.sqlite.damaged-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == b"this is not a database" * 100
+
+
+def test_a_truncated_store_is_moved_aside_and_said(tmp_path):
+    from mtl_core.runs import RunStore
+
+    path = tmp_path / "runs.sqlite"
+    RunStore(path).create_run(TrainConfig.preset("hard").to_dict())
+    path.write_bytes(b"")
+    (tmp_path / "runs.sqlite-wal").unlink(missing_ok=True)
+    store = RunStore(path)
+    assert "empty (0 bytes)" in store.notice
+    assert list(tmp_path.glob("runs.sqlite.damaged-*"))
+
+
+def test_a_store_damaged_in_the_middle_is_found_by_the_check(tmp_path):
+    from mtl_core.runs import RunStore
+
+    path = tmp_path / "runs.sqlite"
+    s = RunStore(path)
+    for _ in range(50):
+        s.create_run(TrainConfig.preset("hard").to_dict())
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    raw = bytearray(path.read_bytes())
+    raw[4096 : 3 * 4096] = b"\xff" * (2 * 4096)  # scribble over the second and third pages
+    path.write_bytes(bytes(raw))
+    store = RunStore(path)
+    assert "moved aside" in store.notice
+    with pytest.raises(sqlite3.DatabaseError):
+        RunStore(list(tmp_path.glob("runs.sqlite.damaged-*"))[0], repair=False)  # workers never repair

@@ -1,18 +1,19 @@
-"""Fixtures for the real-browser tests: one `streamlit run app.py` per session, Debian's chromium.
+"""Fixtures for the real-browser tests: one dashboard server (`python -m dashboard.serve`) per session,
+Debian's chromium.
 
 The server runs with its own MTL_HOME (a temp folder) and full MNIST from ../shared/data when that
 holds MNIST/raw, else an empty folder (the app then falls back to the embedded 5,000-digit subset).
-Streamlit is started in its own session so the training worker it spawns
-(`python -m mtl_core.worker`) is killed with it.
+The server is started in its own session; its training workers (`python -m mtl_core.worker`) exit
+within a second of the server, whichever way it stops.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -77,13 +78,9 @@ def _stop_group(proc: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="session")
 def streamlit_server(tmp_path_factory):
-    """Base URL of a fresh `streamlit run app.py` on a free port."""
+    """Base URL of a fresh `python -m dashboard.serve` (Streamlit on app.py) on a free port."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium)")
-    streamlit = ROOT / ".venv" / "bin" / "streamlit"
-    exe = str(streamlit) if streamlit.exists() else shutil.which("streamlit")
-    if not exe:
-        pytest.skip("streamlit is not installed")
     tmp = tmp_path_factory.mktemp("browser_server")
     home = tmp / "mtl_home"
     home.mkdir()
@@ -92,10 +89,10 @@ def streamlit_server(tmp_path_factory):
     env = dict(os.environ, MTL_HOME=str(home), MTL_DATA_DIR=str(data_dir))
     port = _free_port()
     log_path = tmp / "streamlit.log"
-    cmd = [
-        exe,
-        "run",
-        "app.py",
+    cmd = [  # the README's launcher: the job runner starts with the server, before any page view
+        sys.executable,
+        "-m",
+        "dashboard.serve",
         "--server.headless",
         "true",
         "--server.port",

@@ -4,7 +4,7 @@ import streamlit as st
 
 from dashboard.forms import model_picker_ui, reset_form_ui, train_form_ui
 from dashboard.monitor import monitor_ui
-from dashboard.state import get_runner, owner_id, visible_runs
+from dashboard.state import client_address, get_runner, owner_id, visible_runs
 from mtl_core.analysis import run_label
 from mtl_core.config import ConfigError, TrainConfig
 from mtl_core.jobs import QueueFull
@@ -22,7 +22,7 @@ with left:
         label = fields.pop("label")
         try:
             config = TrainConfig(**fields)
-            run_id = get_runner().submit(config, owner=owner_id(), label=label)
+            run_id = get_runner().submit(config, owner=owner_id(), label=label, client=client_address())
         except ConfigError as exc:
             st.error("Cannot start this run:\n\n- " + str(exc).replace("; ", "\n- "))
         except QueueFull as exc:

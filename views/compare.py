@@ -8,7 +8,7 @@ import streamlit as st
 from dashboard.charts import bars, overlay
 from dashboard.details import details_ui
 from dashboard.forms import SOURCE_NAMES
-from dashboard.state import get_runner, get_store, owner_id, visible_runs
+from dashboard.state import client_address, get_runner, get_store, owner_id, visible_runs
 from mtl_core.analysis import compare_rows, curve_rows, run_label
 from mtl_core.config import TrainConfig
 from mtl_core.data import SOURCES
@@ -26,20 +26,15 @@ with st.expander("Run the seed study (STL, hard sharing, cross-stitch on the sam
         data = c2.selectbox("Data", SOURCES, format_func=SOURCE_NAMES.get, key="seed_data")
         seed = c3.number_input("Seed", 0, 2**31 - 1, 0, key="seed_seed")
         if st.form_submit_button("Queue the three runs", type="primary"):
-            free = get_runner().free_slots(owner_id())
-            if free < len(SEED_MODELS):  # all three or none: a partial study compares nothing
-                st.warning(
-                    f"The seed study needs {len(SEED_MODELS)} free job slots and you have {free}: "
-                    "wait for a run to finish or stop one."
+            cfgs = [TrainConfig.preset(m, epochs=int(epochs), data=data, seed=int(seed)) for m in SEED_MODELS]
+            try:  # all three or none, checked in one transaction: a partial study compares nothing
+                get_runner().submit_many(
+                    cfgs, owner_id(), [f"seed study {m}" for m in SEED_MODELS], client=client_address()
                 )
+            except QueueFull as exc:
+                st.warning(f"The seed study needs {len(SEED_MODELS)} free job slots: {exc}.")
             else:
-                try:
-                    for m in SEED_MODELS:
-                        cfg = TrainConfig.preset(m, epochs=int(epochs), data=data, seed=int(seed))
-                        get_runner().submit(cfg, owner=owner_id(), label=f"seed study {m}")
-                    st.success("Queued STL, hard sharing and cross-stitch. Watch them on the Train page.")
-                except QueueFull as exc:
-                    st.warning(str(exc))
+                st.success("Queued STL, hard sharing and cross-stitch. Watch them on the Train page.")
 
 if not runs:
     st.info("No runs to compare yet: train one on the Train page, or queue the seed study above.")

@@ -1,0 +1,31 @@
+"""Start the dashboard: the job runner first (so queued jobs resume and dead workers are replaced with
+no browser open), then Streamlit on `app.py` in this same process.
+
+`python -m dashboard.serve [streamlit run options]`, e.g. `--server.port 8501`. Plain
+`streamlit run app.py` works too; the runner then starts with the first page view.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+APP = Path(__file__).resolve().parent.parent / "app.py"
+
+
+def main(argv: list[str] | None = None) -> None:
+    from mtl_core.jobs import server_runner
+
+    runner = server_runner()
+    where = "this server trains" if runner.has_pool else "another server already trains for this store"
+    print(f"mtl-playground: runs in {runner.store.path} ({where}; {runner.n_workers} worker(s))", flush=True)
+    if runner.store.notice:
+        print(f"mtl-playground: {runner.store.notice}", flush=True)
+    from streamlit.web import cli
+
+    sys.argv = ["streamlit", "run", str(APP), *(sys.argv[1:] if argv is None else argv)]
+    cli.main()
+
+
+if __name__ == "__main__":
+    main()
