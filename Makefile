@@ -5,7 +5,7 @@ PORT ?= 8501
 
 run:
 	scripts/setup.sh app
-	.venv/bin/streamlit run app.py --server.port $(PORT) --browser.gatherUsageStats false
+	.venv/bin/python -m dashboard.serve --server.port $(PORT)
 
 test:
 	scripts/setup.sh test

@@ -146,6 +146,16 @@ def test_home_renders_with_navigation(app: Page, screenshot_dir):
     shot(app, screenshot_dir / "home.png")
 
 
+def test_a_deep_link_renders_the_real_app(fresh_page: Page, streamlit_server):
+    """A bookmarked /compare?u=... in a new browser gets the router, the sidebar and the page itself
+    (a legacy pages/ folder used to serve a bare script there)."""
+    fresh_page.goto(streamlit_server + "/compare?u=0123456789ab")
+    expect(fresh_page.get_by_role("heading", name="Compare")).to_be_visible(timeout=T)
+    expect(fresh_page.get_by_test_id("stSidebarNav").get_by_role("link")).to_have_count(5, timeout=T)
+    expect(fresh_page.get_by_text(re.compile(r"Jobs on this server"))).to_be_visible(timeout=T)
+    expect(fresh_page).to_have_url(re.compile(r"/compare\?u=0123456789ab"))
+
+
 def test_train_live_curve_survives_page_switch(app: Page, screenshot_dir):
     nav(app, "Train", "Train")
     fill_train_form(app, "Cross-stitch", "mixed after each hidden layer", CS_EPOCHS, CS_BATCH)

@@ -1,0 +1,71 @@
+"""The server as a classroom runs it: its settings, and its job runner working with no browser open."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+from mtl_core.config import TrainConfig
+from mtl_core.runs import RunStore
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_server_settings_suit_a_classroom():
+    cfg = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert cfg["server"]["enableXsrfProtection"] is True
+    assert 0 < cfg["server"]["maxUploadSize"] <= 5  # MB
+    assert 0 < cfg["server"]["disconnectedSessionTTL"] <= 120
+    assert cfg["runner"]["postScriptGC"] is False  # a full GC after every fragment run starves the server
+    assert cfg["client"]["showErrorDetails"] == "none"  # a sentence, never a traceback with paths
+
+
+def test_no_legacy_pages_folder_beside_the_router():
+    """A `pages/` folder next to app.py is served by Streamlit's legacy discovery on deep links,
+    bypassing the router (and the runner)."""
+    assert not (ROOT / "pages").exists()
+
+
+def _wait(pred, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_the_launcher_trains_queued_jobs_with_no_browser_open(tmp_path):
+    """A run queued before the server starts (e.g. left by a restart) trains with nobody visiting,
+    and the workers exit within seconds once the server is killed."""
+    home = tmp_path / "home"
+    store = RunStore(home / "runs.sqlite")
+    rid = store.create_run(TrainConfig.preset("hard", epochs=2, data="synthetic").to_dict())
+    env = dict(os.environ, MTL_HOME=str(home), MTL_WORKERS="1")
+    cmd = [sys.executable, "-m", "dashboard.serve", "--server.port", "0", "--server.address", "127.0.0.1"]
+    server = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        assert _wait(lambda: store.get_run(rid)["status"] == "finished", 90), store.get_run(rid)
+        long = store.create_run(TrainConfig.preset("hard", epochs=500, batch_size=8, data="synthetic").to_dict())
+        assert _wait(lambda: len(store.epochs(long)) >= 1, 60)
+        pid = store.get_run(long)["worker_pid"]
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+    def gone() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    assert _wait(gone, 10), "a worker outlived its killed server"
+    assert store.get_run(long)["status"] == "interrupted"
