@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import streamlit as st
 from PIL import Image, ImageOps
 
 from dashboard.charts import confusion_heatmap, error_histogram, value_scatter
 from dashboard.state import get_data, has_model, model_of
-from mtl_core.analysis import confusion, data_source, is_mistake, predictions_on_test_set
+from mtl_core.analysis import confusion, data_source, is_mistake, load_predictions, predictions_on_test_set
 from mtl_core.predict import to_display
 from mtl_core.tasks import get_task
 
@@ -16,11 +18,23 @@ GRID = 24
 
 
 @st.cache_data(max_entries=16, show_spinner="Scoring the test set…")
-def _predictions(run_id: str, weights_path: str, source: str) -> dict:
+def _scored_now(run_id: str, weights_path: str, source: str) -> dict:
+    """Only for runs without stored predictions (cut short before they ended, or made before them)."""
     from dashboard.state import get_store
 
     model, _, _ = model_of(get_store().get_run(run_id))
     return predictions_on_test_set(model, get_data(source))
+
+
+def _predictions(run: dict, source: str) -> dict:
+    """The test-set predictions the worker stored when the run ended; scored here only as a fallback."""
+    path = run.get("preds_path")
+    if path and os.path.exists(path):
+        try:
+            return load_predictions(path)
+        except Exception:  # noqa: BLE001 - a damaged file: score again instead
+            pass
+    return _scored_now(run["id"], run["weights_path"], source)
 
 
 def _tile(image: np.ndarray, wrong: bool) -> Image.Image:
@@ -45,7 +59,7 @@ def details_ui(run: dict) -> None:
         st.info("This run has no saved model (it stopped before finishing an epoch).")
         return
     source = data_source(run)
-    preds = _predictions(run["id"], run["weights_path"], source)
+    preds = _predictions(run, source)
     data = get_data(source)
     st.caption(f"Test set: {data.describe()}")
     classification = [t for t in preds if get_task(t).is_classification]

@@ -5,11 +5,13 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard.charts import overlay, training_curves
-from dashboard.state import get_runner, get_store, has_model, owner_id
+from dashboard.state import get_data, get_runner, get_store, has_model, note_presence, owner_id, read_if_changed
 from mtl_core.analysis import data_source, run_label
+from mtl_core.estimate import duration_words, queue_spot, run_estimate
 from mtl_core.runs import ACTIVE
 
-POLL_S = 1.0
+POLL_S = 1.0  # while the watched run trains
+QUEUED_POLL_S = 3.0  # while it waits in the queue
 
 
 def _eta(records: list[dict], total: int) -> str:
@@ -17,21 +19,50 @@ def _eta(records: list[dict], total: int) -> str:
         return "first epoch running…"
     per = sum(r["seconds"] for r in records) / len(records)
     left = per * (total - len(records))
-    return f"~{left:.0f} s left ({per:.1f} s per epoch)"
+    return f"{duration_words(left)} left ({per:.1f} s per epoch)"
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch" + ("" if n == 1 else "s")
+
+
+def queue_ui(run: dict) -> None:
+    source = data_source(run)
+    try:
+        n_train = get_data(source).n_train
+    except Exception:  # noqa: BLE001 - the worker will say why the data is missing
+        n_train = 60_000
+    spot = queue_spot(get_store(), run, get_runner().n_workers, source, n_train)
+    length = run_estimate(get_store(), run["config"], source, n_train)
+    if spot.position == 1 and spot.wait_s < 1:
+        st.info(f"Queued: starting now. It should take {length.words()}.")
+        return
+    guess = "" if spot.measured else " (a rough guess: nothing like it has run on this server yet)"
+    st.info(
+        f"Queued: {spot.position - 1} {'job' if spot.position == 2 else 'jobs'} ahead of this one; it should start "
+        f"in {duration_words(spot.wait_s)} and take {length.words()}{guess}. Runs take turns across students."
+    )
 
 
 def status_ui(run: dict, records: list[dict]) -> None:
     total = run["config"]["epochs"]
     status = run["status"]
+    done = len(records)
     if status == "queued":
-        ahead = [r for r in get_store().list_runs(statuses=("queued", "running")) if r["created"] < run["created"]]
-        st.info(f"Queued: {len(ahead)} job(s) ahead of this one on the server.")
+        queue_ui(run)
     elif status == "running":
-        st.progress(len(records) / total, text=f"Epoch {len(records)} of {total} · {_eta(records, total)}")
+        st.progress(done / total, text=f"Epoch {done} of {total} · {_eta(records, total)}")
     elif status == "finished":
-        st.success(f"Finished {total} epochs in {run['train_seconds']:.1f} s; best epoch {run['best_epoch']}.")
-    elif status == "cancelled":
-        st.warning(f"Stopped: {run['reason']}. The best weights so far are kept.")
+        st.success(
+            f"Finished all {_epochs(total)} in {run['train_seconds']:.1f} s; best epoch {run['best_epoch']}."
+            + (f" Note: {run['reason']}." if run["reason"] else "")
+        )
+    elif status == "cancelled" and done == 0:
+        st.warning(f"Stopped before any epoch finished ({run['reason']}); there is no model to keep.")
+    elif status in ("cancelled", "interrupted"):
+        what = "Stopped" if status == "cancelled" else "Interrupted"
+        kept = f"the weights of its best epoch ({run['best_epoch']})" if run["best_epoch"] else "no weights"
+        st.warning(f"{what} after {_epochs(done)} of {total}: {run['reason']}. The curve and {kept} are kept.")
     else:  # failed or diverged
         st.error(f"{status.capitalize()}: {run['reason']}")
 
@@ -77,13 +108,16 @@ def monitor_ui(run_id: str) -> None:
     if run is None:
         st.info("That run no longer exists.")
         return
-    active_key = f"_was_active_{run_id}"
-    st.session_state[active_key] = run["status"] in ACTIVE
+    started_as = run["status"]
+    every = {"running": POLL_S, "queued": QUEUED_POLL_S}.get(started_as)
 
-    @st.fragment(run_every=POLL_S if run["status"] in ACTIVE else None)
+    @st.fragment(run_every=every)
     def live() -> None:
-        run = store.get_run(run_id)
-        records = store.epochs(run_id)
+        note_presence()
+        run, records = read_if_changed(f"_monitor_{run_id}", lambda: (store.get_run(run_id), store.epochs(run_id)))
+        if run is None:
+            st.info("That run no longer exists.")
+            return
         head, stop = st.columns([5, 1])
         head.markdown(f"**{run_label(run)}** · {data_source(run)} · {run['device'] or 'waiting for a worker'}")
         if (
@@ -107,8 +141,7 @@ def monitor_ui(run_id: str) -> None:
                 key=f"weights_{run_id}",
                 width="stretch",
             )
-        if st.session_state.get(active_key) and run["status"] not in ACTIVE:
-            st.session_state[active_key] = False
-            st.rerun(scope="app")  # stop polling: the run is over
+        if started_as in ACTIVE and run["status"] != started_as:
+            st.rerun(scope="app")  # queued -> running polls faster; running -> over stops polling
 
     live()

@@ -107,6 +107,18 @@ def note_presence() -> None:
         get_store().touch_owner(owner_id())
 
 
+def read_if_changed(key: str, read):
+    """`read()`'s value, read again only when the store's change counter has moved since the last
+    call with this key: a polling page costs one tiny query while nothing happens."""
+    version = get_store().version()
+    cached = st.session_state.get(key)
+    if cached is not None and cached[0] == version:
+        return cached[1]
+    value = read()
+    st.session_state[key] = (version, value)
+    return value
+
+
 def jobs_caption_ui() -> None:
     active = get_store().list_runs(statuses=("queued", "running"))
     running = sum(r["status"] == "running" for r in active)

@@ -120,6 +120,23 @@ def predictions_on_test_set(model: MultiTaskModel, data: MTLData) -> dict[str, d
     return result
 
 
+def predictions_bytes(preds: dict[str, dict[str, np.ndarray]]) -> bytes:
+    """Test-set predictions as safetensors (no code, like the models): keys are "task/field"."""
+    from safetensors.numpy import save
+
+    return save({f"{task}/{k}": np.ascontiguousarray(v) for task, p in preds.items() for k, v in p.items()})
+
+
+def load_predictions(path: str) -> dict[str, dict[str, np.ndarray]]:
+    from safetensors.numpy import load_file
+
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for key, value in load_file(path).items():
+        task, field = key.split("/", 1)
+        out.setdefault(task, {})[field] = value
+    return out
+
+
 def confusion(true: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
     m = np.zeros((n_classes, n_classes), dtype=np.int64)
     np.add.at(m, (true.astype(int), pred.astype(int)), 1)

@@ -63,7 +63,7 @@ CREATE INDEX IF NOT EXISTS runs_owner ON runs(owner, created);
 CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
 """
 # Columns added after the first release; an older store gets them on open.
-ADDED_COLUMNS = {"worker": "TEXT", "heartbeat": "REAL", "client": "TEXT NOT NULL DEFAULT ''"}
+ADDED_COLUMNS = {"worker": "TEXT", "heartbeat": "REAL", "client": "TEXT NOT NULL DEFAULT ''", "preds_path": "TEXT"}
 # The change counter: pages compare it before redrawing. Heartbeats alone do not count as a change.
 TRIGGERS = """
 CREATE TRIGGER IF NOT EXISTS bump_run_insert AFTER INSERT ON runs
@@ -335,6 +335,7 @@ class RunStore:
         summary: dict | None = None,
         weights_path: str | None = None,
         worker: str | None = None,
+        preds_path: str | None = None,
     ) -> bool:
         """End a running run. With `worker`, only if that worker still holds it; returns whether it did."""
         if status not in STATUSES or status in ACTIVE:
@@ -343,7 +344,8 @@ class RunStore:
         sql = (
             "UPDATE runs SET status=?, reason=?, finished=?, train_seconds=COALESCE(?, train_seconds), "
             "best_epoch=COALESCE(?, best_epoch), best=COALESCE(?, best), best_avg=COALESCE(?, best_avg), "
-            "weights_path=COALESCE(?, weights_path), params=COALESCE(?, params) WHERE id=? AND status IN "
+            "weights_path=COALESCE(?, weights_path), params=COALESCE(?, params), preds_path=COALESCE(?, preds_path) "
+            "WHERE id=? AND status IN "
             "('queued','running')"
         )
         args: list[Any] = [
@@ -356,6 +358,7 @@ class RunStore:
             s.get("best_avg"),
             weights_path,
             s.get("params"),
+            preds_path,
             run_id,
         ]
         if worker is not None:
@@ -384,8 +387,9 @@ class RunStore:
         with self._connect(write=True) as db:
             db.execute("DELETE FROM epochs WHERE run_id=?", (run_id,))
             db.execute("DELETE FROM runs WHERE id=?", (run_id,))
-        if run and run.get("weights_path"):
-            Path(run["weights_path"]).unlink(missing_ok=True)
+        for key in ("weights_path", "preds_path"):
+            if run and run.get(key):
+                Path(run[key]).unlink(missing_ok=True)
 
     def interrupt_worker(self, worker: str, reason: str) -> list[str]:
         """A worker that is known to be gone: its running run ends as interrupted (curve and best kept)."""
@@ -477,14 +481,24 @@ class RunStore:
         with self._connect() as db:
             return db.execute("SELECT COUNT(*) FROM runs WHERE status IN ('queued','running')").fetchone()[0]
 
-    def epoch_seconds(self, model: str, data_source: str | None = None, last: int = 20) -> float | None:
-        """Median seconds per epoch of this model's recent runs on this server (None before any)."""
+    def epoch_seconds(self, model: str, data_source: str, batch_size: int, train_limit: int = 0) -> list[float]:
+        """Seconds per epoch of this model's most recent epochs on this server, same data and batch size."""
         sql = (
-            "SELECT e.run_id, json_extract(e.record, '$.seconds') FROM epochs e JOIN runs r ON r.id = e.run_id "
-            "WHERE r.model=?" + (" AND r.data_source=?" if data_source else "") + " ORDER BY r.created DESC, e.epoch"
+            "SELECT json_extract(e.record, '$.seconds') FROM epochs e JOIN runs r ON r.id = e.run_id "
+            "WHERE r.model=? AND r.data_source=? AND json_extract(r.config, '$.batch_size')=? "
+            "AND json_extract(r.config, '$.train_limit')=? ORDER BY r.created DESC, e.epoch LIMIT 200"
         )
-        args = (model, data_source) if data_source else (model,)
         with self._connect() as db:
-            rows = db.execute(sql + " LIMIT ?", (*args, last * 25)).fetchall()
-        values = sorted(float(s) for _, s in rows if s is not None)
-        return values[len(values) // 2] if values else None
+            rows = db.execute(sql, (model, data_source, batch_size, train_limit)).fetchall()
+        return [float(r[0]) for r in rows if r[0] is not None]
+
+    def epoch_progress(self, run_ids: list[str]) -> dict[str, tuple[int, float]]:
+        """For each run: (epochs done, mean seconds per epoch so far)."""
+        if not run_ids:
+            return {}
+        sql = (
+            "SELECT run_id, COUNT(*), AVG(json_extract(record, '$.seconds')) FROM epochs "
+            f"WHERE run_id IN ({','.join('?' * len(run_ids))}) GROUP BY run_id"
+        )
+        with self._connect() as db:
+            return {r[0]: (r[1], r[2] or 0.0) for r in db.execute(sql, run_ids)}

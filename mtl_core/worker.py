@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import save_model
+from .analysis import predictions_bytes, predictions_on_test_set
+from .checkpoint import atomic_write_bytes, save_model
 from .config import ConfigError, TrainConfig
 from .data import DataUnavailable, MTLData, load_data
 from .runs import RunStore
@@ -117,24 +118,44 @@ def execute_run(store: RunStore, run_id: str, data: _DataCache, worker: str, max
         stop = _StopCheck(store, run_id, max_seconds)
         training = Training(config, dataset, stop=stop)
         store.mark_started(run_id, worker, training.params, dataset.source, f"{training.device} · {training.precision}")
-        saved_epoch = 0
+        saved_epoch, save_error = 0, ""
         for record in training.records():
             if not store.add_epoch(run_id, record, worker):
                 return "lost"  # someone else ended this run (stale heartbeat); leave it as they recorded
             if training.best_epoch == record["epoch"]:
                 # The weights right now are the best so far (Training keeps them as its best state).
-                save_model(path, training.model, config, {"run_id": run_id, "best_epoch": record["epoch"]})
-                store.set_best(run_id, worker, record["epoch"], str(path))
-                saved_epoch = record["epoch"]
+                try:
+                    save_model(path, training.model, config, {"run_id": run_id, "best_epoch": record["epoch"]})
+                except OSError as exc:  # a full disk must not end the training; the end says why
+                    save_error = f"the model could not be saved ({exc.strerror or exc})"
+                else:
+                    store.set_best(run_id, worker, record["epoch"], str(path))
+                    saved_epoch, save_error = record["epoch"], ""
         summary = training.summary()
-        if training.best_epoch > 0 and saved_epoch != training.best_epoch:
-            save_model(path, training.model, config, {"run_id": run_id, "summary": summary})
         status, reason = training.status, training.reason
         if _terminating.is_set() and status == "cancelled":
             status, reason = "interrupted", f"{_why_terminating[0]} during the run; the curve so far is kept"
         elif stop.timed_out:
             reason = f"reached this server's time limit of {max_seconds / 60:g} min per job"
-        store.finish(run_id, status, reason, summary, str(path) if training.best_epoch > 0 else None, worker=worker)
+        if training.best_epoch > 0 and saved_epoch != training.best_epoch:
+            try:
+                save_model(path, training.model, config, {"run_id": run_id, "summary": summary})
+                saved_epoch, save_error = training.best_epoch, ""
+            except OSError as exc:
+                save_error = f"the model could not be saved ({exc.strerror or exc})"
+        if save_error:
+            reason = "; ".join(filter(None, [reason, save_error]))
+        weights = str(path) if saved_epoch else None  # after a failed save, an earlier best file is still good
+        preds = None
+        if saved_epoch and saved_epoch == training.best_epoch:
+            # Scored once here, so the dashboard never scores a test set while a page loads.
+            preds_file = store.models_dir / f"{run_id}.preds.safetensors"
+            try:
+                atomic_write_bytes(preds_file, predictions_bytes(predictions_on_test_set(training.model, dataset)))
+                preds = str(preds_file)
+            except OSError:
+                pass  # the dashboard then scores the test set itself when asked
+        store.finish(run_id, status, reason, summary, weights, worker=worker, preds_path=preds)
         return status
     except (ConfigError, DataUnavailable) as exc:
         store.finish(run_id, "failed", str(exc), worker=worker)

@@ -40,6 +40,34 @@ def test_submit_trains_in_a_worker_and_saves_the_model(runner, store):
     assert [e["epoch"] for e in store.epochs(rid)] == [1, 2]
     model, cfg, extra = load_model(run["weights_path"])
     assert cfg.model == "cross_stitch" and extra["run_id"] == rid
+    # The test-set predictions were scored once, by the worker, from the saved (best) model.
+    from mtl_core.analysis import load_predictions, predictions_on_test_set
+    from mtl_core.data import load_data
+
+    stored = load_predictions(run["preds_path"])
+    fresh = predictions_on_test_set(model, load_data("synthetic"))
+    assert set(stored) == set(cfg.tasks)
+    for task in cfg.tasks:
+        assert (stored[task]["pred"] == fresh[task]["pred"]).all()
+        assert (stored[task]["true"] == fresh[task]["true"]).all()
+
+
+def test_a_run_whose_model_cannot_be_saved_keeps_its_record_and_says_why(store, monkeypatch):
+    """A full disk (ENOSPC, simulated: the one edge a test cannot reach) when saving the model."""
+    import errno
+
+    import mtl_core.worker as worker
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(worker, "save_model", full_disk)
+    rid = store.create_run(TrainConfig.preset("hard", epochs=2, data="synthetic").to_dict())
+    assert store.claim_next("w") == rid
+    assert worker.execute_run(store, rid, worker._DataCache(), "w") == "finished"
+    run = store.get_run(rid)
+    assert run["status"] == "finished" and "could not be saved (No space left on device)" in run["reason"]
+    assert len(store.epochs(rid)) == 2 and run["best_avg"] is not None and run["weights_path"] is None
 
 
 def test_stop_cancels_a_running_job_within_a_second(runner, store):

@@ -199,7 +199,7 @@ def test_train_page_offers_the_model_file_and_deletes_an_owned_run(synthetic):
     at = open_page("views/train.py")
     assert_ok(at)
     assert at.selectbox(key="watch_select").value == mine
-    assert "Finished 2 epochs" in texts(at.success)
+    assert "Finished all 2 epochs" in texts(at.success)
     at.button(key=f"delete_{mine}").click().run()
     assert_ok(at)
     assert RunStore().get_run(mine) is None and not os.path.exists(path)

@@ -172,7 +172,7 @@ def test_train_live_curve_survives_page_switch(app: Page, screenshot_dir):
     nav(app, "Train", "Train")
     back = wait_curve_len(app, 1)
     assert back >= grown, f"the curve went back from {grown} to {back} epochs after the page switch"
-    expect(app.get_by_text(f"Finished {CS_EPOCHS} epochs")).to_be_visible(timeout=90_000)
+    expect(app.get_by_text(f"Finished all {CS_EPOCHS} epochs")).to_be_visible(timeout=90_000)
     assert wait_curve_len(app, CS_EPOCHS, timeout_s=10) == CS_EPOCHS
     expect(app.get_by_role("button", name="Stop")).to_have_count(0, timeout=10_000)
     shot(app, screenshot_dir / "train.png")
@@ -193,7 +193,7 @@ def test_train_stop_button(app: Page, screenshot_dir):
     found = re.search(r"epoch (\d+)", stopped.inner_text())
     epoch = int(found.group(1)) if found else STOP_EPOCHS - 1
     assert 1 <= epoch < STOP_EPOCHS
-    expect(app.get_by_text(f"Finished {STOP_EPOCHS} epochs")).to_have_count(0)
+    expect(app.get_by_text(f"Finished all {STOP_EPOCHS} epochs")).to_have_count(0)
     expect(app.get_by_role("button", name="Stop")).to_have_count(0, timeout=10_000)
     # The curve stays, and stops growing.
     n = curve_len(app)

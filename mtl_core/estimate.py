@@ -1,0 +1,87 @@
+"""How long a run will take on this server, and how long a queued run will wait, from what this
+server has measured (the median epoch of recent runs of the same model, data and batch size).
+
+Before any such run has finished an epoch here, a rough figure measured on a 2-core CPU with one
+thread per worker is used, and said to be a guess.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass
+
+from .runs import RunStore
+
+# Seconds per epoch on full MNIST (60,000 digits, batch 128), one thread, training plus test pass.
+GUESS_FULL_EPOCH_S = {"stl": 1.2, "hard": 0.6, "cross_stitch": 1.5, "cnn": 25.0}
+FULL_N_TRAIN = 60_000
+
+
+@dataclass(frozen=True)
+class Estimate:
+    seconds: float
+    measured: bool  # False: a rough guess, nothing comparable has run on this server yet
+
+    def words(self) -> str:
+        return ("about " if self.measured else "roughly ") + duration_words(self.seconds)
+
+
+def duration_words(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 5400:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def epoch_estimate(store: RunStore, config: dict, data_source: str, n_train: int) -> Estimate:
+    """Seconds for one epoch of `config` (a TrainConfig dict) on `data_source` with `n_train` digits."""
+    measured = store.epoch_seconds(config["model"], data_source, config["batch_size"], config.get("train_limit", 0))
+    if measured:
+        return Estimate(sorted(measured)[len(measured) // 2], True)
+    n = min(n_train, config.get("train_limit") or n_train)
+    # Small batches cost more per digit: the per-step overhead, not the arithmetic, dominates here.
+    per_digit = GUESS_FULL_EPOCH_S.get(config["model"], 5.0) / FULL_N_TRAIN
+    return Estimate(per_digit * n * max(1.0, 128 / config["batch_size"]) ** 0.8, False)
+
+
+def run_estimate(store: RunStore, config: dict, data_source: str, n_train: int) -> Estimate:
+    one = epoch_estimate(store, config, data_source, n_train)
+    return Estimate(one.seconds * config["epochs"], one.measured)
+
+
+@dataclass(frozen=True)
+class QueueSpot:
+    position: int  # 1: next to start
+    wait_s: float
+    measured: bool
+
+
+def queue_spot(store: RunStore, run: dict, workers: int, data_source: str, n_train: int) -> QueueSpot:
+    """Where a queued run stands: how many start before it and roughly when it starts, simulating
+    first-come-first-served on `workers` workers (the real order is round robin across students, so a
+    run of someone with nothing running yet starts sooner)."""
+    active = store.list_runs(statuses=("queued", "running"))
+    running = [r for r in active if r["status"] == "running"]
+    ahead = sorted(
+        (r for r in active if r["status"] == "queued" and (r["created"], r["id"]) < (run["created"], run["id"])),
+        key=lambda r: (r["created"], r["id"]),
+    )
+    progress = store.epoch_progress([r["id"] for r in running])
+    measured = True
+    free_at = []
+    for r in running:
+        done, per = progress.get(r["id"], (0, 0.0))
+        if not per:
+            est = epoch_estimate(store, r["config"], data_source, n_train)
+            per, measured = est.seconds, measured and est.measured
+        free_at.append(max(0.0, (r["config"]["epochs"] - done) * per))
+    free_at += [0.0] * max(0, workers - len(free_at))
+    heapq.heapify(free_at)
+    for r in ahead:
+        est = run_estimate(store, r["config"], data_source, n_train)
+        measured = measured and est.measured
+        heapq.heappush(free_at, heapq.heappop(free_at) + est.seconds)
+    wait = heapq.nsmallest(1, free_at)[0] if free_at else 0.0
+    return QueueSpot(position=len(ahead) + 1, wait_s=wait if math.isfinite(wait) else 0.0, measured=measured)
