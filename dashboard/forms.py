@@ -5,8 +5,10 @@ from __future__ import annotations
 import streamlit as st
 import torch
 
+from dashboard.state import get_data, get_runner, get_store
 from mtl_core.config import OPTIMIZERS, PRECISIONS, TrainConfig
 from mtl_core.data import SOURCES
+from mtl_core.estimate import duration_words, epoch_estimate, queue_spot, run_estimate
 from mtl_core.models import ALPHA_INITS, MODELS
 from mtl_core.tasks import TASKS
 from mtl_core.weighting import WEIGHTINGS
@@ -35,6 +37,36 @@ def reset_form_ui(model: str) -> None:
     if st.button("↺ Reset to the reference recipe", key=f"reset_{model}"):
         for key in [k for k in st.session_state if k.startswith("f_") and k.endswith(f"_{model}")]:
             del st.session_state[key]
+
+
+def estimate_ui(model: str) -> None:
+    """Before Start: how long this model's epochs take on this server, and the queue right now."""
+    k = f"_{model}"
+    preset = TrainConfig.preset(model)
+    state = st.session_state
+    config = preset.to_dict() | {
+        "epochs": int(state.get(f"f_epochs{k}", preset.epochs)),
+        "batch_size": int(state.get(f"f_batch{k}", preset.batch_size)),
+        "train_limit": int(state.get(f"f_limit{k}", 0)),
+    }
+    try:
+        data = get_data(state.get(f"f_data{k}", "auto"))
+    except Exception:  # noqa: BLE001 - the form's data box explains; no estimate then
+        return
+    store, runner = get_store(), get_runner()
+    one = epoch_estimate(store, config, data.source, data.n_train)
+    total = run_estimate(store, config, data.source, data.n_train)
+    basis = "measured on this server" if one.measured else "a rough guess until one has run here"
+    spot = queue_spot(store, {"created": float("inf"), "id": ""}, runner.n_workers, data.source, data.n_train)
+    queue = (
+        "A worker is free now."
+        if spot.wait_s < 1
+        else f"{spot.position - 1} queued ahead: it would start in about {duration_words(spot.wait_s)}."
+    )
+    st.caption(
+        f"⏱ One epoch on {data.source} (batch {config['batch_size']}): {one.words()} ({basis}); "
+        f"{config['epochs']} epochs: {total.words()}. {queue}"
+    )
 
 
 def train_form_ui(model: str) -> dict | None:

@@ -125,10 +125,17 @@ def jobs_caption_ui() -> None:
     st.caption(f"Jobs on this server: {running} running, {len(active) - running} queued")
 
 
+@st.fragment(run_every=SEEN_EVERY_S)
+def _keep_present() -> None:
+    note_presence()
+
+
 def sidebar_ui() -> None:
     owner_id()
     runner = get_runner()
     note_presence()
+    if get_store().list_runs(owner=owner_id(), statuses=ACTIVE):
+        _keep_present()  # an open tab keeps its queued runs, whichever page it shows
     with st.sidebar:
         if runner.store.notice:
             st.warning(runner.store.notice)

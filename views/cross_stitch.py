@@ -3,7 +3,7 @@
 import streamlit as st
 
 from dashboard.charts import alpha_animation, alpha_heatmaps, alpha_lines
-from dashboard.state import get_store, visible_runs
+from dashboard.state import get_store, read_if_changed, visible_runs
 from mtl_core.analysis import run_label
 from mtl_core.runs import ACTIVE
 
@@ -29,13 +29,25 @@ cfg = by_id[run_id]["config"]
 st.caption(f"alpha initialisation: {cfg['alpha_init']} · alpha learning-rate multiplier: {cfg['alpha_lr_mult']:g}")
 
 
-@st.fragment(run_every=1.0 if by_id[run_id]["status"] in ACTIVE else None)
+started_as = by_id[run_id]["status"]
+
+
+@st.fragment(run_every=1.0 if started_as in ACTIVE else None)
 def alphas_view() -> None:
-    run = get_store().get_run(run_id)
-    history = [r["alphas"] for r in get_store().epochs(run_id) if r.get("alphas")]
+    store = get_store()
+    run, records = read_if_changed(f"_cs_{run_id}", lambda: (store.get_run(run_id), store.epochs(run_id)))
+    if run is None:
+        st.info("That run no longer exists.")
+        return
+    if started_as in ACTIVE and run["status"] != started_as:
+        st.rerun(scope="app")  # the run ended: stop polling
+    history = [r["alphas"] for r in records if r.get("alphas")]
     tasks = run["config"]["tasks"]
     if not history:
-        st.info("Waiting for the first epoch…")
+        if run["status"] in ACTIVE:
+            st.info("Waiting for the first epoch…")
+        else:
+            st.info(f"This run ended ({run['status']}) before its first epoch, so it has no alphas to show.")
         return
     if run["status"] in ACTIVE:
         st.caption(f"Training: epoch {len(history)} of {run['config']['epochs']} (updates every second)")

@@ -4,7 +4,7 @@ import streamlit as st
 from streamlit_drawable_canvas import st_canvas  # only here: it needs a running Streamlit (RECIPES.md)
 
 from dashboard.draw_ui import model_file_ui, predictions_ui, quick_model_ui, read_upload, run_model
-from dashboard.state import has_model, visible_runs
+from dashboard.state import has_model, note_presence, read_if_changed, visible_runs
 from mtl_core.analysis import run_label
 from mtl_core.predict import preprocess_canvas, to_display
 from mtl_core.runs import ACTIVE
@@ -19,9 +19,10 @@ if not runs and from_file is None:
     if active:
         st.caption(f"{len(active)} job(s) training… this page refreshes when a model is ready.")
 
-        @st.fragment(run_every=1.5)
+        @st.fragment(run_every=2.0)
         def wait_for_model() -> None:
-            if any(has_model(r) for r in visible_runs()):
+            note_presence()
+            if any(has_model(r) for r in read_if_changed("_draw_wait", visible_runs)):
                 st.rerun(scope="app")
 
         wait_for_model()

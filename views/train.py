@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from dashboard.forms import model_picker_ui, reset_form_ui, train_form_ui
+from dashboard.forms import estimate_ui, model_picker_ui, reset_form_ui, train_form_ui
 from dashboard.monitor import monitor_ui
 from dashboard.state import client_address, get_runner, owner_id, visible_runs
 from mtl_core.analysis import run_label
@@ -18,6 +18,7 @@ with left:
     st.caption(MODELS[model].description + " Defaults are the reference recipe for this model.")
     reset_form_ui(model)
     fields = train_form_ui(model)
+    estimate_ui(model)
     if fields is not None:
         label = fields.pop("label")
         try:

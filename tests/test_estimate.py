@@ -1,0 +1,65 @@
+"""Time estimates: measured epochs beat guesses; the queue simulation puts runs on free workers."""
+
+import sqlite3
+
+import pytest
+
+from mtl_core.config import TrainConfig
+from mtl_core.estimate import duration_words, epoch_estimate, queue_spot, run_estimate
+
+
+def _finished(store, model="hard", seconds=(2.0, 4.0, 3.0), epochs=20, source="mnist", batch=128):
+    cfg = TrainConfig.preset(model, epochs=epochs, batch_size=batch).to_dict()
+    rid = store.create_run(cfg)
+    store.claim_next("w")
+    store.mark_started(rid, "w", 1, source, "cpu")
+    for i, s in enumerate(seconds, 1):
+        store.add_epoch(rid, {"epoch": i, "seconds": s}, worker="w")
+    return rid
+
+
+def test_a_measured_epoch_is_the_median_of_this_servers_runs(store):
+    cfg = TrainConfig.preset("hard").to_dict()
+    guess = epoch_estimate(store, cfg, "mnist", 60_000)
+    assert not guess.measured and guess.seconds > 0 and guess.words().startswith("roughly")
+    _finished(store, seconds=(2.0, 4.0, 3.0))
+    est = epoch_estimate(store, cfg, "mnist", 60_000)
+    assert est.measured and est.seconds == pytest.approx(3.0)
+    assert run_estimate(store, cfg, "mnist", 60_000).seconds == pytest.approx(60.0)  # 20 epochs
+    # Other data or batch sizes are not comparable: still a guess for them.
+    assert not epoch_estimate(store, cfg, "mnist-subset", 4_000).measured
+    assert not epoch_estimate(store, {**cfg, "batch_size": 8}, "mnist", 60_000).measured
+
+
+def test_guesses_scale_with_digits_and_small_batches(store):
+    cfg = TrainConfig.preset("hard").to_dict()
+    full = epoch_estimate(store, cfg, "mnist", 60_000).seconds
+    assert epoch_estimate(store, cfg, "mnist-subset", 6_000).seconds == pytest.approx(full / 10)
+    assert epoch_estimate(store, {**cfg, "batch_size": 16}, "mnist", 60_000).seconds > 4 * full
+
+
+def test_queue_spot_fills_free_workers_first(store):
+    _finished(store, seconds=(10.0,))  # a measured hard epoch: 10 s; this run stays "running" (1 of 20 done)
+    cfg = TrainConfig.preset("hard", epochs=2).to_dict()
+    a, b, c = (store.create_run(cfg, owner=o) for o in "abc")
+    runs = {r: store.get_run(r) for r in (a, b, c)}
+    # Two workers: one busy for 19 more epochs (190 s), one free.
+    spot_a = queue_spot(store, runs[a], workers=2, data_source="mnist", n_train=60_000)
+    assert (spot_a.position, spot_a.wait_s, spot_a.measured) == (1, 0.0, True)
+    spot_b = queue_spot(store, runs[b], workers=2, data_source="mnist", n_train=60_000)
+    assert spot_b.position == 2 and spot_b.wait_s == pytest.approx(20.0)  # after a's 2 epochs
+    spot_c = queue_spot(store, runs[c], workers=2, data_source="mnist", n_train=60_000)
+    assert spot_c.position == 3 and spot_c.wait_s == pytest.approx(40.0)
+    # One worker: everything waits for the running job's 190 s.
+    assert queue_spot(store, runs[a], 1, "mnist", 60_000).wait_s == pytest.approx(190.0)
+
+
+def test_duration_words():
+    assert [duration_words(s) for s in (0.2, 42, 150, 7200)] == ["1 s", "42 s", "2 min", "2.0 h"]
+
+
+def test_epoch_estimates_ignore_unfinished_json(store):
+    rid = _finished(store, seconds=(5.0,))
+    with sqlite3.connect(store.path) as db:  # an epoch record without seconds (older stores) is skipped
+        db.execute("INSERT INTO epochs (run_id, epoch, record) VALUES (?, 2, '{\"epoch\": 2}')", (rid,))
+    assert epoch_estimate(store, TrainConfig.preset("hard").to_dict(), "mnist", 60_000).seconds == 5.0
