@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from dashboard.state import keep_widget_values, sidebar_ui
+from dashboard.sidebar import sidebar_ui
+from dashboard.state import keep_widget_values
 
 st.set_page_config(page_title="MTL playground", page_icon="🧠", layout="wide")
 

@@ -6,6 +6,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from dashboard.text import chart_text
 from mtl_core.tasks import VALUE_SCALE, get_task
 
 PALETTE = ["#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A", "#19D3F3", "#FF6692", "#B6E880"]
@@ -68,7 +69,11 @@ def training_curves(records: list[dict], total_epochs: int | None = None) -> go.
 def overlay(series: dict[str, tuple[list, list]], title: str, y_title: str, y_max: float | None = None) -> go.Figure:
     fig = go.Figure()
     for i, (name, (x, y)) in enumerate(series.items()):
-        fig.add_trace(go.Scatter(x=x, y=y, name=name, mode="lines+markers", line=dict(color=PALETTE[i % len(PALETTE)])))
+        fig.add_trace(
+            go.Scatter(
+                x=x, y=y, name=chart_text(name), mode="lines+markers", line=dict(color=PALETTE[i % len(PALETTE)])
+            )
+        )
     fig.update_xaxes(title_text="epoch")
     fig.update_yaxes(title_text=y_title)
     if y_max is not None:
@@ -79,7 +84,7 @@ def overlay(series: dict[str, tuple[list, list]], title: str, y_title: str, y_ma
 def bars(names: list[str], values: list, title: str, fmt: str = "{:,}") -> go.Figure:
     fig = go.Figure(
         go.Bar(
-            x=names,
+            x=[chart_text(n) for n in names],
             y=values,
             text=[fmt.format(v) if v is not None else "-" for v in values],
             marker_color=PALETTE[: len(names)],

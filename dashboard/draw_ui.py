@@ -10,6 +10,7 @@ from PIL import Image, UnidentifiedImageError
 
 from dashboard.charts import class_probabilities
 from dashboard.state import client_address, get_runner, model_of, owner_id
+from dashboard.text import md_escape
 from mtl_core.analysis import run_label
 from mtl_core.checkpoint import ModelFileError, load_model_bytes
 from mtl_core.config import TrainConfig
@@ -80,7 +81,7 @@ def run_model(run: dict):
 def predictions_ui(title: str, model, image: np.ndarray, key: str) -> None:
     """Every task's answer from one model for one preprocessed 28x28 image."""
     out = predict(model, image[None])
-    st.markdown(f"**{title}**")
+    st.markdown(f"**{md_escape(title)}**")
     for task, probs in out.items():
         t = get_task(task)
         if t.kind == "regression":

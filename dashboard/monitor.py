@@ -5,7 +5,9 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard.charts import overlay, training_curves
-from dashboard.state import get_data, get_runner, get_store, has_model, note_presence, owner_id, read_if_changed
+from dashboard.classroom import can_download, can_manage
+from dashboard.state import get_data, get_runner, get_store, has_model, note_presence, read_if_changed
+from dashboard.text import md_escape
 from mtl_core.analysis import data_source, run_label
 from mtl_core.estimate import duration_words, queue_spot, run_estimate
 from mtl_core.runs import ACTIVE
@@ -85,7 +87,7 @@ def metrics_ui(run: dict, records: list[dict]) -> None:
 def run_actions_ui(run: dict) -> None:
     """For a run that is over: download its model, or delete it (only its owner can)."""
     c1, c2, _ = st.columns([2, 2, 3])
-    if has_model(run):
+    if has_model(run) and can_download(run):
         with open(run["weights_path"], "rb") as f:
             c1.download_button(
                 "⬇ Model (.safetensors)",
@@ -94,7 +96,7 @@ def run_actions_ui(run: dict) -> None:
                 "application/octet-stream",
                 key=f"dl_model_{run['id']}",
             )
-    if run["owner"] == owner_id():
+    if can_manage(run):
         with c2.popover("🗑 Delete run"):
             st.caption("Deletes its curves and its model file for good.")
             if st.button("Delete", type="primary", key=f"delete_{run['id']}"):
@@ -119,12 +121,10 @@ def monitor_ui(run_id: str) -> None:
             st.info("That run no longer exists.")
             return
         head, stop = st.columns([5, 1])
-        head.markdown(f"**{run_label(run)}** · {data_source(run)} · {run['device'] or 'waiting for a worker'}")
-        if (
-            run["status"] in ACTIVE
-            and run["owner"] == owner_id()
-            and stop.button("⏹ Stop", key="stop_run", width="stretch")
-        ):
+        head.markdown(
+            f"**{md_escape(run_label(run))}** · {data_source(run)} · {run['device'] or 'waiting for a worker'}"
+        )
+        if run["status"] in ACTIVE and can_manage(run) and stop.button("⏹ Stop", key="stop_run", width="stretch"):
             get_runner().stop(run_id)
             st.toast("Stopping…")
         status_ui(run, records)

@@ -14,11 +14,18 @@ APP = Path(__file__).resolve().parent.parent / "app.py"
 
 
 def main(argv: list[str] | None = None) -> None:
+    from mtl_core.classroom import teacher_token
     from mtl_core.jobs import server_runner
 
     runner = server_runner()
     where = "this server trains" if runner.has_pool else "another server already trains for this store"
     print(f"mtl-playground: runs in {runner.store.path} ({where}; {runner.n_workers} worker(s))", flush=True)
+    token = teacher_token(runner.store.path.parent)
+    print(
+        f"mtl-playground: teacher view: add ?teacher={token} to the dashboard's address once "
+        "(or type the token under 'Teacher sign-in'); keep it off the projector",
+        flush=True,
+    )
     if runner.store.notice:
         print(f"mtl-playground: {runner.store.notice}", flush=True)
     from streamlit.web import cli

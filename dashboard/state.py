@@ -1,4 +1,4 @@
-"""Per-browser identity, the shared run store and job runner, cached read-only data, the sidebar."""
+"""Per-browser identity, the shared run store and job runner, cached read-only data."""
 
 from __future__ import annotations
 
@@ -68,15 +68,6 @@ def owner_id() -> str:
     return st.session_state.owner
 
 
-def show_all() -> bool:
-    return bool(st.session_state.get("show_all_runs", False))
-
-
-def visible_runs(statuses: tuple[str, ...] | None = None) -> list[dict]:
-    """This browser's runs, or everyone's in the teacher view."""
-    return get_store().list_runs(owner=None if show_all() else owner_id(), statuses=statuses)
-
-
 def data_label(source: str = "auto") -> str:
     try:
         return get_data(source).describe()
@@ -117,34 +108,3 @@ def read_if_changed(key: str, read):
     value = read()
     st.session_state[key] = (version, value)
     return value
-
-
-def jobs_caption_ui() -> None:
-    active = get_store().list_runs(statuses=("queued", "running"))
-    running = sum(r["status"] == "running" for r in active)
-    st.caption(f"Jobs on this server: {running} running, {len(active) - running} queued")
-
-
-@st.fragment(run_every=SEEN_EVERY_S)
-def _keep_present() -> None:
-    note_presence()
-
-
-def sidebar_ui() -> None:
-    owner_id()
-    runner = get_runner()
-    note_presence()
-    if get_store().list_runs(owner=owner_id(), statuses=ACTIVE):
-        _keep_present()  # an open tab keeps its queued runs, whichever page it shows
-    with st.sidebar:
-        if runner.store.notice:
-            st.warning(runner.store.notice)
-        if runner.problem:
-            st.error(runner.problem)
-        st.toggle(
-            "Show all runs on this server",
-            key="show_all_runs",
-            help="Teacher / projector view: everyone's runs instead of this browser's.",
-        )
-        jobs_caption_ui()
-        st.caption(f"Data: {data_label()}")

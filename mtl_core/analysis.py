@@ -52,8 +52,10 @@ def _stl_baseline(run: dict, runs: list[dict]) -> dict | None:
 
 
 def run_label(run: dict) -> str:
+    """Run name (or model), tasks, the id's tail; the student's display name first when they gave one."""
     name = run.get("label") or run["model"]
-    return f"{name} · {'+'.join(run['config']['tasks'])} · {run['id'][-6:]}"
+    student = f"{run['student']}: " if run.get("student") else ""
+    return f"{student}{name} · {'+'.join(run['config']['tasks'])} · {run['id'][-6:]}"
 
 
 def compare_rows(runs: list[dict], pool: list[dict] | None = None) -> list[dict]:

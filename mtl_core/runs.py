@@ -77,7 +77,13 @@ CREATE TRIGGER IF NOT EXISTS bump_epoch_insert AFTER INSERT ON epochs
     BEGIN UPDATE meta SET value = value + 1 WHERE key = 'version'; END;
 CREATE TRIGGER IF NOT EXISTS bump_owner_name AFTER UPDATE OF name ON owners
     BEGIN UPDATE meta SET value = value + 1 WHERE key = 'version'; END;
+CREATE TRIGGER IF NOT EXISTS bump_setting AFTER UPDATE ON meta WHEN NEW.key <> 'version'
+    BEGIN UPDATE meta SET value = value + 1 WHERE key = 'version'; END;
+CREATE TRIGGER IF NOT EXISTS bump_new_setting AFTER INSERT ON meta WHEN NEW.key <> 'version'
+    BEGIN UPDATE meta SET value = value + 1 WHERE key = 'version'; END;
 """
+# Class-wide switches the teacher sets, kept in the meta table as 0/1.
+SETTINGS = ("gallery", "gallery_downloads")
 
 
 class QueueFull(RuntimeError):
@@ -433,6 +439,20 @@ class RunStore:
                 (owner, name, time.time(), name),
             )
 
+    def set_setting(self, name: str, on: bool) -> None:
+        if name not in SETTINGS:
+            raise ValueError(f"unknown setting {name!r}; valid: {', '.join(SETTINGS)}")
+        with self._connect(write=True) as db:
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                (name, int(bool(on))),
+            )
+
+    def setting(self, name: str) -> bool:
+        with self._connect() as db:
+            row = db.execute("SELECT value FROM meta WHERE key=?", (name,)).fetchone()
+        return bool(row and row[0])
+
     # -- reading ------------------------------------------------------------------------------
 
     @staticmethod
@@ -447,14 +467,17 @@ class RunStore:
         with self._connect() as db:
             return db.execute("SELECT value FROM meta WHERE key='version'").fetchone()[0]
 
+    # Every run comes with its student's display name (empty when none was given).
+    _SELECT = "SELECT runs.*, COALESCE(owners.name, '') AS student FROM runs LEFT JOIN owners USING (owner)"
+
     def get_run(self, run_id: str) -> dict | None:
         with self._connect() as db:
-            row = db.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+            row = db.execute(self._SELECT + " WHERE id=?", (run_id,)).fetchone()
         return self._row(row) if row else None
 
     def list_runs(self, owner: str | None = None, statuses: tuple[str, ...] | None = None) -> list[dict]:
         """Newest first; owner None lists everyone's runs."""
-        sql, args = "SELECT * FROM runs", []
+        sql, args = self._SELECT, []
         where = []
         if owner is not None:
             where.append("owner=?")

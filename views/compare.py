@@ -6,9 +6,10 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.charts import bars, overlay
+from dashboard.classroom import visible_runs
 from dashboard.details import details_ui
 from dashboard.forms import SOURCE_NAMES
-from dashboard.state import client_address, get_runner, get_store, owner_id, visible_runs
+from dashboard.state import client_address, get_runner, get_store, owner_id
 from mtl_core.analysis import compare_rows, curve_rows, run_label
 from mtl_core.config import TrainConfig
 from mtl_core.data import SOURCES

@@ -3,7 +3,8 @@
 import streamlit as st
 
 from dashboard.charts import alpha_animation, alpha_heatmaps, alpha_lines
-from dashboard.state import get_store, read_if_changed, visible_runs
+from dashboard.classroom import visible_runs
+from dashboard.state import get_store, read_if_changed
 from mtl_core.analysis import run_label
 from mtl_core.runs import ACTIVE
 

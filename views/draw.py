@@ -3,8 +3,9 @@
 import streamlit as st
 from streamlit_drawable_canvas import st_canvas  # only here: it needs a running Streamlit (RECIPES.md)
 
+from dashboard.classroom import visible_runs
 from dashboard.draw_ui import model_file_ui, predictions_ui, quick_model_ui, read_upload, run_model
-from dashboard.state import has_model, note_presence, read_if_changed, visible_runs
+from dashboard.state import has_model, note_presence, read_if_changed
 from mtl_core.analysis import run_label
 from mtl_core.predict import preprocess_canvas, to_display
 from mtl_core.runs import ACTIVE

@@ -2,35 +2,43 @@
 
 import streamlit as st
 
+from dashboard.classroom import is_teacher, visible_runs
 from dashboard.forms import estimate_ui, model_picker_ui, reset_form_ui, train_form_ui
 from dashboard.monitor import monitor_ui
-from dashboard.state import client_address, get_runner, owner_id, visible_runs
+from dashboard.state import client_address, get_runner, owner_id
+from dashboard.text import md_escape
 from mtl_core.analysis import run_label
 from mtl_core.config import ConfigError, TrainConfig
 from mtl_core.jobs import QueueFull
 from mtl_core.models import MODELS
 
 st.title("🏋️ Train")
-left, right = st.columns([2, 3], gap="large")
+projector = is_teacher() and st.session_state.get("projector")
+if projector:  # the teacher's projector view: only the watched run, across the whole width
+    left, right = None, st.container()
+else:
+    left, right = st.columns([2, 3], gap="large")
 
-with left:
-    model = model_picker_ui()
-    st.caption(MODELS[model].description + " Defaults are the reference recipe for this model.")
-    reset_form_ui(model)
-    fields = train_form_ui(model)
-    estimate_ui(model)
-    if fields is not None:
-        label = fields.pop("label")
-        try:
-            config = TrainConfig(**fields)
-            run_id = get_runner().submit(config, owner=owner_id(), label=label, client=client_address())
-        except ConfigError as exc:
-            st.error("Cannot start this run:\n\n- " + str(exc).replace("; ", "\n- "))
-        except QueueFull as exc:
-            st.warning(str(exc))
-        else:
-            st.session_state["watch_select"] = run_id  # show the new run on the right
-            st.toast(f"Queued {run_label({'id': run_id, 'label': label, 'model': model, 'config': config.to_dict()})}")
+if left is not None:
+    with left:
+        model = model_picker_ui()
+        st.caption(MODELS[model].description + " Defaults are the reference recipe for this model.")
+        reset_form_ui(model)
+        fields = train_form_ui(model)
+        estimate_ui(model)
+        if fields is not None:
+            label = fields.pop("label")
+            try:
+                config = TrainConfig(**fields)
+                run_id = get_runner().submit(config, owner=owner_id(), label=label, client=client_address())
+            except ConfigError as exc:
+                st.error("Cannot start this run:\n\n- " + str(exc).replace("; ", "\n- "))
+            except QueueFull as exc:
+                st.warning(str(exc))
+            else:
+                st.session_state["watch_select"] = run_id  # show the new run on the right
+                queued = {"id": run_id, "label": label, "model": model, "config": config.to_dict()}
+                st.toast(f"Queued {md_escape(run_label(queued))}")
 
 with right:
     runs = visible_runs()

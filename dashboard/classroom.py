@@ -1,0 +1,109 @@
+"""Who is looking: the teacher (unlocked with the server's token) or a student (a display name, their
+own runs, and the class gallery when the teacher opens it). The `?u=` link only finds your own runs
+again; it grants nothing else."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard.state import get_store, owner_id
+from mtl_core.classroom import NAME_MAX, clean_name, is_teacher_token, teacher_token
+
+
+def server_teacher_token() -> str:
+    return teacher_token(get_store().path.parent)
+
+
+def is_teacher() -> bool:
+    return bool(st.session_state.get("teacher"))
+
+
+def unlock_from_url() -> None:
+    """`?teacher=TOKEN` unlocks this tab once; the token then leaves the address bar, so a projected
+    URL never shows it."""
+    given = st.query_params.get("teacher")
+    if given is None:
+        return
+    del st.query_params["teacher"]
+    if is_teacher_token(given, server_teacher_token()):
+        st.session_state["teacher"] = True
+    else:
+        st.session_state["teacher_error"] = "That teacher link is not valid on this server."
+
+
+def gallery_open() -> bool:
+    return get_store().setting("gallery")
+
+
+def visible_runs(statuses: tuple[str, ...] | None = None) -> list[dict]:
+    """Your runs; everyone's in the teacher's all-runs view; plus others' finished runs (read-only) when
+    the class gallery is open and you chose to look at it."""
+    store = get_store()
+    if is_teacher() and st.session_state.get("show_all_runs"):
+        return store.list_runs(None, statuses)
+    mine = store.list_runs(owner_id(), statuses)
+    if st.session_state.get("show_gallery") and gallery_open() and (statuses is None or "finished" in statuses):
+        others = [r for r in store.list_runs(None, ("finished",)) if r["owner"] != owner_id()]
+        return sorted(mine + others, key=lambda r: r["created"], reverse=True)
+    return mine
+
+
+def can_manage(run: dict) -> bool:
+    """Stop or delete: the run's owner, or the teacher."""
+    return run["owner"] == owner_id() or is_teacher()
+
+
+def can_download(run: dict) -> bool:
+    return can_manage(run) or get_store().setting("gallery_downloads")
+
+
+def _save_name() -> None:
+    name = clean_name(st.session_state.get("student_name", ""))
+    st.session_state["student_name"] = name
+    get_store().touch_owner(owner_id(), name)
+
+
+def name_ui() -> None:
+    if "student_name" not in st.session_state:  # a reload with ?u= finds the name again
+        st.session_state["student_name"] = get_store().owner_names().get(owner_id(), "")
+    st.text_input(
+        "Your name",
+        key="student_name",
+        max_chars=NAME_MAX,
+        on_change=_save_name,
+        placeholder="so your teacher can tell your runs apart",
+    )
+
+
+def teacher_ui() -> None:
+    """The teacher's switches; a sign-in box for everyone else."""
+    store = get_store()
+    if is_teacher():
+        st.markdown("**Teacher**")
+        st.toggle("All students' runs", key="show_all_runs", help="Every run on this server, with its student's name.")
+        st.toggle("Projector view", key="projector", help="The Train page shows only the watched run, large.")
+        gallery = st.toggle("Class gallery open", value=store.setting("gallery"), key="t_gallery")
+        if gallery != store.setting("gallery"):
+            store.set_setting("gallery", gallery)
+        downloads = st.toggle(
+            "Students may download gallery models", value=store.setting("gallery_downloads"), key="t_downloads"
+        )
+        if downloads != store.setting("gallery_downloads"):
+            store.set_setting("gallery_downloads", downloads)
+        if st.button("Leave the teacher view", key="t_leave"):
+            for key in ("teacher", "show_all_runs", "projector"):
+                st.session_state.pop(key, None)
+            st.rerun()
+        return
+    if gallery_open():
+        st.toggle("Class gallery", key="show_gallery", help="Everyone's finished runs, read-only.")
+    with st.expander("Teacher sign-in"):
+        if st.session_state.get("teacher_error"):
+            st.error(st.session_state.pop("teacher_error"))
+        with st.form("teacher_sign_in", border=False):
+            given = st.text_input("Teacher token", type="password", key="t_token")
+            if st.form_submit_button("Unlock"):
+                if is_teacher_token(given, server_teacher_token()):
+                    st.session_state["teacher"] = True
+                    st.rerun()
+                st.error("That token is not right.")

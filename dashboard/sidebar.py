@@ -1,0 +1,38 @@
+"""The sidebar every page shares: problems of the server, your name, the teacher's switches, the queue."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard.classroom import name_ui, teacher_ui, unlock_from_url
+from dashboard.state import SEEN_EVERY_S, data_label, get_runner, get_store, note_presence, owner_id
+from mtl_core.runs import ACTIVE
+
+
+def jobs_caption_ui() -> None:
+    active = get_store().list_runs(statuses=ACTIVE)
+    running = sum(r["status"] == "running" for r in active)
+    st.caption(f"Jobs on this server: {running} running, {len(active) - running} queued")
+
+
+@st.fragment(run_every=SEEN_EVERY_S)
+def _keep_present() -> None:
+    note_presence()
+
+
+def sidebar_ui() -> None:
+    owner_id()
+    unlock_from_url()
+    runner = get_runner()
+    note_presence()
+    if get_store().list_runs(owner=owner_id(), statuses=ACTIVE):
+        _keep_present()  # an open tab keeps its queued runs, whichever page it shows
+    with st.sidebar:
+        if runner.store.notice:
+            st.warning(runner.store.notice)
+        if runner.problem:
+            st.error(runner.problem)
+        name_ui()
+        teacher_ui()
+        jobs_caption_ui()
+        st.caption(f"Data: {data_label()}")
