@@ -1,9 +1,12 @@
 """The router: page config, the shared sidebar, then the pages (titles and order live here)."""
 
+import sqlite3
+
 import streamlit as st
 
 from dashboard.sidebar import sidebar_ui
 from dashboard.state import keep_widget_values
+from mtl_core.runs import StoreUnavailable
 
 st.set_page_config(page_title="MTL playground", page_icon="🧠", layout="wide")
 
@@ -16,5 +19,13 @@ pages = [
 ]
 keep_widget_values()
 nav = st.navigation(pages)
-sidebar_ui()
-nav.run()
+try:
+    sidebar_ui()
+    nav.run()
+except StoreUnavailable as exc:  # a read-only or full disk: a sentence, and the page stops here
+    st.warning(str(exc))
+except sqlite3.DatabaseError:  # damaged while the server runs: a sentence, never a traceback with paths
+    st.error(
+        "The run store is damaged, so runs cannot be shown right now. Restart the dashboard: it moves the "
+        "damaged file aside (kept for inspection) and starts a new store."
+    )

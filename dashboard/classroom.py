@@ -8,6 +8,7 @@ import streamlit as st
 
 from dashboard.state import get_store, owner_id
 from mtl_core.classroom import NAME_MAX, clean_name, is_teacher_token, teacher_token
+from mtl_core.runs import StoreUnavailable
 
 
 def server_teacher_token() -> str:
@@ -60,12 +61,17 @@ def can_download(run: dict) -> bool:
 def _save_name() -> None:
     name = clean_name(st.session_state.get("student_name", ""))
     st.session_state["student_name"] = name
-    get_store().touch_owner(owner_id(), name)
+    try:
+        get_store().touch_owner(owner_id(), name)
+    except StoreUnavailable as exc:
+        st.session_state["name_error"] = str(exc)
 
 
 def name_ui() -> None:
     if "student_name" not in st.session_state:  # a reload with ?u= finds the name again
         st.session_state["student_name"] = get_store().owner_names().get(owner_id(), "")
+    if st.session_state.get("name_error"):
+        st.warning(st.session_state.pop("name_error"))
     st.text_input(
         "Your name",
         key="student_name",

@@ -56,7 +56,7 @@ def status_ui(run: dict, records: list[dict]) -> None:
         st.progress(done / total, text=f"Epoch {done} of {total} · {_eta(records, total)}")
     elif status == "finished":
         st.success(
-            f"Finished all {_epochs(total)} in {run['train_seconds']:.1f} s; best epoch {run['best_epoch']}."
+            f"Finished all {_epochs(total)} in {run['train_seconds'] or 0:.1f} s; best epoch {run['best_epoch']}."
             + (f" Note: {run['reason']}." if run["reason"] else "")
         )
     elif status == "cancelled" and done == 0:

@@ -12,7 +12,7 @@ import streamlit as st
 from mtl_core.checkpoint import load_model
 from mtl_core.data import MTLData, load_data
 from mtl_core.jobs import JobRunner, server_runner
-from mtl_core.runs import ACTIVE, RunStore
+from mtl_core.runs import ACTIVE, RunStore, StoreUnavailable
 
 
 def get_runner() -> JobRunner:
@@ -95,7 +95,10 @@ def note_presence() -> None:
     now = time.monotonic()
     if now - st.session_state.get("_seen_at", -1e9) >= SEEN_EVERY_S:
         st.session_state["_seen_at"] = now
-        get_store().touch_owner(owner_id())
+        try:
+            get_store().touch_owner(owner_id())
+        except StoreUnavailable:
+            pass  # a read-only or full disk: the sidebar says so; viewing goes on
 
 
 def read_if_changed(key: str, read):

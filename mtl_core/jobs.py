@@ -98,7 +98,8 @@ class JobRunner:
         self._closed = threading.Event()
         self._quick_exits = 0
         self._next_spawn = 0.0
-        self._pool_lock = self._acquire_pool_lock()
+        # A read-only store (read-only or full disk) trains nothing: no workers, so no crash loop.
+        self._pool_lock = None if store.read_only else self._acquire_pool_lock()
         self.has_pool = self._pool_lock is not None
         if self.has_pool:
             # Runs left "running" by a previous server (killed, restarted) end as interrupted now.
@@ -112,7 +113,10 @@ class JobRunner:
     def _acquire_pool_lock(self):
         """An exclusive lock beside the store, held for the life of this runner; the OS drops it when
         the process dies, so a restarted server gets it back and never runs two pools."""
-        f = open(str(self.store.path) + ".pool.lock", "a+")  # noqa: SIM115 - held open on purpose
+        try:
+            f = open(str(self.store.path) + ".pool.lock", "a+")  # noqa: SIM115 - held open on purpose
+        except OSError:
+            return None
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sqlite3
 import time
 import uuid
@@ -140,9 +141,18 @@ def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
     return not isinstance(exc, sqlite3.OperationalError) or "malformed" in msg or "not a database" in msg
 
 
-def _unwritable(exc: sqlite3.OperationalError) -> StoreUnavailable:
+def _disk_nearly_full(folder: Path | None) -> bool:
+    try:
+        return folder is not None and shutil.disk_usage(folder).free < 1024 * 1024
+    except OSError:
+        return False
+
+
+def _unwritable(exc: sqlite3.OperationalError, folder: Path | None = None) -> StoreUnavailable:
+    """A sentence for a store that cannot be written. SQLite reports a full disk as "disk I/O error"
+    when the write that failed was to its WAL index, so the free space is looked at too."""
     msg = str(exc).lower()
-    if "full" in msg:
+    if "full" in msg or _disk_nearly_full(folder):
         why = "the disk is full"
     elif "readonly" in msg or "read-only" in msg or "unable to open" in msg:
         why = "its folder is read-only"
@@ -164,15 +174,29 @@ class RunStore:
             raise StoreUnavailable(f"The run store's folder {self.path.parent} cannot be created: {exc}.") from exc
         if repair and self.path.exists() and self.path.stat().st_size == 0:
             self._move_aside("was empty (0 bytes): truncated, or never written")
+        self.read_only = False
         try:
             self._init_schema()
         except sqlite3.DatabaseError as exc:
             if not _is_corruption(exc):
-                raise _unwritable(exc) from exc
+                self._open_read_only(exc)
+                return
             if not repair:
                 raise
             self._move_aside(f"could not be read ({exc})")
             self._init_schema()
+
+    def _open_read_only(self, exc: sqlite3.OperationalError) -> None:
+        """A disk that is read-only or full: keep what is there viewable, start nothing new."""
+        if not self.path.exists():
+            raise _unwritable(exc, self.path.parent) from exc
+        self.read_only = True
+        self.notice = str(_unwritable(exc, self.path.parent)).replace("viewed.", "viewed, but no new run can start.")
+        try:
+            with self._connect() as db:
+                db.execute("SELECT COUNT(*) FROM runs").fetchone()
+        except sqlite3.DatabaseError as again:
+            raise _unwritable(again, self.path.parent) from again
 
     def _init_schema(self) -> None:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
@@ -204,14 +228,45 @@ class RunStore:
             "model files in the models folder were left untouched."
         )
 
+    def _query(self, sql: str, args: tuple | list = ()) -> list[sqlite3.Row]:
+        """Rows of a read. On a full disk even a read can fail (WAL recovery wants to write): then the
+        store is read without writing anything, so finished runs stay viewable."""
+        try:
+            with self._connect() as db:
+                return db.execute(sql, args).fetchall()
+        except StoreUnavailable:
+            if self.read_only:
+                raise
+        db = self._connect_read_only()
+        db.row_factory = sqlite3.Row
+        try:
+            return db.execute(sql, args).fetchall()
+        except sqlite3.OperationalError as exc:
+            raise _unwritable(exc, self.path.parent) from exc
+        finally:
+            db.close()
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """SQLite itself refuses every write. A WAL store whose -shm file is gone cannot be opened
+        read-only the usual way; on a read-only disk nothing can change it, so `immutable` is safe."""
+        try:
+            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30, isolation_level=None)
+            db.execute("SELECT 1 FROM meta LIMIT 1")
+            return db
+        except sqlite3.OperationalError:
+            return sqlite3.connect(f"file:{self.path}?mode=ro&immutable=1", uri=True, isolation_level=None)
+
     @contextmanager
     def _connect(self, write: bool = False) -> Iterator[sqlite3.Connection]:
         """A connection; `write=True` holds the write lock from the start (BEGIN IMMEDIATE), so a
         check and the write that depends on it happen in one transaction."""
         try:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            if self.read_only:
+                db = self._connect_read_only()
+            else:
+                db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         except sqlite3.OperationalError as exc:
-            raise _unwritable(exc) from exc
+            raise _unwritable(exc, self.path.parent) from exc
         db.row_factory = sqlite3.Row
         try:
             db.execute("PRAGMA foreign_keys=ON")
@@ -228,7 +283,7 @@ class RunStore:
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc).lower() or "no such" in str(exc).lower():
                 raise
-            raise _unwritable(exc) from exc
+            raise _unwritable(exc, self.path.parent) from exc
         finally:
             db.close()
 
@@ -384,9 +439,8 @@ class RunStore:
             )
 
     def stop_requested(self, run_id: str) -> bool:
-        with self._connect() as db:
-            row = db.execute("SELECT stop_requested FROM runs WHERE id=?", (run_id,)).fetchone()
-        return bool(row and row[0])
+        rows = self._query("SELECT stop_requested FROM runs WHERE id=?", (run_id,))
+        return bool(rows and rows[0][0])
 
     def delete_run(self, run_id: str) -> None:
         run = self.get_run(run_id)
@@ -449,9 +503,8 @@ class RunStore:
             )
 
     def setting(self, name: str) -> bool:
-        with self._connect() as db:
-            row = db.execute("SELECT value FROM meta WHERE key=?", (name,)).fetchone()
-        return bool(row and row[0])
+        rows = self._query("SELECT value FROM meta WHERE key=?", (name,))
+        return bool(rows and rows[0][0])
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -464,16 +517,14 @@ class RunStore:
 
     def version(self) -> int:
         """A counter that grows with every change a page would show (not with heartbeats)."""
-        with self._connect() as db:
-            return db.execute("SELECT value FROM meta WHERE key='version'").fetchone()[0]
+        return self._query("SELECT value FROM meta WHERE key='version'")[0][0]
 
     # Every run comes with its student's display name (empty when none was given).
     _SELECT = "SELECT runs.*, COALESCE(owners.name, '') AS student FROM runs LEFT JOIN owners USING (owner)"
 
     def get_run(self, run_id: str) -> dict | None:
-        with self._connect() as db:
-            row = db.execute(self._SELECT + " WHERE id=?", (run_id,)).fetchone()
-        return self._row(row) if row else None
+        rows = self._query(self._SELECT + " WHERE id=?", (run_id,))
+        return self._row(rows[0]) if rows else None
 
     def list_runs(self, owner: str | None = None, statuses: tuple[str, ...] | None = None) -> list[dict]:
         """Newest first; owner None lists everyone's runs."""
@@ -487,22 +538,17 @@ class RunStore:
             args.extend(statuses)
         if where:
             sql += " WHERE " + " AND ".join(where)
-        with self._connect() as db:
-            rows = db.execute(sql + " ORDER BY created DESC", args).fetchall()
-        return [self._row(r) for r in rows]
+        return [self._row(r) for r in self._query(sql + " ORDER BY created DESC", args)]
 
     def owner_names(self) -> dict[str, str]:
-        with self._connect() as db:
-            return {r[0]: r[1] for r in db.execute("SELECT owner, name FROM owners")}
+        return {r[0]: r[1] for r in self._query("SELECT owner, name FROM owners")}
 
     def epochs(self, run_id: str) -> list[dict]:
-        with self._connect() as db:
-            rows = db.execute("SELECT record FROM epochs WHERE run_id=? ORDER BY epoch", (run_id,)).fetchall()
+        rows = self._query("SELECT record FROM epochs WHERE run_id=? ORDER BY epoch", (run_id,))
         return [json.loads(r[0]) for r in rows]
 
     def count_active(self) -> int:
-        with self._connect() as db:
-            return db.execute("SELECT COUNT(*) FROM runs WHERE status IN ('queued','running')").fetchone()[0]
+        return self._query("SELECT COUNT(*) FROM runs WHERE status IN ('queued','running')")[0][0]
 
     def epoch_seconds(self, model: str, data_source: str, batch_size: int, train_limit: int = 0) -> list[float]:
         """Seconds per epoch of this model's most recent epochs on this server, same data and batch size."""
@@ -511,8 +557,7 @@ class RunStore:
             "WHERE r.model=? AND r.data_source=? AND json_extract(r.config, '$.batch_size')=? "
             "AND json_extract(r.config, '$.train_limit')=? ORDER BY r.created DESC, e.epoch LIMIT 200"
         )
-        with self._connect() as db:
-            rows = db.execute(sql, (model, data_source, batch_size, train_limit)).fetchall()
+        rows = self._query(sql, (model, data_source, batch_size, train_limit))
         return [float(r[0]) for r in rows if r[0] is not None]
 
     def epoch_progress(self, run_ids: list[str]) -> dict[str, tuple[int, float]]:
@@ -523,5 +568,4 @@ class RunStore:
             "SELECT run_id, COUNT(*), AVG(json_extract(record, '$.seconds')) FROM epochs "
             f"WHERE run_id IN ({','.join('?' * len(run_ids))}) GROUP BY run_id"
         )
-        with self._connect() as db:
-            return {r[0]: (r[1], r[2] or 0.0) for r in db.execute(sql, run_ids)}
+        return {r[0]: (r[1], r[2] or 0.0) for r in self._query(sql, run_ids)}

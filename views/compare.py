@@ -15,6 +15,7 @@ from mtl_core.config import TrainConfig
 from mtl_core.data import SOURCES
 from mtl_core.jobs import QueueFull
 from mtl_core.reference import SEED_MODELS, SEED_STUDY
+from mtl_core.runs import StoreUnavailable
 
 st.title("📊 Compare")
 store = get_store()
@@ -34,6 +35,8 @@ with st.expander("Run the seed study (STL, hard sharing, cross-stitch on the sam
                 )
             except QueueFull as exc:
                 st.warning(f"The seed study needs {len(SEED_MODELS)} free job slots: {exc}.")
+            except StoreUnavailable as exc:
+                st.warning(str(exc))
             else:
                 st.success("Queued STL, hard sharing and cross-stitch. Watch them on the Train page.")
 

@@ -11,6 +11,7 @@ from mtl_core.analysis import run_label
 from mtl_core.config import ConfigError, TrainConfig
 from mtl_core.jobs import QueueFull
 from mtl_core.models import MODELS
+from mtl_core.runs import StoreUnavailable
 
 st.title("🏋️ Train")
 projector = is_teacher() and st.session_state.get("projector")
@@ -33,7 +34,7 @@ if left is not None:
                 run_id = get_runner().submit(config, owner=owner_id(), label=label, client=client_address())
             except ConfigError as exc:
                 st.error("Cannot start this run:\n\n- " + str(exc).replace("; ", "\n- "))
-            except QueueFull as exc:
+            except (QueueFull, StoreUnavailable) as exc:
                 st.warning(str(exc))
             else:
                 st.session_state["watch_select"] = run_id  # show the new run on the right
