@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import streamlit as st
-from PIL import Image, UnidentifiedImageError
 
 from dashboard.charts import class_probabilities
 from dashboard.state import client_address, get_runner, model_of, owner_id
@@ -17,27 +14,8 @@ from mtl_core.config import TrainConfig
 from mtl_core.predict import predict
 from mtl_core.tasks import VALUE_SCALE, get_task
 
-MAX_UPLOAD_BYTES = 2 * 1024 * 1024
-MAX_UPLOAD_PIXELS = 4096 * 4096
-
 # The quick model: the 4-task CNN (it answers every task) on 8,000 digits for 3 epochs.
 QUICK_MODEL = dict(model="cnn", epochs=3, train_limit=8000)
-
-
-def read_upload(data: bytes) -> np.ndarray:
-    """Bytes of an uploaded picture -> an RGBA array; ValueError with the reason when it is not one."""
-    if len(data) > MAX_UPLOAD_BYTES:
-        raise ValueError(f"the file is {len(data) / 1e6:.1f} MB; the limit is {MAX_UPLOAD_BYTES / 1e6:.0f} MB")
-    try:
-        with Image.open(io.BytesIO(data)) as probe:
-            probe.verify()  # structure check without decoding everything
-        img = Image.open(io.BytesIO(data))
-        if img.width * img.height > MAX_UPLOAD_PIXELS:
-            raise ValueError(f"the picture is {img.width}x{img.height}; at most {MAX_UPLOAD_PIXELS:,} pixels")
-        img.seek(0)  # first frame of a GIF or WebP animation
-        return np.asarray(img.convert("RGBA"))
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"not a readable image ({type(exc).__name__})") from None
 
 
 def quick_model_ui(busy: bool) -> None:
@@ -70,7 +48,7 @@ def model_file_ui():
     except ModelFileError as exc:
         st.error(f"That model file cannot be used: {exc}")
         return None
-    return f"{upload.name} ({config.model})", model
+    return f"{upload.name} ({config.model})", model  # shown through md_escape: a file name is plain text
 
 
 def run_model(run: dict):

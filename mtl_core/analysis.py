@@ -3,6 +3,10 @@ and per-test-digit predictions of a saved model (confusion matrices, the value s
 
 from __future__ import annotations
 
+import json
+import math
+from typing import Any
+
 import numpy as np
 
 from .data import SOURCES, MTLData
@@ -58,8 +62,10 @@ def run_label(run: dict) -> str:
     return f"{student}{name} · {'+'.join(run['config']['tasks'])} · {run['id'][-6:]}"
 
 
-def compare_rows(runs: list[dict], pool: list[dict] | None = None) -> list[dict]:
-    """One flat row per run for the comparison table; `pool` is where STL baselines are looked up."""
+def compare_rows(runs: list[dict], pool: list[dict] | None = None, rounded: bool = True) -> list[dict]:
+    """One flat row per run for the comparison table; `pool` is where STL baselines are looked up.
+    `rounded=False` keeps every digit (the CSV and JSON downloads)."""
+    round_ = round if rounded else (lambda v, _digits: v)
     pool = sorted(pool if pool is not None else runs, key=lambda r: r["created"], reverse=True)
     rows = []
     for r in runs:
@@ -68,16 +74,16 @@ def compare_rows(runs: list[dict], pool: list[dict] | None = None) -> list[dict]
         dm = delta_m(r["best"], base["best"]) if (base and r["best"] and r["model"] != "stl") else None
         row = {
             "run": run_label(r),
-            "best avg acc %": None if r["best_avg"] is None else round(100 * r["best_avg"], 2),
-            "Δm vs STL %": None if dm is None else round(dm, 2),
+            "best avg acc %": None if r["best_avg"] is None else round_(100 * r["best_avg"], 2),
+            "Δm vs STL %": None if dm is None else round_(dm, 2),
             "params": r["params"],
-            "train_s": None if r["train_seconds"] is None else round(r["train_seconds"], 2),
+            "train_s": None if r["train_seconds"] is None else round_(r["train_seconds"], 2),
         }
         for task, m in (r["best"] or {}).items():
             if "acc" in m:
-                row[f"{task} acc %"] = round(100 * m["acc"], 2)
+                row[f"{task} acc %"] = None if m["acc"] is None else round_(100 * m["acc"], 2)
             else:
-                row[f"{task} MAE (digits)"] = round(m["mae"] * VALUE_SCALE, 3)
+                row[f"{task} MAE (digits)"] = None if m["mae"] is None else round_(m["mae"] * VALUE_SCALE, 3)
         row.update(
             model=r["model"],
             status=r["status"],
@@ -87,6 +93,23 @@ def compare_rows(runs: list[dict], pool: list[dict] | None = None) -> list[dict]
         )
         rows.append(row)
     return rows
+
+
+def comparison_json(table: list[dict], curves: list[dict]) -> str:
+    """The Compare download: strict JSON (a missing or non-finite number is null, never a bare NaN)."""
+    return json.dumps({"table": _finite(table), "curves": _finite(curves)}, allow_nan=False, default=str)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):  # numpy and pandas scalars
+        return _finite(obj.item())
+    return obj
 
 
 def curve_rows(run: dict, records: list[dict]) -> list[dict]:

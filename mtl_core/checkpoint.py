@@ -55,11 +55,20 @@ def save_model(path: str | Path, model: MultiTaskModel, config: TrainConfig, ext
     return path
 
 
+MAX_HEADER_BYTES = 1_000_000  # a model's header here is a few kB
+
+
 def _read_header(payload: bytes) -> dict:
+    if not payload:
+        raise ModelFileError("the file is empty")
     if len(payload) < 8:
         raise ModelFileError("file is too short to be a safetensors model")
+    if payload[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05") or payload[:4] == b"PK\x03\x04":
+        raise ModelFileError("this is a pickle or torch.save file, which can run code; only .safetensors is read")
     n = int.from_bytes(payload[:8], "little")
-    if n > len(payload) - 8 or n > 10_000_000:
+    if n > MAX_HEADER_BYTES:
+        raise ModelFileError(f"not a model of this playground (its header claims {n:,} bytes)")
+    if n > len(payload) - 8:
         raise ModelFileError("not a safetensors file (bad header length)")
     try:
         header = json.loads(payload[8 : 8 + n])
@@ -80,6 +89,8 @@ def load_model_bytes(payload: bytes) -> tuple[MultiTaskModel, TrainConfig, dict]
     try:
         config = TrainConfig.from_dict(json.loads(meta["config"]))
         extra = json.loads(meta.get("extra", "{}"))
+    except RecursionError:
+        raise ModelFileError("the file's metadata is nested too deeply to be a training config") from None
     except (KeyError, ValueError, TypeError) as exc:
         reason = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
         raise ModelFileError(f"the file's training config is invalid: {reason}") from None

@@ -2,15 +2,80 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from .data import MEAN, STD
 from .metrics import probabilities
 from .models import MultiTaskModel
 
 INK_THRESHOLD = 0.1  # fraction of full intensity below which a pixel counts as background
+MAX_IMAGE_BYTES = 2 * 1024 * 1024  # .streamlit/config.toml caps uploads at the same 2 MB
+MAX_IMAGE_PIXELS = 4096 * 4096
+MIN_IMAGE_SIDE = 8
+MIN_INK_SIDE = 4  # a drawing smaller than this in both directions is a dot, not a digit
+DRAW_A_DIGIT = "Draw a digit"
+
+
+class ImageInputError(ValueError):
+    """A picture that cannot be used; the message says why, in a sentence."""
+
+
+def read_image_bytes(data: bytes) -> np.ndarray:
+    """Bytes of an uploaded picture -> an RGBA uint8 array; ImageInputError with the reason otherwise.
+
+    The size is checked from the header before any pixel is decoded, so a decompression bomb costs
+    nothing; 16-bit greyscale is scaled to 8 bits rather than clipped to white."""
+    if not data:
+        raise ImageInputError("the file is empty")
+    if len(data) > MAX_IMAGE_BYTES:
+        raise ImageInputError(f"the file is {len(data) / 1e6:.1f} MB; the limit is {MAX_IMAGE_BYTES / 1e6:.0f} MB")
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            w, h = probe.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise ImageInputError(f"the picture is {w}x{h} pixels; at most {MAX_IMAGE_PIXELS:,} pixels in all")
+            probe.verify()  # structure check without decoding everything
+        img = Image.open(io.BytesIO(data))
+        img.seek(0)  # first frame of a GIF or WebP animation
+        img.load()
+    except Image.DecompressionBombError:
+        raise ImageInputError(f"the picture is far larger than the limit of {MAX_IMAGE_PIXELS:,} pixels in all") from None
+    except UnidentifiedImageError:
+        raise ImageInputError("not a picture: PNG, JPEG, GIF, BMP or WebP are read") from None
+    except (OSError, SyntaxError, ValueError, EOFError):
+        raise ImageInputError("the picture is damaged or cut short") from None
+    if min(img.size) < MIN_IMAGE_SIDE:
+        raise ImageInputError(
+            f"the picture is only {img.width}x{img.height} pixels; use one at least {MIN_IMAGE_SIDE} pixels across"
+        )
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        span = a.max() - a.min()
+        a = (a - a.min()) / span * 255 if span > 0 else np.zeros_like(a)
+        img = Image.fromarray(a.astype(np.uint8))
+    return np.asarray(img.convert("RGBA"))
+
+
+def prepare_drawing(image: np.ndarray) -> tuple[np.ndarray | None, str]:
+    """(28x28 model input or None, a sentence for the user: why there is no input, or a hint)."""
+    grey = to_grey(image)
+    ink = grey > INK_THRESHOLD
+    if not ink.any():
+        flat = np.ptp(np.asarray(image, dtype=np.float32)[..., :3] if np.ndim(image) == 3 else image) == 0
+        return None, DRAW_A_DIGIT + (" (the picture is one flat colour)." if flat else ".")
+    rows, cols = np.nonzero(ink)
+    if np.ptp(rows) + 1 < MIN_INK_SIDE and np.ptp(cols) + 1 < MIN_INK_SIDE:
+        return None, f"{DRAW_A_DIGIT}: that is a dot, too small to be read."
+    x = preprocess_canvas(image)
+    if x is None:
+        return None, DRAW_A_DIGIT + "."
+    h, w = grey.shape
+    off_centre = abs((rows.mean() / h) - 0.5) > 0.3 or abs((cols.mean() / w) - 0.5) > 0.3
+    return x, "Your digit was off to one side; it was centred, as MNIST digits are." if off_centre else ""
 
 
 def to_grey(image: np.ndarray) -> np.ndarray:
@@ -29,9 +94,11 @@ def to_grey(image: np.ndarray) -> np.ndarray:
         if a.shape[2] == 4:
             alpha = a[..., 3]
             if alpha.min() < 1.0 and alpha.max() > 0:
-                # Transparent canvas: where nothing is drawn, alpha is 0; ink shows up in alpha.
-                bg = np.median(grey[alpha < 0.5]) if (alpha < 0.5).any() else 0.0
-                grey = grey * alpha + bg * (1 - alpha)
+                # Transparent background: the ink is what is opaque, whatever its colour, so lay the
+                # picture on paper that contrasts with it (black ink on transparent is a digit too).
+                ink_level = float(np.median(grey[alpha >= 0.5])) if (alpha >= 0.5).any() else 1.0
+                paper = 1.0 if ink_level < 0.5 else 0.0
+                grey = grey * alpha + paper * (1 - alpha)
         a = grey
     if np.median(a) > 0.5:
         a = 1.0 - a

@@ -1,6 +1,5 @@
 """Compare: runs side by side, next to the reference study; curves, bars, details, downloads."""
 
-import json
 
 import pandas as pd
 import streamlit as st
@@ -10,7 +9,7 @@ from dashboard.classroom import visible_runs
 from dashboard.details import details_ui
 from dashboard.forms import SOURCE_NAMES
 from dashboard.state import client_address, get_runner, get_store, owner_id
-from mtl_core.analysis import compare_rows, curve_rows, run_label
+from mtl_core.analysis import compare_rows, comparison_json, curve_rows, run_label
 from mtl_core.config import TrainConfig
 from mtl_core.data import SOURCES
 from mtl_core.jobs import QueueFull
@@ -88,11 +87,12 @@ with right:
 histories = {r["id"]: store.epochs(r["id"]) for r in selected}
 curves = pd.DataFrame([row for r in selected for row in curve_rows(r, histories[r["id"]])])
 d1, d2, d3 = st.columns(3)
-d1.download_button("⬇ Table (CSV)", table.to_csv(index=False), "comparison.csv", "text/csv", key="dl_table_csv")
+full = pd.DataFrame(compare_rows(selected, pool=runs, rounded=False))  # downloads keep every digit
+d1.download_button("⬇ Table (CSV)", full.to_csv(index=False), "comparison.csv", "text/csv", key="dl_table_csv")
 d2.download_button("⬇ Curves (CSV)", curves.to_csv(index=False), "curves.csv", "text/csv", key="dl_curves_csv")
 d3.download_button(
     "⬇ Table and curves (JSON)",
-    json.dumps({"table": table.to_dict("records"), "curves": curves.to_dict("records")}, default=str),
+    comparison_json(full.to_dict("records"), curves.to_dict("records")),
     "comparison.json",
     "application/json",
     key="dl_json",

@@ -4,10 +4,10 @@ import streamlit as st
 from streamlit_drawable_canvas import st_canvas  # only here: it needs a running Streamlit (RECIPES.md)
 
 from dashboard.classroom import visible_runs
-from dashboard.draw_ui import model_file_ui, predictions_ui, quick_model_ui, read_upload, run_model
+from dashboard.draw_ui import model_file_ui, predictions_ui, quick_model_ui, run_model
 from dashboard.state import has_model, note_presence, read_if_changed
 from mtl_core.analysis import run_label
-from mtl_core.predict import preprocess_canvas, to_display
+from mtl_core.predict import ImageInputError, prepare_drawing, read_image_bytes, to_display
 from mtl_core.runs import ACTIVE
 
 st.title("✏️ Draw a digit")
@@ -61,26 +61,31 @@ with left:
         "…or upload a picture of a digit", type=["png", "jpg", "jpeg", "bmp", "gif", "webp"], key="upload"
     )
 
-image, source = None, "canvas"
+image, source, hint = None, "canvas", ""
 if upload is not None:
     try:
-        image, source = preprocess_canvas(read_upload(upload.getvalue())), "upload"
-    except ValueError as exc:
-        left.error(f"That file cannot be used: {exc}")
+        image, hint = prepare_drawing(read_image_bytes(upload.getvalue()))
+        source = "upload"
+    except ImageInputError as exc:
+        left.error(f"That file cannot be used: {exc}.")
 elif result.image_data is not None:
-    image = preprocess_canvas(result.image_data)
+    image, hint = prepare_drawing(result.image_data)
 
 with mid:
     st.markdown("**Model input**")
     if image is not None:
         st.image(to_display(image), width=112, clamp=True, caption=f"28×28 from the {source}")
+        if hint:
+            st.caption(hint)
         with st.expander("How?"):
             st.caption(
                 "Grey, crop to the ink, fit in 20×20, centre of mass to the centre of 28×28, "
                 "normalise: the way MNIST itself was made."
             )
 with right:
-    if image is None:
+    if image is None and hint:
+        st.info(f"✏️ {hint}")
+    elif image is None:
         st.info("✏️ Draw a digit on the black square (or upload a picture) to see every task's prediction.")
     elif not models:
         st.info("Pick at least one model above.")
