@@ -63,9 +63,12 @@ def _read_header(payload: bytes) -> dict:
         raise ModelFileError("the file is empty")
     if len(payload) < 8:
         raise ModelFileError("file is too short to be a safetensors model")
-    if payload[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05") or payload[:4] == b"PK\x03\x04":
-        raise ModelFileError("this is a pickle or torch.save file, which can run code; only .safetensors is read")
     n = int.from_bytes(payload[:8], "little")
+    fits = n <= min(MAX_HEADER_BYTES, len(payload) - 8) and payload[8:9] == b"{"
+    if not fits and (
+        payload[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05") or payload[:4] == b"PK\x03\x04"
+    ):
+        raise ModelFileError("this is a pickle or torch.save file, which can run code; only .safetensors is read")
     if n > MAX_HEADER_BYTES:
         raise ModelFileError(f"not a model of this playground (its header claims {n:,} bytes)")
     if n > len(payload) - 8:

@@ -43,7 +43,7 @@ def read_image_bytes(data: bytes) -> np.ndarray:
         img.seek(0)  # first frame of a GIF or WebP animation
         img.load()
     except Image.DecompressionBombError:
-        raise ImageInputError(f"the picture is far larger than the limit of {MAX_IMAGE_PIXELS:,} pixels in all") from None
+        raise ImageInputError(f"the picture is far larger than {MAX_IMAGE_PIXELS:,} pixels in all") from None
     except UnidentifiedImageError:
         raise ImageInputError("not a picture: PNG, JPEG, GIF, BMP or WebP are read") from None
     except (OSError, SyntaxError, ValueError, EOFError):
