@@ -120,6 +120,10 @@ def monitor_ui(run_id: str) -> None:
         if run is None:
             st.info("That run no longer exists.")
             return
+        if started_as in ACTIVE and run["status"] != started_as:
+            # Queued -> running polls faster; running -> over stops polling. Before drawing anything,
+            # so the page never shows the old and the new state at once.
+            st.rerun(scope="app")
         head, stop = st.columns([5, 1])
         head.markdown(
             f"**{md_escape(run_label(run))}** · {data_source(run)} · {run['device'] or 'waiting for a worker'}"
@@ -141,7 +145,5 @@ def monitor_ui(run_id: str) -> None:
                 key=f"weights_{run_id}",
                 width="stretch",
             )
-        if started_as in ACTIVE and run["status"] != started_as:
-            st.rerun(scope="app")  # queued -> running polls faster; running -> over stops polling
 
     live()

@@ -19,6 +19,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "step")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "auto")
+PATHS = ("auto", "autograd")  # auto: the hand-written fast step where one exists (mtl_core/fastpath.py)
 
 
 class ConfigError(ValueError):
@@ -49,6 +50,7 @@ class TrainConfig:
     channels_last: bool = False  # CNN only
     train_limit: int = 0  # use only the first N training digits (0: all)
     max_batches: int = 0  # stop each epoch after N batches (0: all); a dry run
+    path: str = "auto"  # "autograd" turns the hand-written fast step off (same maths, slower)
 
     def __post_init__(self) -> None:
         if self.tasks is None:
@@ -155,4 +157,5 @@ class TrainConfig:
             p.append(f"channels_last must be true or false (got {self.channels_last!r})")
         check_int("train_limit", 0, 10_000_000)
         check_int("max_batches", 0, 10_000_000)
+        check_choice("path", PATHS)
         return p

@@ -66,6 +66,17 @@ class RunnerSettings:
 class _Worker:
     def __init__(self, proc: subprocess.Popen, token: str):
         self.proc, self.token, self.started = proc, token, time.monotonic()
+        self.ready = threading.Event()
+        threading.Thread(target=self._read_stdout, daemon=True, name=f"worker-{token[:6]}").start()
+
+    def _read_stdout(self) -> None:
+        """The worker prints "ready" once its imports and data are loaded; nothing else comes here."""
+        try:
+            for line in self.proc.stdout:
+                if line.strip() == b"ready":
+                    self.ready.set()
+        except (OSError, ValueError):
+            pass  # the pipe was closed: the worker is gone
 
 
 class JobRunner:
@@ -137,7 +148,7 @@ class JobRunner:
         cmd += ["--max-seconds", str(self.settings.max_job_s)]
         # stdin is a pipe we never write: when this process dies, however it dies, the worker sees EOF.
         # A session of its own: Ctrl+C on the server reaches the worker only through that pipe.
-        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, start_new_session=True)
+        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
         return _Worker(proc, token)
 
     def ensure_workers(self) -> None:
@@ -222,6 +233,17 @@ class JobRunner:
 
     def stop(self, run_id: str) -> None:
         self.store.request_stop(run_id)
+
+    def wait_ready(self, timeout: float = 120.0) -> bool:
+        """Block until every worker has loaded torch and the default data (benchmarks, tests)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with self._lock:
+                workers = list(self._workers)
+            if len(workers) == self.n_workers and all(w.ready.is_set() for w in workers):
+                return True
+            time.sleep(0.05)
+        return False
 
     def worker_pids(self) -> list[int]:
         return [w.proc.pid for w in self._workers if w.proc.poll() is None]

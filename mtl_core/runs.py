@@ -270,6 +270,9 @@ class RunStore:
         db.row_factory = sqlite3.Row
         try:
             db.execute("PRAGMA foreign_keys=ON")
+            # WAL with NORMAL sync: commits stay atomic and survive a crashed process; only a power cut
+            # can lose the last ones. FULL would fsync every heartbeat and epoch.
+            db.execute("PRAGMA synchronous=NORMAL")
             if write:
                 db.execute("BEGIN IMMEDIATE")
             try:

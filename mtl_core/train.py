@@ -15,6 +15,7 @@ import torch
 
 from .config import ConfigError, TrainConfig
 from .data import MTLData, batch_indices
+from .fastpath import FlatAdam, HardSharingStep, fast_path_refusal
 from .metrics import MetricAccumulator, average_accuracy, selection_score, task_loss
 from .models import MultiTaskModel, build_model, count_parameters
 from .tasks import make_targets
@@ -94,7 +95,19 @@ class Training:
         self.weighting = build_weighting(config.loss_weighting, {t: config.weight(t) for t in config.tasks}).to(
             self.device
         )
-        self.optimizer = make_optimizer(config, self.model, self.device, list(self.weighting.parameters()))
+        # The hand-written step where one exists and nothing needs autograd; the record says which.
+        refusal = fast_path_refusal(self.model, config.loss_weighting, config.optimizer, self.precision)
+        if config.path == "autograd":
+            refusal = "the config asks for autograd"
+        self.fast = None if refusal else HardSharingStep(self.model, {t: config.weight(t) for t in config.tasks})
+        self.path, self.path_note = ("fast", "") if self.fast else ("autograd", refusal)
+        self._fast_targets = None
+        if self.fast is not None:
+            self.optimizer = FlatAdam(
+                self.fast.params.flat, config.lr, config.weight_decay, decoupled=config.optimizer == "adamw"
+            )
+        else:
+            self.optimizer = make_optimizer(config, self.model, self.device, list(self.weighting.parameters()))
         self.scheduler = (
             torch.optim.lr_scheduler.StepLR(self.optimizer, config.step_size, config.gamma)
             if config.scheduler == "step"
@@ -114,6 +127,8 @@ class Training:
         self._test_x = data.test_x.to(self.device)
         self._train_t = {k: v.to(self.device) for k, v in make_targets(data.train_y, tasks).items()}
         self._test_t = {k: v.to(self.device) for k, v in make_targets(data.test_y, tasks).items()}
+        if self.fast is not None:
+            self._fast_targets = self.fast.prepare_targets(self._train_t)
 
     def _autocast(self):
         if self.precision == "bf16":
@@ -129,6 +144,10 @@ class Training:
         model.train()
         sums = {t: torch.zeros((), device=self.device) for t in cfg.tasks}
         n_seen = 0
+        if self.fast is not None:
+            fast_targets = self._fast_targets
+            fast_sum = torch.zeros(len(cfg.tasks), device=self.device)
+            sums = dict(zip(cfg.tasks, fast_sum))  # views: the per-task sums the record reads
         for b, idx in enumerate(batch_indices(self.data.n_train, cfg.batch_size, self.generator)):
             if cfg.max_batches and b >= cfg.max_batches:
                 break
@@ -137,15 +156,20 @@ class Training:
                 return None
             idx = idx.to(self.device)
             xb = self._inputs(self._train_x.index_select(0, idx))
+            if self.fast is not None:  # gradients are written by the step itself, no graph
+                vec = self.fast(xb, self.fast.select(fast_targets, idx))
+                if not math.isfinite(torch.dot(vec, self.fast.weights).item()):
+                    return self._diverged(dict(zip(cfg.tasks, vec)), epoch, b)
+                self.optimizer.step()
+                fast_sum.add_(vec, alpha=len(idx))
+                n_seen += len(idx)
+                continue
             with self._autocast():
                 out = model(xb)
             losses = {t: task_loss(t, out[t].float(), self._train_t[t].index_select(0, idx)) for t in cfg.tasks}
             total = self.weighting(losses)
             if not math.isfinite(total.item()):
-                bad = [t for t in cfg.tasks if not math.isfinite(losses[t].item())] or list(cfg.tasks)
-                self.status = "diverged"
-                self.reason = f"non-finite loss ({', '.join(bad)}) at epoch {epoch}, batch {b + 1}; {DIVERGED_HINT}"
-                return None
+                return self._diverged(losses, epoch, b)
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
             self.optimizer.step()
@@ -153,6 +177,12 @@ class Training:
                 sums[t] += losses[t].detach() * len(idx)
             n_seen += len(idx)
         return {t: (s / max(n_seen, 1)).item() for t, s in sums.items()}
+
+    def _diverged(self, losses: dict[str, torch.Tensor], epoch: int, batch: int) -> None:
+        bad = [t for t in self.config.tasks if not math.isfinite(losses[t].item())] or list(self.config.tasks)
+        self.status = "diverged"
+        self.reason = f"non-finite loss ({', '.join(bad)}) at epoch {epoch}, batch {batch + 1}; {DIVERGED_HINT}"
+        return None
 
     def _non_finite(self, metrics: dict, test_loss: dict) -> str:
         """What is not finite after an epoch ("" when everything is)."""
@@ -239,6 +269,7 @@ class Training:
             "best_avg": best.get("avg_acc"),
             "device": str(self.device),
             "precision": self.precision,
+            "path": self.path,
             "data": self.data.source,
         }
 

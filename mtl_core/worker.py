@@ -56,10 +56,10 @@ def _terminate(why: str) -> None:
 
 def _watch_stdin() -> None:
     """The server never writes to our stdin; end-of-file means it has exited or been killed."""
-    try:
-        while sys.stdin.buffer.read(4096):
+    try:  # the raw descriptor, not sys.stdin: a thread blocked in a buffered read breaks interpreter exit
+        while os.read(0, 4096):
             pass
-    except (OSError, ValueError):
+    except OSError:
         pass
     _terminate("the server stopped")
 
@@ -117,7 +117,13 @@ def execute_run(store: RunStore, run_id: str, data: _DataCache, worker: str, max
         dataset = data.get(config.data)
         stop = _StopCheck(store, run_id, max_seconds)
         training = Training(config, dataset, stop=stop)
-        store.mark_started(run_id, worker, training.params, dataset.source, f"{training.device} · {training.precision}")
+        store.mark_started(
+            run_id,
+            worker,
+            training.params,
+            dataset.source,
+            f"{training.device} · {training.precision} · {training.path} path",
+        )
         saved_epoch, save_error = 0, ""
         for record in training.records():
             if not store.add_epoch(run_id, record, worker):
@@ -187,6 +193,11 @@ def serve(
     if watch_stdin:
         threading.Thread(target=_watch_stdin, daemon=True, name="stdin-watch").start()
     beat = _Heartbeat(store, worker)
+    try:  # load the default digits now, so the first student's run does not wait for them
+        data.get("auto")
+    except Exception:  # noqa: BLE001 - a run that needs the data will say why it is missing
+        pass
+    print("ready", flush=True)  # the runner waits for this line (JobRunner.wait_ready)
     while not _terminating.is_set():
         run_id = store.claim_next(worker, os.getpid())
         if run_id is not None:

@@ -1,6 +1,5 @@
 """Compare: runs side by side, next to the reference study; curves, bars, details, downloads."""
 
-
 import pandas as pd
 import streamlit as st
 

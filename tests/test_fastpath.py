@@ -1,0 +1,124 @@
+"""The hand-written hard-sharing step against autograd: gradients, a run of hundreds of steps, and
+which runs take it."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from mtl_core.config import TrainConfig
+from mtl_core.fastpath import HardSharingStep
+from mtl_core.metrics import task_loss
+from mtl_core.models import build_model
+from mtl_core.tasks import make_targets
+from mtl_core.train import Training
+
+TASK_SETS = {
+    "the study's two binary tasks": (("even", "mult3"), {"mult3": 2.5}),
+    "every kind of head": (("even", "digit", "value"), {"value": 10.0, "digit": 0.5}),
+}
+
+
+@pytest.mark.parametrize("case", list(TASK_SETS))
+def test_gradients_equal_autograd(case, synthetic):
+    tasks, weights = TASK_SETS[case]
+    torch.manual_seed(0)
+    model = build_model("hard", tasks).double()
+    twin = copy.deepcopy(model)
+    x = synthetic.train_x[:64].double()
+    y = make_targets(synthetic.train_y[:64], tasks)
+    y = {t: (v.double() if v.is_floating_point() else v) for t, v in y.items()}
+
+    out = model(x)
+    total = sum(weights.get(t, 1.0) * task_loss(t, out[t], y[t]) for t in tasks)
+    total.backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    step = HardSharingStep(twin, weights)
+    losses = step(x, y)
+    for i, t in enumerate(tasks):
+        assert losses[i].item() == pytest.approx(task_loss(t, out[t], y[t]).item(), rel=1e-12)
+    for name, p in twin.named_parameters():
+        got = step.params.grad_of(p)
+        torch.testing.assert_close(got, expected[name], rtol=1e-6, atol=1e-9, msg=f"gradient of {name}")
+        # The model's parameters are views of the flat buffer: the optimiser's updates reach them.
+        assert p.data.untyped_storage().data_ptr() == step.params.flat.data.untyped_storage().data_ptr()
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_flat_adam_takes_exactly_torchs_fused_steps(optimizer):
+    from mtl_core.fastpath import FlatAdam
+
+    torch.manual_seed(0)
+    ours = torch.nn.Parameter(torch.randn(1000))
+    theirs = torch.nn.Parameter(ours.detach().clone())
+    cls = torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam
+    reference = cls([theirs], lr=3e-3, weight_decay=0.01, fused=True)
+    flat = FlatAdam(ours, lr=3e-3, weight_decay=0.01, decoupled=optimizer == "adamw")
+    scheduler = torch.optim.lr_scheduler.StepLR(flat, step_size=5, gamma=0.5)
+    reference_scheduler = torch.optim.lr_scheduler.StepLR(reference, step_size=5, gamma=0.5)
+    for _ in range(12):
+        g = torch.randn(1000)
+        ours.grad, theirs.grad = g.clone(), g.clone()
+        flat.step(), reference.step()
+        scheduler.step(), reference_scheduler.step()
+    assert torch.equal(ours, theirs)
+
+
+def test_hundreds_of_steps_match_the_autograd_path(synthetic):
+    cfg = TrainConfig.preset("hard", epochs=4, batch_size=8, data="synthetic", loss_weights={"even": 2.0})
+    assert synthetic.n_train // 8 * cfg.epochs == 256  # optimiser steps compared
+    fast = Training(cfg, synthetic)
+    slow = Training(cfg.replace(path="autograd"), synthetic)
+    assert (fast.path, slow.path) == ("fast", "autograd")
+    for a, b in zip(fast.records(), slow.records(), strict=True):
+        for t in cfg.tasks:
+            assert a["train_loss"][t] == pytest.approx(b["train_loss"][t], rel=1e-4, abs=1e-6)
+            assert a["metrics"][t]["acc"] == pytest.approx(b["metrics"][t]["acc"], abs=1e-9)
+    for (name, p), q in zip(fast.model.named_parameters(), slow.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_a_long_run_on_real_digits_matches_too(real_data):
+    """Several hundred steps (batch 128 over 4,000+ digits, 2 epochs) on real MNIST digits."""
+    data = real_data.limited(n_train=20_000, n_test=2_000)
+    cfg = TrainConfig.preset("hard", epochs=2)
+    fast, slow = Training(cfg, data), Training(cfg.replace(path="autograd"), data)
+    a, b = list(fast.records())[-1], list(slow.records())[-1]
+    assert data.n_train // 128 * 2 >= 60
+    assert a["avg_acc"] == pytest.approx(b["avg_acc"], abs=0.003)
+    for t in cfg.tasks:
+        assert a["train_loss"][t] == pytest.approx(b["train_loss"][t], rel=0.02)
+
+
+@pytest.mark.parametrize(
+    "changes, reason",
+    [
+        (dict(model="stl"), "no hand-written step"),
+        (dict(loss_weighting="uncertainty"), "learns its weights through autograd"),
+        (dict(optimizer="sgd"), "not sgd"),
+        (dict(precision="bf16"), "fp32 only"),
+        (dict(path="autograd"), "asks for autograd"),
+    ],
+)
+def test_runs_that_need_autograd_say_why(changes, reason, synthetic):
+    training = Training(TrainConfig.preset("hard", data="synthetic").replace(**changes), synthetic)
+    assert training.path == "autograd" and reason in training.path_note
+    assert training.summary()["path"] == "autograd"
+
+
+def test_a_diverging_fast_run_stops_at_the_first_bad_loss_and_keeps_its_last_good_state(synthetic):
+    from dataclasses import replace
+
+    bad = replace(synthetic, train_x=synthetic.train_x.clone())
+    bad.train_x[300] = float("nan")  # one poisoned digit: its batch gives a NaN loss
+    cfg = TrainConfig.preset("hard", epochs=3, data="synthetic")
+    training = Training(cfg, bad)
+    start = {k: v.clone() for k, v in training.model.state_dict().items()}
+    records = list(training.records())
+    assert training.path == "fast" and training.status == "diverged" and records == []
+    assert "non-finite loss" in training.reason and "epoch 1" in training.reason
+    for k, v in training.model.state_dict().items():
+        torch.testing.assert_close(v, start[k])  # the last good state: before any step of epoch 1
