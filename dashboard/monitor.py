@@ -12,7 +12,7 @@ from mtl_core.analysis import data_source, run_label
 from mtl_core.estimate import duration_words, queue_spot, run_estimate
 from mtl_core.runs import ACTIVE
 
-POLL_S = 1.0  # while the watched run trains
+POLL_S = 2.0  # while the watched run trains: an epoch takes 0.2 s to minutes; 2 s reads as live
 QUEUED_POLL_S = 3.0  # while it waits in the queue
 
 
@@ -136,7 +136,12 @@ def monitor_ui(run_id: str) -> None:
             run_actions_ui(run)
         metrics_ui(run, records)
         if records:
-            st.plotly_chart(training_curves(records, run["config"]["epochs"]), key=f"curves_{run_id}", width="stretch")
+            # Built again only when an epoch was added: a poll with nothing new builds no figure.
+            cached = st.session_state.get(f"_curves_{run_id}")
+            if cached is None or cached[0] != len(records):
+                cached = (len(records), training_curves(records, run["config"]["epochs"]))
+                st.session_state[f"_curves_{run_id}"] = cached
+            st.plotly_chart(cached[1], key=f"curves_{run_id}", width="stretch")
         if records and run["config"].get("loss_weighting") == "uncertainty":
             epochs = [r["epoch"] for r in records]
             series = {t: (epochs, [r["loss_weights"][t] for r in records]) for t in records[0]["loss_weights"]}

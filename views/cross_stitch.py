@@ -33,7 +33,7 @@ st.caption(f"alpha initialisation: {cfg['alpha_init']} · alpha learning-rate mu
 started_as = by_id[run_id]["status"]
 
 
-@st.fragment(run_every=1.0 if started_as in ACTIVE else None)
+@st.fragment(run_every=2.0 if started_as in ACTIVE else None)
 def alphas_view() -> None:
     store = get_store()
     run, records = read_if_changed(f"_cs_{run_id}", lambda: (store.get_run(run_id), store.epochs(run_id)))
@@ -51,7 +51,7 @@ def alphas_view() -> None:
             st.info(f"This run ended ({run['status']}) before its first epoch, so it has no alphas to show.")
         return
     if run["status"] in ACTIVE:
-        st.caption(f"Training: epoch {len(history)} of {run['config']['epochs']} (updates every second)")
+        st.caption(f"Training: epoch {len(history)} of {run['config']['epochs']} (updates every 2 s)")
     else:
         st.caption(f"Run {run['status']} after {len(history)} epoch(s).")
     n = len(history)

@@ -1,0 +1,326 @@
+"""A class in headless Chromium: `python benchmarks/load.py [--sessions 10 20 30] [--json FILE]`.
+
+For each N, a fresh dashboard server (`python -m dashboard.serve`, loopback, its own MTL_HOME) and N
+browser sessions at once (Playwright, Debian's chromium), each: open the app, type a name, queue a
+small job through the Train form, switch pages while it trains, wait for it to finish, draw a digit
+on the canvas and read the answers, open Compare. psutil samples the server and its workers every
+0.5 s. Reported per N: failed sessions, exceptions on the page, interaction p50/p95 (click to the
+awaited text), queue wait, jobs finished exactly once, the server's CPU while every tab sits idle,
+and its memory once the tabs are closed against the baseline before they opened.
+
+All sessions come from 127.0.0.1, so the per-address cap is lifted here (MTL_MAX_PER_CLIENT); the
+disconnected-session lifetime is shortened to 10 s so the memory after closing is measured in
+seconds, not minutes. Not part of the test suite: run it on demand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+from playwright.async_api import async_playwright, expect
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("MTL_CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+T = 120_000  # ms: the longest any single wait may take before the session counts as failed
+EPOCHS = 3
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Sampler(threading.Thread):
+    """CPU (% of one core) and memory of the server and its workers, every 0.5 s."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.server = psutil.Process(pid)
+        self.samples: list[tuple[float, float, float, float]] = []  # t, server cpu, worker cpu, server rss MB
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        procs: dict[int, psutil.Process] = {}
+        self.server.cpu_percent()
+        while not self.stop.wait(0.5):
+            try:
+                server_cpu = self.server.cpu_percent()
+                rss = self.server.memory_info().rss / 2**20
+                worker_cpu = 0.0
+                for child in self.server.children(recursive=True):
+                    p = procs.setdefault(child.pid, child)
+                    worker_cpu += p.cpu_percent()
+                self.samples.append((time.monotonic(), server_cpu, worker_cpu, rss))
+            except psutil.Error:
+                pass
+
+    def mean_cpu(self, since: float, until: float) -> float:
+        window = [s[1] for s in self.samples if since <= s[0] <= until]
+        return statistics.mean(window) if window else float("nan")
+
+    def rss(self) -> float:
+        return self.server.memory_info().rss / 2**20
+
+
+async def timed(latencies: list[float], action, awaited) -> None:
+    t0 = time.perf_counter()
+    await action()
+    await expect(awaited).to_be_visible(timeout=T)
+    latencies.append(time.perf_counter() - t0)
+
+
+async def nav(page, latencies, name: str, heading: str) -> None:
+    link = page.get_by_test_id("stSidebarNav").get_by_role("link", name=name, exact=True)
+    await timed(latencies, link.click, page.get_by_role("heading", name=heading))
+
+
+async def one_session(
+    i: int, browser, base: str, latencies: list[float], problems: list[str], owners: list[str]
+) -> bool:
+    context = await browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(T)
+    page = await context.new_page()
+    page_errors: list[str] = []
+    page.on("pageerror", lambda e: page_errors.append(str(e)))
+    step = "open"
+    try:
+        await timed(
+            latencies, lambda: page.goto(base + "/"), page.get_by_role("heading", name="Multi-task learning playground")
+        )
+        step = "name"
+        name = page.get_by_test_id("stSidebar").get_by_label("Your name")
+        await name.fill(f"Student {i:02d}")
+        await name.press("Enter")
+        await expect(name).to_have_value(f"Student {i:02d}", timeout=T)
+        step = "train page"
+        await nav(page, latencies, "Train", "Train")
+        await page.get_by_test_id("stRadio").get_by_text("Hard sharing", exact=True).click()
+        await expect(page.get_by_text("One shared 784-64-32 trunk")).to_be_visible(timeout=T)
+        step = "form"
+        form = page.get_by_test_id("stForm")
+        data = form.get_by_role("combobox", name="Data", exact=True)
+        await data.click()
+        await page.get_by_role("option", name="synthetic (random tensors, for a smoke test)").click()
+        await form.get_by_label("Epochs", exact=True).fill(str(EPOCHS))
+        await form.get_by_label("Epochs", exact=True).press("Tab")
+        step = "start"
+        start = form.get_by_role("button", name="Start training")
+        watching = page.get_by_role("combobox", name="Watching")
+        await timed(latencies, start.click, watching)
+        owners.append(re.search(r"[?&]u=([0-9a-f]{12})", page.url).group(1))  # this session's one job
+        step = "switch pages"
+        await nav(page, latencies, "Compare", "Compare")
+        await nav(page, latencies, "Train", "Train")
+        step = "wait for the job"
+        await expect(page.get_by_text(re.compile(rf"Finished all {EPOCHS} epochs"))).to_be_visible(timeout=600_000)
+        step = "draw"
+        await nav(page, latencies, "Draw", "Draw a digit")
+        canvas = page.locator("canvas.upper-canvas")
+        await expect(canvas).to_be_visible(timeout=T)
+        bb = await canvas.bounding_box()
+        x0, y0 = bb["x"] + bb["width"] / 2, bb["y"] + bb["height"] * 0.2
+        t0 = time.perf_counter()
+        await page.mouse.move(x0, y0)
+        await page.mouse.down()
+        await page.mouse.move(x0, y0 + bb["height"] * 0.6, steps=15)
+        await page.mouse.up()
+        await expect(page.get_by_text(re.compile(r" → .+ \(P\(.+\) = \d+%\)")).first).to_be_visible(timeout=T)
+        latencies.append(time.perf_counter() - t0)
+        step = "compare"
+        await nav(page, latencies, "Compare", "Compare")
+        shown = await page.get_by_test_id("stException").count()
+        if shown or page_errors:
+            problems.append(f"session {i}: {shown} exceptions shown, page errors {page_errors[:2]}")
+        return not shown and not page_errors
+    except Exception as exc:  # noqa: BLE001 - a failed session is counted and described
+        problems.append(f"session {i} at '{step}': {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+        return False
+    finally:
+        await context.close()
+
+
+TEACHER_TOKEN = "load-test-teacher"
+
+
+async def teacher_opens_compare(browser, base: str) -> float:
+    """Seconds from the teacher switching to everyone's runs on Compare to the table and charts drawn."""
+    context = await browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = await context.new_page()
+    await page.goto(f"{base}/compare?teacher={TEACHER_TOKEN}")
+    await expect(page.get_by_role("heading", name="Compare")).to_be_visible(timeout=T)
+    t0 = time.perf_counter()
+    await page.get_by_test_id("stSidebar").get_by_text("All students' runs").click()
+    await expect(page.get_by_text("Look inside one run")).to_be_visible(timeout=T)
+    await expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=T)
+    seconds = time.perf_counter() - t0
+    await context.close()
+    return seconds
+
+
+async def run_class(n: int, base: str, sampler: Sampler) -> dict:
+    latencies: list[float] = []
+    problems: list[str] = []
+    owners: list[str] = []
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        ok = await asyncio.gather(*(one_session(i, browser, base, latencies, problems, owners) for i in range(n)))
+        compare_s = await teacher_opens_compare(browser, base) if n else None
+        # Every tab open on the Train page with its finished run: nothing active, so nothing should poll.
+        idle_pages = []
+        for _ in range(min(n, 10)):
+            ctx = await browser.new_context()
+            page = await ctx.new_page()
+            await page.goto(base + "/train")
+            idle_pages.append(ctx)
+        await asyncio.sleep(3)
+        t0 = time.monotonic()
+        await asyncio.sleep(10)
+        idle_cpu = sampler.mean_cpu(t0, time.monotonic())
+        for ctx in idle_pages:
+            await ctx.close()
+        await browser.close()
+    return {
+        "ok": ok,
+        "latencies": latencies,
+        "problems": problems,
+        "owners": owners,
+        "idle_cpu": idle_cpu,
+        "idle_tabs": len(idle_pages),
+        "compare_s": compare_s,
+    }
+
+
+async def warm_up(base: str) -> None:
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = await browser.new_page()
+        for path, heading in [("/", "Multi-task learning playground"), ("/train", "Train"),
+                              ("/compare", "Compare"), ("/draw", "Draw a digit")]:  # fmt: skip
+            await page.goto(base + path)
+            await expect(page.get_by_role("heading", name=heading)).to_be_visible(timeout=T)
+        await browser.close()
+
+
+def store_figures(db: Path, owners: list[str]) -> dict:
+    """Every session that saw its job queued has exactly one run, finished, with every epoch once."""
+    con = sqlite3.connect(db)
+    rows = con.execute("SELECT id, owner, status, created, started FROM runs").fetchall()
+    epochs = dict(con.execute("SELECT run_id, COUNT(*) FROM epochs GROUP BY run_id").fetchall())
+    con.close()
+    per_owner = {o: [r for r in rows if r[1] == o] for o in owners}
+    good = sum(len(v) == 1 and v[0][2] == "finished" and epochs.get(v[0][0]) == EPOCHS for v in per_owner.values())
+    waits = sorted(r[4] - r[3] for r in rows if r[4])
+    return {
+        "jobs_submitted": len(owners),
+        "jobs_in_store": len(rows),
+        "jobs_finished_exactly_once": good,
+        "lost_or_duplicated": len(owners) - good + max(0, len(rows) - len(owners)),
+        "queue_wait_p50_s": waits[len(waits) // 2] if waits else None,
+        "queue_wait_p95_s": waits[min(len(waits) - 1, round(0.95 * (len(waits) - 1)))] if waits else None,
+    }
+
+
+def measure(n: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp) / "home"
+        port = free_port()
+        env = dict(os.environ, MTL_HOME=str(home), MTL_MAX_PER_CLIENT="1000", MTL_MAX_JOBS="1000")
+        env["MTL_TEACHER_TOKEN"] = TEACHER_TOKEN
+        cmd = [sys.executable, "-m", "dashboard.serve", "--server.port", str(port), "--server.address", "127.0.0.1",
+               "--server.disconnectedSessionTTL", "10"]  # fmt: skip
+        server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                  start_new_session=True)  # fmt: skip
+        base = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(240):
+                try:
+                    if urllib.request.urlopen(base + "/_stcore/health", timeout=2).read().strip() == b"ok":
+                        break
+                except OSError:
+                    time.sleep(0.5)
+            sampler = Sampler(server.pid)
+            sampler.start()
+            # Baseline: the server after one visit to every page (torch and the pages imported).
+            asyncio.run(warm_up(base))
+            time.sleep(2)
+            baseline = sampler.rss()
+            t0 = time.monotonic()
+            result = asyncio.run(run_class(n, base, sampler))
+            wall = time.monotonic() - t0
+            time.sleep(15)  # the 10 s session lifetime, and a little more
+            after = sampler.rss()
+            sampler.stop.set()
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(30)
+        figures = store_figures(home / "runs.sqlite", result["owners"])
+    lat = sorted(result["latencies"])
+    return {
+        "sessions": n,
+        "failed_sessions": result["ok"].count(False),
+        "problems": result["problems"][:5],
+        "interactions": len(lat),
+        "interaction_p50_s": round(lat[len(lat) // 2], 2) if lat else None,
+        "interaction_p95_s": round(lat[min(len(lat) - 1, round(0.95 * (len(lat) - 1)))], 2) if lat else None,
+        **{k: (round(v, 2) if isinstance(v, float) else v) for k, v in figures.items()},
+        "idle_server_cpu_pct": round(result["idle_cpu"], 2),
+        "compare_open_all_runs_s": None if result["compare_s"] is None else round(result["compare_s"], 2),
+        "idle_tabs": result["idle_tabs"],
+        "server_rss_baseline_mb": round(baseline),
+        "server_rss_after_close_mb": round(after),
+        "memory_vs_baseline_pct": round(100 * (after - baseline) / baseline, 1),
+        "wall_s": round(wall, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sessions", type=int, nargs="+", default=[10, 20, 30])
+    ap.add_argument("--json", type=Path, default=None)
+    a = ap.parse_args(argv)
+    print(f"{os.cpu_count()} cores; server and browsers on this machine (loopback)", flush=True)
+    results = []
+    for n in a.sessions:
+        r = measure(n)
+        results.append(r)
+        print(json.dumps(r), flush=True)
+    head = (
+        "| N | failed sessions | exceptions | interaction p50 / p95 | queue wait p50 / p95 | jobs finished once "
+        "| idle server CPU | server memory after close | Compare, all runs |"
+    )
+    print(head + "\n|" + "---|" * 9)
+    for r in results:
+        print(
+            f"| {r['sessions']} | {r['failed_sessions']} | {sum('exceptions' in p for p in r['problems'])} | "
+            f"{r['interaction_p50_s']} / {r['interaction_p95_s']} s | "
+            f"{r['queue_wait_p50_s']} / {r['queue_wait_p95_s']} s | "
+            f"{r['jobs_finished_exactly_once']}/{r['jobs_submitted']} (lost or doubled: {r['lost_or_duplicated']}) | "
+            f"{r['idle_server_cpu_pct']}% of a core | {r['memory_vs_baseline_pct']:+}% | "
+            f"{r['compare_open_all_runs_s']} s |"
+        )
+    if a.json:
+        a.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
