@@ -55,12 +55,14 @@ class Sampler(threading.Thread):
     def __init__(self, pid: int):
         super().__init__(daemon=True)
         self.server = psutil.Process(pid)
-        self.samples: list[tuple[float, float, float, float]] = []  # t, server cpu, worker cpu, server rss MB
+        # t, server cpu, worker cpu, server rss MB, whole machine cpu (all % of one core)
+        self.samples: list[tuple[float, float, float, float, float]] = []
         self.stop = threading.Event()
 
     def run(self) -> None:
         procs: dict[int, psutil.Process] = {}
         self.server.cpu_percent()
+        psutil.cpu_percent()
         while not self.stop.wait(0.5):
             try:
                 server_cpu = self.server.cpu_percent()
@@ -69,12 +71,13 @@ class Sampler(threading.Thread):
                 for child in self.server.children(recursive=True):
                     p = procs.setdefault(child.pid, child)
                     worker_cpu += p.cpu_percent()
-                self.samples.append((time.monotonic(), server_cpu, worker_cpu, rss))
+                machine = psutil.cpu_percent() * (os.cpu_count() or 1)
+                self.samples.append((time.monotonic(), server_cpu, worker_cpu, rss, machine))
             except psutil.Error:
                 pass
 
-    def mean_cpu(self, since: float, until: float) -> float:
-        window = [s[1] for s in self.samples if since <= s[0] <= until]
+    def mean_cpu(self, since: float, until: float, column: int = 1) -> float:
+        window = [s[column] for s in self.samples if since <= s[0] <= until]
         return statistics.mean(window) if window else float("nan")
 
     def rss(self) -> float:
@@ -266,6 +269,11 @@ def measure(n: int) -> dict:
             t0 = time.monotonic()
             result = asyncio.run(run_class(n, base, sampler))
             wall = time.monotonic() - t0
+            # Where the CPU went while the class ran (the browsers are everything not server or workers).
+            cpu = {
+                name: sampler.mean_cpu(t0, t0 + wall, col)
+                for name, col in (("server", 1), ("workers", 2), ("machine", 4))
+            }
             time.sleep(15)  # the 10 s session lifetime, and a little more
             after = sampler.rss()
             sampler.stop.set()
@@ -289,6 +297,7 @@ def measure(n: int) -> dict:
         "server_rss_after_close_mb": round(after),
         "memory_vs_baseline_pct": round(100 * (after - baseline) / baseline, 1),
         "wall_s": round(wall, 1),
+        "class_cpu_pct_of_a_core": {k: round(v) for k, v in cpu.items()},
     }
 
 
