@@ -32,6 +32,8 @@ def sidebar_ui() -> None:
             st.warning(runner.store.notice)
         if runner.problem:
             st.error(runner.problem)
+        if not runner.has_pool and not runner.store.read_only:
+            st.info("Another dashboard server on this folder trains the jobs; this one queues and shows them.")
         name_ui()
         teacher_ui()
         jobs_caption_ui()

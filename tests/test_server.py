@@ -69,3 +69,22 @@ def test_the_launcher_trains_queued_jobs_with_no_browser_open(tmp_path):
 
     assert _wait(gone, 10), "a worker outlived its killed server"
     assert store.get_run(long)["status"] == "interrupted"
+
+
+def test_a_second_server_on_the_same_folder_runs_no_pool_and_says_so():
+    from streamlit.testing.v1 import AppTest
+
+    from mtl_core.jobs import JobRunner, shutdown_server_runners
+
+    shutdown_server_runners()
+    first = JobRunner(RunStore())  # the server that already trains for this folder
+    try:
+        assert first.has_pool
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+        at.query_params["u"] = "0123456789ab"
+        at.run()
+        assert not at.exception
+        assert any("Another dashboard server" in i.value for i in at.sidebar.info)
+    finally:
+        shutdown_server_runners()
+        first.shutdown()
