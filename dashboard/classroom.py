@@ -10,6 +10,9 @@ from dashboard.state import get_store, owner_id
 from mtl_core.classroom import NAME_MAX, clean_name, is_teacher_token, teacher_token
 from mtl_core.runs import StoreUnavailable
 
+# The teacher's class-wide switches, kept in the run store (mtl_core.runs.SETTINGS).
+CLASS_SWITCHES = (("gallery", "Class gallery open"), ("gallery_downloads", "Students may download gallery models"))
+
 
 def server_teacher_token() -> str:
     return teacher_token(get_store().path.parent)
@@ -88,14 +91,10 @@ def teacher_ui() -> None:
         st.markdown("**Teacher**")
         st.toggle("All students' runs", key="show_all_runs", help="Every run on this server, with its student's name.")
         st.toggle("Projector view", key="projector", help="The Train page shows only the watched run, large.")
-        gallery = st.toggle("Class gallery open", value=store.setting("gallery"), key="t_gallery")
-        if gallery != store.setting("gallery"):
-            store.set_setting("gallery", gallery)
-        downloads = st.toggle(
-            "Students may download gallery models", value=store.setting("gallery_downloads"), key="t_downloads"
-        )
-        if downloads != store.setting("gallery_downloads"):
-            store.set_setting("gallery_downloads", downloads)
+        for name, label in CLASS_SWITCHES:
+            stored = store.setting(name)
+            if st.toggle(label, value=stored, key=f"t_{name}") != stored:
+                store.set_setting(name, not stored)
         if st.button("Leave the teacher view", key="t_leave"):
             for key in ("teacher", "show_all_runs", "projector"):
                 st.session_state.pop(key, None)

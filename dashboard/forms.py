@@ -8,7 +8,7 @@ import torch
 from dashboard.state import get_data, get_runner, get_store
 from mtl_core.config import OPTIMIZERS, PRECISIONS, TrainConfig
 from mtl_core.data import SOURCES
-from mtl_core.estimate import duration_words, epoch_estimate, queue_spot, run_estimate
+from mtl_core.estimate import Estimate, duration_words, epoch_estimate, queue_spot
 from mtl_core.models import ALPHA_INITS, MODELS
 from mtl_core.tasks import TASKS
 from mtl_core.weighting import WEIGHTINGS
@@ -55,7 +55,7 @@ def estimate_ui(model: str) -> None:
         return
     store, runner = get_store(), get_runner()
     one = epoch_estimate(store, config, data.source, data.n_train)
-    total = run_estimate(store, config, data.source, data.n_train)
+    total = Estimate(one.seconds * config["epochs"], one.measured)
     basis = "measured on this server" if one.measured else "a rough guess until one has run here"
     spot = queue_spot(store, {"created": float("inf"), "id": ""}, runner.n_workers, data.source, data.n_train)
     queue = (

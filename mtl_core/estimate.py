@@ -69,19 +69,27 @@ def queue_spot(store: RunStore, run: dict, workers: int, data_source: str, n_tra
         key=lambda r: (r["created"], r["id"]),
     )
     progress = store.epoch_progress([r["id"] for r in running])
+    known: dict[tuple, Estimate] = {}  # a class queues many runs of one recipe: one query per recipe
+
+    def per_epoch(config: dict) -> Estimate:
+        key = (config["model"], config["batch_size"], config.get("train_limit", 0))
+        if key not in known:
+            known[key] = epoch_estimate(store, config, data_source, n_train)
+        return known[key]
+
     measured = True
     free_at = []
     for r in running:
         done, per = progress.get(r["id"], (0, 0.0))
         if not per:
-            est = epoch_estimate(store, r["config"], data_source, n_train)
+            est = per_epoch(r["config"])
             per, measured = est.seconds, measured and est.measured
         free_at.append(max(0.0, (r["config"]["epochs"] - done) * per))
     free_at += [0.0] * max(0, workers - len(free_at))
     heapq.heapify(free_at)
     for r in ahead:
-        est = run_estimate(store, r["config"], data_source, n_train)
+        est = per_epoch(r["config"])
         measured = measured and est.measured
-        heapq.heappush(free_at, heapq.heappop(free_at) + est.seconds)
-    wait = heapq.nsmallest(1, free_at)[0] if free_at else 0.0
+        heapq.heappush(free_at, heapq.heappop(free_at) + est.seconds * r["config"]["epochs"])
+    wait = free_at[0] if free_at else 0.0  # a heap: the earliest free worker
     return QueueSpot(position=len(ahead) + 1, wait_s=wait if math.isfinite(wait) else 0.0, measured=measured)

@@ -80,28 +80,13 @@ class _Worker:
 
 
 class JobRunner:
-    def __init__(
-        self,
-        store: RunStore,
-        workers: int = 1,
-        max_active: int | None = None,
-        max_per_owner: int | None = None,
-        settings: RunnerSettings | None = None,
-        supervise: bool = True,
-    ):
-        settings = settings or RunnerSettings(workers=workers)
+    def __init__(self, store: RunStore, settings: RunnerSettings | None = None):
+        settings = settings or RunnerSettings()
         if settings.workers < 1:
             raise ValueError("a job runner needs at least one worker")
-        limits = settings.limits
-        if max_active is not None or max_per_owner is not None:
-            limits = Limits(
-                per_owner=max_per_owner or limits.per_owner,
-                per_client=limits.per_client,
-                total=max_active or limits.total,
-            )
         self.store = store
         self.settings = settings
-        self.limits = limits
+        self.limits = settings.limits
         self.n_workers = settings.workers
         self.problem = ""  # a sentence for the dashboard when workers cannot be kept running
         self._workers: list[_Worker] = []
@@ -116,8 +101,7 @@ class JobRunner:
             # Runs left "running" by a previous server (killed, restarted) end as interrupted now.
             self.store.interrupt_stale(0.0, "the server restarted while it was training; the curve so far is kept")
         self.supervise_once()
-        if supervise:
-            threading.Thread(target=self._supervise_loop, daemon=True, name="job-supervisor").start()
+        threading.Thread(target=self._supervise_loop, daemon=True, name="job-supervisor").start()
 
     # -- the pool ------------------------------------------------------------------------------
 
@@ -208,16 +192,6 @@ class JobRunner:
                     self.problem = f"The job supervisor hit a problem and will retry: {exc}"
 
     # -- jobs ----------------------------------------------------------------------------------
-
-    def _active_counts(self, owner: str) -> tuple[int, int]:
-        """(this owner's queued or running jobs, everyone's)."""
-        active = self.store.list_runs(statuses=("queued", "running"))
-        return sum(r["owner"] == owner for r in active), len(active)
-
-    def free_slots(self, owner: str = "") -> int:
-        """How many more jobs this owner may queue right now."""
-        mine, total = self._active_counts(owner)
-        return max(0, min(self.limits.per_owner - mine, self.limits.total - total))
 
     def submit(self, config: TrainConfig, owner: str = "", label: str = "", client: str = "") -> str:
         """Queue a run; raises QueueFull when the server, this owner or this client has too many active jobs."""

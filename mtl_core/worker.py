@@ -106,6 +106,15 @@ class _StopCheck:
         return self._requested
 
 
+def _try_save(path: Path, training: Training, config: TrainConfig, extra: dict) -> str:
+    """Save the model's weights now; "" when saved, else why not (a full disk must not end the run)."""
+    try:
+        save_model(path, training.model, config, extra)
+    except OSError as exc:
+        return f"the model could not be saved ({exc.strerror or exc})"
+    return ""
+
+
 def execute_run(store: RunStore, run_id: str, data: _DataCache, worker: str, max_seconds: float = 0) -> str:
     """Train one claimed run to its end, recording everything in the store. Never raises.
 
@@ -130,13 +139,10 @@ def execute_run(store: RunStore, run_id: str, data: _DataCache, worker: str, max
                 return "lost"  # someone else ended this run (stale heartbeat); leave it as they recorded
             if training.best_epoch == record["epoch"]:
                 # The weights right now are the best so far (Training keeps them as its best state).
-                try:
-                    save_model(path, training.model, config, {"run_id": run_id, "best_epoch": record["epoch"]})
-                except OSError as exc:  # a full disk must not end the training; the end says why
-                    save_error = f"the model could not be saved ({exc.strerror or exc})"
-                else:
+                save_error = _try_save(path, training, config, {"run_id": run_id, "best_epoch": record["epoch"]})
+                if not save_error:
                     store.set_best(run_id, worker, record["epoch"], str(path))
-                    saved_epoch, save_error = record["epoch"], ""
+                    saved_epoch = record["epoch"]
         summary = training.summary()
         status, reason = training.status, training.reason
         if _terminating.is_set() and status == "cancelled":
@@ -144,11 +150,9 @@ def execute_run(store: RunStore, run_id: str, data: _DataCache, worker: str, max
         elif stop.timed_out:
             reason = f"reached this server's time limit of {max_seconds / 60:g} min per job"
         if training.best_epoch > 0 and saved_epoch != training.best_epoch:
-            try:
-                save_model(path, training.model, config, {"run_id": run_id, "summary": summary})
-                saved_epoch, save_error = training.best_epoch, ""
-            except OSError as exc:
-                save_error = f"the model could not be saved ({exc.strerror or exc})"
+            save_error = _try_save(path, training, config, {"run_id": run_id, "summary": summary})
+            if not save_error:
+                saved_epoch = training.best_epoch
         if save_error:
             reason = "; ".join(filter(None, [reason, save_error]))
         weights = str(path) if saved_epoch else None  # after a failed save, an earlier best file is still good

@@ -130,3 +130,17 @@ def test_settings_move_the_change_counter(store):
     assert store.setting("gallery") and store.version() > v
     with pytest.raises(ValueError, match="unknown setting"):
         store.set_setting("anything", True)
+
+
+def test_the_teachers_switches_set_the_class_settings(teacher_env):
+    at = open_page("views/train.py")
+    at.query_params["teacher"] = TOKEN
+    at.run()
+    store = RunStore()
+    assert not store.setting("gallery") and not store.setting("gallery_downloads")
+    at.sidebar.toggle(key="t_gallery").set_value(True).run()
+    assert_ok(at)
+    assert store.setting("gallery") and not store.setting("gallery_downloads")
+    at.sidebar.toggle(key="t_gallery_downloads").set_value(True).run()
+    at.sidebar.toggle(key="t_gallery").set_value(False).run()
+    assert not store.setting("gallery") and store.setting("gallery_downloads")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mtl_core.config import TrainConfig
-from mtl_core.jobs import JobRunner, QueueFull
+from mtl_core.jobs import JobRunner, Limits, QueueFull, RunnerSettings
 from mtl_core.runs import RunStore
 
 
@@ -25,7 +25,7 @@ def wait_for(pred, timeout=60.0, every=0.1):
 
 @pytest.fixture
 def runner(store):
-    r = JobRunner(store, workers=1, max_per_owner=3)
+    r = JobRunner(store, settings=RunnerSettings(limits=Limits(per_owner=3)))
     yield r
     r.shutdown()
 
@@ -169,7 +169,7 @@ def test_a_killed_worker_interrupts_its_run_keeps_its_best_and_is_replaced(runne
 
 
 def test_shutdown_interrupts_the_running_job_cleanly(store):
-    runner = JobRunner(store, workers=1)
+    runner = JobRunner(store)
     rid = runner.submit(TrainConfig.preset("hard", epochs=500, batch_size=8, data="synthetic"))
     assert wait_for(lambda: len(store.epochs(rid)) >= 1)
     runner.shutdown()
@@ -179,8 +179,6 @@ def test_shutdown_interrupts_the_running_job_cleanly(store):
 
 
 def test_a_job_past_the_time_cap_is_stopped_with_a_reason(store):
-    from mtl_core.jobs import RunnerSettings
-
     runner = JobRunner(store, settings=RunnerSettings(workers=1, max_job_s=2.0))
     try:
         rid = runner.submit(TrainConfig.preset("hard", epochs=500, batch_size=8, data="synthetic"))
@@ -199,7 +197,7 @@ def test_workers_that_die_at_once_are_not_respawned_in_a_loop(store, monkeypatch
     spawned = []
     real_spawn = JobRunner._spawn
     monkeypatch.setattr(JobRunner, "_spawn", lambda self: spawned.append(1) or real_spawn(self))
-    runner = JobRunner(store, workers=1)
+    runner = JobRunner(store)
     try:
         assert wait_for(lambda: len(runner.worker_pids()) == 1)
         store.path.write_bytes(b"garbage" * 1000)
