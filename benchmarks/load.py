@@ -8,6 +8,9 @@ on the canvas and read the answers, open Compare. psutil samples the server and 
 awaited text), queue wait, jobs finished exactly once, the server's CPU while every tab sits idle,
 and its memory once the tabs are closed against the baseline before they opened.
 
+Pacing: by default the sessions arrive evenly over 60 s and pause 3 s between actions, as a class
+does; `--lockstep` has all of them start at once and click as fast as they can (the worst case).
+
 All sessions come from 127.0.0.1, so the per-address cap is lifted here (MTL_MAX_PER_CLIENT); the
 disconnected-session lifetime is shortened to 10 s so the memory after closing is measured in
 seconds, not minutes. Not part of the test suite: run it on demand.
@@ -41,6 +44,11 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
 T = 120_000  # ms: the longest any single wait may take before the session counts as failed
 EPOCHS = 3
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def free_port() -> int:
@@ -84,21 +92,42 @@ class Sampler(threading.Thread):
         return self.server.memory_info().rss / 2**20
 
 
-async def timed(latencies: list[float], action, awaited) -> None:
+async def timed(latencies: list[tuple[str, float]], label: str, action, awaited) -> None:
     t0 = time.perf_counter()
     await action()
     await expect(awaited).to_be_visible(timeout=T)
-    latencies.append(time.perf_counter() - t0)
+    latencies.append((label, time.perf_counter() - t0))
 
 
 async def nav(page, latencies, name: str, heading: str) -> None:
     link = page.get_by_test_id("stSidebarNav").get_by_role("link", name=name, exact=True)
-    await timed(latencies, link.click, page.get_by_role("heading", name=heading))
+    await timed(latencies, f"open {name}", link.click, page.get_by_role("heading", name=heading))
+
+
+class Pace:
+    """When a session arrives and how long it pauses between actions. Lock-step (0, 0) has every
+    session click at the same instant; a class arrives over a minute or so and reads between clicks."""
+
+    def __init__(self, arrive_s: float, think_s: float, n: int):
+        self.arrive_s, self.think_s, self.n = arrive_s, think_s, n
+
+    async def arrive(self, i: int) -> None:
+        await asyncio.sleep(self.arrive_s * i / max(1, self.n))
+
+    async def think(self) -> None:
+        if self.think_s:
+            await asyncio.sleep(self.think_s)
+
+    def describe(self) -> str:
+        if not (self.arrive_s or self.think_s):
+            return "lock-step: every session starts at once and clicks as soon as it can"
+        return f"arrivals spread over {self.arrive_s:g} s, {self.think_s:g} s between a session's actions"
 
 
 async def one_session(
-    i: int, browser, base: str, latencies: list[float], problems: list[str], owners: list[str]
+    i: int, browser, base: str, latencies: list[float], problems: list[str], owners: list[str], pace: Pace
 ) -> bool:
+    await pace.arrive(i)
     context = await browser.new_context(viewport={"width": 1400, "height": 1000})
     context.set_default_timeout(T)
     page = await context.new_page()
@@ -106,15 +135,15 @@ async def one_session(
     page.on("pageerror", lambda e: page_errors.append(str(e)))
     step = "open"
     try:
-        await timed(
-            latencies, lambda: page.goto(base + "/"), page.get_by_role("heading", name="Multi-task learning playground")
-        )
+        home = page.get_by_role("heading", name="Multi-task learning playground")
+        await timed(latencies, "load the app", lambda: page.goto(base + "/"), home)
         step = "name"
         name = page.get_by_test_id("stSidebar").get_by_label("Your name")
         await name.fill(f"Student {i:02d}")
         await name.press("Enter")
         await expect(name).to_have_value(f"Student {i:02d}", timeout=T)
         step = "train page"
+        await pace.think()
         await nav(page, latencies, "Train", "Train")
         await page.get_by_test_id("stRadio").get_by_text("Hard sharing", exact=True).click()
         await expect(page.get_by_text("One shared 784-64-32 trunk")).to_be_visible(timeout=T)
@@ -126,19 +155,24 @@ async def one_session(
         await form.get_by_label("Epochs", exact=True).fill(str(EPOCHS))
         await form.get_by_label("Epochs", exact=True).press("Tab")
         step = "start"
+        await pace.think()
         start = form.get_by_role("button", name="Start training")
         watching = page.get_by_role("combobox", name="Watching")
-        await timed(latencies, start.click, watching)
+        await timed(latencies, "start training", start.click, watching)
         owners.append(re.search(r"[?&]u=([0-9a-f]{12})", page.url).group(1))  # this session's one job
         step = "switch pages"
+        await pace.think()
         await nav(page, latencies, "Compare", "Compare")
+        await pace.think()
         await nav(page, latencies, "Train", "Train")
         step = "wait for the job"
         await expect(page.get_by_text(re.compile(rf"Finished all {EPOCHS} epochs"))).to_be_visible(timeout=600_000)
         step = "draw"
+        await pace.think()
         await nav(page, latencies, "Draw", "Draw a digit")
         canvas = page.locator("canvas.upper-canvas")
         await expect(canvas).to_be_visible(timeout=T)
+        await pace.think()
         bb = await canvas.bounding_box()
         x0, y0 = bb["x"] + bb["width"] / 2, bb["y"] + bb["height"] * 0.2
         t0 = time.perf_counter()
@@ -147,8 +181,9 @@ async def one_session(
         await page.mouse.move(x0, y0 + bb["height"] * 0.6, steps=15)
         await page.mouse.up()
         await expect(page.get_by_text(re.compile(r" → .+ \(P\(.+\) = \d+%\)")).first).to_be_visible(timeout=T)
-        latencies.append(time.perf_counter() - t0)
+        latencies.append(("draw and read the answers", time.perf_counter() - t0))
         step = "compare"
+        await pace.think()
         await nav(page, latencies, "Compare", "Compare")
         shown = await page.get_by_test_id("stException").count()
         if shown or page_errors:
@@ -179,13 +214,13 @@ async def teacher_opens_compare(browser, base: str) -> float:
     return seconds
 
 
-async def run_class(n: int, base: str, sampler: Sampler) -> dict:
-    latencies: list[float] = []
+async def run_class(n: int, base: str, sampler: Sampler, pace: Pace) -> dict:
+    latencies: list[tuple[str, float]] = []
     problems: list[str] = []
     owners: list[str] = []
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        ok = await asyncio.gather(*(one_session(i, browser, base, latencies, problems, owners) for i in range(n)))
+        ok = await asyncio.gather(*(one_session(i, browser, base, latencies, problems, owners, pace) for i in range(n)))
         compare_s = await teacher_opens_compare(browser, base) if n else None
         # Every tab open on the Train page with its finished run: nothing active, so nothing should poll.
         idle_pages = []
@@ -237,12 +272,12 @@ def store_figures(db: Path, owners: list[str]) -> dict:
         "jobs_in_store": len(rows),
         "jobs_finished_exactly_once": good,
         "lost_or_duplicated": len(owners) - good + max(0, len(rows) - len(owners)),
-        "queue_wait_p50_s": waits[len(waits) // 2] if waits else None,
-        "queue_wait_p95_s": waits[min(len(waits) - 1, round(0.95 * (len(waits) - 1)))] if waits else None,
+        "queue_wait_p50_s": percentile(waits, 0.5) if waits else None,
+        "queue_wait_p95_s": percentile(waits, 0.95) if waits else None,
     }
 
 
-def measure(n: int) -> dict:
+def measure(n: int, pace: Pace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
         port = free_port()
@@ -267,7 +302,7 @@ def measure(n: int) -> dict:
             time.sleep(2)
             baseline = sampler.rss()
             t0 = time.monotonic()
-            result = asyncio.run(run_class(n, base, sampler))
+            result = asyncio.run(run_class(n, base, sampler, pace))
             wall = time.monotonic() - t0
             # Where the CPU went while the class ran (the browsers are everything not server or workers).
             cpu = {
@@ -281,14 +316,21 @@ def measure(n: int) -> dict:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(30)
         figures = store_figures(home / "runs.sqlite", result["owners"])
-    lat = sorted(result["latencies"])
+    lat = sorted(v for _, v in result["latencies"])
+    by_action: dict[str, list[float]] = {}
+    for label, v in result["latencies"]:
+        by_action.setdefault(label, []).append(v)
     return {
         "sessions": n,
+        "pace": pace.describe(),
         "failed_sessions": result["ok"].count(False),
         "problems": result["problems"][:5],
         "interactions": len(lat),
-        "interaction_p50_s": round(lat[len(lat) // 2], 2) if lat else None,
-        "interaction_p95_s": round(lat[min(len(lat) - 1, round(0.95 * (len(lat) - 1)))], 2) if lat else None,
+        "interaction_p50_s": round(percentile(lat, 0.5), 2) if lat else None,
+        "interaction_p95_s": round(percentile(lat, 0.95), 2) if lat else None,
+        "p50_p95_s_by_action": {
+            k: [round(percentile(v, 0.5), 2), round(percentile(v, 0.95), 2)] for k, v in by_action.items()
+        },
         **{k: (round(v, 2) if isinstance(v, float) else v) for k, v in figures.items()},
         "idle_server_cpu_pct": round(result["idle_cpu"], 2),
         "compare_open_all_runs_s": None if result["compare_s"] is None else round(result["compare_s"], 2),
@@ -305,11 +347,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sessions", type=int, nargs="+", default=[10, 20, 30])
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--arrive-s", type=float, default=60.0, help="sessions arrive evenly over this long")
+    ap.add_argument("--think-s", type=float, default=3.0, help="pause between one session's actions")
+    ap.add_argument("--lockstep", action="store_true", help="no arrival spread, no pauses (--arrive-s 0 --think-s 0)")
     a = ap.parse_args(argv)
+    if a.lockstep:
+        a.arrive_s = a.think_s = 0.0
     print(f"{os.cpu_count()} cores; server and browsers on this machine (loopback)", flush=True)
     results = []
     for n in a.sessions:
-        r = measure(n)
+        r = measure(n, Pace(a.arrive_s, a.think_s, n))
         results.append(r)
         print(json.dumps(r), flush=True)
     head = (

@@ -46,7 +46,7 @@ class TrainConfig:
     data: str = "auto"
     alpha_init: str = "identity"  # cross-stitch only
     alpha_lr_mult: float = 1.0  # cross-stitch only; the paper used 1e2 to 1e3
-    precision: str = "fp32"  # "bf16": autocast; "auto": bf16 for the CNN where the hardware has it natively
+    precision: str = "fp32"  # "bf16": autocast (the fast step: its first layer); "auto": bf16 where native and it pays
     channels_last: bool = False  # CNN only
     train_limit: int = 0  # use only the first N training digits (0: all)
     max_batches: int = 0  # stop each epoch after N batches (0: all); a dry run
@@ -67,7 +67,8 @@ class TrainConfig:
         """The reference recipe for a model: the MTL-vs-STL study for the MLPs, the tutorial for the CNN."""
         if model not in MODELS:
             raise ConfigError(f"unknown model {model!r}; valid models: {', '.join(MODELS)}")
-        base: dict[str, Any] = {"model": model, "epochs": 20, "lr": 1e-3, "batch_size": 128}
+        # precision "auto": bf16 only where the hardware has it and it pays (train.resolve_precision).
+        base: dict[str, Any] = {"model": model, "epochs": 20, "lr": 1e-3, "batch_size": 128, "precision": "auto"}
         if MODELS[model].family == "cnn":
             base.update(
                 epochs=10,
@@ -75,7 +76,6 @@ class TrainConfig:
                 step_size=5,
                 gamma=0.5,
                 loss_weights={"value": 10.0},
-                precision="auto",
                 channels_last=True,
             )
         base.update(overrides)

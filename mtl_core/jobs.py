@@ -47,6 +47,7 @@ class RunnerSettings:
     threads: int = 1
     max_job_s: float = 0.0  # 0: no limit
     abandon_s: float = 0.0  # 0: queued runs of a closed tab wait forever
+    nice: int = 0  # added to the workers' scheduling niceness: clicks on the pages come before training
     limits: Limits = field(default_factory=Limits)
 
     @classmethod
@@ -59,6 +60,7 @@ class RunnerSettings:
             threads=threads,
             max_job_s=_env_float("MTL_MAX_JOB_MINUTES", 30) * 60,
             abandon_s=_env_float("MTL_ABANDON_MINUTES", 10) * 60,
+            nice=int(_env_float("MTL_WORKER_NICE", 10)),
             limits=Limits.from_env(),
         )
 
@@ -129,7 +131,7 @@ class JobRunner:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
         cmd = [sys.executable, "-m", "mtl_core.worker", "--db", str(self.store.path), "--token", token]
         cmd += ["--watch-stdin", "--threads", str(self.settings.threads)]
-        cmd += ["--max-seconds", str(self.settings.max_job_s)]
+        cmd += ["--max-seconds", str(self.settings.max_job_s), "--nice", str(self.settings.nice)]
         # stdin is a pipe we never write: when this process dies, however it dies, the worker sees EOF.
         # A session of its own: Ctrl+C on the server reaches the worker only through that pipe.
         proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)

@@ -185,8 +185,13 @@ def serve(
     watch_stdin: bool = False,
     threads: int = 0,
     max_seconds: float = 0,
+    nice: int = 0,
 ) -> None:
     worker = worker or uuid.uuid4().hex
+    if nice > 0:
+        # Below the server in the CPU's queue: on a busy box a click is answered first and training
+        # takes what is left (on an otherwise idle machine this costs training nothing).
+        os.nice(nice)
     if threads > 0:
         # One thread per worker and one worker per core: tiny matrices gain nothing from a second
         # thread, and two workers with two threads each on two cores wait on each other.
@@ -224,8 +229,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--once", action="store_true", help="train at most one queued run, then exit")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--max-seconds", type=float, default=0, help="stop a job after this long (0: no limit)")
+    ap.add_argument("--nice", type=int, default=0, help="lower this worker's CPU priority by this much")
     args = ap.parse_args(argv)
-    serve(str(args.db), args.token, args.once, args.watch_stdin, args.threads, args.max_seconds)
+    serve(str(args.db), args.token, args.once, args.watch_stdin, args.threads, args.max_seconds, args.nice)
 
 
 if __name__ == "__main__":

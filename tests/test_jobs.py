@@ -209,3 +209,16 @@ def test_workers_that_die_at_once_are_not_respawned_in_a_loop(store, monkeypatch
         assert jobs.MAX_BACKOFF_S >= 30
     finally:
         runner.shutdown()
+
+
+def test_workers_run_below_the_server_in_cpu_priority(store):
+    """A click on a page must not wait behind training: workers start `nice` steps lower."""
+    assert RunnerSettings.from_env().nice == 10  # the default a classroom server gets
+    runner = JobRunner(store, settings=RunnerSettings(workers=1, nice=5))
+    try:
+        assert runner.wait_ready(60)
+        (worker,) = runner._workers
+        mine = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, worker.proc.pid) == min(19, mine + 5)
+    finally:
+        runner.shutdown()

@@ -118,7 +118,9 @@ def test_cuda_without_gpu_is_a_clear_error(synthetic):
 def test_non_finite_loss_stops_and_keeps_last_good_state(synthetic):
     data = synthetic.limited()  # a copy of the views; poisoned below
     data.train_x = data.train_x.clone()
-    training = Training(tiny("hard", epochs=5), data)
+    # fp32: the data are poisoned in place after epoch 1, and the bf16 step trains on its own copy
+    # made at the start (tests/test_fastpath.py poisons a digit before the start for that one).
+    training = Training(tiny("hard", epochs=5, precision="fp32"), data)
     records = []
     for r in training.records():
         records.append(r)
