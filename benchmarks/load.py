@@ -207,8 +207,8 @@ async def teacher_opens_compare(browser, base: str) -> float:
     await expect(page.get_by_role("heading", name="Compare")).to_be_visible(timeout=T)
     t0 = time.perf_counter()
     await page.get_by_test_id("stSidebar").get_by_text("All students' runs").click()
-    await expect(page.get_by_text("Look inside one run")).to_be_visible(timeout=T)
-    await expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=T)
+    await expect(page.get_by_role("tab", name=re.compile("Look inside one run"))).to_be_visible(timeout=T)
+    await expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=T)  # the open tab's curves
     seconds = time.perf_counter() - t0
     await context.close()
     return seconds

@@ -121,6 +121,8 @@ def test_train_form_queues_a_run_with_the_chosen_config():
     at.number_input(key="f_lr_hard").set_value(0.002)
     at.selectbox(key="f_data_hard").set_value("synthetic")
     at.number_input(key="f_w_even_hard").set_value(2.0)
+    assert at.selectbox(key="f_prec_hard").value == "auto"  # the preset's; fp32 is one choice away
+    at.selectbox(key="f_prec_hard").set_value("fp32")
     at.text_input(key="f_label_hard").input("my hard run")
     at.button(key="train_submit_hard").click().run()
     assert_ok(at)
@@ -133,7 +135,7 @@ def test_train_form_queues_a_run_with_the_chosen_config():
     assert run["owner"] == OWNER and run["label"] == "my hard run" and run["model"] == "hard"
     cfg = run["config"]
     assert cfg["epochs"] == 3 and cfg["batch_size"] == 64 and cfg["data"] == "synthetic"
-    assert cfg["lr"] == pytest.approx(0.002)
+    assert cfg["lr"] == pytest.approx(0.002) and cfg["precision"] == "fp32"
     assert cfg["tasks"] == ["even", "mult3"] and cfg["loss_weights"] == {"even": 2.0}
     assert at.session_state["watch_select"] == run["id"]  # the new run is shown on the right
     assert at.selectbox(key="watch_select").value == run["id"]
@@ -189,8 +191,22 @@ def test_compare_shows_stored_runs_and_the_reference_study(synthetic):
     assert list(reference["model"]) == list(SEED_STUDY["rows"])
     assert list(reference["params"]) == [f["params"] for f in SEED_STUDY["rows"].values()]
 
+    # Only the open tab is built: the curves first, then the bars, then one run's insides.
+    titles = [json.dumps(spec["layout"].get("title", "")) for spec in plotly_specs(at)]
+    assert len(titles) == 2 and "Test average accuracy" in titles[0] and "Train loss" in titles[1]
+    assert "detail_run" not in [w.key for w in at.selectbox]
+    at.session_state["compare_view"] = "📊 Parameters, time, accuracy"
+    at.run()
+    assert_ok(at)
+    titles = [json.dumps(spec["layout"].get("title", "")) for spec in plotly_specs(at)]
+    assert len(titles) == 3 and "Parameters" in titles[0] and "Best average accuracy" in titles[2]
+    at.session_state["compare_view"] = "🔍 Look inside one run"
+    at.run()
+    assert_ok(at)
     assert at.selectbox(key="detail_run").value in {stl, hard}
-    assert len(plotly_specs(at)) >= 5  # two overlays, three bar charts, the detail confusion matrices
+    titles = [json.dumps(spec["layout"].get("title", "")) for spec in plotly_specs(at)]
+    assert titles and all("accuracy" in t for t in titles)  # one confusion matrix per task
+    assert not any("Parameters" in t for t in titles)
 
 
 def test_train_page_offers_the_model_file_and_deletes_an_owned_run(synthetic):

@@ -97,37 +97,52 @@ d3.download_button(
     key="dl_json",
 )
 
-c1, c2 = st.columns(2)
-avg = {
-    run_label(r): ([h["epoch"] for h in histories[r["id"]]], [h["avg_acc"] for h in histories[r["id"]]])
-    for r in selected
-    if histories[r["id"]] and histories[r["id"]][0]["avg_acc"] is not None
-}
-loss = {
-    run_label(r): ([h["epoch"] for h in histories[r["id"]]], [h["train_loss_total"] for h in histories[r["id"]]])
-    for r in selected
-    if histories[r["id"]]
-}
-c1.plotly_chart(overlay(avg, "Test average accuracy", "accuracy", y_max=1.01), key="ov_acc", width="stretch")
-c2.plotly_chart(overlay(loss, "Train loss (weighted sum over tasks)", "loss"), key="ov_loss", width="stretch")
-
-names = [run_label(r) for r in selected]
-b1, b2, b3 = st.columns(3)
-b1.plotly_chart(bars(names, [r["params"] for r in selected], "Parameters"), key="bar_params", width="stretch")
-b2.plotly_chart(
-    bars(names, [r["train_seconds"] for r in selected], "Training time (s)", "{:.1f}"), key="bar_time", width="stretch"
+# Only the open tab is built and sent (on_change="rerun"): with a class's worth of runs, seven Plotly
+# figures at once made opening this page slow in the browser as much as on the server.
+curves_tab, bars_tab, inside_tab = st.tabs(
+    ["📈 Curves", "📊 Parameters, time, accuracy", "🔍 Look inside one run"], key="compare_view", on_change="rerun"
 )
-b3.plotly_chart(
-    bars(
-        names,
-        [None if r["best_avg"] is None else 100 * r["best_avg"] for r in selected],
-        "Best average accuracy (%)",
-        "{:.2f}",
-    ),
-    key="bar_acc",
-    width="stretch",
-)
+if curves_tab.open:
+    with curves_tab:
+        c1, c2 = st.columns(2)
+        avg = {
+            run_label(r): ([h["epoch"] for h in histories[r["id"]]], [h["avg_acc"] for h in histories[r["id"]]])
+            for r in selected
+            if histories[r["id"]] and histories[r["id"]][0]["avg_acc"] is not None
+        }
+        loss = {
+            run_label(r): (
+                [h["epoch"] for h in histories[r["id"]]],
+                [h["train_loss_total"] for h in histories[r["id"]]],
+            )
+            for r in selected
+            if histories[r["id"]]
+        }
+        c1.plotly_chart(overlay(avg, "Test average accuracy", "accuracy", y_max=1.01), key="ov_acc", width="stretch")
+        c2.plotly_chart(overlay(loss, "Train loss (weighted sum over tasks)", "loss"), key="ov_loss", width="stretch")
 
-st.subheader("Look inside one run")
-detail = st.selectbox("Run", chosen, format_func=lambda i: run_label(by_id[i]), key="detail_run")
-details_ui(by_id[detail])
+if bars_tab.open:
+    with bars_tab:
+        names = [run_label(r) for r in selected]
+        b1, b2, b3 = st.columns(3)
+        b1.plotly_chart(bars(names, [r["params"] for r in selected], "Parameters"), key="bar_params", width="stretch")
+        b2.plotly_chart(
+            bars(names, [r["train_seconds"] for r in selected], "Training time (s)", "{:.1f}"),
+            key="bar_time",
+            width="stretch",
+        )
+        b3.plotly_chart(
+            bars(
+                names,
+                [None if r["best_avg"] is None else 100 * r["best_avg"] for r in selected],
+                "Best average accuracy (%)",
+                "{:.2f}",
+            ),
+            key="bar_acc",
+            width="stretch",
+        )
+
+if inside_tab.open:
+    with inside_tab:
+        detail = st.selectbox("Run", chosen, format_func=lambda i: run_label(by_id[i]), key="detail_run")
+        details_ui(by_id[detail])

@@ -276,9 +276,17 @@ def test_compare_table_csv_download(app: Page, screenshot_dir):
     assert int(cs[0]["params"]) > 0
     assert int(cs[0]["epochs"]) == CS_EPOCHS
     assert cs[0]["status"] == "finished"
-    types = app.evaluate(PLOT_TYPES_JS)
-    assert len(types) >= 5, f"expected the overlay and bar charts, got {types}"
+    # The charts sit in tabs and only the open tab is drawn: curves, then bars, then one run inside.
+    app.wait_for_function(f"() => ({PLOT_TYPES_JS})().length === 2", timeout=T)
     shot(app, screenshot_dir / "compare.png")
+    app.get_by_role("tab", name=re.compile("Parameters, time, accuracy")).click()
+    app.wait_for_function(f"() => ({PLOT_TITLES_JS})().some(t => t.startsWith('Best average accuracy'))", timeout=T)
+    assert len(app.evaluate(PLOT_TYPES_JS)) == 3, app.evaluate(PLOT_TITLES_JS)
+    app.get_by_role("tab", name=re.compile("Look inside one run")).click()
+    app.wait_for_function(f"() => ({PLOT_TYPES_JS})().some(ts => ts.includes('heatmap'))", timeout=T)
+    titles = app.evaluate(PLOT_TITLES_JS)
+    assert not any(t.startswith("Best average accuracy") for t in titles), titles
+    shot(app, screenshot_dir / "compare_inside.png")
 
 
 def test_cross_stitch_alpha_heatmaps(app: Page, screenshot_dir):
