@@ -6,6 +6,7 @@ import streamlit as st
 
 from dashboard.sidebar import sidebar_ui
 from dashboard.state import keep_widget_values
+from dashboard.timing import timed_run
 from mtl_core.runs import StoreUnavailable
 
 st.set_page_config(page_title="MTL playground", page_icon="🧠", layout="wide")
@@ -19,13 +20,14 @@ pages = [
 ]
 keep_widget_values()
 nav = st.navigation(pages)
-try:
-    sidebar_ui()
-    nav.run()
-except StoreUnavailable as exc:  # a read-only or full disk: a sentence, and the page stops here
-    st.warning(str(exc))
-except sqlite3.DatabaseError:  # damaged while the server runs: a sentence, never a traceback with paths
-    st.error(
-        "The run store is damaged, so runs cannot be shown right now. Restart the dashboard: it moves the "
-        "damaged file aside (kept for inspection) and starts a new store."
-    )
+with timed_run(nav.title):  # only with MTL_TIMING_LOG set (benchmarks/load.py)
+    try:
+        sidebar_ui()
+        nav.run()
+    except StoreUnavailable as exc:  # a read-only or full disk: a sentence, and the page stops here
+        st.warning(str(exc))
+    except sqlite3.DatabaseError:  # damaged while the server runs: a sentence, never a traceback with paths
+        st.error(
+            "The run store is damaged, so runs cannot be shown right now. Restart the dashboard: it moves the "
+            "damaged file aside (kept for inspection) and starts a new store."
+        )

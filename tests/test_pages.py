@@ -303,3 +303,18 @@ def test_draw_quick_model_click_gives_feedback_at_once():
     assert_ok(at)
     assert len(RunStore().list_runs()) == 1
     assert "1 job(s) training" in texts(at.caption)
+
+
+def test_each_full_run_of_the_app_is_timed_only_when_asked(tmp_path, monkeypatch):
+    """benchmarks/load.py reads these lines for the server's own share of an interaction."""
+    log = tmp_path / "timing.tsv"
+    open_page("views/compare.py")
+    assert not log.exists()  # off unless the variable is set
+    monkeypatch.setenv("MTL_TIMING_LOG", str(log))
+    at = open_page("views/compare.py")
+    at.switch_page("views/home.py").run()
+    lines = [line.split("\t") for line in log.read_text().splitlines()]
+    assert [page for _, page, _, _ in lines] == ["Compare", "Home"]
+    assert all(0 < float(seconds) < 60 for _, _, seconds, _ in lines)
+    # Compare with no runs ends early through st.stop(); Home runs to its end.
+    assert [ended for *_, ended in lines] == ["StopException", "done"]
