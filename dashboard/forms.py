@@ -32,11 +32,47 @@ def model_picker_ui() -> str:
     )
 
 
+def form_defaults(model: str) -> dict:
+    """Every field of `model`'s form, by widget key, at the reference recipe: the form's starting values
+    and what Reset puts back. Session State is the form's one source of values (no widget gets a
+    `value=` of its own), so Reset can set them and the browser shows what it set."""
+    p = TrainConfig.preset(model)
+    k = f"_{model}"
+    d = {
+        f"f_tasks{k}": list(p.tasks),
+        f"f_epochs{k}": int(p.epochs),
+        f"f_lr{k}": float(p.lr),
+        f"f_batch{k}": int(p.batch_size),
+        f"f_opt{k}": p.optimizer,
+        f"f_wd{k}": float(p.weight_decay),
+        f"f_seed{k}": int(p.seed),
+        f"f_data{k}": p.data,
+        f"f_limit{k}": int(p.train_limit or 0),
+        f"f_gpu{k}": False,
+        f"f_weighting{k}": p.loss_weighting,
+        f"f_sched{k}": p.scheduler,
+        f"f_step{k}": int(p.step_size),
+        f"f_gamma{k}": float(p.gamma),
+        f"f_prec{k}": p.precision,
+        f"f_label{k}": "",
+        **{f"f_w_{t}{k}": float(p.weight(t)) for t in TASKS},
+    }
+    if model == "cross_stitch":
+        d |= {f"f_ainit{k}": p.alpha_init, f"f_amult{k}": float(p.alpha_lr_mult)}
+    if MODELS[model].family == "cnn":
+        d[f"f_cl{k}"] = bool(p.channels_last)
+    return d
+
+
+def _reset_form(model: str) -> None:
+    # Set, not deleted: a deleted key leaves the browser showing (and sending back) the old values.
+    for key, value in form_defaults(model).items():
+        st.session_state[key] = value
+
+
 def reset_form_ui(model: str) -> None:
-    """One click back to the reference recipe: forget this model's edited form values."""
-    if st.button("↺ Reset to the reference recipe", key=f"reset_{model}"):
-        for key in [k for k in st.session_state if k.startswith("f_") and k.endswith(f"_{model}")]:
-            del st.session_state[key]
+    """One click back to the reference recipe for this model's form."""
+    st.button("↺ Reset to the reference recipe", key=f"reset_{model}", on_click=_reset_form, args=(model,))
 
 
 def estimate_ui(model: str) -> None:
@@ -71,35 +107,32 @@ def estimate_ui(model: str) -> None:
 
 def train_form_ui(model: str) -> dict | None:
     """Draw the form for `model`; return the config fields when submitted, else None."""
-    preset = TrainConfig.preset(model)
     k = f"_{model}"  # per-model keys: switching model brings back that model's preset
     family = MODELS[model].family
+    for key, value in form_defaults(model).items():  # the values the widgets read (see form_defaults)
+        st.session_state.setdefault(key, value)
     with st.form(f"train_form{k}"):
         tasks = st.multiselect(
             "Tasks",
             list(TASKS),
-            default=list(preset.tasks),
             key=f"f_tasks{k}",
             format_func=lambda t: f"{t}: {TASKS[t].title}",
         )
         c1, c2, c3 = st.columns(3)
-        epochs = c1.number_input("Epochs", 1, 500, preset.epochs, key=f"f_epochs{k}")
-        lr = c2.number_input(
-            "Learning rate", min_value=1e-6, max_value=10.0, value=preset.lr, step=1e-4, format="%.5f", key=f"f_lr{k}"
-        )
-        batch = c3.number_input("Batch size", 1, 8192, preset.batch_size, key=f"f_batch{k}")
+        epochs = c1.number_input("Epochs", 1, 500, key=f"f_epochs{k}")
+        lr = c2.number_input("Learning rate", min_value=1e-6, max_value=10.0, step=1e-4, format="%.5f", key=f"f_lr{k}")
+        batch = c3.number_input("Batch size", 1, 8192, key=f"f_batch{k}")
         c1, c2, c3 = st.columns(3)
         optimizer = c1.selectbox("Optimiser", OPTIMIZERS, key=f"f_opt{k}")
-        weight_decay = c2.number_input("Weight decay", 0.0, 1.0, 0.0, step=1e-4, format="%.5f", key=f"f_wd{k}")
-        seed = c3.number_input("Seed", 0, 2**31 - 1, preset.seed, key=f"f_seed{k}")
+        weight_decay = c2.number_input("Weight decay", 0.0, 1.0, step=1e-4, format="%.5f", key=f"f_wd{k}")
+        seed = c3.number_input("Seed", 0, 2**31 - 1, key=f"f_seed{k}")
         data = st.selectbox("Data", SOURCES, format_func=SOURCE_NAMES.get, key=f"f_data{k}")
         train_limit = st.number_input(
-            "Use only the first N training digits (0 = all)", 0, 60000, 0, step=1000, key=f"f_limit{k}"
+            "Use only the first N training digits (0 = all)", 0, 60000, step=1000, key=f"f_limit{k}"
         )
         cuda = torch.cuda.is_available()
         use_gpu = st.toggle(
             "Train on the GPU",
-            value=False,
             disabled=not cuda,
             key=f"f_gpu{k}",
             help=None if cuda else "No CUDA GPU on this server, so training runs on the CPU.",
@@ -115,20 +148,16 @@ def train_form_ui(model: str) -> dict | None:
                 "scaled by the weights below.",
             )
             cols = st.columns(len(TASKS))
-            weights = {
-                t: col.number_input(t, 0.0, 1000.0, preset.weight(t), step=0.5, key=f"f_w_{t}{k}")
-                for col, t in zip(cols, TASKS)
-            }
+            weights = {t: col.number_input(t, 0.0, 1000.0, step=0.5, key=f"f_w_{t}{k}") for col, t in zip(cols, TASKS)}
             c1, c2, c3 = st.columns(3)
             scheduler = c1.selectbox(
                 "Schedule",
                 ["none", "step"],
-                index=["none", "step"].index(preset.scheduler),
                 key=f"f_sched{k}",
                 help="step: multiply the LR by gamma every N epochs (StepLR)",
             )
-            step_size = c2.number_input("Step every N epochs", 1, 500, preset.step_size, key=f"f_step{k}")
-            gamma = c3.number_input("Gamma", 0.01, 1.0, preset.gamma, step=0.05, key=f"f_gamma{k}")
+            step_size = c2.number_input("Step every N epochs", 1, 500, key=f"f_step{k}")
+            gamma = c3.number_input("Gamma", 0.01, 1.0, step=0.05, key=f"f_gamma{k}")
         extra: dict = {}
         if model == "cross_stitch":
             c1, c2 = st.columns(2)
@@ -142,7 +171,6 @@ def train_form_ui(model: str) -> dict | None:
                 "Alpha learning-rate multiplier",
                 0.01,
                 10000.0,
-                1.0,
                 key=f"f_amult{k}",
                 help="The paper used 100 to 1000.",
             )
@@ -150,7 +178,6 @@ def train_form_ui(model: str) -> dict | None:
         extra["precision"] = c1.selectbox(
             "Precision",
             PRECISIONS,
-            index=PRECISIONS.index(preset.precision),
             key=f"f_prec{k}",
             help=(
                 "auto: bf16 where this machine has it natively and it pays (the CNN, about 2x; the first "
@@ -158,9 +185,7 @@ def train_form_ui(model: str) -> dict | None:
             ),
         )
         if family == "cnn":
-            extra["channels_last"] = c2.checkbox(
-                "channels_last memory layout", value=preset.channels_last, key=f"f_cl{k}"
-            )
+            extra["channels_last"] = c2.checkbox("channels_last memory layout", key=f"f_cl{k}")
         label = st.text_input("Run name (optional)", max_chars=40, key=f"f_label{k}")
         submitted = st.form_submit_button("Start training", type="primary", key=f"train_submit{k}")
     if not submitted:

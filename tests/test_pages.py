@@ -318,3 +318,32 @@ def test_each_full_run_of_the_app_is_timed_only_when_asked(tmp_path, monkeypatch
     assert all(0 < float(seconds) < 60 for _, _, seconds, _ in lines)
     # Compare with no runs ends early through st.stop(); Home runs to its end.
     assert [ended for *_, ended in lines] == ["StopException", "done"]
+
+
+def test_the_form_keeps_its_values_across_pages_and_reset_brings_the_recipe_back():
+    at = open_page("views/train.py")
+    at.radio(key="train_model").set_value("hard").run()
+    assert at.number_input(key="f_epochs_hard").value == 20  # the reference recipe to start with
+    at.number_input(key="f_epochs_hard").set_value(3)
+    at.number_input(key="f_lr_hard").set_value(0.002)
+    at.selectbox(key="f_data_hard").set_value("synthetic")
+    at.selectbox(key="f_prec_hard").set_value("fp32")
+    at.button(key="train_submit_hard").click().run()
+    assert_ok(at)
+    assert len(RunStore().list_runs()) == 1
+    for _ in range(3):  # away and back, three times: the model and the submitted values stay
+        at.switch_page("views/compare.py").run()
+        at.switch_page("views/train.py").run()
+        assert_ok(at)
+    assert at.radio(key="train_model").value == "hard"
+    assert at.number_input(key="f_epochs_hard").value == 3
+    assert at.selectbox(key="f_data_hard").value == "synthetic"
+
+    at.button(key="reset_hard").click().run()
+    assert_ok(at)
+    preset = TrainConfig.preset("hard")
+    assert at.number_input(key="f_epochs_hard").value == preset.epochs
+    assert at.number_input(key="f_lr_hard").value == pytest.approx(preset.lr)
+    assert at.selectbox(key="f_data_hard").value == preset.data
+    assert at.selectbox(key="f_prec_hard").value == preset.precision
+    assert not at.warning  # no "created with a default value but also set via Session State" warning

@@ -305,3 +305,22 @@ def test_cross_stitch_alpha_heatmaps(app: Page, screenshot_dir):
     assert all(isinstance(v, (int, float)) for row in z for v in row)
     expect(app.get_by_test_id("stSlider")).to_be_visible()  # epoch slider: more than one epoch recorded
     shot(app, screenshot_dir / "cross_stitch.png")
+
+
+def test_the_train_form_survives_page_switches_and_reset_restores_the_recipe(fresh_page: Page, streamlit_server):
+    """After a run was submitted, the browser kept showing (and sending back) the old values on Reset."""
+    page = fresh_page
+    page.goto(streamlit_server + "/train")
+    expect(page.get_by_role("heading", name="Train")).to_be_visible(timeout=T)
+    fill_train_form(page, "Hard sharing", "One shared 784-64-32 trunk", 2, 64)
+    expect(page.get_by_role("combobox", name="Watching")).to_have_value(re.compile(r"^hard"), timeout=T)
+    form = page.get_by_test_id("stForm")
+    for _ in range(2):
+        nav(page, "Compare", "Compare")
+        nav(page, "Train", "Train")
+    expect(form.get_by_label("Epochs", exact=True)).to_have_value("2", timeout=T)
+    expect(form.get_by_role("combobox", name="Data", exact=True)).to_have_value(re.compile(r"^synthetic"))
+    page.get_by_role("button", name="Reset to the reference recipe").click()
+    expect(form.get_by_label("Epochs", exact=True)).to_have_value("20", timeout=T)
+    expect(form.get_by_label("Batch size", exact=True)).to_have_value("128")
+    expect(form.get_by_role("combobox", name="Data", exact=True)).to_have_value(re.compile(r"^auto"))
