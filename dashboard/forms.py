@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 import torch
 
-from dashboard.state import get_data, get_runner, get_store
+from dashboard.state import full_mnist_here, get_data, get_runner, get_store
 from mtl_core.config import OPTIMIZERS, PRECISIONS, TrainConfig
 from mtl_core.data import SOURCES
 from mtl_core.estimate import Estimate, duration_words, epoch_estimate, queue_spot
@@ -126,7 +126,14 @@ def train_form_ui(model: str) -> dict | None:
         optimizer = c1.selectbox("Optimiser", OPTIMIZERS, key=f"f_opt{k}")
         weight_decay = c2.number_input("Weight decay", 0.0, 1.0, step=1e-4, format="%.5f", key=f"f_wd{k}")
         seed = c3.number_input("Seed", 0, 2**31 - 1, key=f"f_seed{k}")
-        data = st.selectbox("Data", SOURCES, format_func=SOURCE_NAMES.get, key=f"f_data{k}")
+        mnist_here = full_mnist_here()
+
+        def source_name(source: str) -> str:
+            if source == "mnist" and not mnist_here:
+                return SOURCE_NAMES[source] + " · not on this server"
+            return SOURCE_NAMES[source]
+
+        data = st.selectbox("Data", SOURCES, format_func=source_name, key=f"f_data{k}")
         train_limit = st.number_input(
             "Use only the first N training digits (0 = all)", 0, 60000, step=1000, key=f"f_limit{k}"
         )
@@ -189,6 +196,12 @@ def train_form_ui(model: str) -> dict | None:
         label = st.text_input("Run name (optional)", max_chars=40, key=f"f_label{k}")
         submitted = st.form_submit_button("Start training", type="primary", key=f"train_submit{k}")
     if not submitted:
+        return None
+    if data == "mnist" and not mnist_here:
+        st.error(
+            "Full MNIST is not on this server and cannot be downloaded from here. Choose **auto** or the "
+            "**embedded subset** (real digits too), or ask whoever runs the server to add MNIST."
+        )
         return None
     return dict(
         model=model,

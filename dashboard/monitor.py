@@ -125,9 +125,8 @@ def monitor_ui(run_id: str) -> None:
             # so the page never shows the old and the new state at once.
             st.rerun(scope="app")
         head, stop = st.columns([5, 1])
-        head.markdown(
-            f"**{md_escape(run_label(run))}** · {data_source(run)} · {run['device'] or 'waiting for a worker'}"
-        )
+        where = run["device"] or ("waiting for a worker" if run["status"] == "queued" else "")
+        head.markdown(" · ".join(filter(None, [f"**{md_escape(run_label(run))}**", data_source(run), where])))
         if run["status"] in ACTIVE and can_manage(run) and stop.button("⏹ Stop", key="stop_run", width="stretch"):
             get_runner().stop(run_id)
             st.toast("Stopping…")

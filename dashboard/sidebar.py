@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard.classroom import name_ui, teacher_ui, unlock_from_url
+from dashboard.classroom import is_teacher, name_ui, teacher_ui, unlock_from_url
 from dashboard.state import SEEN_EVERY_S, data_label, get_runner, get_store, note_presence, owner_id
 from mtl_core.runs import ACTIVE
 
@@ -37,4 +37,4 @@ def sidebar_ui() -> None:
         name_ui()
         teacher_ui()
         jobs_caption_ui()
-        st.caption(f"Data: {data_label()}")
+        st.caption(f"Data: {data_label(detail=is_teacher())}")

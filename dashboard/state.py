@@ -68,11 +68,20 @@ def owner_id() -> str:
     return st.session_state.owner
 
 
-def data_label(source: str = "auto") -> str:
+def data_label(source: str = "auto", detail: bool = False) -> str:
+    """The data in one line; server paths and raw errors only with `detail` (the teacher's view)."""
     try:
-        return get_data(source).describe()
+        return get_data(source).describe(detail=detail)
     except Exception as exc:  # noqa: BLE001 - shown, never raised
-        return f"unavailable: {exc}"
+        return f"unavailable: {exc}" if detail else "unavailable on this server"
+
+
+def full_mnist_here() -> bool:
+    """Whether "full MNIST" can train here now ("auto" found it cached or downloaded it)."""
+    try:
+        return get_data("auto").source == "mnist"
+    except Exception:  # noqa: BLE001 - then it cannot
+        return False
 
 
 # Widgets whose values should survive a visit to another page. Streamlit forgets a widget's value

@@ -47,7 +47,8 @@ class MTLData:
     test_x: torch.Tensor
     test_y: torch.Tensor
     source: str
-    note: str = ""
+    note: str = ""  # for everyone: what these digits are, and why full MNIST is missing if it is
+    detail: str = ""  # for the operator: where they came from, the raw error (server paths live here)
 
     @property
     def n_train(self) -> int:
@@ -57,10 +58,10 @@ class MTLData:
     def n_test(self) -> int:
         return len(self.test_y)
 
-    def describe(self) -> str:
-        return f"{self.source}: {self.n_train:,} train / {self.n_test:,} test digits" + (
-            f" ({self.note})" if self.note else ""
-        )
+    def describe(self, detail: bool = True) -> str:
+        """One line; `detail=False` leaves out server paths and raw errors (what students see)."""
+        notes = "; ".join(filter(None, [self.note, self.detail if detail else ""]))
+        return f"{self.source}: {self.n_train:,} train / {self.n_test:,} test digits" + (f" ({notes})" if notes else "")
 
     def limited(self, n_train: int | None = None, n_test: int | None = None) -> MTLData:
         """The first n digits of each split (a quick model, a dry run)."""
@@ -71,6 +72,7 @@ class MTLData:
             self.test_y[:n_test],
             self.source,
             self.note,
+            self.detail,
         )
 
 
@@ -144,7 +146,7 @@ def load_cached_mnist(data_dir: Path | None = None) -> MTLData:
     vy = torch.from_numpy(arrays["t10k-labels-idx1-ubyte.gz"].astype(np.int64))
     if len(tx) != 60000 or len(vx) != 10000:
         raise DataUnavailable(f"unexpected MNIST sizes in {raw}: {len(tx)} train, {len(vx)} test")
-    return MTLData(normalise(tx), ty, normalise(vx), vy, "mnist", f"cached in {raw.parent.parent}")
+    return MTLData(normalise(tx), ty, normalise(vx), vy, "mnist", "full MNIST", f"cached in {raw.parent.parent}")
 
 
 def download_mnist(data_dir: Path | None = None, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
@@ -196,7 +198,7 @@ def load_mnist(data_dir: Path | None = None, download: bool = True, timeout: flo
         raise DataUnavailable(f"full MNIST is not in {_raw_dir(data_dir)} and downloading is off")
     download_mnist(data_dir, timeout)
     data = load_cached_mnist(data_dir)
-    data.note = f"downloaded into {data_dir}"
+    data.note, data.detail = "full MNIST, downloaded", f"into {data_dir}"
     return data
 
 
@@ -263,7 +265,8 @@ def load_data(source: str = "auto", data_dir: Path | None = None, download: bool
         return load_mnist(data_dir, download)
     except DataUnavailable as exc:
         data = load_subset()
-        data.note = f"{data.note}; full MNIST unavailable: {exc}"
+        data.note = f"{data.note}; full MNIST is not on this server and could not be downloaded"
+        data.detail = str(exc)
         return data
 
 

@@ -167,8 +167,11 @@ def execute_run(store: RunStore, run_id: str, data: _DataCache, worker: str, max
                 pass  # the dashboard then scores the test set itself when asked
         store.finish(run_id, status, reason, summary, weights, worker=worker, preds_path=preds)
         return status
-    except (ConfigError, DataUnavailable) as exc:
+    except ConfigError as exc:
         store.finish(run_id, "failed", str(exc), worker=worker)
+    except DataUnavailable as exc:
+        advice = "choose 'auto' or the embedded subset to train on the digits this server has"
+        store.finish(run_id, "failed", f"the data is not available here ({exc}); {advice}", worker=worker)
     except Exception as exc:  # noqa: BLE001 - a worker must survive any one bad run
         traceback.print_exc(file=sys.stderr)
         try:

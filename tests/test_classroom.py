@@ -144,3 +144,36 @@ def test_the_teachers_switches_set_the_class_settings(teacher_env):
     at.sidebar.toggle(key="t_gallery_downloads").set_value(True).run()
     at.sidebar.toggle(key="t_gallery").set_value(False).run()
     assert not store.setting("gallery") and store.setting("gallery_downloads")
+
+
+def all_text(at) -> str:
+    kinds = ("markdown", "caption", "success", "info", "warning", "error")
+    return "\n".join(e.value for kind in kinds for e in at.get(kind)) + "\n".join(
+        e.value for kind in kinds for e in at.sidebar.get(kind)
+    )
+
+
+def test_students_see_no_server_paths_and_the_teacher_sees_where_the_data_is(teacher_env):
+    data_dir = os.environ["MTL_DATA_DIR"]
+    at = open_page("views/home.py")
+    assert_ok(at)
+    assert "digits" in all_text(at)  # which data is in use is said either way
+    assert data_dir not in all_text(at)
+    at.query_params["teacher"] = TOKEN
+    at.run()
+    assert_ok(at)
+    assert data_dir in all_text(at)
+
+
+def test_full_mnist_cannot_be_chosen_where_the_server_has_none(monkeypatch):
+    from dashboard import forms
+
+    monkeypatch.setattr(forms, "full_mnist_here", lambda: False)
+    at = open_page("views/train.py")
+    at.radio(key="train_model").set_value("hard").run()
+    assert "not on this server" in at.selectbox(key="f_data_hard").format_func("mnist")
+    at.selectbox(key="f_data_hard").set_value("mnist")
+    at.button(key="train_submit_hard").click().run()
+    assert_ok(at)
+    assert "Full MNIST is not on this server" in texts(at.error)
+    assert RunStore().list_runs() == []  # nothing queued that could only fail

@@ -59,7 +59,9 @@ def test_failed_download_falls_back_quickly_with_one_line_reason(tmp_path, monke
     data = load_data("auto", data_dir=tmp_path / "empty")
     assert time.perf_counter() - t0 < 20
     assert data.source == "mnist-subset"
-    assert "full MNIST unavailable" in data.note and "download" in data.note and "\n" not in data.note
+    assert "could not be downloaded" in data.note and "\n" not in data.note  # for everyone: a sentence
+    assert "download" in data.detail and "\n" not in data.detail  # for the operator: the reason
+    assert str(tmp_path) not in data.describe(detail=False) and str(tmp_path) not in data.note
     with pytest.raises(DataUnavailable, match="download"):
         load_data("mnist", data_dir=tmp_path / "empty")  # remembered: no second wait
 

@@ -347,3 +347,14 @@ def test_the_form_keeps_its_values_across_pages_and_reset_brings_the_recipe_back
     assert at.selectbox(key="f_data_hard").value == preset.data
     assert at.selectbox(key="f_prec_hard").value == preset.precision
     assert not at.warning  # no "created with a default value but also set via Session State" warning
+
+
+def test_a_run_that_failed_before_training_does_not_say_it_waits_for_a_worker():
+    store = RunStore()
+    run_id = store.create_run(TrainConfig.preset("hard", data="mnist").to_dict(), owner=OWNER)
+    assert store.claim_next("test-worker", os.getpid()) == run_id
+    store.finish(run_id, "failed", "the data is not available here (offline)", worker="test-worker")
+    at = open_page("views/train.py")
+    assert_ok(at)
+    assert "waiting for a worker" not in " ".join(m.value for m in at.markdown)
+    assert "the data is not available here" in texts(at.error)

@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from dashboard.classroom import is_teacher
 from dashboard.state import data_label
 from mtl_core.models import MODELS
 from mtl_core.tasks import TASKS
@@ -49,7 +50,7 @@ with right:
     )
 
 st.subheader("Data in use")
-label = data_label()
+label = data_label(detail=is_teacher())  # server paths and raw errors only for the teacher
 if label.startswith("mnist:"):
     st.success(f"Full MNIST — {label}")
 else:
