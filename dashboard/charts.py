@@ -81,7 +81,9 @@ def overlay(series: dict[str, tuple[list, list]], title: str, y_title: str, y_ma
     return _layout(fig, title)
 
 
-def bars(names: list[str], values: list, title: str, fmt: str = "{:,}") -> go.Figure:
+def bars(names: list[str], values: list, title: str, fmt: str = "{:,}", zoom: bool = False) -> go.Figure:
+    """One bar per run. `zoom` starts the axis near the smallest value, so 97.8 and 98.7 do not look
+    the same (the title says the axis is cut)."""
     fig = go.Figure(
         go.Bar(
             x=[chart_text(n) for n in names],
@@ -91,6 +93,12 @@ def bars(names: list[str], values: list, title: str, fmt: str = "{:,}") -> go.Fi
             textposition="auto",
         )
     )
+    shown = [v for v in values if v is not None]
+    if zoom and shown:
+        lo, hi = min(shown), max(shown)
+        pad = max(0.5, (hi - lo) * 0.5)
+        fig.update_yaxes(range=[max(0.0, lo - pad), hi + pad / 4])
+        title += f" · axis starts at {round(max(0.0, lo - pad), 1):g}"
     return _layout(fig, title, height=300)
 
 

@@ -42,7 +42,8 @@ def _tile(image: np.ndarray, wrong: bool) -> Image.Image:
     return ImageOps.expand(tile, border=4, fill=(230, 60, 50) if wrong else (60, 170, 90))
 
 
-def _caption(preds: dict, i: int) -> str:
+def _caption(preds: dict, i: int, digit: int) -> str:
+    """The true digit, then every task's answer; ✗ marks a wrong one."""
     parts = []
     for task, p in preds.items():
         t = get_task(task)
@@ -51,7 +52,7 @@ def _caption(preds: dict, i: int) -> str:
         else:
             ok = p["pred"][i] == p["true"][i]
             parts.append(("" if ok else "✗") + t.classes[int(p["pred"][i])])
-    return " · ".join(parts)
+    return f"{digit} → " + " · ".join(parts)
 
 
 def details_ui(run: dict) -> None:
@@ -81,10 +82,11 @@ def details_ui(run: dict) -> None:
             error_histogram(preds["value"]["true"], preds["value"]["pred"]), key="value_hist", width="stretch"
         )
     st.markdown(
-        f"**{GRID} test digits** with every task's prediction ({' · '.join(preds)}); a red frame and ✗ mark a mistake."
+        f"**{GRID} test digits**: the true digit → every task's prediction ({' · '.join(preds)}); a red frame "
+        "and ✗ mark a mistake."
     )
     rng = np.random.default_rng(0)
     idx = rng.choice(data.n_test, size=min(GRID, data.n_test), replace=False)
     idx = sorted(idx, key=lambda i: not is_mistake(preds, i))  # mistakes first: they teach the most
     images = [_tile(data.test_x[i, 0].numpy(), is_mistake(preds, i)) for i in idx]
-    st.image(images, caption=[_caption(preds, i) for i in idx], width=92)
+    st.image(images, caption=[_caption(preds, i, int(data.test_y[i])) for i in idx], width=92)

@@ -55,6 +55,18 @@ def _stl_baseline(run: dict, runs: list[dict]) -> dict | None:
     return None
 
 
+def delta_m_missing(run: dict, pool: list[dict]) -> str:
+    """Why a run has no Δm in the comparison table ("" when it has one)."""
+    if run["model"] == "stl":
+        return "STL is the baseline Δm is measured against"
+    if not run["best"]:
+        return "no finished epoch yet"
+    if _stl_baseline(run, sorted(pool, key=lambda r: r["created"], reverse=True)) is None:
+        tasks = "+".join(run["config"]["tasks"])
+        return f"no finished STL run on {tasks} with {data_source(run)} to compare with (train one)"
+    return ""
+
+
 def run_label(run: dict) -> str:
     """Run name (or model), tasks, the id's tail; the student's display name first when they gave one."""
     name = run.get("label") or run["model"]

@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from mtl_core.analysis import compare_rows, confusion, curve_rows, delta_m, is_mistake, predictions_on_test_set
+from mtl_core.analysis import (
+    compare_rows,
+    confusion,
+    curve_rows,
+    delta_m,
+    delta_m_missing,
+    is_mistake,
+    predictions_on_test_set,
+)
 from mtl_core.models import build_model
 
 
@@ -39,6 +47,17 @@ def test_compare_rows_use_the_matching_stl_run():
     assert rows[0]["Δm vs STL %"] == pytest.approx(100 * (0.03 / 0.96) / 2, abs=0.01)
     assert rows[1]["Δm vs STL %"] is None  # STL itself
     assert rows[0]["even acc %"] == 98.0
+
+
+def test_every_run_without_a_delta_m_says_why():
+    best = {"even": {"acc": 0.98}, "mult3": {"acc": 0.99}}
+    stl, hard = run("stl", best, created=1), run("hard", best, created=2)
+    assert delta_m_missing(hard, [stl, hard]) == ""  # it has one
+    assert "baseline" in delta_m_missing(stl, [stl, hard])
+    assert "no finished epoch" in delta_m_missing(run("hard", None, status="running"), [stl])
+    cnn = run("cnn", best, tasks=("even", "digit"), created=3)
+    assert "no finished STL run on even+digit with mnist" in delta_m_missing(cnn, [stl, cnn])
+    assert "no finished STL run" in delta_m_missing(hard, [run("stl", best, data="synthetic"), hard])
 
 
 def test_curve_rows_and_confusion():

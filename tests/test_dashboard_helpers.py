@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dashboard.charts import alpha_animation, alpha_heatmaps, alpha_lines, training_curves
+from dashboard.charts import alpha_animation, alpha_heatmaps, alpha_lines, bars, training_curves
 from mtl_core.predict import preprocess_canvas, read_image_bytes
 
 
@@ -46,3 +46,20 @@ def test_figures_have_one_trace_per_task_and_frames_per_epoch():
     assert [list(map(list, t.z)) for t in heat.data] == [[[0.9, 0.1], [0.2, 0.8]]] * 2
     assert len(alpha_animation(history, ["even", "mult3"]).frames) == 2
     assert len(alpha_lines(history, ["even", "mult3"]).data) == 4 * 2  # 4 alphas x 2 units
+
+
+def test_accuracy_bars_zoom_so_close_values_look_different_and_say_so():
+    plain = bars(["a", "b"], [97.8, 98.7], "Best average accuracy (%)")
+    assert plain.layout.yaxis.range is None
+    zoomed = bars(["a", "b"], [97.8, 98.7, None][:2], "Best average accuracy (%)", zoom=True)
+    lo, hi = zoomed.layout.yaxis.range
+    assert 95 < lo < 97.8 and 98.7 < hi <= 100  # the gap fills a visible part of the axis
+    assert (98.7 - 97.8) / (hi - lo) > 0.3
+    assert f"axis starts at {round(lo, 1):g}" in zoomed.layout.title.text
+
+
+def test_digit_captions_start_with_the_true_digit():
+    from dashboard.details import _caption
+
+    preds = {"even": {"pred": np.array([1]), "true": np.array([0])}, "value": {"pred": np.array([6.9])}}
+    assert _caption(preds, 0, 7) == "7 → ✗even · 6.9"

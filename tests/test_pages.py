@@ -186,6 +186,7 @@ def test_compare_shows_stored_runs_and_the_reference_study(synthetic):
     dm = rows["hard"]["Δm vs STL %"]
     assert isinstance(dm, float) and not pd.isna(dm)  # a number: the STL baseline was found
     assert "even acc %" in table.columns and "mult3 acc %" in table.columns
+    assert "STL is the baseline Δm is measured against" in texts(at.caption)  # why the STL row has none
 
     reference = at.dataframe[1].value
     assert list(reference["model"]) == list(SEED_STUDY["rows"])

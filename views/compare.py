@@ -8,7 +8,8 @@ from dashboard.classroom import visible_runs
 from dashboard.details import details_ui
 from dashboard.forms import SOURCE_NAMES
 from dashboard.state import client_address, get_runner, get_store, owner_id
-from mtl_core.analysis import compare_rows, comparison_json, curve_rows, run_label
+from dashboard.text import md_escape
+from mtl_core.analysis import compare_rows, comparison_json, curve_rows, delta_m_missing, run_label
 from mtl_core.config import TrainConfig
 from mtl_core.data import SOURCES
 from mtl_core.jobs import QueueFull
@@ -59,6 +60,12 @@ if not selected:
 table = pd.DataFrame(compare_rows(selected, pool=runs))
 st.subheader("Your runs")
 st.dataframe(table, hide_index=True, width="stretch")
+no_dm = [(run_label(r), delta_m_missing(r, runs)) for r in selected]
+no_dm = [f"{md_escape(label)}: {why}" for label, why in no_dm if why]
+if no_dm:
+    st.caption("No Δm for " + "; ".join(no_dm) + ".")
+if len({tuple(sorted(r["config"]["tasks"])) for r in selected}) > 1:
+    st.caption("These runs answer different sets of tasks: compare their average accuracies only within one task set.")
 left, right = st.columns([3, 2])
 with left:
     st.markdown("**Reference study** (published figures, not measured here)")
@@ -137,6 +144,7 @@ if bars_tab.open:
                 [None if r["best_avg"] is None else 100 * r["best_avg"] for r in selected],
                 "Best average accuracy (%)",
                 "{:.2f}",
+                zoom=True,
             ),
             key="bar_acc",
             width="stretch",
