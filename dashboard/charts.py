@@ -166,20 +166,21 @@ def alpha_heatmaps(alphas: list[list[list[float]]], tasks: list[str], title: str
     return fig
 
 
-def alpha_animation(history: list[list[list[list[float]]]], tasks: list[str]) -> go.Figure:
-    """All units side by side, one frame per epoch, with Plotly's own play button (runs in the browser)."""
+def alpha_animation(history: list[list[list[list[float]]]], tasks: list[str], first_epoch: int = 1) -> go.Figure:
+    """All units side by side, one frame per epoch, with Plotly's own play button (runs in the browser).
+    `first_epoch` is 0 when the history starts with the initialisation."""
     n_units = len(history[0])
     frames = []
-    for e, alphas in enumerate(history, start=1):
+    for e, alphas in enumerate(history, start=first_epoch):
         f = alpha_heatmaps(alphas, tasks)
         frames.append(go.Frame(data=f.data, name=str(e), layout=go.Layout(title=f"epoch {e}")))
-    fig = alpha_heatmaps(history[0], tasks, "epoch 1")
+    fig = alpha_heatmaps(history[0], tasks, f"epoch {first_epoch}")
     fig.frames = frames
     steps = [
         dict(
             method="animate", label=str(e), args=[[str(e)], dict(mode="immediate", frame=dict(duration=0, redraw=True))]
         )
-        for e in range(1, len(history) + 1)
+        for e in range(first_epoch, first_epoch + len(history))
     ]
     fig.update_layout(
         updatemenus=[
@@ -206,12 +207,12 @@ def alpha_animation(history: list[list[list[list[float]]]], tasks: list[str]) ->
     return fig
 
 
-def alpha_lines(history: list[list[list[list[float]]]], tasks: list[str]) -> go.Figure:
+def alpha_lines(history: list[list[list[list[float]]]], tasks: list[str], first_epoch: int = 1) -> go.Figure:
     n_units = len(history[0])
     fig = make_subplots(
         rows=1, cols=n_units, subplot_titles=[f"unit {u + 1}" for u in range(n_units)], shared_yaxes=True
     )
-    epochs = list(range(1, len(history) + 1))
+    epochs = list(range(first_epoch, first_epoch + len(history)))
     k = 0
     for i, ti in enumerate(tasks):
         for j, tj in enumerate(tasks):
@@ -232,7 +233,7 @@ def alpha_lines(history: list[list[list[list[float]]]], tasks: list[str]) -> go.
                     row=1,
                     col=u + 1,
                 )
-    fig.update_xaxes(title_text="epoch")
+    fig.update_xaxes(title_text="epoch", tickformat="d")  # whole epochs only, never 2.5
     return _layout(fig, "Each alpha over epochs", height=380)
 
 

@@ -63,3 +63,30 @@ def test_digit_captions_start_with_the_true_digit():
 
     preds = {"even": {"pred": np.array([1]), "true": np.array([0])}, "value": {"pred": np.array([6.9])}}
     assert _caption(preds, 0, 7) == "7 → ✗even · 6.9"
+
+
+def test_the_alpha_reading_says_how_much_each_unit_shares_and_whether_anything_moved():
+    from dashboard.alphas import alpha_reading, initial_alphas
+
+    start = initial_alphas("identity", 2, 2)
+    assert start == [[[1.0, 0.0], [0.0, 1.0]]] * 2
+    still = alpha_reading([start, start], alpha_lr_mult=1)
+    assert "Unit 1: same-task α ≈ 1.00, other-task |α| ≈ 0.00" in still[0] and "little sharing" in still[0]
+    assert "barely moved" in still[2] and "100 to 1000" in still[2]
+    assert not any("barely" in line for line in alpha_reading([start, start], alpha_lr_mult=500)[:2])
+    assert "100 to 1000" not in " ".join(alpha_reading([start, start], alpha_lr_mult=500))
+
+    shared = [[[0.5, 0.5], [0.5, 0.5]], [[0.9, 0.2], [0.1, 0.8]]]
+    lines = alpha_reading([start, shared], alpha_lr_mult=100)
+    assert "strong sharing" in lines[0] and "borrow some" in lines[1]
+    assert not any("barely moved" in line for line in lines)
+    wild = [[[3.7, -0.7], [0.1, 1.0]], [[1.0, 0.0], [0.0, 1.0]]]
+    assert "free weights" in alpha_reading([start, wild], alpha_lr_mult=1000)[-1]
+
+
+def test_alpha_charts_can_start_at_epoch_zero():
+    history = [[[[1.0, 0.0], [0.0, 1.0]]]] * 3
+    lines = alpha_lines(history, ["even", "mult3"], first_epoch=0)
+    assert list(lines.data[0].x) == [0, 1, 2] and lines.layout.xaxis.tickformat == "d"
+    anim = alpha_animation(history, ["even", "mult3"], first_epoch=0)
+    assert [f.name for f in anim.frames] == ["0", "1", "2"] and anim.layout.title.text == "epoch 0"

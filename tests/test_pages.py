@@ -249,6 +249,22 @@ def test_cross_stitch_page_draws_the_stored_alphas(synthetic):
     assert_ok(at)
     for got, want in zip(heatmap_z("Alphas after epoch 1"), history[0]):
         assert np.asarray(got) == pytest.approx(np.asarray(want))
+    at.slider(key="cs_epoch").set_value(0).run()  # epoch 0: the initialisation the config names
+    assert_ok(at)
+    for got in heatmap_z("Alphas as initialised"):
+        assert np.asarray(got) == pytest.approx(np.eye(2))  # the preset starts from identity
+    assert "What they say" in " ".join(m.value for m in at.markdown)
+
+
+def test_cross_stitch_page_opens_on_a_run_with_alphas_not_one_cancelled_in_the_queue(synthetic):
+    trained = stored_run("cross_stitch", synthetic)
+    store = RunStore()
+    queued = store.create_run(TrainConfig.preset("cross_stitch", data="synthetic").to_dict(), owner=OWNER)
+    store.request_stop(queued)  # cancelled while queued: newer, but nothing to show
+    assert store.get_run(queued)["status"] == "cancelled"
+    at = open_page("views/cross_stitch.py")
+    assert_ok(at)
+    assert at.selectbox(key="cs_run").value == trained
 
 
 # ----------------------------------------------------------------------------- Draw

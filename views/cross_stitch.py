@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from dashboard.alphas import alpha_reading, initial_alphas
 from dashboard.charts import alpha_animation, alpha_heatmaps, alpha_lines
 from dashboard.classroom import visible_runs
 from dashboard.state import get_store, read_if_changed
@@ -25,6 +26,10 @@ if not runs:
     st.stop()
 
 by_id = {r["id"]: r for r in runs}
+# Open on the newest run with something to show (a run cancelled while queued has no alphas).
+with_epochs = [r["id"] for r in runs if r["best_epoch"] or r["status"] == "running"]
+if st.session_state.get("cs_run") not in by_id:
+    st.session_state["cs_run"] = with_epochs[0] if with_epochs else runs[0]["id"]
 run_id = st.selectbox("Run", list(by_id), key="cs_run", format_func=lambda i: run_label(by_id[i]))
 cfg = by_id[run_id]["config"]
 st.caption(f"alpha initialisation: {cfg['alpha_init']} · alpha learning-rate multiplier: {cfg['alpha_lr_mult']:g}")
@@ -54,15 +59,17 @@ def alphas_view() -> None:
         st.caption(f"Training: epoch {len(history)} of {run['config']['epochs']} (updates every 2 s)")
     else:
         st.caption(f"Run {run['status']} after {len(history)} epoch(s).")
-    n = len(history)
-    epoch = st.slider("Epoch", 1, n, n, key="cs_epoch") if n > 1 else 1
-    st.plotly_chart(
-        alpha_heatmaps(history[epoch - 1], tasks, f"Alphas after epoch {epoch}"), key="cs_heat", width="stretch"
-    )
-    if n > 1:
-        st.plotly_chart(alpha_lines(history, tasks), key="cs_lines", width="stretch")
-        with st.expander("Play the alphas epoch by epoch"):
-            st.plotly_chart(alpha_animation(history, tasks), key="cs_anim", width="stretch")
+    # Epoch 0 is the initialisation (known from the config), so the first frame shows where they began.
+    history = [initial_alphas(run["config"]["alpha_init"], len(tasks), len(history[0])), *history]
+    n = len(history) - 1
+    epoch = st.slider("Epoch (0: as initialised)", 0, n, n, key="cs_epoch")
+    title = f"Alphas after epoch {epoch}" if epoch else "Alphas as initialised"
+    st.plotly_chart(alpha_heatmaps(history[epoch], tasks, title), key="cs_heat", width="stretch")
+    reading = alpha_reading(history[: epoch + 1], run["config"]["alpha_lr_mult"])
+    st.markdown(f"**What they say** (epoch {epoch}):\n\n" + "\n".join(f"- {line}" for line in reading))
+    st.plotly_chart(alpha_lines(history, tasks, first_epoch=0), key="cs_lines", width="stretch")
+    with st.expander("Play the alphas epoch by epoch"):
+        st.plotly_chart(alpha_animation(history, tasks, first_epoch=0), key="cs_anim", width="stretch")
 
 
 alphas_view()
