@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import streamlit as st
 
 from dashboard.charts import class_probabilities
-from dashboard.state import client_address, get_runner, model_of, owner_id
+from dashboard.state import client_address, get_data, get_runner, model_of, owner_id
 from dashboard.text import md_escape
 from mtl_core.analysis import run_label
 from mtl_core.checkpoint import ModelFileError, load_model_bytes
@@ -14,14 +16,18 @@ from mtl_core.config import TrainConfig
 from mtl_core.predict import predict
 from mtl_core.tasks import VALUE_SCALE, get_task
 
-# The quick model: the 4-task CNN (it answers every task) on 8,000 digits for 3 epochs.
+# The quick model: the 4-task CNN (it answers every task) on at most 8,000 digits for 3 epochs.
 QUICK_MODEL = dict(model="cnn", epochs=3, train_limit=8000)
 
 
 def quick_model_ui(busy: bool) -> None:
     """Offer the quick model; `busy` (a job of yours is already training) greys the button out."""
+    try:
+        digits = min(QUICK_MODEL["train_limit"], get_data("auto").n_train)
+    except Exception:  # noqa: BLE001 - the sidebar says why the data is missing
+        digits = QUICK_MODEL["train_limit"]
     st.info(
-        "No trained model yet. Train a quick one (the 4-task CNN on 8,000 digits, 3 epochs, "
+        f"No trained model yet. Train a quick one (the 4-task CNN on {digits:,} digits, 3 epochs, "
         "well under a minute on a CPU), or train your own on the **Train** page."
     )
     if st.button("⚡ Train a quick model", type="primary", key="quick_model", disabled=busy):
@@ -56,10 +62,54 @@ def run_model(run: dict):
     return run_label(run), model_of(run)[0]
 
 
+def default_models(runs: list[dict], most: int = 4) -> list[str]:
+    """The Draw page's preselection: the newest finished run of each model kind (a kind with none
+    finished: its newest run with a model), up to `most` kinds. `runs` come newest first."""
+    chosen: dict[str, str] = {}
+    for r in runs:
+        if r["status"] == "finished" and r["model"] not in chosen:
+            chosen[r["model"]] = r["id"]
+    for r in runs:
+        chosen.setdefault(r["model"], r["id"])
+    newest_first = [r["id"] for r in runs if r["id"] in chosen.values()]
+    return newest_first[:most]
+
+
+def _timed_predict(model, image: np.ndarray) -> tuple[dict[str, np.ndarray], float]:
+    t0 = time.perf_counter()
+    out = predict(model, image[None])
+    return out, (time.perf_counter() - t0) * 1000
+
+
+def _answer(task: str, probs: np.ndarray) -> str:
+    t = get_task(task)
+    if t.kind == "regression":
+        return f"{float(probs[0]) * VALUE_SCALE:.2f}"
+    p = probs[0]
+    if t.kind == "multiclass":
+        return f"{t.classes[int(p.argmax())]} ({p.max():.0%})"
+    p_yes = float(p[1])
+    return f"{t.classes[1] if p_yes >= 0.5 else t.classes[0]} (P({t.classes[1]}) = {p_yes:.0%})"
+
+
+def predictions_table_ui(models: list[tuple[str, object]], image: np.ndarray) -> None:
+    """Many models at once: one row per task, one column per model, and each model's inference time."""
+    answers, times = {}, {}
+    for title, model in models:
+        out, ms = _timed_predict(model, image)
+        answers[title] = {task: _answer(task, probs) for task, probs in out.items()}
+        times[title] = f"{ms:.1f} ms"
+    tasks = list(dict.fromkeys(t for a in answers.values() for t in a))
+    rows = [{"task": f"{t}: {get_task(t).title}", **{m: a.get(t, "—") for m, a in answers.items()}} for t in tasks]
+    rows.append({"task": "inference time", **times})
+    st.dataframe(rows, hide_index=True, width="stretch")  # plain text: run names are user input
+
+
 def predictions_ui(title: str, model, image: np.ndarray, key: str) -> None:
     """Every task's answer from one model for one preprocessed 28x28 image."""
-    out = predict(model, image[None])
+    out, ms = _timed_predict(model, image)
     st.markdown(f"**{md_escape(title)}**")
+    st.caption(f"answered in {ms:.1f} ms")
     for task, probs in out.items():
         t = get_task(task)
         if t.kind == "regression":

@@ -296,6 +296,33 @@ def test_draw_page_predicts_a_drawn_digit(synthetic):
     images = at.get("image")
     assert len(images) == 1  # the 28x28 model input
     assert "28×28 from the canvas" in str(images[0].proto)
+    assert texts(at.caption).count("answered in ") == 2  # each model's inference time
+
+
+def test_draw_preselects_finished_models_of_every_kind_and_tabulates_many(synthetic):
+    from dashboard.draw_ui import default_models
+
+    kinds = {m: stored_run(m, synthetic) for m in ("stl", "hard", "cross_stitch", "cnn")}
+    store = RunStore()
+    stopped = store.create_run(TrainConfig.preset("hard", data="synthetic").to_dict(), owner=OWNER)
+    store.claim_next("test-worker", os.getpid())
+    store.set_best(stopped, "test-worker", 1, store.get_run(kinds["hard"])["weights_path"])
+    store.finish(stopped, "cancelled", "stopped by request during epoch 2", worker="test-worker")
+    newest_first = store.list_runs(owner=OWNER)
+    assert newest_first[0]["id"] == stopped  # newer than the finished hard run, but only one epoch
+    assert set(default_models(newest_first)) == set(kinds.values())  # finished first, all four kinds
+
+    at = open_page("views/draw.py")
+    assert_ok(at)
+    assert set(at.multiselect(key="draw_models").value) == set(kinds.values())
+    at.session_state["canvas"] = {"drawing": {"raw": {"objects": [{}]}, "data": stroke_png()}, "backgroundFit": None}
+    at.run()
+    assert_ok(at)
+    table = at.dataframe[0].value  # four models: one row per task, one column per model
+    assert list(table.columns)[0] == "task" and len(table.columns) == 1 + 4
+    assert table["task"].iloc[-1] == "inference time"
+    assert all(str(v).endswith(" ms") for v in table.iloc[-1, 1:])
+    assert not at.get("progress")  # no squeezed columns of bars
 
 
 def test_draw_page_without_models_offers_a_quick_model():

@@ -4,7 +4,14 @@ import streamlit as st
 from streamlit_drawable_canvas import st_canvas  # only here: it needs a running Streamlit (RECIPES.md)
 
 from dashboard.classroom import visible_runs
-from dashboard.draw_ui import model_file_ui, predictions_ui, quick_model_ui, run_model
+from dashboard.draw_ui import (
+    default_models,
+    model_file_ui,
+    predictions_table_ui,
+    predictions_ui,
+    quick_model_ui,
+    run_model,
+)
 from dashboard.state import has_model, note_presence, read_if_changed
 from mtl_core.analysis import run_label
 from mtl_core.predict import ImageInputError, prepare_drawing, read_image_bytes, to_display
@@ -30,11 +37,7 @@ if not runs and from_file is None:
     st.stop()
 
 by_id = {r["id"]: r for r in runs}
-default, seen = [], set()
-for r in runs:  # newest run of each model kind, up to three
-    if r["model"] not in seen and len(default) < 3:
-        default.append(r["id"])
-        seen.add(r["model"])
+default = default_models(runs)
 chosen = st.multiselect(
     "Models", list(by_id), default=default, key="draw_models", format_func=lambda i: run_label(by_id[i])
 )
@@ -89,6 +92,8 @@ with right:
         st.info("✏️ Draw a digit on the black square (or upload a picture) to see every task's prediction.")
     elif not models:
         st.info("Pick at least one model above.")
+    elif len(models) > 3:  # more columns than fit: a tasks x models table reads better
+        predictions_table_ui(models, image)
     else:
         for i, (col, (title, model)) in enumerate(zip(st.columns(len(models)), models)):
             with col:
