@@ -20,7 +20,8 @@ pages = [
 ]
 keep_widget_values()
 nav = st.navigation(pages)
-with timed_run(nav.title):  # only with MTL_TIMING_LOG set (benchmarks/load.py)
+# getattr: outside a server (bare mode, e.g. a process that imports this file) a page has no title.
+with timed_run(getattr(nav, "title", "")):  # only with MTL_TIMING_LOG set (benchmarks/load.py)
     try:
         sidebar_ui()
         nav.run()

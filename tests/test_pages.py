@@ -402,3 +402,13 @@ def test_a_run_that_failed_before_training_does_not_say_it_waits_for_a_worker():
     assert_ok(at)
     assert "waiting for a worker" not in " ".join(m.value for m in at.markdown)
     assert "the data is not available here" in texts(at.error)
+
+
+def test_home_describes_every_model_in_full():
+    from mtl_core.models import MODELS
+
+    at = open_page()
+    assert_ok(at)
+    shown = " ".join(m.value for m in at.markdown)
+    for spec in MODELS.values():
+        assert spec.description in shown, spec.title  # whole sentences, not a cut-off table cell

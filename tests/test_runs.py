@@ -99,10 +99,15 @@ def test_caps_are_checked_in_the_inserting_transaction(store):
         store.create_runs([cfg], owner="e", client="10.0.0.3", limits=limits)
 
 
-def test_parallel_submits_cannot_pass_a_cap(store):
+def test_parallel_submits_cannot_pass_a_cap(store, monkeypatch):
     """Eight processes submit at once against a cap of three: exactly three get in."""
     import multiprocessing as mp
+    import sys
+    import types
 
+    # A spawned child first runs the parent's __main__ file; after an AppTest that is app.py. A bare
+    # __main__ keeps the children to this test's own function.
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))
     with mp.get_context("spawn").Pool(8) as pool:
         results = pool.starmap(_submit_one, [(str(store.path),)] * 8)
     assert sorted(results) == [False] * 5 + [True] * 3

@@ -40,13 +40,12 @@ with right:
         width="stretch",
     )
     st.subheader("Models")
-    st.dataframe(
-        [
-            {"model": s.title, "family": s.family, "default tasks": ", ".join(s.default_tasks), "what": s.description}
+    # A list, not a table: the descriptions are sentences and a table cell cut them off.
+    st.markdown(
+        "\n".join(
+            f"- **{s.title}** ({s.family}; tasks {', '.join(s.default_tasks)}): {s.description}"
             for s in MODELS.values()
-        ],
-        hide_index=True,
-        width="stretch",
+        )
     )
 
 st.subheader("Data in use")
