@@ -122,10 +122,6 @@ def train_form_ui(model: str) -> dict | None:
         epochs = c1.number_input("Epochs", 1, 500, key=f"f_epochs{k}")
         lr = c2.number_input("Learning rate", min_value=1e-6, max_value=10.0, step=1e-4, format="%.5f", key=f"f_lr{k}")
         batch = c3.number_input("Batch size", 1, 8192, key=f"f_batch{k}")
-        c1, c2, c3 = st.columns(3)
-        optimizer = c1.selectbox("Optimiser", OPTIMIZERS, key=f"f_opt{k}")
-        weight_decay = c2.number_input("Weight decay", 0.0, 1.0, step=1e-4, format="%.5f", key=f"f_wd{k}")
-        seed = c3.number_input("Seed", 0, 2**31 - 1, key=f"f_seed{k}")
         mnist_here = full_mnist_here()
 
         def source_name(source: str) -> str:
@@ -133,40 +129,11 @@ def train_form_ui(model: str) -> dict | None:
                 return SOURCE_NAMES[source] + " · not on this server"
             return SOURCE_NAMES[source]
 
-        data = st.selectbox("Data", SOURCES, format_func=source_name, key=f"f_data{k}")
-        train_limit = st.number_input(
-            "Use only the first N training digits (0 = all)", 0, 60000, step=1000, key=f"f_limit{k}"
-        )
-        cuda = torch.cuda.is_available()
-        use_gpu = st.toggle(
-            "Train on the GPU",
-            disabled=not cuda,
-            key=f"f_gpu{k}",
-            help=None if cuda else "No CUDA GPU on this server, so training runs on the CPU.",
-        )
-        if not cuda:
-            st.caption("GPU: not available on this server (no CUDA device found); training runs on the CPU.")
-        with st.expander("Loss weights and learning-rate schedule"):
-            weighting = st.selectbox(
-                "Loss weighting",
-                list(WEIGHTINGS),
-                key=f"f_weighting{k}",
-                help="static: the weights below. uncertainty: learned per-task weights (Kendall et al., 2018), "
-                "scaled by the weights below.",
-            )
-            cols = st.columns(len(TASKS))
-            weights = {t: col.number_input(t, 0.0, 1000.0, step=0.5, key=f"f_w_{t}{k}") for col, t in zip(cols, TASKS)}
-            c1, c2, c3 = st.columns(3)
-            scheduler = c1.selectbox(
-                "Schedule",
-                ["none", "step"],
-                key=f"f_sched{k}",
-                help="step: multiply the LR by gamma every N epochs (StepLR)",
-            )
-            step_size = c2.number_input("Step every N epochs", 1, 500, key=f"f_step{k}")
-            gamma = c3.number_input("Gamma", 0.01, 1.0, step=0.05, key=f"f_gamma{k}")
+        c1, c2 = st.columns([3, 2])
+        data = c1.selectbox("Data", SOURCES, format_func=source_name, key=f"f_data{k}")
+        label = c2.text_input("Run name (optional)", max_chars=40, key=f"f_label{k}")
         extra: dict = {}
-        if model == "cross_stitch":
+        if model == "cross_stitch":  # the alphas are the point of this model: kept in sight
             c1, c2 = st.columns(2)
             extra["alpha_init"] = c1.selectbox(
                 "Alpha initialisation",
@@ -181,20 +148,61 @@ def train_form_ui(model: str) -> dict | None:
                 key=f"f_amult{k}",
                 help="The paper used 100 to 1000.",
             )
-        c1, c2 = st.columns(2)
-        extra["precision"] = c1.selectbox(
-            "Precision",
-            PRECISIONS,
-            key=f"f_prec{k}",
-            help=(
-                "auto: bf16 where this machine has it natively and it pays (the CNN, about 2x; the first "
-                "layer of hard sharing, about 1.6x, same accuracy); fp32 everywhere else. fp32: full precision."
-            ),
-        )
-        if family == "cnn":
-            extra["channels_last"] = c2.checkbox("channels_last memory layout", key=f"f_cl{k}")
-        label = st.text_input("Run name (optional)", max_chars=40, key=f"f_label{k}")
+        # Start sits above the rarely changed settings, so on a projector it and the live curves it
+        # starts are both in view without scrolling; a form submits every field wherever it is.
         submitted = st.form_submit_button("Start training", type="primary", key=f"train_submit{k}")
+        with st.expander("More settings: optimiser, seed, fewer digits, precision, GPU"):
+            c1, c2, c3 = st.columns(3)
+            optimizer = c1.selectbox("Optimiser", OPTIMIZERS, key=f"f_opt{k}")
+            weight_decay = c2.number_input("Weight decay", 0.0, 1.0, step=1e-4, format="%.5f", key=f"f_wd{k}")
+            seed = c3.number_input("Seed", 0, 2**31 - 1, key=f"f_seed{k}")
+            train_limit = st.number_input(
+                "Use only the first N training digits (0 = all)", 0, 60000, step=1000, key=f"f_limit{k}"
+            )
+            c1, c2 = st.columns(2)
+            extra["precision"] = c1.selectbox(
+                "Precision",
+                PRECISIONS,
+                key=f"f_prec{k}",
+                help=(
+                    "auto: bf16 where this machine has it natively and it pays (the CNN, about 2x; the first "
+                    "layer of hard sharing, about 1.6x, same accuracy); fp32 everywhere else. fp32: full precision."
+                ),
+            )
+            if family == "cnn":
+                extra["channels_last"] = c2.checkbox("channels_last memory layout", key=f"f_cl{k}")
+            cuda = torch.cuda.is_available()
+            use_gpu = st.toggle(
+                "Train on the GPU",
+                disabled=not cuda,
+                key=f"f_gpu{k}",
+                help=None if cuda else "No CUDA GPU on this server, so training runs on the CPU.",
+            )
+            if not cuda:
+                st.caption("GPU: not available on this server (no CUDA device found); training runs on the CPU.")
+        with st.expander("Loss weights and learning-rate schedule"):
+            weighting = st.selectbox(
+                "Loss weighting",
+                list(WEIGHTINGS),
+                key=f"f_weighting{k}",
+                help="static: the weights below. uncertainty: learned per-task weights (Kendall et al., 2018), "
+                "scaled by the weights below.",
+            )
+            # Three to a row: five side by side were too narrow to read in the form's column.
+            weights = {}
+            for start in range(0, len(TASKS), 3):
+                row = list(TASKS)[start : start + 3]
+                for col, t in zip(st.columns(3), row):
+                    weights[t] = col.number_input(t, 0.0, 1000.0, step=0.5, key=f"f_w_{t}{k}")
+            c1, c2, c3 = st.columns(3)
+            scheduler = c1.selectbox(
+                "Schedule",
+                ["none", "step"],
+                key=f"f_sched{k}",
+                help="step: multiply the LR by gamma every N epochs (StepLR)",
+            )
+            step_size = c2.number_input("Step every N epochs", 1, 500, key=f"f_step{k}")
+            gamma = c3.number_input("Gamma", 0.01, 1.0, step=0.05, key=f"f_gamma{k}")
     if not submitted:
         return None
     if data == "mnist" and not mnist_here:

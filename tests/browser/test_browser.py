@@ -324,3 +324,25 @@ def test_the_train_form_survives_page_switches_and_reset_restores_the_recipe(fre
     expect(form.get_by_label("Epochs", exact=True)).to_have_value("20", timeout=T)
     expect(form.get_by_label("Batch size", exact=True)).to_have_value("128")
     expect(form.get_by_role("combobox", name="Data", exact=True)).to_have_value(re.compile(r"^auto"))
+
+
+def test_on_a_projector_start_and_the_live_run_are_in_view_together(browser: Browser, streamlit_server, screenshot_dir):
+    """1400 x 900 without scrolling: the model choice, Start, and after Start the run it started."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    context.set_default_timeout(T)
+    page = context.new_page()
+    try:
+        page.goto(streamlit_server + "/train")
+        expect(page.get_by_role("heading", name="Train")).to_be_visible(timeout=T)
+        page.get_by_test_id("stRadio").get_by_text("Cross-stitch", exact=True).click()
+        start = page.get_by_test_id("stForm").get_by_role("button", name="Start training")
+        expect(start).to_be_in_viewport(timeout=T)
+        expect(page.get_by_role("spinbutton", name="Alpha learning-rate multiplier")).to_be_in_viewport()
+        fill_train_form(page, "Cross-stitch", "mixed after each hidden layer", 2, 64)
+        watching = page.get_by_role("combobox", name="Watching")
+        expect(watching).to_have_value(re.compile(r"^cross_stitch"), timeout=T)
+        expect(watching).to_be_in_viewport()
+        expect(start).to_be_in_viewport()
+        page.screenshot(path=str(screenshot_dir / "train_projector_1400x900.png"))
+    finally:
+        context.close()
