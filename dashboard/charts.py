@@ -17,7 +17,8 @@ def _layout(fig: go.Figure, title: str, height: int = 330) -> go.Figure:
         title=title,
         height=height,
         margin=dict(l=10, r=10, t=45, b=10),
-        legend=dict(orientation="h", yanchor="bottom", y=-0.35),
+        # Hung from its top below the x-axis title: more rows grow downwards, never over the curves.
+        legend=dict(orientation="h", yanchor="top", y=-0.22, x=0),
         template="plotly_white",
     )
     return fig

@@ -90,3 +90,10 @@ def test_alpha_charts_can_start_at_epoch_zero():
     assert list(lines.data[0].x) == [0, 1, 2] and lines.layout.xaxis.tickformat == "d"
     anim = alpha_animation(history, ["even", "mult3"], first_epoch=0)
     assert [f.name for f in anim.frames] == ["0", "1", "2"] and anim.layout.title.text == "epoch 0"
+
+
+def test_legends_hang_below_the_plot_and_grow_downwards():
+    from dashboard.charts import overlay
+
+    fig = overlay({f"run {i}": ([1, 2], [0.5, 0.6]) for i in range(12)}, "Test average accuracy", "accuracy")
+    assert fig.layout.legend.yanchor == "top" and fig.layout.legend.y < 0  # below, growing away from the curves

@@ -87,7 +87,8 @@ with left:
 with right:
     st.caption(
         f"Reference: {SEED_STUDY['source']}. Δm is the mean relative change per task against the newest "
-        "finished STL run with the same tasks and data (MAE counts lower as better)."
+        "finished STL run with the same tasks and data (MAE counts lower as better). `train_s` is wall-clock "
+        "time on this server, which may have been training other students' jobs at the same time."
     )
 
 histories = {r["id"]: store.epochs(r["id"]) for r in selected}
