@@ -5,8 +5,9 @@ from __future__ import annotations
 import streamlit as st
 import torch
 
+from dashboard.links import HIDEABLE, LINK_KEYS, config_from_query, hidden_from_query, link_to
 from dashboard.state import full_mnist_here, get_data, get_runner, get_store
-from mtl_core.config import OPTIMIZERS, PRECISIONS, TrainConfig
+from mtl_core.config import OPTIMIZERS, PRECISIONS, ConfigError, TrainConfig
 from mtl_core.data import SOURCES
 from mtl_core.estimate import Estimate, duration_words, epoch_estimate, queue_spot
 from mtl_core.models import ALPHA_INITS, MODELS
@@ -32,42 +33,63 @@ def model_picker_ui() -> str:
     )
 
 
-def form_defaults(model: str) -> dict:
-    """Every field of `model`'s form, by widget key, at the reference recipe: the form's starting values
-    and what Reset puts back. Session State is the form's one source of values (no widget gets a
-    `value=` of its own), so Reset can set them and the browser shows what it set."""
-    p = TrainConfig.preset(model)
-    k = f"_{model}"
+def form_values(config: TrainConfig) -> dict:
+    """Every field of the form for `config.model`, by widget key, holding `config`'s values. Session
+    State is the form's one source of values (no widget gets a `value=` of its own), so Reset, a shared
+    link and "train again" can set them and the browser shows what they set."""
+    k = f"_{config.model}"
     d = {
-        f"f_tasks{k}": list(p.tasks),
-        f"f_epochs{k}": int(p.epochs),
-        f"f_lr{k}": float(p.lr),
-        f"f_batch{k}": int(p.batch_size),
-        f"f_opt{k}": p.optimizer,
-        f"f_wd{k}": float(p.weight_decay),
-        f"f_seed{k}": int(p.seed),
-        f"f_data{k}": p.data,
-        f"f_limit{k}": int(p.train_limit or 0),
-        f"f_gpu{k}": False,
-        f"f_weighting{k}": p.loss_weighting,
-        f"f_sched{k}": p.scheduler,
-        f"f_step{k}": int(p.step_size),
-        f"f_gamma{k}": float(p.gamma),
-        f"f_prec{k}": p.precision,
+        f"f_tasks{k}": list(config.tasks),
+        f"f_epochs{k}": int(config.epochs),
+        f"f_lr{k}": float(config.lr),
+        f"f_batch{k}": int(config.batch_size),
+        f"f_opt{k}": config.optimizer,
+        f"f_wd{k}": float(config.weight_decay),
+        f"f_seed{k}": int(config.seed),
+        f"f_data{k}": config.data,
+        f"f_limit{k}": int(config.train_limit or 0),
+        f"f_gpu{k}": config.device == "cuda",
+        f"f_weighting{k}": config.loss_weighting,
+        f"f_sched{k}": config.scheduler,
+        f"f_step{k}": int(config.step_size),
+        f"f_gamma{k}": float(config.gamma),
+        f"f_prec{k}": config.precision,
         f"f_label{k}": "",
-        **{f"f_w_{t}{k}": float(p.weight(t)) for t in TASKS},
+        **{f"f_w_{t}{k}": float(config.weight(t)) for t in TASKS},
     }
-    if model == "cross_stitch":
-        d |= {f"f_ainit{k}": p.alpha_init, f"f_amult{k}": float(p.alpha_lr_mult)}
-    if MODELS[model].family == "cnn":
-        d[f"f_cl{k}"] = bool(p.channels_last)
+    if config.model == "cross_stitch":
+        d |= {f"f_ainit{k}": config.alpha_init, f"f_amult{k}": float(config.alpha_lr_mult)}
+    if MODELS[config.model].family == "cnn":
+        d[f"f_cl{k}"] = bool(config.channels_last)
     return d
+
+
+def form_defaults(model: str) -> dict:
+    """The form of `model` at its reference recipe: the starting values and what Reset puts back."""
+    return form_values(TrainConfig.preset(model))
+
+
+def load_into_form(config: TrainConfig, hidden: frozenset[str] = frozenset()) -> None:
+    """Show `config` in the Train form (its model chosen); `hidden` controls are left out of the form."""
+    st.session_state["train_model"] = config.model
+    for key, value in form_values(config).items():
+        st.session_state[key] = value
+    st.session_state["form_hidden"] = hidden
 
 
 def _reset_form(model: str) -> None:
     # Set, not deleted: a deleted key leaves the browser showing (and sending back) the old values.
+    # Controls a link hid keep the link's values: the exercise stays what the teacher made it.
+    hidden = st.session_state.get("form_hidden", frozenset())
     for key, value in form_defaults(model).items():
-        st.session_state[key] = value
+        if _short(key, model) not in hidden:
+            st.session_state[key] = value
+
+
+def _short(key: str, model: str) -> str:
+    """The link name of a form key (f_lr_hard -> lr; every loss weight -> weights)."""
+    name = key[2 : -len(model) - 1]
+    return "weights" if name.startswith("w_") else name
 
 
 def reset_form_ui(model: str) -> None:
@@ -109,19 +131,33 @@ def train_form_ui(model: str) -> dict | None:
     """Draw the form for `model`; return the config fields when submitted, else None."""
     k = f"_{model}"  # per-model keys: switching model brings back that model's preset
     family = MODELS[model].family
-    for key, value in form_defaults(model).items():  # the values the widgets read (see form_defaults)
-        st.session_state.setdefault(key, value)
+    state = st.session_state
+    for key, value in form_defaults(model).items():  # the values the widgets read (see form_values)
+        state.setdefault(key, value)
+    hidden = state.get("form_hidden", frozenset())
+
+    def show(name: str, draw):
+        """The control `draw()` makes, or, where a link hid it, the value the link set."""
+        return state[f"f_{name}{k}"] if name in hidden else draw()
+
     with st.form(f"train_form{k}"):
-        tasks = st.multiselect(
-            "Tasks",
-            list(TASKS),
-            key=f"f_tasks{k}",
-            format_func=lambda t: f"{t}: {TASKS[t].title}",
+        if hidden:
+            st.caption("🔒 This link fixes some settings for the exercise: " + ", ".join(sorted(hidden)) + ".")
+        tasks = show(
+            "tasks",
+            lambda: st.multiselect(
+                "Tasks", list(TASKS), key=f"f_tasks{k}", format_func=lambda t: f"{t}: {TASKS[t].title}"
+            ),
         )
         c1, c2, c3 = st.columns(3)
-        epochs = c1.number_input("Epochs", 1, 500, key=f"f_epochs{k}")
-        lr = c2.number_input("Learning rate", min_value=1e-6, max_value=10.0, step=1e-4, format="%.5f", key=f"f_lr{k}")
-        batch = c3.number_input("Batch size", 1, 8192, key=f"f_batch{k}")
+        epochs = show("epochs", lambda: c1.number_input("Epochs", 1, 500, key=f"f_epochs{k}"))
+        lr = show(
+            "lr",
+            lambda: c2.number_input(
+                "Learning rate", min_value=1e-6, max_value=10.0, step=1e-4, format="%.5f", key=f"f_lr{k}"
+            ),
+        )
+        batch = show("batch", lambda: c3.number_input("Batch size", 1, 8192, key=f"f_batch{k}"))
         mnist_here = full_mnist_here()
 
         def source_name(source: str) -> str:
@@ -130,47 +166,62 @@ def train_form_ui(model: str) -> dict | None:
             return SOURCE_NAMES[source]
 
         c1, c2 = st.columns([3, 2])
-        data = c1.selectbox("Data", SOURCES, format_func=source_name, key=f"f_data{k}")
+        data = show("data", lambda: c1.selectbox("Data", SOURCES, format_func=source_name, key=f"f_data{k}"))
         label = c2.text_input("Run name (optional)", max_chars=40, key=f"f_label{k}")
         extra: dict = {}
         if model == "cross_stitch":  # the alphas are the point of this model: kept in sight
             c1, c2 = st.columns(2)
-            extra["alpha_init"] = c1.selectbox(
-                "Alpha initialisation",
-                list(ALPHA_INITS),
-                key=f"f_ainit{k}",
-                help="convex-0.9: 0.9 same-task / 0.1 other-task (best in the paper)",
+            extra["alpha_init"] = show(
+                "ainit",
+                lambda: c1.selectbox(
+                    "Alpha initialisation",
+                    list(ALPHA_INITS),
+                    key=f"f_ainit{k}",
+                    help="convex-0.9: 0.9 same-task / 0.1 other-task (best in the paper)",
+                ),
             )
-            extra["alpha_lr_mult"] = c2.number_input(
-                "Alpha learning-rate multiplier",
-                0.01,
-                10000.0,
-                key=f"f_amult{k}",
-                help="The paper used 100 to 1000.",
+            extra["alpha_lr_mult"] = show(
+                "amult",
+                lambda: c2.number_input(
+                    "Alpha learning-rate multiplier",
+                    0.01,
+                    10000.0,
+                    key=f"f_amult{k}",
+                    help="The paper used 100 to 1000.",
+                ),
             )
         # Start sits above the rarely changed settings, so on a projector it and the live curves it
         # starts are both in view without scrolling; a form submits every field wherever it is.
         submitted = st.form_submit_button("Start training", type="primary", key=f"train_submit{k}")
         with st.expander("More settings: optimiser, seed, fewer digits, precision, GPU"):
             c1, c2, c3 = st.columns(3)
-            optimizer = c1.selectbox("Optimiser", OPTIMIZERS, key=f"f_opt{k}")
-            weight_decay = c2.number_input("Weight decay", 0.0, 1.0, step=1e-4, format="%.5f", key=f"f_wd{k}")
-            seed = c3.number_input("Seed", 0, 2**31 - 1, key=f"f_seed{k}")
-            train_limit = st.number_input(
-                "Use only the first N training digits (0 = all)", 0, 60000, step=1000, key=f"f_limit{k}"
+            optimizer = show("opt", lambda: c1.selectbox("Optimiser", OPTIMIZERS, key=f"f_opt{k}"))
+            weight_decay = show(
+                "wd", lambda: c2.number_input("Weight decay", 0.0, 1.0, step=1e-4, format="%.5f", key=f"f_wd{k}")
+            )
+            seed = show("seed", lambda: c3.number_input("Seed", 0, 2**31 - 1, key=f"f_seed{k}"))
+            train_limit = show(
+                "limit",
+                lambda: st.number_input(
+                    "Use only the first N training digits (0 = all)", 0, 60000, step=1000, key=f"f_limit{k}"
+                ),
             )
             c1, c2 = st.columns(2)
-            extra["precision"] = c1.selectbox(
-                "Precision",
-                PRECISIONS,
-                key=f"f_prec{k}",
-                help=(
-                    "auto: bf16 where this machine has it natively and it pays (the CNN, about 2x; the first "
-                    "layer of hard sharing, about 1.6x, same accuracy); fp32 everywhere else. fp32: full precision."
+            extra["precision"] = show(
+                "prec",
+                lambda: c1.selectbox(
+                    "Precision",
+                    PRECISIONS,
+                    key=f"f_prec{k}",
+                    help=(
+                        "auto: bf16 where this machine has it natively and it pays (the CNN, about 2x; the first "
+                        "layer of hard sharing, about 1.6x, same accuracy); fp32 everywhere else. fp32: full "
+                        "precision."
+                    ),
                 ),
             )
             if family == "cnn":
-                extra["channels_last"] = c2.checkbox("channels_last memory layout", key=f"f_cl{k}")
+                extra["channels_last"] = show("cl", lambda: c2.checkbox("channels_last memory layout", key=f"f_cl{k}"))
             cuda = torch.cuda.is_available()
             use_gpu = st.toggle(
                 "Train on the GPU",
@@ -181,28 +232,34 @@ def train_form_ui(model: str) -> dict | None:
             if not cuda:
                 st.caption("GPU: not available on this server (no CUDA device found); training runs on the CPU.")
         with st.expander("Loss weights and learning-rate schedule"):
-            weighting = st.selectbox(
-                "Loss weighting",
-                list(WEIGHTINGS),
-                key=f"f_weighting{k}",
-                help="static: the weights below. uncertainty: learned per-task weights (Kendall et al., 2018), "
-                "scaled by the weights below.",
+            weighting = show(
+                "weighting",
+                lambda: st.selectbox(
+                    "Loss weighting",
+                    list(WEIGHTINGS),
+                    key=f"f_weighting{k}",
+                    help="static: the weights below. uncertainty: learned per-task weights (Kendall et al., "
+                    "2018), scaled by the weights below.",
+                ),
             )
-            # Three to a row: five side by side were too narrow to read in the form's column.
-            weights = {}
-            for start in range(0, len(TASKS), 3):
-                row = list(TASKS)[start : start + 3]
-                for col, t in zip(st.columns(3), row):
-                    weights[t] = col.number_input(t, 0.0, 1000.0, step=0.5, key=f"f_w_{t}{k}")
+            weights = {t: state[f"f_w_{t}{k}"] for t in TASKS}
+            if "weights" not in hidden:
+                # Three to a row: five side by side were too narrow to read in the form's column.
+                for start in range(0, len(TASKS), 3):
+                    for col, t in zip(st.columns(3), list(TASKS)[start : start + 3]):
+                        weights[t] = col.number_input(t, 0.0, 1000.0, step=0.5, key=f"f_w_{t}{k}")
             c1, c2, c3 = st.columns(3)
-            scheduler = c1.selectbox(
-                "Schedule",
-                ["none", "step"],
-                key=f"f_sched{k}",
-                help="step: multiply the LR by gamma every N epochs (StepLR)",
+            scheduler = show(
+                "sched",
+                lambda: c1.selectbox(
+                    "Schedule",
+                    ["none", "step"],
+                    key=f"f_sched{k}",
+                    help="step: multiply the LR by gamma every N epochs (StepLR)",
+                ),
             )
-            step_size = c2.number_input("Step every N epochs", 1, 500, key=f"f_step{k}")
-            gamma = c3.number_input("Gamma", 0.01, 1.0, step=0.05, key=f"f_gamma{k}")
+            step_size = show("step", lambda: c2.number_input("Step every N epochs", 1, 500, key=f"f_step{k}"))
+            gamma = show("gamma", lambda: c3.number_input("Gamma", 0.01, 1.0, step=0.05, key=f"f_gamma{k}"))
     if not submitted:
         return None
     if data == "mnist" and not mnist_here:
@@ -231,3 +288,30 @@ def train_form_ui(model: str) -> dict | None:
         label=label.strip(),
         **extra,
     )
+
+
+def share_link_ui(config: TrainConfig, key: str) -> None:
+    """A link that opens the Train page with `config` in the form; optionally with controls hidden."""
+    with st.popover("🔗 Link to these settings"):
+        hide = st.multiselect(
+            "Hide these controls (a focused exercise)", list(HIDEABLE), key=f"hide_{key}", placeholder="none"
+        )
+        st.code(link_to(str(st.context.url or ""), config, tuple(hide)), language=None, wrap_lines=True)
+        st.caption("Anyone who opens it gets these settings in the Train form (their own runs, as always).")
+
+
+def apply_link_ui() -> None:
+    """Settings that arrived in the address (a shared link) go into the form once; the address keeps
+    only the `?u=` of this browser, so a reload does not undo what the student changed since."""
+    params = {name: st.query_params[name] for name in st.query_params if name in LINK_KEYS}
+    if "model" not in params:
+        return
+    for name in params:
+        del st.query_params[name]
+    try:
+        config = config_from_query(params)
+    except ConfigError as exc:
+        st.warning(f"This link's settings cannot be used ({exc}). The form shows the reference recipe.")
+        return
+    load_into_form(config, hidden_from_query(params))
+    st.toast("The link's settings are in the form: press Start training.")

@@ -6,9 +6,11 @@ import streamlit as st
 
 from dashboard.charts import overlay, training_curves
 from dashboard.classroom import can_download, can_manage
+from dashboard.forms import load_into_form, share_link_ui
 from dashboard.state import get_data, get_runner, get_store, has_model, note_presence, read_if_changed
 from dashboard.text import md_escape
 from mtl_core.analysis import data_source, run_label
+from mtl_core.config import TrainConfig
 from mtl_core.estimate import duration_words, queue_spot, run_estimate
 from mtl_core.runs import ACTIVE
 
@@ -85,8 +87,9 @@ def metrics_ui(run: dict, records: list[dict]) -> None:
 
 
 def run_actions_ui(run: dict) -> None:
-    """For a run that is over: download its model, or delete it (only its owner can)."""
-    c1, c2, _ = st.columns([2, 2, 3])
+    """For a run that is over: download its model, delete it (only its owner can), train again with its
+    settings, or pass them on as a link."""
+    c1, c2, c3, c4 = st.columns([2, 2, 2, 2])
     if has_model(run) and can_download(run):
         with open(run["weights_path"], "rb") as f:
             c1.download_button(
@@ -102,6 +105,12 @@ def run_actions_ui(run: dict) -> None:
             if st.button("Delete", type="primary", key=f"delete_{run['id']}"):
                 get_store().delete_run(run["id"])
                 st.rerun(scope="app")
+    config = TrainConfig.from_dict(run["config"])
+    # The callback fills the form before this fragment reruns; the app rerun then draws it.
+    if c3.button("↻ Train again", key=f"again_{run['id']}", on_click=load_into_form, args=(config,)):
+        st.rerun(scope="app")
+    with c4:
+        share_link_ui(config, run["id"])
 
 
 def monitor_ui(run_id: str) -> None:

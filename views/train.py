@@ -3,7 +3,7 @@
 import streamlit as st
 
 from dashboard.classroom import is_teacher, visible_runs
-from dashboard.forms import estimate_ui, model_picker_ui, reset_form_ui, train_form_ui
+from dashboard.forms import apply_link_ui, estimate_ui, model_picker_ui, reset_form_ui, train_form_ui
 from dashboard.monitor import monitor_ui
 from dashboard.state import client_address, get_runner, owner_id
 from dashboard.text import md_escape
@@ -22,6 +22,7 @@ else:
 
 if left is not None:
     with left:
+        apply_link_ui()  # before the model picker: a link may choose the model
         model = model_picker_ui()
         st.caption(MODELS[model].description + " Defaults are the reference recipe for this model.")
         reset_form_ui(model)

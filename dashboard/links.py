@@ -1,0 +1,110 @@
+"""Experiments as links: the Train form's settings in a URL (`/train?model=hard&epochs=3&hide=lr`), so a
+teacher can hand out an exercise, or anyone can pass on the settings of a run. A link carries only what
+differs from the model's reference recipe; `hide` names controls the form then leaves out (their values
+come from the link), for a focused exercise. Parsing checks everything through TrainConfig: a bad link
+gets a sentence, never a half-filled form."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from urllib.parse import urlencode
+
+from mtl_core.config import ConfigError, TrainConfig
+from mtl_core.models import MODELS
+from mtl_core.tasks import TASKS
+
+# URL name (also the form's widget key: f_<name>_<model>) -> TrainConfig field.
+FIELDS = {
+    "tasks": "tasks",
+    "epochs": "epochs",
+    "lr": "lr",
+    "batch": "batch_size",
+    "data": "data",
+    "opt": "optimizer",
+    "wd": "weight_decay",
+    "seed": "seed",
+    "limit": "train_limit",
+    "weighting": "loss_weighting",
+    "sched": "scheduler",
+    "step": "step_size",
+    "gamma": "gamma",
+    "prec": "precision",
+    "ainit": "alpha_init",
+    "amult": "alpha_lr_mult",
+    "cl": "channels_last",
+}
+WEIGHT = "w_"  # w_<task>: that task's loss weight
+HIDEABLE = (*FIELDS, "weights")  # "weights": every loss weight at once
+LINK_KEYS = ("model", "hide", *FIELDS, *(WEIGHT + t for t in TASKS))
+
+
+def _parse(name: str, text: str):
+    field = FIELDS[name]
+    kind = TrainConfig.__dataclass_fields__[field].type
+    try:
+        if field == "tasks":
+            return tuple(t for t in text.split(",") if t)
+        if kind == "bool":
+            if text.lower() not in ("1", "0", "true", "false"):
+                raise ValueError
+            return text.lower() in ("1", "true")
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+    except ValueError:
+        raise ConfigError(f"'{name}={text}' is not a {kind}") from None
+    return text
+
+
+def config_from_query(params: Mapping[str, str]) -> TrainConfig:
+    """The configuration a link describes (its model's recipe, changed where the link says)."""
+    model = params.get("model", "")
+    if model not in MODELS:
+        raise ConfigError(f"unknown model {model!r}; valid models: {', '.join(MODELS)}")
+    preset = TrainConfig.preset(model)
+    changes, weights = {}, dict(preset.loss_weights)
+    for name, text in params.items():
+        if name in FIELDS:
+            changes[FIELDS[name]] = _parse(name, text)
+        elif name.startswith(WEIGHT) and name[len(WEIGHT) :] in TASKS:
+            try:
+                weights[name[len(WEIGHT) :]] = float(text)
+            except ValueError:
+                raise ConfigError(f"'{name}={text}' is not a number") from None
+    tasks = changes.get("tasks", preset.tasks)
+    changes["loss_weights"] = {t: w for t, w in weights.items() if t in tasks and w != 1.0}
+    return preset.replace(**changes)  # TrainConfig checks every value and names each problem
+
+
+def hidden_from_query(params: Mapping[str, str]) -> frozenset[str]:
+    return frozenset(h for h in params.get("hide", "").split(",") if h in HIDEABLE)
+
+
+def query_from_config(config: TrainConfig, hide: tuple[str, ...] = ()) -> dict[str, str]:
+    """The shortest link parameters for `config`: the model, and whatever differs from its recipe."""
+    preset = TrainConfig.preset(config.model)
+    query = {"model": config.model}
+    for name, field in FIELDS.items():
+        value, default = getattr(config, field), getattr(preset, field)
+        if value != default:
+            if field == "tasks":
+                query[name] = ",".join(value)
+            elif isinstance(value, bool):
+                query[name] = "1" if value else "0"
+            else:
+                query[name] = str(value)
+    for t in config.tasks:
+        if config.weight(t) != preset.weight(t):
+            query[WEIGHT + t] = f"{config.weight(t):g}"
+    if hide:
+        query["hide"] = ",".join(h for h in hide if h in HIDEABLE)
+    return query
+
+
+def link_to(base_url: str, config: TrainConfig, hide: tuple[str, ...] = ()) -> str:
+    """A full address of the Train page that opens with `config` in the form."""
+    root = base_url.split("?")[0].rstrip("/")
+    for page in ("/train", "/compare", "/draw", "/cross_stitch"):
+        root = root.removesuffix(page)
+    return f"{root}/train?{urlencode(query_from_config(config, hide))}"

@@ -1,0 +1,108 @@
+"""Experiments as links: the Train form's settings in the address, hidden controls, train again."""
+
+from __future__ import annotations
+
+import pytest
+from test_pages import OWNER, assert_ok, open_page, stored_run, texts
+
+from dashboard.links import config_from_query, hidden_from_query, link_to, query_from_config
+from mtl_core.config import ConfigError, TrainConfig
+from mtl_core.runs import RunStore
+
+CONFIGS = {
+    "a preset": TrainConfig.preset("hard"),
+    "the usual changes": TrainConfig.preset("hard", epochs=3, lr=0.002, data="mnist-subset", train_limit=2000),
+    "tasks and weights": TrainConfig.preset("hard", tasks=("even", "digit", "value"), loss_weights={"value": 10.0}),
+    "the paper's cross-stitch": TrainConfig.preset("cross_stitch", alpha_init="convex-0.9", alpha_lr_mult=500.0),
+    "a CNN without channels_last": TrainConfig.preset("cnn", channels_last=False, precision="fp32", seed=7),
+    "everything else": TrainConfig.preset(
+        "stl",
+        optimizer="adamw",
+        weight_decay=0.01,
+        scheduler="step",
+        step_size=3,
+        gamma=0.25,
+        loss_weighting="uncertainty",
+    ),  # fmt: skip
+}
+
+
+@pytest.mark.parametrize("case", list(CONFIGS))
+def test_a_link_gives_back_exactly_its_configuration(case):
+    config = CONFIGS[case]
+    assert config_from_query(query_from_config(config)) == config
+
+
+def test_a_link_carries_only_what_differs_from_the_recipe():
+    assert query_from_config(TrainConfig.preset("hard")) == {"model": "hard"}
+    query = query_from_config(CONFIGS["the usual changes"], hide=("lr", "batch", "nonsense"))
+    assert query == {"model": "hard", "epochs": "3", "lr": "0.002", "data": "mnist-subset", "limit": "2000",
+                     "hide": "lr,batch"}  # fmt: skip
+    assert hidden_from_query(query) == {"lr", "batch"}
+
+
+@pytest.mark.parametrize(
+    "query, reason",
+    [
+        ({"model": "transformer"}, "unknown model"),
+        ({"model": "hard", "epochs": "many"}, "'epochs=many' is not a int"),
+        ({"model": "hard", "epochs": "-3"}, "epochs"),
+        ({"model": "hard", "lr": "0"}, "lr"),
+        ({"model": "hard", "w_even": "heavy"}, "not a number"),
+        ({"model": "hard", "tasks": "even,colour"}, "colour"),
+        ({"model": "cnn", "cl": "maybe"}, "not a bool"),
+    ],
+)
+def test_a_bad_link_is_refused_with_the_reason(query, reason):
+    with pytest.raises(ConfigError, match=reason):
+        config_from_query(query)
+
+
+def test_the_link_points_at_the_train_page_of_the_same_server():
+    url = link_to("http://school:8501/compare?u=0123456789ab", CONFIGS["the usual changes"])
+    assert url.startswith("http://school:8501/train?model=hard&epochs=3")
+    assert "u=" not in url  # a link never hands out the sender's own runs
+
+
+def test_opening_a_link_fills_the_form_and_hides_what_it_fixes():
+    at = open_page("views/train.py")
+    for name, value in {"model": "hard", "epochs": "3", "lr": "0.002", "data": "synthetic", "hide": "lr,batch"}.items():
+        at.query_params[name] = value
+    at.run()
+    assert_ok(at)
+    assert at.radio(key="train_model").value == "hard"
+    assert at.number_input(key="f_epochs_hard").value == 3
+    keys = [w.key for w in at.number_input]
+    assert "f_lr_hard" not in keys and "f_batch_hard" not in keys  # fixed by the link, not shown
+    assert "This link fixes some settings" in texts(at.caption)
+    assert "epochs" not in at.query_params and at.query_params["u"] == OWNER  # the address is tidy again
+    at.button(key="train_submit_hard").click().run()
+    assert_ok(at)
+    (run,) = RunStore().list_runs()
+    assert run["config"]["lr"] == pytest.approx(0.002) and run["config"]["epochs"] == 3
+    assert run["config"]["batch_size"] == 128 and run["config"]["data"] == "synthetic"
+    at.button(key="reset_hard").click().run()  # Reset keeps what the link fixed
+    assert at.session_state["f_lr_hard"] == pytest.approx(0.002)
+    assert at.number_input(key="f_epochs_hard").value == 20
+
+
+def test_a_bad_link_says_why_and_leaves_the_recipe():
+    at = open_page("views/train.py")
+    at.query_params["model"] = "hard"
+    at.query_params["epochs"] = "-3"
+    at.run()
+    assert_ok(at)
+    assert "This link's settings cannot be used" in texts(at.warning)
+    model = at.radio(key="train_model").value
+    assert at.number_input(key=f"f_epochs_{model}").value == TrainConfig.preset(model).epochs
+
+
+def test_train_again_puts_a_runs_settings_in_the_form(synthetic):
+    run_id = stored_run("cross_stitch", synthetic)  # 2 epochs, synthetic data: not the recipe
+    at = open_page("views/train.py")
+    assert_ok(at)
+    at.button(key=f"again_{run_id}").click().run()
+    assert_ok(at)
+    assert at.radio(key="train_model").value == "cross_stitch"
+    assert at.number_input(key="f_epochs_cross_stitch").value == 2
+    assert at.selectbox(key="f_data_cross_stitch").value == "synthetic"
