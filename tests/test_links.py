@@ -106,3 +106,30 @@ def test_train_again_puts_a_runs_settings_in_the_form(synthetic):
     assert at.radio(key="train_model").value == "cross_stitch"
     assert at.number_input(key="f_epochs_cross_stitch").value == 2
     assert at.selectbox(key="f_data_cross_stitch").value == "synthetic"
+
+
+def test_a_lesson_queues_its_runs_for_the_student_in_one_click():
+    from dashboard.lessons import LESSONS
+
+    at = open_page()
+    assert_ok(at)
+    assert [e.label for e in at.expander if e.label in {x.question for x in LESSONS}] == [x.question for x in LESSONS]
+    at.button(key="lesson_queue_sharing").click().run()
+    assert_ok(at)
+    runs = RunStore().list_runs(owner=OWNER)
+    assert {(r["model"], r["label"]) for r in runs} == {
+        ("stl", "lesson: no sharing (STL)"),
+        ("hard", "lesson: hard sharing"),
+    }
+    assert all(r["config"]["data"] == "mnist-subset" and r["config"]["epochs"] == 5 for r in runs)
+    assert "Queued" in texts(at.success)
+
+
+def test_a_lesson_opens_in_the_train_form_with_its_settings():
+    at = open_page()
+    at.button(key="lesson_open_alphas").click().run()
+    assert_ok(at)
+    assert at.radio(key="train_model").value == "cross_stitch"  # now on the Train page
+    assert at.selectbox(key="f_ainit_cross_stitch").value == "convex-0.9"
+    assert at.number_input(key="f_amult_cross_stitch").value == pytest.approx(500.0)
+    assert RunStore().list_runs() == []  # nothing queued until Start

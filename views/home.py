@@ -3,6 +3,7 @@
 import streamlit as st
 
 from dashboard.classroom import is_teacher
+from dashboard.lessons import lessons_ui
 from dashboard.state import data_label
 from mtl_core.models import MODELS
 from mtl_core.tasks import TASKS
@@ -47,6 +48,8 @@ with right:
             for s in MODELS.values()
         )
     )
+
+lessons_ui()
 
 st.subheader("Data in use")
 label = data_label(detail=is_teacher())  # server paths and raw errors only for the teacher

@@ -1,0 +1,104 @@
+"""Guided lessons for a class: a question, the runs that answer it (small enough to train in seconds to
+a minute on a classroom server), where to look, and what to conclude. Each lesson queues its runs in one
+click (all or none, like the seed study) or opens its first run in the Train form to change it first."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import streamlit as st
+
+from dashboard.forms import load_into_form
+from dashboard.links import link_to
+from dashboard.state import client_address, get_runner, owner_id
+from mtl_core.config import TrainConfig
+from mtl_core.jobs import QueueFull
+from mtl_core.runs import StoreUnavailable
+
+QUICK = dict(data="mnist-subset", epochs=5)  # 4,000 real digits: seconds per run for the MLPs
+
+
+@dataclass(frozen=True)
+class Lesson:
+    key: str
+    question: str
+    runs: tuple[tuple[str, TrainConfig], ...]  # (label, config)
+    look: str
+    conclude: str
+
+
+LESSONS = (
+    Lesson(
+        "sharing",
+        "Does sharing help? One network for two questions against one network per question.",
+        (
+            ("lesson: no sharing (STL)", TrainConfig.preset("stl", **QUICK)),
+            ("lesson: hard sharing", TrainConfig.preset("hard", **QUICK)),
+        ),
+        "**Compare**: the parameters bar, the best average accuracy, and Δm (the change per task against "
+        "STL; near 0 means no loss).",
+        "If hard sharing lands within a few tenths of a percent of STL with about half the parameters, the "
+        "two questions (even? multiple of 3?) can use the same features: sharing saved half the network "
+        "for free. A clearly negative Δm would mean the tasks compete for the shared trunk.",
+    ),
+    Lesson(
+        "alphas",
+        "Do the two tasks help each other? Let cross-stitch units learn how much to share.",
+        (
+            (
+                "lesson: cross-stitch, the paper's settings",
+                TrainConfig.preset("cross_stitch", alpha_init="convex-0.9", alpha_lr_mult=500.0, **QUICK),
+            ),
+        ),
+        "**Cross-stitch**: the alpha heat maps from epoch 0 (0.9 / 0.1, as initialised) to the end, and "
+        "the sentences under them.",
+        "Other-task alphas that grow mean each column reads the other task's features: the tasks help each "
+        "other. Alphas that shrink to 0 mean the columns prefer to stay apart. Values outside 0..1 are "
+        "allowed: they amplify or subtract features.",
+    ),
+    Lesson(
+        "four",
+        "What does one network learn for four tasks at once?",
+        (("lesson: 4-task CNN", TrainConfig.preset("cnn", data="mnist-subset", epochs=3)),),
+        "**Draw**: write a digit and read all four answers (even? greater than 4? which digit? its value). "
+        "**Compare → Look inside one run**: one confusion matrix per task.",
+        "One shared trunk answers four different questions; the answers agree with each other (a drawn 7 "
+        "is odd, above 4, a 7, about 7.0) because they come from the same features. Where they disagree, "
+        "the digit is usually ambiguous: look at the mistakes first.",
+    ),
+)
+
+
+def _open_in_form(config: TrainConfig) -> None:
+    load_into_form(config)
+
+
+def lessons_ui() -> None:
+    st.subheader("🎓 Lessons for a class")
+    st.caption(
+        "Each one queues small runs (4,000 real digits, a few epochs) for you: seconds to a minute here. "
+        "Teachers: share a lesson's link, and every student opens it with the settings in place."
+    )
+    for lesson in LESSONS:
+        with st.expander(lesson.question):
+            st.markdown(
+                "**Runs:** " + "; ".join(label.removeprefix("lesson: ") for label, _ in lesson.runs) + "\n\n"
+                f"**Where to look:** {lesson.look}\n\n**What to conclude:** {lesson.conclude}"
+            )
+            c1, c2, c3 = st.columns(3)
+            if c1.button("▶ Queue the runs", key=f"lesson_queue_{lesson.key}", type="primary"):
+                try:
+                    get_runner().submit_many(
+                        [c for _, c in lesson.runs], owner_id(), [label for label, _ in lesson.runs],
+                        client=client_address(),
+                    )  # fmt: skip
+                except (QueueFull, StoreUnavailable) as exc:
+                    st.warning(str(exc))
+                else:
+                    st.success("Queued. Watch them on the **Train** page.")
+            first = lesson.runs[0][1]
+            if c2.button("✎ Open in the Train form", key=f"lesson_open_{lesson.key}", on_click=_open_in_form,
+                         args=(first,)):  # fmt: skip
+                st.switch_page("views/train.py")
+            with c3.popover("🔗 Link"):
+                st.code(link_to(str(st.context.url or ""), first), language=None, wrap_lines=True)
