@@ -55,7 +55,12 @@ def status_ui(run: dict, records: list[dict]) -> None:
     if status == "queued":
         queue_ui(run)
     elif status == "running":
-        st.progress(done / total, text=f"Epoch {done} of {total} · {_eta(records, total)}")
+        within = get_store().within_epoch(run["id"]) or 0.0  # read on every poll: heartbeats are no change
+        if records:
+            text = f"Epoch {done} of {total} · epoch {done + 1} {within:.0%} done · {_eta(records, total)}"
+        else:  # a long first epoch (a CNN on 60,000 digits) still shows it moves
+            text = f"Epoch 0 of {total} · first epoch {within:.0%} done"
+        st.progress(min(1.0, (done + within) / total), text=text)
     elif status == "finished":
         st.success(
             f"Finished all {_epochs(total)} in {run['train_seconds'] or 0:.1f} s; best epoch {run['best_epoch']}."

@@ -64,7 +64,13 @@ CREATE INDEX IF NOT EXISTS runs_owner ON runs(owner, created);
 CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
 """
 # Columns added after the first release; an older store gets them on open.
-ADDED_COLUMNS = {"worker": "TEXT", "heartbeat": "REAL", "client": "TEXT NOT NULL DEFAULT ''", "preds_path": "TEXT"}
+ADDED_COLUMNS = {
+    "worker": "TEXT",
+    "heartbeat": "REAL",
+    "client": "TEXT NOT NULL DEFAULT ''",
+    "preds_path": "TEXT",
+    "epoch_done": "REAL",  # how far through the current epoch (0..1), written with the heartbeat
+}
 # The change counter: pages compare it before redrawing. Heartbeats alone do not count as a change.
 TRIGGERS = """
 CREATE TRIGGER IF NOT EXISTS bump_run_insert AFTER INSERT ON runs
@@ -366,8 +372,17 @@ class RunStore:
             cur = db.execute(sql + " WHERE id=? AND status='running' AND worker=?", (*args, run_id, worker))
             return cur.rowcount > 0
 
-    def heartbeat(self, run_id: str, worker: str) -> bool:
-        return self._guarded("UPDATE runs SET heartbeat=?", (time.time(),), run_id, worker)
+    def heartbeat(self, run_id: str, worker: str, epoch_done: float | None = None) -> bool:
+        """The worker is alive; `epoch_done` (0..1) is how far it is through the epoch it trains."""
+        return self._guarded(
+            "UPDATE runs SET heartbeat=?, epoch_done=COALESCE(?, epoch_done)", (time.time(), epoch_done), run_id, worker
+        )
+
+    def within_epoch(self, run_id: str) -> float | None:
+        """How far the running epoch is (0..1), as of the last heartbeat; None when unknown. Not counted
+        as a change (pages that show it read it on each poll of a running run)."""
+        rows = self._query("SELECT epoch_done FROM runs WHERE id=? AND status='running'", (run_id,))
+        return rows[0][0] if rows and rows[0][0] is not None else None
 
     def mark_started(self, run_id: str, worker: str, params: int, data_source: str, device: str) -> bool:
         return self._guarded(

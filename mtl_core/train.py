@@ -126,6 +126,8 @@ class Training:
         self.best_state = state_copy(self.model)
         self.train_seconds = 0.0
         self.history: list[dict] = []
+        # How far the running epoch is, for whoever watches (the worker's heartbeat reports it).
+        self.batch_done, self.batches_per_epoch = 0, 1
         tasks = config.tasks
         self._train_x = data.train_x.to(self.device)
         self._test_x = data.test_x.to(self.device)
@@ -153,9 +155,12 @@ class Training:
         model.train()
         sums = {t: torch.zeros((), device=self.device) for t in cfg.tasks}
         n_seen = 0
-        for b, idx in enumerate(batch_indices(self.data.n_train, cfg.batch_size, self.generator)):
+        batches = batch_indices(self.data.n_train, cfg.batch_size, self.generator)
+        self.batches_per_epoch = min(len(batches), cfg.max_batches or len(batches))
+        for b, idx in enumerate(batches):
             if cfg.max_batches and b >= cfg.max_batches:
                 break
+            self.batch_done = b
             if self.stop is not None and self.stop():
                 return self._cancelled(epoch)
             idx = idx.to(self.device)
@@ -182,9 +187,12 @@ class Training:
         on_cpu = self.device.type == "cpu"
         sums = torch.zeros(len(cfg.tasks), device=self.device)
         n_seen = 0
-        for b, idx in enumerate(batch_indices(self.data.n_train, cfg.batch_size, self.generator)):
+        batches = batch_indices(self.data.n_train, cfg.batch_size, self.generator)
+        self.batches_per_epoch = min(len(batches), cfg.max_batches or len(batches))
+        for b, idx in enumerate(batches):
             if cfg.max_batches and b >= cfg.max_batches:
                 break
+            self.batch_done = b
             if stop is not None and stop():
                 return self._cancelled(epoch)
             if not on_cpu:
@@ -196,6 +204,11 @@ class Training:
             sums.add_(vec, alpha=len(idx))
             n_seen += len(idx)
         return dict(zip(cfg.tasks, (sums / max(n_seen, 1)).tolist()))
+
+    @property
+    def epoch_done(self) -> float:
+        """How far through the running epoch (0..1): batches done over batches per epoch."""
+        return min(1.0, self.batch_done / max(1, self.batches_per_epoch))
 
     def _cancelled(self, epoch: int) -> None:
         self.status, self.reason = "cancelled", f"stopped by request during epoch {epoch}"

@@ -71,15 +71,17 @@ class _Heartbeat:
     def __init__(self, store: RunStore, worker: str):
         self.store, self.worker = store, worker
         self.run_id: str | None = None
+        self.training: Training | None = None  # set while a run trains: its progress goes with the beat
         threading.Thread(target=self._loop, daemon=True, name="heartbeat").start()
 
     def _loop(self) -> None:
         while True:
             time.sleep(HEARTBEAT_S)
-            run_id = self.run_id
+            run_id, training = self.run_id, self.training
             if run_id is not None:
                 try:
-                    self.store.heartbeat(run_id, self.worker)
+                    done = training.epoch_done if training is not None else None
+                    self.store.heartbeat(run_id, self.worker, done)
                 except Exception:  # noqa: BLE001 - a missed beat is retried; the store may be busy
                     pass
 
@@ -115,7 +117,9 @@ def _try_save(path: Path, training: Training, config: TrainConfig, extra: dict) 
     return ""
 
 
-def execute_run(store: RunStore, run_id: str, data: _DataCache, worker: str, max_seconds: float = 0) -> str:
+def execute_run(
+    store: RunStore, run_id: str, data: _DataCache, worker: str, max_seconds: float = 0, beat: _Heartbeat | None = None
+) -> str:
     """Train one claimed run to its end, recording everything in the store. Never raises.
 
     The best weights are saved whenever an epoch improves on them, so a run cut short by a crash or
@@ -126,6 +130,8 @@ def execute_run(store: RunStore, run_id: str, data: _DataCache, worker: str, max
         dataset = data.get(config.data)
         stop = _StopCheck(store, run_id, max_seconds)
         training = Training(config, dataset, stop=stop)
+        if beat is not None:
+            beat.training = training  # the heartbeat reports how far the epoch is
         store.mark_started(
             run_id,
             worker,
@@ -214,8 +220,8 @@ def serve(
         run_id = store.claim_next(worker, os.getpid())
         if run_id is not None:
             beat.run_id = run_id
-            execute_run(store, run_id, data, worker, max_seconds)
-            beat.run_id = None
+            execute_run(store, run_id, data, worker, max_seconds, beat)
+            beat.run_id, beat.training = None, None
             if once:
                 return
             continue

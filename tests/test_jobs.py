@@ -222,3 +222,20 @@ def test_workers_run_below_the_server_in_cpu_priority(store):
         assert os.getpriority(os.PRIO_PROCESS, worker.proc.pid) == min(19, mine + 5)
     finally:
         runner.shutdown()
+
+
+def test_a_long_epoch_reports_how_far_it_is_with_the_heartbeat(runner, store):
+    """A CNN epoch on 60,000 digits takes minutes: the page must see it move within the epoch."""
+    cfg = TrainConfig.preset("cnn", epochs=2, batch_size=1, data="synthetic", precision="fp32")  # 512 steps
+    rid = runner.submit(cfg, owner="me")
+    seen = []
+
+    def partway():
+        done = store.within_epoch(rid)
+        if done is not None:
+            seen.append(done)
+        return done is not None and 0 < done < 1
+
+    assert wait_for(partway, timeout=60, every=0.2), (store.get_run(rid)["status"], seen)
+    runner.stop(rid)
+    assert wait_for(lambda: store.get_run(rid)["status"] == "cancelled")

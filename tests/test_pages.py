@@ -412,3 +412,16 @@ def test_home_describes_every_model_in_full():
     shown = " ".join(m.value for m in at.markdown)
     for spec in MODELS.values():
         assert spec.description in shown, spec.title  # whole sentences, not a cut-off table cell
+
+
+def test_the_monitor_shows_how_far_a_long_first_epoch_is():
+    at = open_page("views/train.py")  # first: a starting server interrupts runs it finds running
+    store = RunStore()
+    run_id = store.create_run(TrainConfig.preset("cnn", data="synthetic").to_dict(), owner=OWNER)
+    assert store.claim_next("test-worker", os.getpid()) == run_id
+    store.mark_started(run_id, "test-worker", 1, "synthetic", "cpu")
+    store.heartbeat(run_id, "test-worker", epoch_done=0.4)
+    at.run()
+    assert_ok(at)
+    (bar,) = at.get("progress")
+    assert "first epoch 40% done" in bar.proto.text and bar.proto.value == 4  # 0.4 of 10 epochs: 4 %

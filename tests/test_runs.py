@@ -140,8 +140,15 @@ def test_the_change_counter_moves_with_changes_but_not_heartbeats(store):
     v1 = store.version()
     store.claim_next("w")
     v2 = store.version()
+    assert store.within_epoch(rid) is None  # nothing reported yet
     store.heartbeat(rid, "w")
-    assert v0 < v1 < v2 == store.version()
+    store.heartbeat(rid, "w", epoch_done=0.4)  # how far the epoch is travels with the beat...
+    assert v0 < v1 < v2 == store.version()  # ...and is no change a page must redraw for
+    assert store.within_epoch(rid) == pytest.approx(0.4)
+    store.heartbeat(rid, "w")  # a beat without progress keeps the last one
+    assert store.within_epoch(rid) == pytest.approx(0.4)
+    assert not store.heartbeat(rid, "someone else", epoch_done=0.9)  # only the run's worker reports
+    assert store.within_epoch(rid) == pytest.approx(0.4)
     store.add_epoch(rid, {"epoch": 1}, worker="w")
     assert store.version() > v2
 

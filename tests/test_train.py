@@ -200,3 +200,22 @@ def test_best_checkpoint_can_be_an_earlier_epoch(synthetic):
     final = training.model.state_dict()
     assert all(torch.equal(final[k], states[1][k]) for k in final)
     assert not all(torch.equal(final[k], states[2][k]) for k in final)
+
+
+@pytest.mark.parametrize("path", ["auto", "autograd"])
+def test_how_far_the_epoch_is_can_be_read_while_it_trains(synthetic, path):
+    """The worker's heartbeat reports `epoch_done`: it must move through each epoch, on either path."""
+    seen = []
+    training = None
+
+    def stop():
+        seen.append(training.epoch_done)
+        return False
+
+    training = Training(tiny("hard", epochs=2, batch_size=64, path=path), synthetic, stop=stop)
+    list(training.records())
+    per_epoch = synthetic.n_train // 64
+    assert training.batches_per_epoch == per_epoch
+    first = seen[:per_epoch]
+    assert first == sorted(first) and first[0] == 0 and first[-1] == pytest.approx((per_epoch - 1) / per_epoch)
+    assert seen[per_epoch] == 0  # the next epoch starts again from the beginning
