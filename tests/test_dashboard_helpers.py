@@ -97,3 +97,25 @@ def test_legends_hang_below_the_plot_and_grow_downwards():
 
     fig = overlay({f"run {i}": ([1, 2], [0.5, 0.6]) for i in range(12)}, "Test average accuracy", "accuracy")
     assert fig.layout.legend.yanchor == "top" and fig.layout.legend.y < 0  # below, growing away from the curves
+
+
+@pytest.mark.parametrize(
+    "model, tasks, shared, own, mixing",
+    [
+        ("stl", ("even", "mult3"), 0, 6, 0),
+        ("hard", ("even", "mult3"), 1, 2, 0),
+        ("hard", ("even", "digit", "value"), 1, 3, 0),
+        ("cross_stitch", ("even", "mult3"), 0, 6, 2),
+        ("cnn", ("even", "gt4", "digit", "value"), 1, 4, 0),
+    ],
+)
+def test_architecture_pictures_show_what_is_shared_and_what_is_each_tasks(model, tasks, shared, own, mixing):
+    from dashboard.architecture import MIX, OWN, SHARED, architecture_dot
+
+    dot = architecture_dot(model, tasks)
+    assert dot.startswith("digraph") and dot.rstrip().endswith("}") and dot.count("{") == dot.count("}")
+    assert (dot.count(SHARED), dot.count(OWN), dot.count(MIX)) == (shared, own, mixing)
+    for t in tasks:
+        assert f"{t} head" in dot
+    if model == "hard" and "digit" in tasks:
+        assert "32→10" in dot  # the digit head: ten logits

@@ -425,3 +425,14 @@ def test_the_monitor_shows_how_far_a_long_first_epoch_is():
     assert_ok(at)
     (bar,) = at.get("progress")
     assert "first epoch 40% done" in bar.proto.text and bar.proto.value == 4  # 0.4 of 10 epochs: 4 %
+
+
+def test_train_and_home_picture_the_models():
+    at = open_page("views/train.py")
+    at.radio(key="train_model").set_value("cross_stitch").run()
+    assert_ok(at)
+    (chart,) = at.get("graphviz_chart")
+    assert "cross-stitch unit 1" in chart.proto.spec
+    home = open_page()
+    assert_ok(home)
+    assert len(home.get("graphviz_chart")) == 4  # one picture per model kind

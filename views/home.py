@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from dashboard.architecture import architecture_dot
 from dashboard.classroom import is_teacher
 from dashboard.lessons import lessons_ui
 from dashboard.state import data_label
@@ -41,6 +42,9 @@ with right:
         width="stretch",
     )
     st.subheader("Models")
+    with st.expander("🖼 Pictures: what is shared (blue), what is one task's own (orange), the mixing (violet)"):
+        for name, tab in zip(MODELS, st.tabs([s.title for s in MODELS.values()])):
+            tab.graphviz_chart(architecture_dot(name, MODELS[name].default_tasks), width="stretch")
     # A list, not a table: the descriptions are sentences and a table cell cut them off.
     st.markdown(
         "\n".join(

@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from dashboard.architecture import architecture_dot
 from dashboard.classroom import is_teacher, visible_runs
 from dashboard.forms import apply_link_ui, estimate_ui, model_picker_ui, reset_form_ui, train_form_ui
 from dashboard.monitor import monitor_ui
@@ -25,6 +26,9 @@ if left is not None:
         apply_link_ui()  # before the model picker: a link may choose the model
         model = model_picker_ui()
         st.caption(MODELS[model].description + " Defaults are the reference recipe for this model.")
+        with st.expander("🖼 What this model looks like"):
+            tasks = tuple(st.session_state.get(f"f_tasks_{model}") or MODELS[model].default_tasks)
+            st.graphviz_chart(architecture_dot(model, tasks), width="stretch")
         reset_form_ui(model)
         fields = train_form_ui(model)
         estimate_ui(model)
