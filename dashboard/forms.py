@@ -9,8 +9,16 @@ from dashboard.links import HIDEABLE, LINK_KEYS, config_from_query, hidden_from_
 from dashboard.state import full_mnist_here, get_data, get_runner, get_store
 from mtl_core.config import OPTIMIZERS, PRECISIONS, ConfigError, TrainConfig
 from mtl_core.data import SOURCES
-from mtl_core.estimate import Estimate, duration_words, epoch_estimate, queue_spot
+from mtl_core.estimate import (
+    Estimate,
+    duration_words,
+    epoch_estimate,
+    parallel_seconds,
+    queue_spot,
+    run_estimate,
+)
 from mtl_core.models import ALPHA_INITS, MODELS
+from mtl_core.reference import SEED_MODELS
 from mtl_core.tasks import TASKS
 from mtl_core.weighting import WEIGHTINGS
 
@@ -315,3 +323,25 @@ def apply_link_ui() -> None:
         return
     load_into_form(config, hidden_from_query(params))
     st.toast("The link's settings are in the form: press Start training.")
+
+
+def study_estimate_ui(epochs: int, source: str) -> None:
+    """Before the seed study is queued: how long its three runs take here, one after another and with
+    this server's workers side by side (measured epochs where this server has them)."""
+    try:
+        data = get_data(source)
+    except Exception:  # noqa: BLE001 - the sidebar says why the data is missing
+        return
+    store = get_store()
+    each = [
+        run_estimate(store, TrainConfig.preset(m, epochs=epochs).to_dict(), data.source, data.n_train)
+        for m in SEED_MODELS
+    ]
+    workers = max(1, get_runner().n_workers)
+    total = Estimate(parallel_seconds([e.seconds for e in each], workers), all(e.measured for e in each))
+    basis = "measured on this server" if total.measured else "a rough guess until such runs have run here"
+    st.caption(
+        f"⏱ {epochs} epochs each on {data.source}: "
+        + ", ".join(f"{m} {e.words()}" for m, e in zip(SEED_MODELS, each))
+        + f"; all three {total.words()} with {workers} worker(s) free ({basis}), plus any queue."
+    )

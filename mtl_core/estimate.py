@@ -93,3 +93,12 @@ def queue_spot(store: RunStore, run: dict, workers: int, data_source: str, n_tra
         heapq.heappush(free_at, heapq.heappop(free_at) + est.seconds * r["config"]["epochs"])
     wait = free_at[0] if free_at else 0.0  # a heap: the earliest free worker
     return QueueSpot(position=len(ahead) + 1, wait_s=wait if math.isfinite(wait) else 0.0, measured=measured)
+
+
+def parallel_seconds(seconds: list[float], workers: int) -> float:
+    """Wall time for runs of these lengths queued together on `workers` free workers (longest first,
+    each onto the least busy worker)."""
+    lanes = [0.0] * max(1, workers)
+    for s in sorted(seconds, reverse=True):
+        lanes[lanes.index(min(lanes))] += s
+    return max(lanes)

@@ -63,3 +63,13 @@ def test_epoch_estimates_ignore_unfinished_json(store):
     with sqlite3.connect(store.path) as db:  # an epoch record without seconds (older stores) is skipped
         db.execute("INSERT INTO epochs (run_id, epoch, record) VALUES (?, 2, '{\"epoch\": 2}')", (rid,))
     assert epoch_estimate(store, TrainConfig.preset("hard").to_dict(), "mnist", 60_000).seconds == 5.0
+
+
+def test_runs_queued_together_share_the_workers():
+    from mtl_core.estimate import parallel_seconds
+
+    assert parallel_seconds([10, 5, 5], workers=1) == 20
+    assert parallel_seconds([10, 5, 5], workers=2) == 10
+    assert parallel_seconds([5, 10, 5], workers=3) == 10
+    assert parallel_seconds([4, 4, 4, 4], workers=2) == 8
+    assert parallel_seconds([], workers=2) == 0

@@ -436,3 +436,12 @@ def test_train_and_home_picture_the_models():
     home = open_page()
     assert_ok(home)
     assert len(home.get("graphviz_chart")) == 4  # one picture per model kind
+
+
+def test_the_seed_study_says_how_long_it_will_take_before_it_is_queued():
+    at = open_page("views/compare.py")
+    assert_ok(at)
+    caption = texts(at.caption)
+    assert "⏱ 20 epochs each on" in caption and "all three" in caption
+    for model in ("stl", "hard", "cross_stitch"):
+        assert f"{model} " in caption

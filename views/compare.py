@@ -6,7 +6,7 @@ import streamlit as st
 from dashboard.charts import bars, overlay
 from dashboard.classroom import visible_runs
 from dashboard.details import details_ui
-from dashboard.forms import SOURCE_NAMES
+from dashboard.forms import SOURCE_NAMES, study_estimate_ui
 from dashboard.state import client_address, get_runner, get_store, owner_id
 from dashboard.text import md_escape
 from mtl_core.analysis import compare_rows, comparison_json, curve_rows, delta_m_missing, run_label
@@ -26,6 +26,7 @@ with st.expander("Run the seed study (STL, hard sharing, cross-stitch on the sam
         epochs = c1.number_input("Epochs", 1, 200, 20, key="seed_epochs")
         data = c2.selectbox("Data", SOURCES, format_func=SOURCE_NAMES.get, key="seed_data")
         seed = c3.number_input("Seed", 0, 2**31 - 1, 0, key="seed_seed")
+        study_estimate_ui(int(st.session_state.get("seed_epochs", 20)), st.session_state.get("seed_data", "auto"))
         if st.form_submit_button("Queue the three runs", type="primary"):
             cfgs = [TrainConfig.preset(m, epochs=int(epochs), data=data, seed=int(seed)) for m in SEED_MODELS]
             try:  # all three or none, checked in one transaction: a partial study compares nothing
