@@ -62,7 +62,7 @@ def details_ui(run: dict) -> None:
     source = data_source(run)
     preds = _predictions(run, source)
     data = get_data(source)
-    st.caption(f"Test set: {data.describe()}")
+    st.caption(f"Test set: {data.describe(detail=False)}")
     classification = [t for t in preds if get_task(t).is_classification]
     if classification:
         cols = st.columns(min(len(classification), 3))
@@ -73,6 +73,11 @@ def details_ui(run: dict) -> None:
             cols[i % len(cols)].plotly_chart(
                 confusion_heatmap(m, t.classes, f"{task} · accuracy {acc:.2%}"), key=f"cm_{task}", width="stretch"
             )
+        st.caption(
+            "Look for big numbers off the diagonal: the answers this model mixes up. Open one below to see "
+            "the digits behind it."
+        )
+        cell_digits_ui(preds, data, classification)
     if "value" in preds:
         c1, c2 = st.columns(2)
         c1.plotly_chart(
@@ -90,3 +95,36 @@ def details_ui(run: dict) -> None:
     idx = sorted(idx, key=lambda i: not is_mistake(preds, i))  # mistakes first: they teach the most
     images = [_tile(data.test_x[i, 0].numpy(), is_mistake(preds, i)) for i in idx]
     st.image(images, caption=[_caption(preds, i, int(data.test_y[i])) for i in idx], width=92)
+
+
+def cell_digits_ui(preds: dict, data, tasks: list[str]) -> None:
+    """The test digits one confusion-matrix cell counts; it opens on the model's most common mistake."""
+    with st.expander("🔎 Open a cell: the test digits it counts"):
+        task = st.selectbox("Task", tasks, key="cell_task")
+        t = get_task(task)
+        true, pred = preds[task]["true"], preds[task]["pred"]
+        m = confusion(true, pred, t.n_classes)
+        off = m - np.diag(np.diag(m))
+        worst = np.unravel_index(int(off.argmax()), off.shape) if off.any() else (0, 0)
+        c1, c2 = st.columns(2)
+        names = list(range(t.n_classes))
+        row = c1.selectbox(
+            "True", names, index=int(worst[0]), format_func=lambda i: t.classes[i], key=f"cell_true_{task}"
+        )
+        col = c2.selectbox(
+            "Predicted", names, index=int(worst[1]), format_func=lambda i: t.classes[i], key=f"cell_pred_{task}"
+        )
+        idx = np.flatnonzero((true == row) & (pred == col))
+        shown = idx[:GRID]
+        st.caption(
+            f"{len(idx)} test digits are {t.classes[row]} and were answered {t.classes[col]}"
+            + (f"; the first {GRID}" if len(idx) > GRID else "")
+            + ("." if len(idx) else ": none.")
+        )
+        if len(shown):
+            wrong = row != col
+            st.image(
+                [_tile(data.test_x[i, 0].numpy(), wrong) for i in shown],
+                caption=[f"{int(data.test_y[i])}" for i in shown],
+                width=92,
+            )

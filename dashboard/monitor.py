@@ -155,6 +155,10 @@ def monitor_ui(run_id: str) -> None:
                 cached = (len(records), training_curves(records, run["config"]["epochs"]))
                 st.session_state[f"_curves_{run_id}"] = cached
             st.plotly_chart(cached[1], key=f"curves_{run_id}", width="stretch")
+            st.caption(
+                "Look for: the loss falling and the test metric rising, then both flattening. A task whose "
+                "loss stays high while the others fall is the one the shared layers serve least."
+            )
         if records and run["config"].get("loss_weighting") == "uncertainty":
             epochs = [r["epoch"] for r in records]
             series = {t: (epochs, [r["loss_weights"][t] for r in records]) for t in records[0]["loss_weights"]}

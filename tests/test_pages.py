@@ -445,3 +445,27 @@ def test_the_seed_study_says_how_long_it_will_take_before_it_is_queued():
     assert "⏱ 20 epochs each on" in caption and "all three" in caption
     for model in ("stl", "hard", "cross_stitch"):
         assert f"{model} " in caption
+
+
+def test_a_confusion_cell_opens_the_digits_it_counts(synthetic):
+    import re
+
+    from mtl_core.analysis import predictions_on_test_set
+    from mtl_core.checkpoint import load_model
+    from mtl_core.data import load_data
+
+    run_id = stored_run("hard", synthetic)
+    model, _, _ = load_model(RunStore().get_run(run_id)["weights_path"])
+    preds = predictions_on_test_set(model, load_data("synthetic"))["even"]  # the test set the page scores
+    at = open_page("views/compare.py")
+    at.session_state["compare_view"] = "🔍 Look inside one run"
+    at.run()
+    assert_ok(at)
+    assert at.selectbox(key="cell_task").value == "even"
+    for true, pred in [(0, 0), (1, 0), (1, 1)]:
+        at.selectbox(key="cell_true_even").set_value(true)
+        at.selectbox(key="cell_pred_even").set_value(pred).run()
+        assert_ok(at)
+        want = int(((preds["true"] == true) & (preds["pred"] == pred)).sum())
+        shown = [c.value for c in at.caption if "test digits are" in c.value]
+        assert shown and int(re.match(r"(\d+) test digits", shown[0]).group(1)) == want

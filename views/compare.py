@@ -129,6 +129,10 @@ if curves_tab.open:
         }
         c1.plotly_chart(overlay(avg, "Test average accuracy", "accuracy", y_max=1.01), key="ov_acc", width="stretch")
         c2.plotly_chart(overlay(loss, "Train loss (weighted sum over tasks)", "loss"), key="ov_loss", width="stretch")
+        st.caption(
+            "Look for: which run climbs fastest, and where each curve flattens. Train loss still falling while "
+            "test accuracy stalls or drops means the model starts to memorise the training digits."
+        )
 
 if bars_tab.open:
     with bars_tab:
@@ -150,6 +154,10 @@ if bars_tab.open:
             ),
             key="bar_acc",
             width="stretch",
+        )
+        st.caption(
+            "Look for: the same accuracy with fewer parameters is sharing paying off. Time is wall time on this "
+            "server (other jobs ran beside), so compare it only between runs trained at the same moment."
         )
 
 if inside_tab.open:

@@ -92,9 +92,14 @@ with right:
         st.info("✏️ Draw a digit on the black square (or upload a picture) to see every task's prediction.")
     elif not models:
         st.info("Pick at least one model above.")
-    elif len(models) > 3:  # more columns than fit: a tasks x models table reads better
-        predictions_table_ui(models, image)
     else:
-        for i, (col, (title, model)) in enumerate(zip(st.columns(len(models)), models)):
-            with col:
-                predictions_ui(title, model, image, key=f"pred_{i}")
+        st.caption(
+            "Look for: do the answers agree with each other (a 7 is odd, above 4, a 7, about 7.0)? A digit "
+            "drawn badly on purpose shows which task is the first to be unsure."
+        )
+        if len(models) > 3:  # more columns than fit: a tasks x models table reads better
+            predictions_table_ui(models, image)
+        else:
+            for i, (col, (title, model)) in enumerate(zip(st.columns(len(models)), models)):
+                with col:
+                    predictions_ui(title, model, image, key=f"pred_{i}")
