@@ -26,12 +26,12 @@ if left is not None:
         apply_link_ui()  # before the model picker: a link may choose the model
         model = model_picker_ui()
         st.caption(MODELS[model].description + " Defaults are the reference recipe for this model.")
-        with st.expander("🖼 What this model looks like"):
-            tasks = tuple(st.session_state.get(f"f_tasks_{model}") or MODELS[model].default_tasks)
-            st.graphviz_chart(architecture_dot(model, tasks), width="stretch")
         reset_form_ui(model)
         fields = train_form_ui(model)
         estimate_ui(model)
+        with st.expander("🖼 What this model looks like"):  # below the form: Start stays in view on a projector
+            tasks = tuple(st.session_state.get(f"f_tasks_{model}") or MODELS[model].default_tasks)
+            st.graphviz_chart(architecture_dot(model, tasks), width="stretch")
         if fields is not None:
             label = fields.pop("label")
             try:
