@@ -8,6 +8,7 @@ import math
 from typing import Any
 
 import numpy as np
+import torch
 
 from .data import SOURCES, MTLData
 from .models import MultiTaskModel
@@ -145,10 +146,15 @@ def curve_rows(run: dict, records: list[dict]) -> list[dict]:
 def predictions_on_test_set(model: MultiTaskModel, data: MTLData) -> dict[str, dict[str, np.ndarray]]:
     """For every task: the true label and the model's prediction on each test digit (and the
     probability of the predicted class, or the regression value in digit units)."""
-    outputs = predict(model, data.test_x)
-    targets = make_targets(data.test_y, model.tasks)
+    return predictions_from_outputs(predict(model, data.test_x), data.test_y)
+
+
+def predictions_from_outputs(outputs: dict[str, np.ndarray], test_y) -> dict[str, dict[str, np.ndarray]]:
+    """`predictions_on_test_set` from outputs already computed (`Training.test_outputs`: the same
+    forward pass, precision included, that scored the epochs)."""
+    targets = make_targets(torch.as_tensor(test_y), tuple(outputs))
     result = {}
-    for task in model.tasks:
+    for task in outputs:
         out, y = outputs[task], targets[task].numpy()
         if get_task(task).kind == "regression":
             result[task] = {"true": y * VALUE_SCALE, "pred": out * VALUE_SCALE}

@@ -11,12 +11,13 @@ import math
 import time
 from collections.abc import Callable, Iterator
 
+import numpy as np
 import torch
 
 from .config import ConfigError, TrainConfig
 from .data import MTLData, batch_indices
 from .fastpath import FlatAdam, HardSharingStep, fast_path_refusal
-from .metrics import MetricAccumulator, average_accuracy, selection_score, task_loss
+from .metrics import MetricAccumulator, average_accuracy, probabilities, selection_score, task_loss
 from .models import MultiTaskModel, build_model, count_parameters
 from .tasks import make_targets
 from .weighting import build_weighting
@@ -240,6 +241,20 @@ class Training:
                 out = self.model(self._inputs(self._test_x[sl]))
             acc.add(out, {t: v[sl] for t, v in self._test_t.items()})
         return acc.result()
+
+    @torch.no_grad()
+    def test_outputs(self) -> dict[str, np.ndarray]:
+        """Every task's probabilities (or value) on the test set, from the very forward pass `evaluate`
+        scores with (autocast and memory layout included): predictions stored from these agree with the
+        accuracies in the records to the last digit."""
+        self.model.eval()
+        parts: dict[str, list[np.ndarray]] = {t: [] for t in self.config.tasks}
+        for start in range(0, self.data.n_test, EVAL_BATCH):
+            with self._autocast():
+                out = self.model(self._inputs(self._test_x[start : start + EVAL_BATCH]))
+            for t in self.config.tasks:
+                parts[t].append(probabilities(t, out[t].float()).cpu().numpy())
+        return {t: np.concatenate(v) for t, v in parts.items()}
 
     def records(self) -> Iterator[dict]:
         cfg = self.config

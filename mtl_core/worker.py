@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .analysis import predictions_bytes, predictions_on_test_set
+from .analysis import predictions_bytes, predictions_from_outputs
 from .checkpoint import atomic_write_bytes, save_model
 from .config import ConfigError, TrainConfig
 from .data import DataUnavailable, MTLData, load_data
@@ -167,7 +167,9 @@ def execute_run(
             # Scored once here, so the dashboard never scores a test set while a page loads.
             preds_file = store.models_dir / f"{run_id}.preds.safetensors"
             try:
-                atomic_write_bytes(preds_file, predictions_bytes(predictions_on_test_set(training.model, dataset)))
+                # The same forward pass (and precision) that scored the epochs: table and matrices agree.
+                preds_data = predictions_from_outputs(training.test_outputs(), dataset.test_y)
+                atomic_write_bytes(preds_file, predictions_bytes(preds_data))
                 preds = str(preds_file)
             except OSError:
                 pass  # the dashboard then scores the test set itself when asked

@@ -219,3 +219,19 @@ def test_how_far_the_epoch_is_can_be_read_while_it_trains(synthetic, path):
     first = seen[:per_epoch]
     assert first == sorted(first) and first[0] == 0 and first[-1] == pytest.approx((per_epoch - 1) / per_epoch)
     assert seen[per_epoch] == 0  # the next epoch starts again from the beginning
+
+
+@pytest.mark.parametrize("model, precision", [("cnn", "bf16"), ("cnn", "fp32"), ("hard", "bf16")])
+def test_stored_predictions_agree_with_the_recorded_accuracies_exactly(synthetic, model, precision):
+    """The Compare page's confusion matrices come from these; its table from the records. A bf16 CNN
+    scored again in fp32 disagreed in the second decimal."""
+    import numpy as np
+
+    from mtl_core.analysis import predictions_from_outputs
+
+    training = Training(tiny(model, epochs=2, precision=precision), synthetic)
+    list(training.records())
+    preds = predictions_from_outputs(training.test_outputs(), synthetic.test_y)
+    for task, m in training.best_record["metrics"].items():
+        if "acc" in m:
+            assert float(np.mean(preds[task]["true"] == preds[task]["pred"])) == pytest.approx(m["acc"], abs=1e-12)
