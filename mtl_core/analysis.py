@@ -13,7 +13,7 @@ import torch
 from .data import SOURCES, MTLData
 from .models import MultiTaskModel
 from .predict import predict
-from .tasks import VALUE_SCALE, get_task, make_targets
+from .tasks import TASKS, VALUE_SCALE, get_task, make_targets
 
 
 def headline(metrics: dict[str, float]) -> float:
@@ -106,6 +106,15 @@ def compare_rows(runs: list[dict], pool: list[dict] | None = None, rounded: bool
         )
         rows.append(row)
     return rows
+
+
+def ordered_columns(rows: list[dict]) -> list[str]:
+    """The comparison table's columns in one fixed order, whichever run is selected first: the summary,
+    then every task's column in the task list's order, then the run's details."""
+    seen = list(dict.fromkeys(k for r in rows for k in r))
+    per_task = [c for t in TASKS for c in seen if c.startswith(f"{t} ")]
+    head = [c for c in seen if c not in per_task and c in ("run", "best avg acc %", "Δm vs STL %", "params", "train_s")]
+    return head + per_task + [c for c in seen if c not in head and c not in per_task]
 
 
 def comparison_json(table: list[dict], curves: list[dict]) -> str:

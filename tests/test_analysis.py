@@ -11,6 +11,7 @@ from mtl_core.analysis import (
     delta_m,
     delta_m_missing,
     is_mistake,
+    ordered_columns,
     predictions_on_test_set,
 )
 from mtl_core.models import build_model
@@ -82,3 +83,16 @@ def test_test_predictions_cover_every_task(synthetic):
     assert preds["digit"]["pred"].shape == (synthetic.n_test,)
     assert preds["value"]["true"].max() <= 9.0
     assert isinstance(is_mistake(preds, 0), bool)
+
+
+def test_table_columns_keep_one_order_whichever_run_is_selected_first():
+    cnn = run(
+        "cnn", {"value": {"mae": 0.1}, "digit": {"acc": 0.99}, "even": {"acc": 0.99}}, tasks=("value", "digit", "even")
+    )
+    hard = run("hard", {"mult3": {"acc": 0.98}, "even": {"acc": 0.97}}, tasks=("mult3", "even"), created=2)
+    a = ordered_columns(compare_rows([cnn, hard]))
+    b = ordered_columns(compare_rows([hard, cnn]))
+    assert a == b
+    assert a[:5] == ["run", "best avg acc %", "Δm vs STL %", "params", "train_s"]
+    tasks = [c for c in a if c.endswith(("acc %", "(digits)")) and c != "best avg acc %"]
+    assert tasks == ["digit acc %", "even acc %", "mult3 acc %", "value MAE (digits)"]  # the task list's order

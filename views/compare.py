@@ -9,7 +9,14 @@ from dashboard.details import details_ui
 from dashboard.forms import SOURCE_NAMES, study_estimate_ui
 from dashboard.state import client_address, get_runner, get_store, owner_id
 from dashboard.text import md_escape
-from mtl_core.analysis import compare_rows, comparison_json, curve_rows, delta_m_missing, run_label
+from mtl_core.analysis import (
+    compare_rows,
+    comparison_json,
+    curve_rows,
+    delta_m_missing,
+    ordered_columns,
+    run_label,
+)
 from mtl_core.config import TrainConfig
 from mtl_core.data import SOURCES
 from mtl_core.jobs import QueueFull
@@ -58,7 +65,8 @@ if not selected:
     st.info("Pick one or more runs above.")
     st.stop()
 
-table = pd.DataFrame(compare_rows(selected, pool=runs))
+rows = compare_rows(selected, pool=runs)
+table = pd.DataFrame(rows, columns=ordered_columns(rows))  # the same order whichever run comes first
 st.subheader("Your runs")
 st.dataframe(table, hide_index=True, width="stretch")
 no_dm = [(run_label(r), delta_m_missing(r, runs)) for r in selected]
@@ -95,7 +103,8 @@ with right:
 histories = {r["id"]: store.epochs(r["id"]) for r in selected}
 curves = pd.DataFrame([row for r in selected for row in curve_rows(r, histories[r["id"]])])
 d1, d2, d3 = st.columns(3)
-full = pd.DataFrame(compare_rows(selected, pool=runs, rounded=False))  # downloads keep every digit
+full_rows = compare_rows(selected, pool=runs, rounded=False)
+full = pd.DataFrame(full_rows, columns=ordered_columns(full_rows))  # downloads keep every digit
 d1.download_button("⬇ Table (CSV)", full.to_csv(index=False), "comparison.csv", "text/csv", key="dl_table_csv")
 d2.download_button("⬇ Curves (CSV)", curves.to_csv(index=False), "curves.csv", "text/csv", key="dl_curves_csv")
 d3.download_button(
