@@ -45,6 +45,8 @@ models = [run_model(by_id[i]) for i in chosen] + ([from_file] if from_file else 
 
 left, mid, right = st.columns([3, 1, 5], gap="medium")
 with left:
+    # Also the room the canvas's floating toolbar needs: without it the toolbar covered the model chips.
+    st.markdown("**Draw here** ↓")  # short: the toolbar floats over the right half of this line
     width = st.session_state.get("stroke_width", 18)  # the slider sits under the canvas
     n = st.session_state.get("canvas_clears", 0)
     result = st_canvas(

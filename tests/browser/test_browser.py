@@ -217,6 +217,10 @@ def test_draw_predicts_with_trained_models(app: Page, screenshot_dir):
     expect(models).to_contain_text("hard")
     expect(app.get_by_text("Draw a digit on the black square")).to_be_visible(timeout=T)
     expect(app.get_by_text("Is it even?")).to_have_count(0)
+    # The canvas's toolbar floats about 30 px above it: that room must be free, not on the model chips.
+    chips = models.bounding_box()
+    canvas = app.locator("canvas.upper-canvas").bounding_box()
+    assert canvas["y"] - (chips["y"] + chips["height"]) >= 40, (chips, canvas)
 
     draw_stroke(app, [(0.5, 0.15), (0.5, 0.85)])  # a "1"
     expect(app.get_by_text("Model input")).to_be_visible(timeout=T)
