@@ -86,6 +86,10 @@ def details_ui(run: dict) -> None:
         c2.plotly_chart(
             error_histogram(preds["value"]["true"], preds["value"]["pred"]), key="value_hist", width="stretch"
         )
+        st.caption(
+            "Look for: points along the diagonal and errors bunched around 0. A digit whose points spread "
+            "wide is one the network reads as a neighbour (a 4 as a 9, a 3 as an 8)."
+        )
     st.markdown(
         f"**{GRID} test digits**: the true digit → every task's prediction ({' · '.join(preds)}); a red frame "
         "and ✗ mark a mistake."

@@ -167,5 +167,9 @@ def monitor_ui(run_id: str) -> None:
                 key=f"weights_{run_id}",
                 width="stretch",
             )
+            st.caption(
+                "Look for: a task whose weight falls is one the network finds noisy or hard (its learned "
+                "uncertainty grew); a rising weight marks a task it can fit well."
+            )
 
     live()
