@@ -469,3 +469,14 @@ def test_a_confusion_cell_opens_the_digits_it_counts(synthetic):
         want = int(((preds["true"] == true) & (preds["pred"] == pred)).sum())
         shown = [c.value for c in at.caption if "test digits are" in c.value]
         assert shown and int(re.match(r"(\d+) test digits", shown[0]).group(1)) == want
+
+
+def test_a_run_stopped_in_the_queue_does_not_promise_kept_weights():
+    store = RunStore()
+    run_id = store.create_run(TrainConfig.preset("hard", data="synthetic").to_dict(), owner=OWNER)
+    store.request_stop(run_id)
+    assert store.get_run(run_id)["status"] == "cancelled"
+    at = open_page("views/train.py")
+    assert_ok(at)
+    warning = texts(at.warning)
+    assert "there is no model to keep" in warning and "best" not in warning.lower()
