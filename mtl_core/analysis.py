@@ -13,6 +13,7 @@ import torch
 from .data import SOURCES, MTLData
 from .models import MultiTaskModel
 from .predict import predict
+from .reference import SEED_MODELS, SEED_STUDY
 from .tasks import TASKS, VALUE_SCALE, get_task, make_targets
 
 
@@ -115,6 +116,37 @@ def ordered_columns(rows: list[dict]) -> list[str]:
     per_task = [c for t in TASKS for c in seen if c.startswith(f"{t} ")]
     head = [c for c in seen if c not in per_task and c in ("run", "best avg acc %", "Δm vs STL %", "params", "train_s")]
     return head + per_task + [c for c in seen if c not in head and c not in per_task]
+
+
+def seed_study_rows(runs: list[dict]) -> list[dict]:
+    """The newest finished seed study (runs labelled "seed study <model>") beside the reference study's
+    published figures, one row per model; [] until all three have finished."""
+    newest = {}
+    for r in sorted(runs, key=lambda r: r["created"], reverse=True):
+        for m in SEED_MODELS:
+            if r["label"] == f"seed study {m}" and r["status"] == "finished" and m not in newest:
+                newest[m] = r
+    if len(newest) < len(SEED_MODELS):
+        return []
+    rows = []
+    for m in SEED_MODELS:
+        r, ref = newest[m], SEED_STUDY["rows"][m]
+        ours = None if r["best_avg"] is None else 100 * r["best_avg"]
+        rows.append(
+            {
+                "model": m,
+                "params": r["params"],
+                "params (reference)": ref["params"],
+                "best avg acc %": None if ours is None else round(ours, 2),
+                "reference %": round(100 * ref["best_avg"], 2),
+                "difference (pp)": None if ours is None else round(ours - 100 * ref["best_avg"], 2),
+                "train_s": None if r["train_seconds"] is None else round(r["train_seconds"], 1),
+                "train_s (reference)": ref["train_seconds"],
+                "data": data_source(r),
+                "epochs": r["config"]["epochs"],
+            }
+        )
+    return rows
 
 
 def comparison_json(table: list[dict], curves: list[dict]) -> str:

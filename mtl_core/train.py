@@ -212,7 +212,7 @@ class Training:
         return min(1.0, self.batch_done / max(1, self.batches_per_epoch))
 
     def _cancelled(self, epoch: int) -> None:
-        self.status, self.reason = "cancelled", f"stopped by request during epoch {epoch}"
+        self.status, self.reason = "cancelled", f"Stop was pressed during epoch {epoch}"
         return None
 
     def _diverged(self, losses: dict[str, torch.Tensor], epoch: int, batch: int) -> None:

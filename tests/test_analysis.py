@@ -96,3 +96,23 @@ def test_table_columns_keep_one_order_whichever_run_is_selected_first():
     assert a[:5] == ["run", "best avg acc %", "Δm vs STL %", "params", "train_s"]
     tasks = [c for c in a if c.endswith(("acc %", "(digits)")) and c != "best avg acc %"]
     assert tasks == ["digit acc %", "even acc %", "mult3 acc %", "value MAE (digits)"]  # the task list's order
+
+
+def test_the_seed_study_sits_beside_the_reference_once_all_three_finished():
+    from mtl_core.analysis import seed_study_rows
+    from mtl_core.reference import SEED_STUDY
+
+    best = {"even": {"acc": 0.98}, "mult3": {"acc": 0.99}}
+    study = []
+    for i, m in enumerate(("stl", "hard", "cross_stitch")):
+        r = run(m, best, created=10 + i)
+        r["label"], r["params"], r["best_avg"] = f"seed study {m}", 1000 + i, 0.985
+        study.append(r)
+    older = dict(study[1], label="seed study hard", created=1, best_avg=0.5)
+    assert seed_study_rows(study[:2]) == []  # not all three yet
+    rows = seed_study_rows([older, *study, run("hard", best, created=99)])
+    assert [r["model"] for r in rows] == ["stl", "hard", "cross_stitch"]
+    hard = rows[1]
+    assert hard["best avg acc %"] == 98.5  # the newest study's hard run, not the older one
+    assert hard["params (reference)"] == SEED_STUDY["rows"]["hard"]["params"]
+    assert hard["difference (pp)"] == round(98.5 - 100 * SEED_STUDY["rows"]["hard"]["best_avg"], 2)

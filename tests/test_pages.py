@@ -480,3 +480,15 @@ def test_a_run_stopped_in_the_queue_does_not_promise_kept_weights():
     assert_ok(at)
     warning = texts(at.warning)
     assert "there is no model to keep" in warning and "best" not in warning.lower()
+
+
+def test_compare_puts_a_finished_seed_study_beside_the_reference(synthetic):
+    for m in ("stl", "hard", "cross_stitch"):
+        stored_run(m, synthetic, label=f"seed study {m}")
+    at = open_page("views/compare.py")
+    assert_ok(at)
+    assert "Your seed study beside the reference" in [h.value for h in at.subheader]
+    study = at.dataframe[1].value  # after "Your runs"
+    assert list(study["model"]) == ["stl", "hard", "cross_stitch"]
+    assert list(study["params"]) == [104_706, 52_386, 104_714] == list(study["params (reference)"])
+    assert "this study used 2 epochs, synthetic data" in texts(at.caption)

@@ -16,6 +16,7 @@ from mtl_core.analysis import (
     delta_m_missing,
     ordered_columns,
     run_label,
+    seed_study_rows,
 )
 from mtl_core.config import TrainConfig
 from mtl_core.data import SOURCES
@@ -75,6 +76,18 @@ if no_dm:
     st.caption("No Δm for " + "; ".join(no_dm) + ".")
 if len({tuple(sorted(r["config"]["tasks"])) for r in selected}) > 1:
     st.caption("These runs answer different sets of tasks: compare their average accuracies only within one task set.")
+study = seed_study_rows(runs)
+if study:
+    st.subheader("Your seed study beside the reference")
+    st.dataframe(pd.DataFrame(study), hide_index=True, width="stretch")
+    unlike = {f"{r['data']} data" for r in study if r["data"] != "mnist"} | {
+        f"{r['epochs']} epochs" for r in study if r["epochs"] != 20
+    }
+    st.caption(
+        "The reference trained on full MNIST for 20 epochs on its own machine"
+        + (f"; this study used {', '.join(sorted(unlike))}, so expect its numbers to differ." if unlike else ".")
+        + " Differences of a few tenths of a point are what another seed gives."
+    )
 left, right = st.columns([3, 2])
 with left:
     st.markdown("**Reference study** (published figures, not measured here)")

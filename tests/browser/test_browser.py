@@ -187,7 +187,7 @@ def test_train_stop_button(app: Page, screenshot_dir):
     expect(stop).to_be_visible()
     clicked = time.monotonic()
     stop.click()
-    stopped = app.get_by_text(re.compile(r"^Stopped"))  # "Stopped: stopped by request during epoch N. ..."
+    stopped = app.get_by_text(re.compile(r"^Stopped"))  # "Stopped after N epochs of M: Stop was pressed during ..."
     expect(stopped).to_be_visible(timeout=10_000)
     assert time.monotonic() - clicked < 10
     found = re.search(r"epoch (\d+)", stopped.inner_text())
