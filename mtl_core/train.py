@@ -156,11 +156,7 @@ class Training:
         model.train()
         sums = {t: torch.zeros((), device=self.device) for t in cfg.tasks}
         n_seen = 0
-        batches = batch_indices(self.data.n_train, cfg.batch_size, self.generator)
-        self.batches_per_epoch = min(len(batches), cfg.max_batches or len(batches))
-        for b, idx in enumerate(batches):
-            if cfg.max_batches and b >= cfg.max_batches:
-                break
+        for b, idx in enumerate(self._epoch_batches()):
             self.batch_done = b
             if self.stop is not None and self.stop():
                 return self._cancelled(epoch)
@@ -180,6 +176,14 @@ class Training:
             n_seen += len(idx)
         return {t: (s / max(n_seen, 1)).item() for t, s in sums.items()}
 
+    def _epoch_batches(self) -> list[torch.Tensor]:
+        """This epoch's index batches (cut at `max_batches`); records how many, for `epoch_done`."""
+        batches = list(batch_indices(self.data.n_train, self.config.batch_size, self.generator))
+        if self.config.max_batches:
+            batches = batches[: self.config.max_batches]
+        self.batches_per_epoch = len(batches)
+        return batches
+
     def _fast_epoch(self, epoch: int) -> dict[str, float] | None:
         """`_train_epoch` on the hand-written step. The loop is kept bare on purpose: at about 0.4 ms
         a step, each extra Python call or tensor operation per batch costs a percent or more."""
@@ -188,11 +192,7 @@ class Training:
         on_cpu = self.device.type == "cpu"
         sums = torch.zeros(len(cfg.tasks), device=self.device)
         n_seen = 0
-        batches = batch_indices(self.data.n_train, cfg.batch_size, self.generator)
-        self.batches_per_epoch = min(len(batches), cfg.max_batches or len(batches))
-        for b, idx in enumerate(batches):
-            if cfg.max_batches and b >= cfg.max_batches:
-                break
+        for b, idx in enumerate(self._epoch_batches()):
             self.batch_done = b
             if stop is not None and stop():
                 return self._cancelled(epoch)
