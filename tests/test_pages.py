@@ -492,3 +492,18 @@ def test_compare_puts_a_finished_seed_study_beside_the_reference(synthetic):
     assert list(study["model"]) == ["stl", "hard", "cross_stitch"]
     assert list(study["params"]) == [104_706, 52_386, 104_714] == list(study["params (reference)"])
     assert "this study used 2 epochs, synthetic data" in texts(at.caption)
+
+
+def test_runs_on_different_task_sets_are_charted_apart(synthetic):
+    stored_run("hard", synthetic)
+    stored_run("cnn", synthetic)
+    at = open_page("views/compare.py")
+    titles = [json.dumps(spec["layout"].get("title", ""), ensure_ascii=False) for spec in plotly_specs(at)]
+    assert len(titles) == 4  # accuracy and loss, once per task set
+    assert sum("Test average accuracy · even+mult3" in t for t in titles) == 1
+    assert sum("Test average accuracy · digit+even+gt4+value" in t for t in titles) == 1
+    at.session_state["compare_view"] = "📊 Parameters, time, accuracy"
+    at.run()
+    titles = [json.dumps(spec["layout"].get("title", ""), ensure_ascii=False) for spec in plotly_specs(at)]
+    accuracy = [t for t in titles if "Best average accuracy" in t]
+    assert len(accuracy) == 2 and any("even+mult3" in t for t in accuracy)

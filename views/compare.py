@@ -133,24 +133,43 @@ d3.download_button(
 curves_tab, bars_tab, inside_tab = st.tabs(
     ["📈 Curves", "📊 Parameters, time, accuracy", "🔍 Look inside one run"], key="compare_view", on_change="rerun"
 )
+# Accuracies and losses of different task sets do not rank against each other: one chart per set.
+task_sets: dict[str, list[dict]] = {}
+for r in selected:
+    task_sets.setdefault("+".join(r["config"]["tasks"]), []).append(r)
+
+
+def set_title(title: str, tasks: str) -> str:
+    return f"{title} · {tasks}" if len(task_sets) > 1 else title
+
+
 if curves_tab.open:
     with curves_tab:
-        c1, c2 = st.columns(2)
-        avg = {
-            run_label(r): ([h["epoch"] for h in histories[r["id"]]], [h["avg_acc"] for h in histories[r["id"]]])
-            for r in selected
-            if histories[r["id"]] and histories[r["id"]][0]["avg_acc"] is not None
-        }
-        loss = {
-            run_label(r): (
-                [h["epoch"] for h in histories[r["id"]]],
-                [h["train_loss_total"] for h in histories[r["id"]]],
+        for i, (tasks, group) in enumerate(task_sets.items()):
+            c1, c2 = st.columns(2)
+            avg = {
+                run_label(r): ([h["epoch"] for h in histories[r["id"]]], [h["avg_acc"] for h in histories[r["id"]]])
+                for r in group
+                if histories[r["id"]] and histories[r["id"]][0]["avg_acc"] is not None
+            }
+            loss = {
+                run_label(r): (
+                    [h["epoch"] for h in histories[r["id"]]],
+                    [h["train_loss_total"] for h in histories[r["id"]]],
+                )
+                for r in group
+                if histories[r["id"]]
+            }
+            c1.plotly_chart(
+                overlay(avg, set_title("Test average accuracy", tasks), "accuracy", y_max=1.01),
+                key=f"ov_acc_{i}",
+                width="stretch",
             )
-            for r in selected
-            if histories[r["id"]]
-        }
-        c1.plotly_chart(overlay(avg, "Test average accuracy", "accuracy", y_max=1.01), key="ov_acc", width="stretch")
-        c2.plotly_chart(overlay(loss, "Train loss (weighted sum over tasks)", "loss"), key="ov_loss", width="stretch")
+            c2.plotly_chart(
+                overlay(loss, set_title("Train loss (weighted sum over tasks)", tasks), "loss"),
+                key=f"ov_loss_{i}",
+                width="stretch",
+            )
         st.caption(
             "Look for: which run climbs fastest, and where each curve flattens. Train loss still falling while "
             "test accuracy stalls or drops means the model starts to memorise the training digits."
@@ -159,24 +178,25 @@ if curves_tab.open:
 if bars_tab.open:
     with bars_tab:
         names = [run_label(r) for r in selected]
-        b1, b2, b3 = st.columns(3)
+        b1, b2 = st.columns(2)
         b1.plotly_chart(bars(names, [r["params"] for r in selected], "Parameters"), key="bar_params", width="stretch")
         b2.plotly_chart(
             bars(names, [r["train_seconds"] for r in selected], "Training time (s)", "{:.1f}"),
             key="bar_time",
             width="stretch",
         )
-        b3.plotly_chart(
-            bars(
-                names,
-                [None if r["best_avg"] is None else 100 * r["best_avg"] for r in selected],
-                "Best average accuracy (%)",
-                "{:.2f}",
-                zoom=True,
-            ),
-            key="bar_acc",
-            width="stretch",
-        )
+        for col, (i, (tasks, group)) in zip(st.columns(max(2, len(task_sets))), enumerate(task_sets.items())):
+            col.plotly_chart(
+                bars(
+                    [run_label(r) for r in group],
+                    [None if r["best_avg"] is None else 100 * r["best_avg"] for r in group],
+                    set_title("Best average accuracy (%)", tasks),
+                    "{:.2f}",
+                    zoom=True,
+                ),
+                key=f"bar_acc_{i}",
+                width="stretch",
+            )
         st.caption(
             "Look for: the same accuracy with fewer parameters is sharing paying off. Time is wall time on this "
             "server (other jobs ran beside), so compare it only between runs trained at the same moment."
