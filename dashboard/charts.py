@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -10,6 +12,11 @@ from dashboard.text import chart_text
 from mtl_core.tasks import VALUE_SCALE, get_task
 
 PALETTE = ["#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A", "#19D3F3", "#FF6692", "#B6E880"]
+
+
+def epoch_axis(fig: go.Figure, last_epoch: int) -> None:
+    """Whole epochs only on the x axis (never 1.5), about ten ticks at most."""
+    fig.update_xaxes(title_text="epoch", tick0=0, dtick=max(1, math.ceil(last_epoch / 10)))
 
 
 def _layout(fig: go.Figure, title: str, height: int = 330) -> go.Figure:
@@ -63,7 +70,7 @@ def training_curves(records: list[dict], total_epochs: int | None = None) -> go.
     fig.update_yaxes(autorangeoptions=dict(maxallowed=1.01), row=1, col=2)
     if total_epochs and total_epochs <= 50:  # show the road ahead, unless it squashes the curve
         fig.update_xaxes(range=[0.5, total_epochs + 0.5])
-    fig.update_xaxes(title_text="epoch")
+    epoch_axis(fig, total_epochs or (epochs[-1] if epochs else 1))
     return _layout(fig, "", height=360)
 
 
@@ -75,7 +82,7 @@ def overlay(series: dict[str, tuple[list, list]], title: str, y_title: str, y_ma
                 x=x, y=y, name=chart_text(name), mode="lines+markers", line=dict(color=PALETTE[i % len(PALETTE)])
             )
         )
-    fig.update_xaxes(title_text="epoch")
+    epoch_axis(fig, max((x[-1] for x, _ in series.values() if len(x)), default=1))
     fig.update_yaxes(title_text=y_title)
     if y_max is not None:
         fig.update_yaxes(autorangeoptions=dict(maxallowed=y_max))
@@ -234,7 +241,7 @@ def alpha_lines(history: list[list[list[list[float]]]], tasks: list[str], first_
                     row=1,
                     col=u + 1,
                 )
-    fig.update_xaxes(title_text="epoch", tickformat="d")  # whole epochs only, never 2.5
+    epoch_axis(fig, epochs[-1] if epochs else 1)
     return _layout(fig, "Each alpha over epochs", height=380)
 
 

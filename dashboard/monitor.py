@@ -118,7 +118,9 @@ def run_actions_ui(run: dict) -> None:
         share_link_ui(config, run["id"])
 
 
-def monitor_ui(run_id: str) -> None:
+def monitor_ui(run_id: str, projector: bool = False) -> None:
+    """The watched run, live. `projector`: the curves come right under the status line, before the
+    numbers and buttons, so they fit a 1280 x 720 projector without scrolling."""
     store = get_store()
     run = store.get_run(run_id)
     if run is None:
@@ -145,9 +147,10 @@ def monitor_ui(run_id: str) -> None:
             get_runner().stop(run_id)
             st.toast("Stopping…")
         status_ui(run, records)
-        if run["status"] not in ACTIVE:
-            run_actions_ui(run)
-        metrics_ui(run, records)
+        if not projector:  # on the projector the numbers and buttons go under the curves
+            if run["status"] not in ACTIVE:
+                run_actions_ui(run)
+            metrics_ui(run, records)
         if records:
             # Built again only when an epoch was added: a poll with nothing new builds no figure.
             cached = st.session_state.get(f"_curves_{run_id}")
@@ -159,6 +162,10 @@ def monitor_ui(run_id: str) -> None:
                 "Look for: the loss falling and the test metric rising, then both flattening. A task whose "
                 "loss stays high while the others fall is the one the shared layers serve least."
             )
+        if projector:
+            metrics_ui(run, records)
+            if run["status"] not in ACTIVE:
+                run_actions_ui(run)
         if records and run["config"].get("loss_weighting") == "uncertainty":
             epochs = [r["epoch"] for r in records]
             series = {t: (epochs, [r["loss_weights"][t] for r in records]) for t in records[0]["loss_weights"]}

@@ -87,7 +87,7 @@ def test_the_alpha_reading_says_how_much_each_unit_shares_and_whether_anything_m
 def test_alpha_charts_can_start_at_epoch_zero():
     history = [[[[1.0, 0.0], [0.0, 1.0]]]] * 3
     lines = alpha_lines(history, ["even", "mult3"], first_epoch=0)
-    assert list(lines.data[0].x) == [0, 1, 2] and lines.layout.xaxis.tickformat == "d"
+    assert list(lines.data[0].x) == [0, 1, 2] and lines.layout.xaxis.dtick == 1  # whole epochs
     anim = alpha_animation(history, ["even", "mult3"], first_epoch=0)
     assert [f.name for f in anim.frames] == ["0", "1", "2"] and anim.layout.title.text == "epoch 0"
 
@@ -119,3 +119,13 @@ def test_architecture_pictures_show_what_is_shared_and_what_is_each_tasks(model,
         assert f"{t} head" in dot
     if model == "hard" and "digit" in tasks:
         assert "32→10" in dot  # the digit head: ten logits
+
+
+def test_epoch_axes_show_whole_epochs_only():
+    from dashboard.charts import overlay
+
+    records = [{"epoch": e, "train_loss": {"even": 0.5}, "metrics": {"even": {"acc": 0.9}}, "avg_acc": 0.9}
+               for e in (1, 2)]  # fmt: skip
+    assert training_curves(records, total_epochs=2).layout.xaxis.dtick == 1
+    assert overlay({"a": ([1, 2, 3], [0.1, 0.2, 0.3])}, "t", "y").layout.xaxis.dtick == 1
+    assert overlay({"a": (list(range(1, 201)), [0.1] * 200)}, "t", "y").layout.xaxis.dtick == 20  # ten ticks

@@ -14,8 +14,9 @@ from mtl_core.jobs import QueueFull
 from mtl_core.models import MODELS
 from mtl_core.runs import StoreUnavailable
 
-st.title("🏋️ Train")
 projector = is_teacher() and st.session_state.get("projector")
+if not projector:  # on the projector every line of height goes to the run
+    st.title("🏋️ Train")
 if projector:  # the teacher's projector view: only the watched run, across the whole width
     left, right = None, st.container()
 else:
@@ -57,4 +58,4 @@ with right:
             st.session_state["watch_select"] = ids[0]
         # No status in the label: it would go stale while the live panel below polls.
         chosen = st.selectbox("Watching", ids, key="watch_select", format_func=lambda i: run_label(by_id[i]))
-        monitor_ui(chosen)
+        monitor_ui(chosen, projector=bool(projector))

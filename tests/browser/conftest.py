@@ -34,6 +34,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 VIEWPORT = {"width": 1400, "height": 1000}
+TEACHER_TOKEN = "browser-test-teacher-token"
 HEALTH_TIMEOUT_S = 60
 
 try:  # without Playwright (a plain `pip install -r requirements.txt`) these tests are not collected
@@ -86,7 +87,7 @@ def streamlit_server(tmp_path_factory):
     home.mkdir()
     data_dir = SHARED_DATA if (SHARED_DATA / "MNIST" / "raw").is_dir() else tmp / "no-mnist"
     data_dir.mkdir(exist_ok=True)
-    env = dict(os.environ, MTL_HOME=str(home), MTL_DATA_DIR=str(data_dir))
+    env = dict(os.environ, MTL_HOME=str(home), MTL_DATA_DIR=str(data_dir), MTL_TEACHER_TOKEN=TEACHER_TOKEN)
     port = _free_port()
     log_path = tmp / "streamlit.log"
     cmd = [  # the README's launcher: the job runner starts with the server, before any page view

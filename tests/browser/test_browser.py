@@ -350,3 +350,28 @@ def test_on_a_projector_start_and_the_live_run_are_in_view_together(browser: Bro
         page.screenshot(path=str(screenshot_dir / "train_projector_1400x900.png"))
     finally:
         context.close()
+
+
+def test_the_projector_view_fits_the_live_curves_on_a_1280x720_screen(
+    browser: Browser, streamlit_server, screenshot_dir
+):
+    """The teacher shows one student's run to the class: its curves must be on screen, no scrolling."""
+    from conftest import TEACHER_TOKEN
+
+    context = browser.new_context(viewport={"width": 1280, "height": 720})
+    context.set_default_timeout(T)
+    page = context.new_page()
+    try:
+        page.goto(f"{streamlit_server}/train?teacher={TEACHER_TOKEN}")
+        sidebar = page.get_by_test_id("stSidebar")
+        expect(sidebar.get_by_text("Projector view")).to_be_visible(timeout=T)
+        sidebar.get_by_text("All students' runs").click()
+        sidebar.get_by_text("Projector view").click()
+        expect(page.get_by_role("combobox", name="Watching")).to_be_visible(timeout=T)
+        plot = page.locator(".js-plotly-plot").first
+        expect(plot).to_be_visible(timeout=T)
+        box = plot.bounding_box()
+        page.screenshot(path=str(screenshot_dir / "train_projector_teacher_1280x720.png"))
+        assert box["y"] >= 0 and box["y"] + box["height"] <= 720, box
+    finally:
+        context.close()
