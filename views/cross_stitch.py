@@ -58,7 +58,7 @@ def alphas_view() -> None:
     if run["status"] in ACTIVE:
         st.caption(f"Training: epoch {len(history)} of {run['config']['epochs']} (updates every 2 s)")
     else:
-        st.caption(f"Run {run['status']} after {len(history)} epoch(s).")
+        st.caption(f"Run {run['status']} after {len(history)} epoch{'' if len(history) == 1 else 's'}.")
     # Epoch 0 is the initialisation (known from the config), so the first frame shows where they began.
     history = [initial_alphas(run["config"]["alpha_init"], len(tasks), len(history[0])), *history]
     n = len(history) - 1

@@ -58,7 +58,7 @@ lessons_ui()
 st.subheader("Data in use")
 label = data_label(detail=is_teacher())  # server paths and raw errors only for the teacher
 if label.startswith("mnist:"):
-    st.success(f"Full MNIST — {label}")
+    st.success(f"Training on {label}")
 else:
     st.info(
         f"{label}\n\nThe app trains on real digits either way. Full MNIST is used when it is in the cache "

@@ -296,7 +296,7 @@ def test_compare_table_csv_download(app: Page, screenshot_dir):
 def test_cross_stitch_alpha_heatmaps(app: Page, screenshot_dir):
     nav(app, "Cross-stitch", "Cross-stitch units")
     expect(app.get_by_role("combobox", name="Run")).to_have_value(re.compile(r"^cross_stitch · "), timeout=T)
-    expect(app.get_by_text(f"Run finished after {CS_EPOCHS} epoch(s).")).to_be_visible(timeout=T)
+    expect(app.get_by_text(f"Run finished after {CS_EPOCHS} epochs.")).to_be_visible(timeout=T)
     expect(app.get_by_text("alpha initialisation:")).to_be_visible(timeout=T)
     app.wait_for_function(f"() => ({PLOT_TYPES_JS})().some(ts => ts.includes('heatmap'))", timeout=T)
     heat = app.evaluate(
