@@ -223,8 +223,8 @@ def train_form_ui(model: str) -> dict | None:
                     key=f"f_prec{k}",
                     help=(
                         "auto: bf16 where this machine has it natively and it pays (the CNN, about 2x; the first "
-                        "layer of hard sharing, about 1.6x, same accuracy); fp32 everywhere else. fp32: full "
-                        "precision."
+                        "layer of STL and hard sharing, 1.6-1.8x, same accuracy); fp32 everywhere else. fp32: "
+                        "full precision."
                     ),
                 ),
             )

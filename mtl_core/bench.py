@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         seed_s, timed = seed_faithful_seconds(m, data, limit)
         note = "" if a.full else f" (from {timed} batches)"
         variants = (
-            [("", {})]
+            # fp32 beside "auto" (bf16 first layer where native): the seed pipeline is fp32.
+            [(" fp32", {"precision": "fp32"}), (" auto", {})]
             if m != "cnn"
             else [
                 (" fp32", {"precision": "fp32", "channels_last": False}),
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             acc = training.history[-1]["avg_acc"]
             print(
                 f"{m + suffix:<22}{seed_s:>24.2f}{ours:>14.2f}{seed_s / ours:>9.1f}x   avg acc after 1 epoch "
-                f"{acc * 100:.2f}%{note}",
+                f"{acc * 100:.2f}% ({training.precision}, {training.path} path){note}",
                 flush=True,
             )
     if not a.no_table:
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             total += training.train_seconds
             print(
                 f"seed table: {m} 20 epochs {training.train_seconds:.1f} s (incl. per-epoch test), "
-                f"best avg {training.summary()['best_avg'] * 100:.2f}%",
+                f"best avg {training.summary()['best_avg'] * 100:.2f}% ({training.precision}, {training.path} path)",
                 flush=True,
             )
         print(f"seed table total: {total:.1f} s of training for STL pair + hard + cross-stitch (target <= 30 s)")

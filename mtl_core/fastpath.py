@@ -1,5 +1,5 @@
-"""A fast training step for the hard-sharing MLP: the forward and backward written out by hand, all
-parameters in one flat buffer, one fused optimiser call per step.
+"""Fast training steps for the STL and hard-sharing MLPs: the forward and backward written out by
+hand, all parameters in one flat buffer, one fused optimiser call per step.
 
 At batch 128 these models are tiny (about 0.1 ms of arithmetic per step) and autograd's per-operation
 bookkeeping costs more than the maths; writing the gradients out (three matmuls forward, five back)
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from .models import HardSharingMLP, MultiTaskModel
+from .models import STLMLP, HardSharingMLP, MultiTaskModel
 from .tasks import get_task
 
 
@@ -83,7 +83,7 @@ class FlatAdam(torch.optim.Optimizer):
 
 def fast_path_refusal(model: MultiTaskModel, loss_weighting: str, optimizer: str) -> str:
     """Why this run cannot take the fast path ("" when it can)."""
-    if not isinstance(model, HardSharingMLP):
+    if not isinstance(model, (HardSharingMLP, STLMLP)):
         return f"no hand-written step for the {type(model).__name__} yet"
     if loss_weighting != "static":
         return f"{loss_weighting} loss weighting learns its weights through autograd"
@@ -92,34 +92,13 @@ def fast_path_refusal(model: MultiTaskModel, loss_weighting: str, optimizer: str
     return ""
 
 
-class HardSharingStep:
-    """Forward, loss and backward of `HardSharingMLP` with static loss weights, writing the gradient of
-    sum_t w_t L_t into the flat gradient buffer. `__call__` returns the (unweighted) task losses as one
-    tensor in task order. When every task is binary (the study's pairs), the losses and their
-    gradients are computed for all tasks at once.
+class _HeadsStep:
+    """What the hand-written steps share: the task heads' slices of the logits, the loss weights, the
+    targets in the form a batch is sliced from, and the losses with their gradient d(sum_t w_t L_t)/dz.
+    When every task is binary (the study's pairs), the losses and gradients come for all tasks at once."""
 
-    With `bf16=True` the first layer's two matrix products (784 x 64, forward and weight gradient:
-    about 96 % of the step's arithmetic) run in bfloat16 with float32 accumulation, as autocast would
-    run them; the inputs are then bfloat16 (`input_dtype`), everything else stays float32, and so do
-    the weights the optimiser updates."""
-
-    def __init__(self, model: HardSharingMLP, weights: dict[str, float], bf16: bool = False):
-        lin1, lin2 = model.trunk[1], model.trunk[3]
-        heads = [model.heads[t] for t in model.tasks]
-        # Head weights next to each other (then head biases), so all heads are one (K, 32) matmul.
-        order = [lin1.weight, lin1.bias, lin2.weight, lin2.bias, *(h.weight for h in heads), *(h.bias for h in heads)]
-        self.params = FlatParameters(order)
-        flat, g = self.params.flat.data, self.params.flat.grad
-        k = sum(h.out_features for h in heads)
-        width = lin2.out_features
-        start = lin1.weight.numel() + lin1.bias.numel() + lin2.weight.numel() + lin2.bias.numel()
-        self.w1, self.b1, self.w2, self.b2 = lin1.weight.data, lin1.bias.data, lin2.weight.data, lin2.bias.data
-        self.wh = flat[start : start + k * width].view(k, width)
-        self.bh = flat[start + k * width : start + k * width + k]
-        self.g_w1, self.g_b1 = self.params.grad_of(lin1.weight), self.params.grad_of(lin1.bias)
-        self.g_w2, self.g_b2 = self.params.grad_of(lin2.weight), self.params.grad_of(lin2.bias)
-        self.g_wh = g[start : start + k * width].view(k, width)
-        self.g_bh = g[start + k * width : start + k * width + k]
+    def _init_heads(self, model: MultiTaskModel, heads: list, weights: dict[str, float], bf16: bool) -> None:
+        flat = self.params.flat.data
         self.tasks = tuple(model.tasks)
         self.slices: list[tuple[str, int, int, str, float]] = []
         lo = 0
@@ -174,6 +153,37 @@ class HardSharingStep:
                 dz[:, lo] = diff * s * (1 - s) * (2 * w / n)
         return torch.stack(losses), dz
 
+
+class HardSharingStep(_HeadsStep):
+    """Forward, loss and backward of `HardSharingMLP` with static loss weights, writing the gradient of
+    sum_t w_t L_t into the flat gradient buffer. `__call__` returns the (unweighted) task losses as one
+    tensor in task order. When every task is binary (the study's pairs), the losses and their
+    gradients are computed for all tasks at once.
+
+    With `bf16=True` the first layer's two matrix products (784 x 64, forward and weight gradient:
+    about 96 % of the step's arithmetic) run in bfloat16 with float32 accumulation, as autocast would
+    run them; the inputs are then bfloat16 (`input_dtype`), everything else stays float32, and so do
+    the weights the optimiser updates."""
+
+    def __init__(self, model: HardSharingMLP, weights: dict[str, float], bf16: bool = False):
+        lin1, lin2 = model.trunk[1], model.trunk[3]
+        heads = [model.heads[t] for t in model.tasks]
+        # Head weights next to each other (then head biases), so all heads are one (K, 32) matmul.
+        order = [lin1.weight, lin1.bias, lin2.weight, lin2.bias, *(h.weight for h in heads), *(h.bias for h in heads)]
+        self.params = FlatParameters(order)
+        flat, g = self.params.flat.data, self.params.flat.grad
+        k = sum(h.out_features for h in heads)
+        width = lin2.out_features
+        start = lin1.weight.numel() + lin1.bias.numel() + lin2.weight.numel() + lin2.bias.numel()
+        self.w1, self.b1, self.w2, self.b2 = lin1.weight.data, lin1.bias.data, lin2.weight.data, lin2.bias.data
+        self.wh = flat[start : start + k * width].view(k, width)
+        self.bh = flat[start + k * width : start + k * width + k]
+        self.g_w1, self.g_b1 = self.params.grad_of(lin1.weight), self.params.grad_of(lin1.bias)
+        self.g_w2, self.g_b2 = self.params.grad_of(lin2.weight), self.params.grad_of(lin2.bias)
+        self.g_wh = g[start : start + k * width].view(k, width)
+        self.g_bh = g[start + k * width : start + k * width + k]
+        self._init_heads(model, heads, weights, bf16)
+
     def __call__(self, x: torch.Tensor, targets) -> torch.Tensor:
         """One step's gradients for inputs `x` and `targets` (from `select`, or a dict per task).
         Every tensor here is a parameter's `.data` or an input, so autograd records nothing without a
@@ -201,3 +211,67 @@ class HardSharingStep:
             torch.mm(d1.t(), x, out=self.g_w1)
         torch.sum(d1, 0, out=self.g_b1)
         return losses
+
+
+class STLStep(_HeadsStep):
+    """Forward, loss and backward of `STLMLP` (T independent columns stored stacked) with static loss
+    weights, into the flat gradient buffer; `__call__` returns the task losses in task order.
+
+    All columns' first layers are one (B, 784) x (784, T*64) product, forward and weight gradient alike,
+    as in the model's own forward; the second layers are one batched product. Each loss reaches only
+    its own column, so this is T separate networks trained at once. `bf16` as in `HardSharingStep`."""
+
+    def __init__(self, model: STLMLP, weights: dict[str, float], bf16: bool = False):
+        heads = [model.heads[t] for t in model.tasks]
+        order = [model.w1, model.b1, model.w2, model.b2, *(h.weight for h in heads), *(h.bias for h in heads)]
+        self.params = FlatParameters(order)
+        self.n = len(model.tasks)
+        self.w1, self.b1, self.w2, self.b2 = model.w1.data, model.b1.data, model.w2.data, model.b2.data
+        self.g_w1, self.g_b1 = self.params.grad_of(model.w1), self.params.grad_of(model.b1)
+        self.g_w2, self.g_b2 = self.params.grad_of(model.w2), self.params.grad_of(model.b2)
+        self.wh = [h.weight.data for h in heads]
+        self.bh = [h.bias.data for h in heads]
+        self.g_wh = [self.params.grad_of(h.weight) for h in heads]
+        self.g_bh = [self.params.grad_of(h.bias) for h in heads]
+        self._init_heads(model, heads, weights, bf16)
+
+    def __call__(self, x: torch.Tensor, targets) -> torch.Tensor:
+        """One step's gradients for inputs `x` and `targets` (from `select`, or a dict per task). As in
+        `HardSharingStep`, everything is `.data` or an input: autograd records nothing."""
+        if isinstance(targets, dict) and self.all_binary:
+            targets = self.prepare_targets(targets)
+        t, h1 = self.n, self.w1.shape[1]
+        x = x.reshape(x.shape[0], -1).to(self.input_dtype)
+        n = x.shape[0]
+        w1 = self.w1.reshape(t * h1, -1)
+        if self.bf16:
+            a1 = torch.addmm(self.b1.reshape(-1).to(torch.bfloat16), x, w1.to(torch.bfloat16).t()).float()
+        else:
+            a1 = torch.addmm(self.b1.reshape(-1), x, w1.t())
+        r1 = a1.clamp_min_(0).view(n, t, h1).transpose(0, 1)  # (T, B, 64), a view
+        r2 = torch.baddbmm(self.b2.unsqueeze(1), r1, self.w2.transpose(1, 2)).clamp_min_(0)  # (T, B, 32)
+        z = torch.cat([torch.addmm(b, r2[i], w.t()) for i, (w, b) in enumerate(zip(self.wh, self.bh))], dim=1)
+        losses, dz = self._loss_grad(z, targets, n)
+        dr2 = torch.empty_like(r2)
+        for i, (_, lo, hi, _, _) in enumerate(self.slices):
+            d = dz[:, lo:hi]
+            torch.mm(d.t(), r2[i], out=self.g_wh[i])
+            torch.sum(d, 0, out=self.g_bh[i])
+            torch.mm(d, self.wh[i], out=dr2[i])
+        d2 = torch.ops.aten.threshold_backward(dr2, r2, 0)  # (T, B, 32)
+        torch.bmm(d2.transpose(1, 2), r1, out=self.g_w2)
+        torch.sum(d2, 1, out=self.g_b2)
+        d1 = torch.ops.aten.threshold_backward(torch.bmm(d2, self.w2), r1, 0)  # (T, B, 64)
+        d1 = d1.transpose(0, 1).reshape(n, t * h1)  # back to the first layer's (B, T*64) layout
+        g_w1 = self.g_w1.view(t * h1, -1)
+        if self.bf16:
+            g_w1.copy_(torch.mm(d1.t().to(torch.bfloat16), x))
+        else:
+            torch.mm(d1.t(), x, out=g_w1)
+        torch.sum(d1, 0, out=self.g_b1.view(-1))
+        return losses
+
+
+def make_step(model: MultiTaskModel, weights: dict[str, float], bf16: bool = False) -> _HeadsStep:
+    """The hand-written step for `model` (only where `fast_path_refusal` says there is one)."""
+    return (STLStep if isinstance(model, STLMLP) else HardSharingStep)(model, weights, bf16)

@@ -16,7 +16,7 @@ import torch
 
 from .config import ConfigError, TrainConfig
 from .data import MTLData, batch_indices
-from .fastpath import FlatAdam, HardSharingStep, fast_path_refusal
+from .fastpath import FlatAdam, fast_path_refusal, make_step
 from .metrics import MetricAccumulator, average_accuracy, probabilities, selection_score, task_loss
 from .models import MultiTaskModel, build_model, count_parameters
 from .tasks import make_targets
@@ -45,9 +45,9 @@ def bf16_is_native(device: torch.device) -> bool:
 
 def resolve_precision(config: TrainConfig, family: str, device: torch.device, fast_step: bool = False) -> str:
     """ "auto" picks bf16 where the hardware runs it natively and it pays: autocast for the CNN (about
-    2x faster per epoch on this project's CPUs at the same accuracy), and the hand-written hard-sharing
-    step's first layer (`fast_step`; about 1.6x, same accuracy over seeds, see benchmarks/). For the
-    other small MLPs autocast's casts cost more than they save: fp32."""
+    2x faster per epoch on this project's CPUs at the same accuracy), and the first layer of the
+    hand-written STL and hard-sharing steps (`fast_step`; 1.6-1.8x, same accuracy over seeds). For
+    cross-stitch, on autograd, autocast's casts cost more than they save: fp32."""
     if config.precision != "auto":
         return config.precision
     if not bf16_is_native(device):
@@ -104,7 +104,7 @@ class Training:
             self.device
         )
         weights = {t: config.weight(t) for t in config.tasks}
-        self.fast = None if refusal else HardSharingStep(self.model, weights, bf16=self.precision == "bf16")
+        self.fast = None if refusal else make_step(self.model, weights, bf16=self.precision == "bf16")
         self.path, self.path_note = ("fast", "") if self.fast else ("autograd", refusal)
         self._fast_targets = None
         if self.fast is not None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mtl_core.config import TrainConfig
-from mtl_core.fastpath import HardSharingStep
+from mtl_core.fastpath import make_step
 from mtl_core.metrics import task_loss
 from mtl_core.models import build_model
 from mtl_core.tasks import make_targets
@@ -21,11 +21,12 @@ TASK_SETS = {
 }
 
 
+@pytest.mark.parametrize("model_name", ["hard", "stl"])
 @pytest.mark.parametrize("case", list(TASK_SETS))
-def test_gradients_equal_autograd(case, synthetic):
+def test_gradients_equal_autograd(case, model_name, synthetic):
     tasks, weights = TASK_SETS[case]
     torch.manual_seed(0)
-    model = build_model("hard", tasks).double()
+    model = build_model(model_name, tasks).double()
     twin = copy.deepcopy(model)
     x = synthetic.train_x[:64].double()
     y = make_targets(synthetic.train_y[:64], tasks)
@@ -36,7 +37,7 @@ def test_gradients_equal_autograd(case, synthetic):
     total.backward()
     expected = {name: p.grad.clone() for name, p in model.named_parameters()}
 
-    step = HardSharingStep(twin, weights)
+    step = make_step(twin, weights)
     losses = step(x, y)
     for i, t in enumerate(tasks):
         assert losses[i].item() == pytest.approx(task_loss(t, out[t], y[t]).item(), rel=1e-12)
@@ -67,9 +68,10 @@ def test_flat_adam_takes_exactly_torchs_fused_steps(optimizer):
     assert torch.equal(ours, theirs)
 
 
-def test_hundreds_of_steps_match_the_autograd_path(synthetic):
+@pytest.mark.parametrize("model_name", ["hard", "stl"])
+def test_hundreds_of_steps_match_the_autograd_path(synthetic, model_name):
     cfg = TrainConfig.preset(
-        "hard", epochs=4, batch_size=8, data="synthetic", loss_weights={"even": 2.0}, precision="fp32"
+        model_name, epochs=4, batch_size=8, data="synthetic", loss_weights={"even": 2.0}, precision="fp32"
     )
     assert synthetic.n_train // 8 * cfg.epochs == 256  # optimiser steps compared
     fast = Training(cfg, synthetic)
@@ -99,16 +101,17 @@ def test_a_long_run_on_real_digits_matches_too(real_data, precision):
         assert a["train_loss"][t] == pytest.approx(b["train_loss"][t], rel=0.02 if precision == "fp32" else 0.06)
 
 
+@pytest.mark.parametrize("model_name", ["hard", "stl"])
 @pytest.mark.parametrize("case", list(TASK_SETS))
-def test_the_bf16_first_layer_gives_autograds_gradients_to_bf16_precision(case, synthetic):
+def test_the_bf16_first_layer_gives_autograds_gradients_to_bf16_precision(case, model_name, synthetic):
     tasks, weights = TASK_SETS[case]
     torch.manual_seed(0)
-    model = build_model("hard", tasks)
+    model = build_model(model_name, tasks)
     twin = copy.deepcopy(model)
     x, y = synthetic.train_x[:128], make_targets(synthetic.train_y[:128], tasks)
     out = model(x)
     sum(weights.get(t, 1.0) * task_loss(t, out[t], y[t]) for t in tasks).backward()
-    step = HardSharingStep(twin, weights, bf16=True)
+    step = make_step(twin, weights, bf16=True)
     assert step.prepare_inputs(synthetic.train_x).dtype == torch.bfloat16
     losses = step(step.prepare_inputs(x), y)
     for i, t in enumerate(tasks):  # the losses see the bf16 rounding of the first layer only
@@ -129,7 +132,8 @@ def test_the_bf16_first_layer_gives_autograds_gradients_to_bf16_precision(case, 
         ("hard", {"precision": "fp32"}, True, ("fast", "fp32")),
         ("hard", {"path": "autograd"}, True, ("autograd", "fp32")),  # autocast would cost more than it saves
         ("hard", {"loss_weighting": "uncertainty"}, True, ("autograd", "fp32")),
-        ("stl", {}, True, ("autograd", "fp32")),
+        ("stl", {}, True, ("fast", "bf16")),
+        ("stl", {}, False, ("fast", "fp32")),
         ("cross_stitch", {}, True, ("autograd", "fp32")),
         ("cnn", {}, True, ("autograd", "bf16")),
         ("cnn", {}, False, ("autograd", "fp32")),
@@ -150,7 +154,7 @@ def test_auto_precision_takes_bf16_only_where_it_is_native_and_pays(model, chang
 @pytest.mark.parametrize(
     "changes, reason",
     [
-        (dict(model="stl"), "no hand-written step"),
+        (dict(model="cross_stitch"), "no hand-written step"),
         (dict(loss_weighting="uncertainty"), "learns its weights through autograd"),
         (dict(optimizer="sgd"), "not sgd"),
         (dict(path="autograd"), "asks for autograd"),
