@@ -47,3 +47,13 @@ def test_compare_prints_the_reference_beside_ours(capsys):
     for name in ("stl", "hard", "cross_stitch"):
         assert name in out
     assert "771.1" in out and "98.51%" in out and "104,706" in out and "52,386" in out
+
+
+def test_bench_takes_its_own_options_first(monkeypatch):
+    """`python -m mtl_core bench --no-cnn` once failed in argparse before the benchmark saw it."""
+    from mtl_core import bench, cli
+
+    seen = []
+    monkeypatch.setattr(bench, "main", lambda argv: seen.append(argv) or 0)
+    assert cli.main(["bench", "--no-cnn", "--no-table"]) == 0
+    assert seen == [["--no-cnn", "--no-table"]]
