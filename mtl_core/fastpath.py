@@ -1,4 +1,4 @@
-"""Fast training steps for the STL and hard-sharing MLPs: the forward and backward written out by
+"""Fast training steps for the MLPs (STL, hard sharing, cross-stitch): the forward and backward written out by
 hand, all parameters in one flat buffer, one fused optimiser call per step.
 
 At batch 128 these models are tiny (about 0.1 ms of arithmetic per step) and autograd's per-operation
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from .models import STLMLP, HardSharingMLP, MultiTaskModel
+from .models import STLMLP, CrossStitchMLP, HardSharingMLP, MultiTaskModel
 from .tasks import get_task
 
 
@@ -43,8 +43,19 @@ class FlatAdam(torch.optim.Optimizer):
     `torch.optim.Adam(fused=True)` without its per-step Python bookkeeping (about half of its 40 us
     here). A StepLR scheduler works on it as on any optimiser."""
 
-    def __init__(self, flat: torch.nn.Parameter, lr: float, weight_decay: float = 0.0, decoupled: bool = False):
+    def __init__(
+        self,
+        flat: torch.nn.Parameter,
+        lr: float,
+        weight_decay: float = 0.0,
+        decoupled: bool = False,
+        tail: int = 0,
+        tail_lr_mult: float = 1.0,
+    ):
+        """`tail`: the last elements (the cross-stitch alphas) learn at `tail_lr_mult` times the rate,
+        as their own parameter group would (a scheduler scales both)."""
         super().__init__([flat], dict(lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), eps=1e-8))
+        self.tail, self.tail_lr_mult = tail, tail_lr_mult
         state = self.state[flat]
         state["step"] = torch.zeros((), dtype=torch.float32, device=flat.device)
         state["exp_avg"] = torch.zeros_like(flat.data)
@@ -63,27 +74,32 @@ class FlatAdam(torch.optim.Optimizer):
         state = self.state[p]
         state["step"].add_(1)
         beta1, beta2 = group["betas"]
-        self._kernel(
-            [p.data],
-            [p.grad],
-            [state["exp_avg"]],
-            [state["exp_avg_sq"]],
-            [],
-            [state["step"]],
-            amsgrad=False,
-            lr=group["lr"],
-            beta1=beta1,
-            beta2=beta2,
-            weight_decay=group["weight_decay"],
-            eps=group["eps"],
-            maximize=False,
-        )
+        parts = [(slice(None), group["lr"])]
+        if self.tail:
+            k = p.numel() - self.tail
+            parts = [(slice(0, k), group["lr"]), (slice(k, None), group["lr"] * self.tail_lr_mult)]
+        for part, lr in parts:
+            self._kernel(
+                [p.data[part]],
+                [p.grad[part]],
+                [state["exp_avg"][part]],
+                [state["exp_avg_sq"][part]],
+                [],
+                [state["step"]],
+                amsgrad=False,
+                lr=lr,
+                beta1=beta1,
+                beta2=beta2,
+                weight_decay=group["weight_decay"],
+                eps=group["eps"],
+                maximize=False,
+            )
         self._opt_called = True  # what the wrapper would record; LR schedulers check it
 
 
 def fast_path_refusal(model: MultiTaskModel, loss_weighting: str, optimizer: str) -> str:
     """Why this run cannot take the fast path ("" when it can)."""
-    if not isinstance(model, (HardSharingMLP, STLMLP)):
+    if not isinstance(model, (HardSharingMLP, STLMLP, CrossStitchMLP)):
         return f"no hand-written step for the {type(model).__name__} yet"
     if loss_weighting != "static":
         return f"{loss_weighting} loss weighting learns its weights through autograd"
@@ -213,19 +229,24 @@ class HardSharingStep(_HeadsStep):
         return losses
 
 
-class STLStep(_HeadsStep):
-    """Forward, loss and backward of `STLMLP` (T independent columns stored stacked) with static loss
-    weights, into the flat gradient buffer; `__call__` returns the task losses in task order.
+class ColumnsStep(_HeadsStep):
+    """Forward, loss and backward of the stacked-column MLPs with static loss weights, into the flat
+    gradient buffer; `__call__` returns the task losses in task order. STL: T independent columns.
+    Cross-stitch: the same columns, mixed after each hidden ReLU by a T x T alpha matrix (their
+    gradients too; the alphas sit last in the flat buffer, so the optimiser can give them their own
+    learning rate).
 
     All columns' first layers are one (B, 784) x (784, T*64) product, forward and weight gradient alike,
-    as in the model's own forward; the second layers are one batched product. Each loss reaches only
-    its own column, so this is T separate networks trained at once. `bf16` as in `HardSharingStep`."""
+    as in the model's own forward; the second layers are one batched product. `bf16` as in
+    `HardSharingStep`."""
 
-    def __init__(self, model: STLMLP, weights: dict[str, float], bf16: bool = False):
+    def __init__(self, model: STLMLP | CrossStitchMLP, weights: dict[str, float], bf16: bool = False):
         heads = [model.heads[t] for t in model.tasks]
+        alphas = model.alpha_parameters()
         order = [model.w1, model.b1, model.w2, model.b2, *(h.weight for h in heads), *(h.bias for h in heads)]
-        self.params = FlatParameters(order)
+        self.params = FlatParameters([*order, *alphas])
         self.n = len(model.tasks)
+        self.alpha_numel = sum(a.numel() for a in alphas)  # the tail of the flat buffer
         self.w1, self.b1, self.w2, self.b2 = model.w1.data, model.b1.data, model.w2.data, model.b2.data
         self.g_w1, self.g_b1 = self.params.grad_of(model.w1), self.params.grad_of(model.b1)
         self.g_w2, self.g_b2 = self.params.grad_of(model.w2), self.params.grad_of(model.b2)
@@ -233,7 +254,25 @@ class STLStep(_HeadsStep):
         self.bh = [h.bias.data for h in heads]
         self.g_wh = [self.params.grad_of(h.weight) for h in heads]
         self.g_bh = [self.params.grad_of(h.bias) for h in heads]
+        self.alphas = [a.data for a in alphas]  # [] for STL
+        self.g_alphas = [self.params.grad_of(a) for a in alphas]
         self._init_heads(model, heads, weights, bf16)
+
+    def _mix(self, unit: int, h: torch.Tensor) -> torch.Tensor:
+        """Column i reads sum_j alpha[i, j] h_j (no-op for STL)."""
+        if not self.alphas:
+            return h
+        t, b, width = h.shape
+        return (self.alphas[unit] @ h.reshape(t, b * width)).view(t, b, width)
+
+    def _unmix(self, unit: int, h: torch.Tensor, d_mixed: torch.Tensor) -> torch.Tensor:
+        """The gradient through `_mix`: writes d/d alpha and returns d/dh (no-op for STL)."""
+        if not self.alphas:
+            return d_mixed
+        t, b, width = h.shape
+        flat_d = d_mixed.reshape(t, b * width)
+        torch.mm(flat_d, h.reshape(t, b * width).t(), out=self.g_alphas[unit])
+        return (self.alphas[unit].t() @ flat_d).view(t, b, width)
 
     def __call__(self, x: torch.Tensor, targets) -> torch.Tensor:
         """One step's gradients for inputs `x` and `targets` (from `select`, or a dict per task). As in
@@ -249,19 +288,21 @@ class STLStep(_HeadsStep):
         else:
             a1 = torch.addmm(self.b1.reshape(-1), x, w1.t())
         r1 = a1.clamp_min_(0).view(n, t, h1).transpose(0, 1)  # (T, B, 64), a view
-        r2 = torch.baddbmm(self.b2.unsqueeze(1), r1, self.w2.transpose(1, 2)).clamp_min_(0)  # (T, B, 32)
-        z = torch.cat([torch.addmm(b, r2[i], w.t()) for i, (w, b) in enumerate(zip(self.wh, self.bh))], dim=1)
+        m1 = self._mix(0, r1)
+        r2 = torch.baddbmm(self.b2.unsqueeze(1), m1, self.w2.transpose(1, 2)).clamp_min_(0)  # (T, B, 32)
+        m2 = self._mix(1, r2)
+        z = torch.cat([torch.addmm(b, m2[i], w.t()) for i, (w, b) in enumerate(zip(self.wh, self.bh))], dim=1)
         losses, dz = self._loss_grad(z, targets, n)
-        dr2 = torch.empty_like(r2)
+        dm2 = torch.empty_like(r2)
         for i, (_, lo, hi, _, _) in enumerate(self.slices):
             d = dz[:, lo:hi]
-            torch.mm(d.t(), r2[i], out=self.g_wh[i])
+            torch.mm(d.t(), m2[i], out=self.g_wh[i])
             torch.sum(d, 0, out=self.g_bh[i])
-            torch.mm(d, self.wh[i], out=dr2[i])
-        d2 = torch.ops.aten.threshold_backward(dr2, r2, 0)  # (T, B, 32)
-        torch.bmm(d2.transpose(1, 2), r1, out=self.g_w2)
+            torch.mm(d, self.wh[i], out=dm2[i])
+        d2 = torch.ops.aten.threshold_backward(self._unmix(1, r2, dm2), r2, 0)  # (T, B, 32)
+        torch.bmm(d2.transpose(1, 2), m1, out=self.g_w2)
         torch.sum(d2, 1, out=self.g_b2)
-        d1 = torch.ops.aten.threshold_backward(torch.bmm(d2, self.w2), r1, 0)  # (T, B, 64)
+        d1 = torch.ops.aten.threshold_backward(self._unmix(0, r1, torch.bmm(d2, self.w2)), r1, 0)  # (T, B, 64)
         d1 = d1.transpose(0, 1).reshape(n, t * h1)  # back to the first layer's (B, T*64) layout
         g_w1 = self.g_w1.view(t * h1, -1)
         if self.bf16:
@@ -274,4 +315,4 @@ class STLStep(_HeadsStep):
 
 def make_step(model: MultiTaskModel, weights: dict[str, float], bf16: bool = False) -> _HeadsStep:
     """The hand-written step for `model` (only where `fast_path_refusal` says there is one)."""
-    return (STLStep if isinstance(model, STLMLP) else HardSharingStep)(model, weights, bf16)
+    return (HardSharingStep if isinstance(model, HardSharingMLP) else ColumnsStep)(model, weights, bf16)

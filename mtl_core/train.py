@@ -109,7 +109,12 @@ class Training:
         self._fast_targets = None
         if self.fast is not None:
             self.optimizer = FlatAdam(
-                self.fast.params.flat, config.lr, config.weight_decay, decoupled=config.optimizer == "adamw"
+                self.fast.params.flat,
+                config.lr,
+                config.weight_decay,
+                decoupled=config.optimizer == "adamw",
+                tail=getattr(self.fast, "alpha_numel", 0),
+                tail_lr_mult=config.alpha_lr_mult,
             )
         else:
             self.optimizer = make_optimizer(config, self.model, self.device, list(self.weighting.parameters()))
