@@ -223,8 +223,7 @@ def train_form_ui(model: str) -> dict | None:
                     key=f"f_prec{k}",
                     help=(
                         "auto: bf16 where this machine has it natively and it pays (the CNN, about 2x; the first "
-                        "layer of STL and hard sharing, 1.6-1.8x, same accuracy); fp32 everywhere else. fp32: "
-                        "full precision."
+                        "layer of the MLPs, 1.4-1.8x, same accuracy); fp32 everywhere else. fp32: full precision."
                     ),
                 ),
             )

@@ -46,8 +46,9 @@ def bf16_is_native(device: torch.device) -> bool:
 def resolve_precision(config: TrainConfig, family: str, device: torch.device, fast_step: bool = False) -> str:
     """ "auto" picks bf16 where the hardware runs it natively and it pays: autocast for the CNN (about
     2x faster per epoch on this project's CPUs at the same accuracy), and the first layer of the
-    hand-written STL and hard-sharing steps (`fast_step`; 1.6-1.8x, same accuracy over seeds). For
-    cross-stitch, on autograd, autocast's casts cost more than they save: fp32."""
+    hand-written MLP steps (`fast_step`; 1.4-1.8x, same accuracy over seeds). An MLP on autograd
+    (learned loss weights, SGD, path "autograd") stays fp32: there autocast's casts cost more than
+    they save."""
     if config.precision != "auto":
         return config.precision
     if not bf16_is_native(device):
