@@ -18,8 +18,8 @@ from playwright.sync_api import Browser, Page, expect
 
 T = 60_000  # ms: generous, the first render imports torch (5+ s) and the machine has 2 cores
 
-CS_EPOCHS = 20  # short cross-stitch run on synthetic data: a tiny batch makes it last ~10 s on 2 cores
-CS_BATCH = 3
+CS_EPOCHS = 40  # a cross-stitch run on synthetic data: batch 1 makes it last ~10 s on the fast step
+CS_BATCH = 1
 STOP_EPOCHS = 500  # a run that would last a minute or more, stopped after a few epochs
 
 CURVE_LEN_JS = """() => {
