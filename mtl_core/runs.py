@@ -381,7 +381,10 @@ class RunStore:
     def within_epoch(self, run_id: str) -> float | None:
         """How far the running epoch is (0..1), as of the last heartbeat; None when unknown. Not counted
         as a change (pages that show it read it on each poll of a running run)."""
-        rows = self._query("SELECT epoch_done FROM runs WHERE id=? AND status='running'", (run_id,))
+        try:
+            rows = self._query("SELECT epoch_done FROM runs WHERE id=? AND status='running'", (run_id,))
+        except sqlite3.OperationalError:  # an older store opened read-only has no such column yet
+            return None
         return rows[0][0] if rows and rows[0][0] is not None else None
 
     def mark_started(self, run_id: str, worker: str, params: int, data_source: str, device: str) -> bool:

@@ -193,3 +193,17 @@ def test_a_store_damaged_in_the_middle_is_found_by_the_check(tmp_path):
     with pytest.raises(sqlite3.DatabaseError):
         aside = [p for p in tmp_path.glob("runs.sqlite.damaged-*") if not p.name.endswith(("-wal", "-shm"))]
         RunStore(aside[0], repair=False)  # workers never repair
+
+
+def test_an_older_store_without_the_progress_column_reads_as_no_progress(tmp_path):
+    from mtl_core.runs import RunStore
+
+    path = tmp_path / "runs.sqlite"
+    store = RunStore(path)
+    rid = store.create_run(TrainConfig.preset("hard").to_dict())
+    store.claim_next("w")
+    con = sqlite3.connect(path)
+    con.execute("ALTER TABLE runs DROP COLUMN epoch_done")  # as a store from before the column
+    con.commit()
+    con.close()
+    assert store.within_epoch(rid) is None
