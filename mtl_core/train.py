@@ -101,10 +101,8 @@ class Training:
         if config.path == "autograd":
             refusal = "the config asks for autograd"
         self.precision = resolve_precision(config, self.model.family, self.device, fast_step=not refusal)
-        self.weighting = build_weighting(config.loss_weighting, {t: config.weight(t) for t in config.tasks}).to(
-            self.device
-        )
         weights = {t: config.weight(t) for t in config.tasks}
+        self.weighting = build_weighting(config.loss_weighting, weights).to(self.device)
         self.fast = None if refusal else make_step(self.model, weights, bf16=self.precision == "bf16")
         self.path, self.path_note = ("fast", "") if self.fast else ("autograd", refusal)
         self._fast_targets = None
@@ -237,27 +235,29 @@ class Training:
                 return f"test metrics for {t}"
         return ""
 
-    @torch.no_grad()
-    def evaluate(self) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    def _test_forward(self) -> Iterator[tuple[slice, dict[str, torch.Tensor]]]:
+        """The model's outputs on the test set, batch by batch: the one forward pass (autocast and
+        memory layout included) that both the records' metrics and the stored predictions come from."""
         self.model.eval()
-        acc = MetricAccumulator(self.config.tasks)
         for start in range(0, self.data.n_test, EVAL_BATCH):
             sl = slice(start, start + EVAL_BATCH)
             with self._autocast():
                 out = self.model(self._inputs(self._test_x[sl]))
+            yield sl, out  # outside autocast: the metrics and probabilities are computed in fp32
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+        acc = MetricAccumulator(self.config.tasks)
+        for sl, out in self._test_forward():
             acc.add(out, {t: v[sl] for t, v in self._test_t.items()})
         return acc.result()
 
     @torch.no_grad()
     def test_outputs(self) -> dict[str, np.ndarray]:
-        """Every task's probabilities (or value) on the test set, from the very forward pass `evaluate`
-        scores with (autocast and memory layout included): predictions stored from these agree with the
-        accuracies in the records to the last digit."""
-        self.model.eval()
+        """Every task's probabilities (or value) on the test set, from the forward pass `evaluate`
+        scores: predictions stored from these agree with the records' accuracies to the last digit."""
         parts: dict[str, list[np.ndarray]] = {t: [] for t in self.config.tasks}
-        for start in range(0, self.data.n_test, EVAL_BATCH):
-            with self._autocast():
-                out = self.model(self._inputs(self._test_x[start : start + EVAL_BATCH]))
+        for _, out in self._test_forward():
             for t in self.config.tasks:
                 parts[t].append(probabilities(t, out[t].float()).cpu().numpy())
         return {t: np.concatenate(v) for t, v in parts.items()}
