@@ -131,6 +131,20 @@ class _HeadsStep:
         """The whole training set's images, flattened to (N, 784) in `input_dtype`, ready for `select`."""
         return images.reshape(images.shape[0], -1).to(self.input_dtype)
 
+    def _first_layer(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """x @ w.T + b for the 784-wide first layer, in bf16 with fp32 accumulation when `bf16` (then
+        rounded back to fp32 for the rest of the step), else in fp32."""
+        if self.bf16:
+            return torch.addmm(b.to(torch.bfloat16), x, w.to(torch.bfloat16).t()).float()
+        return torch.addmm(b, x, w.t())
+
+    def _first_layer_grad(self, d: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> None:
+        """The first layer's weight gradient d.T @ x into `out` (fp32), in the precision of the forward."""
+        if self.bf16:
+            out.copy_(torch.mm(d.t().to(torch.bfloat16), x))
+        else:
+            torch.mm(d.t(), x, out=out)
+
     def prepare_targets(self, targets: dict[str, torch.Tensor]):
         """The whole training set's targets, in the form `select` slices a batch from."""
         if self.all_binary:
@@ -207,11 +221,7 @@ class HardSharingStep(_HeadsStep):
         if isinstance(targets, dict) and self.all_binary:
             targets = self.prepare_targets(targets)
         x = x.reshape(x.shape[0], -1).to(self.input_dtype)
-        if self.bf16:
-            w1 = self.w1.to(torch.bfloat16)
-            r1 = torch.addmm(self.b1.to(torch.bfloat16), x, w1.t()).float().clamp_min_(0)
-        else:
-            r1 = torch.addmm(self.b1, x, self.w1.t()).clamp_min_(0)
+        r1 = self._first_layer(x, self.w1, self.b1).clamp_min_(0)
         r2 = torch.addmm(self.b2, r1, self.w2.t()).clamp_min_(0)
         z = torch.addmm(self.bh, r2, self.wh.t())
         losses, dz = self._loss_grad(z, targets, x.shape[0])
@@ -221,10 +231,7 @@ class HardSharingStep(_HeadsStep):
         torch.mm(d2.t(), r1, out=self.g_w2)
         torch.sum(d2, 0, out=self.g_b2)
         d1 = torch.ops.aten.threshold_backward(d2 @ self.w2, r1, 0)
-        if self.bf16:
-            self.g_w1.copy_(torch.mm(d1.t().to(torch.bfloat16), x))
-        else:
-            torch.mm(d1.t(), x, out=self.g_w1)
+        self._first_layer_grad(d1, x, self.g_w1)
         torch.sum(d1, 0, out=self.g_b1)
         return losses
 
@@ -282,11 +289,7 @@ class ColumnsStep(_HeadsStep):
         t, h1 = self.n, self.w1.shape[1]
         x = x.reshape(x.shape[0], -1).to(self.input_dtype)
         n = x.shape[0]
-        w1 = self.w1.reshape(t * h1, -1)
-        if self.bf16:
-            a1 = torch.addmm(self.b1.reshape(-1).to(torch.bfloat16), x, w1.to(torch.bfloat16).t()).float()
-        else:
-            a1 = torch.addmm(self.b1.reshape(-1), x, w1.t())
+        a1 = self._first_layer(x, self.w1.reshape(t * h1, -1), self.b1.reshape(-1))
         r1 = a1.clamp_min_(0).view(n, t, h1).transpose(0, 1)  # (T, B, 64), a view
         m1 = self._mix(0, r1)
         r2 = torch.baddbmm(self.b2.unsqueeze(1), m1, self.w2.transpose(1, 2)).clamp_min_(0)  # (T, B, 32)
@@ -304,11 +307,7 @@ class ColumnsStep(_HeadsStep):
         torch.sum(d2, 1, out=self.g_b2)
         d1 = torch.ops.aten.threshold_backward(self._unmix(0, r1, torch.bmm(d2, self.w2)), r1, 0)  # (T, B, 64)
         d1 = d1.transpose(0, 1).reshape(n, t * h1)  # back to the first layer's (B, T*64) layout
-        g_w1 = self.g_w1.view(t * h1, -1)
-        if self.bf16:
-            g_w1.copy_(torch.mm(d1.t().to(torch.bfloat16), x))
-        else:
-            torch.mm(d1.t(), x, out=g_w1)
+        self._first_layer_grad(d1, x, self.g_w1.view(t * h1, -1))
         torch.sum(d1, 0, out=self.g_b1.view(-1))
         return losses
 
