@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 import torch
 
-from dashboard.links import HIDEABLE, LINK_KEYS, config_from_query, hidden_from_query, link_to
+from dashboard.links import FIELDS, HIDEABLE, LINK_KEYS, config_from_query, field_kind, hidden_from_query, link_to
 from dashboard.state import full_mnist_here, get_data, get_runner, get_store
 from mtl_core.config import OPTIMIZERS, PRECISIONS, ConfigError, TrainConfig
 from mtl_core.data import SOURCES
@@ -44,32 +44,24 @@ def model_picker_ui() -> str:
 def form_values(config: TrainConfig) -> dict:
     """Every field of the form for `config.model`, by widget key, holding `config`'s values. Session
     State is the form's one source of values (no widget gets a `value=` of its own), so Reset, a shared
-    link and "train again" can set them and the browser shows what they set."""
+    link and "train again" can set them and the browser shows what they set. The fields are the link's
+    (`dashboard/links.FIELDS`: a widget key is f_<link name>_<model>), so form and link cannot drift."""
     k = f"_{config.model}"
-    d = {
-        f"f_tasks{k}": list(config.tasks),
-        f"f_epochs{k}": int(config.epochs),
-        f"f_lr{k}": float(config.lr),
-        f"f_batch{k}": int(config.batch_size),
-        f"f_opt{k}": config.optimizer,
-        f"f_wd{k}": float(config.weight_decay),
-        f"f_seed{k}": int(config.seed),
-        f"f_data{k}": config.data,
-        f"f_limit{k}": int(config.train_limit or 0),
-        f"f_gpu{k}": config.device == "cuda",
-        f"f_weighting{k}": config.loss_weighting,
-        f"f_sched{k}": config.scheduler,
-        f"f_step{k}": int(config.step_size),
-        f"f_gamma{k}": float(config.gamma),
-        f"f_prec{k}": config.precision,
-        f"f_label{k}": "",
-        **{f"f_w_{t}{k}": float(config.weight(t)) for t in TASKS},
-    }
-    if config.model == "cross_stitch":
-        d |= {f"f_ainit{k}": config.alpha_init, f"f_amult{k}": float(config.alpha_lr_mult)}
-    if MODELS[config.model].family == "cnn":
-        d[f"f_cl{k}"] = bool(config.channels_last)
+    shown = {"ainit": config.model == "cross_stitch", "amult": config.model == "cross_stitch"}
+    shown["cl"] = MODELS[config.model].family == "cnn"
+    d = {}
+    for name, field in FIELDS.items():
+        if shown.get(name, True):
+            value = getattr(config, field)
+            # The widget's own type: a number input refuses an int where it was made with floats.
+            d[f"f_{name}{k}"] = list(value) if field == "tasks" else _WIDGET_TYPE.get(field_kind(name), str)(value)
+    d[f"f_gpu{k}"] = config.device == "cuda"
+    d[f"f_label{k}"] = ""
+    d |= {f"f_w_{t}{k}": float(config.weight(t)) for t in TASKS}
     return d
+
+
+_WIDGET_TYPE = {"int": int, "float": float, "bool": bool}
 
 
 def form_defaults(model: str) -> dict:

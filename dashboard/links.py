@@ -38,9 +38,13 @@ HIDEABLE = (*FIELDS, "weights")  # "weights": every loss weight at once
 LINK_KEYS = ("model", "hide", *FIELDS, *(WEIGHT + t for t in TASKS))
 
 
+def field_kind(name: str) -> str:
+    """The TrainConfig type of a link field, as written in the dataclass ("int", "float", "bool", "str" ...)."""
+    return TrainConfig.__dataclass_fields__[FIELDS[name]].type
+
+
 def _parse(name: str, text: str):
-    field = FIELDS[name]
-    kind = TrainConfig.__dataclass_fields__[field].type
+    field, kind = FIELDS[name], field_kind(name)
     try:
         if field == "tasks":
             return tuple(t for t in text.split(",") if t)
