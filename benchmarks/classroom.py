@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
+from stats import percentile  # noqa: E402 - benchmarks/stats.py, beside this script
 
 from mtl_core.config import TrainConfig  # noqa: E402
 from mtl_core.data import load_data  # noqa: E402
@@ -35,11 +36,6 @@ LRS = (1e-3, 5e-4, 2e-3)
 
 def class_configs(n: int, epochs: int) -> list[TrainConfig]:
     return [TrainConfig.preset("hard", epochs=epochs, seed=i, lr=LRS[i % len(LRS)]) for i in range(n)]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 def run_class(configs: list[TrainConfig], settings: RunnerSettings, home: Path) -> dict:

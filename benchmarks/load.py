@@ -42,6 +42,7 @@ from pathlib import Path
 
 import psutil
 from playwright.async_api import async_playwright, expect
+from stats import percentile  # benchmarks/stats.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("MTL_CHROMIUM", "/usr/bin/chromium")
@@ -49,11 +50,6 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
 T = 120_000  # ms: the longest any single wait may take before the session counts as failed
 EPOCHS = 3
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def free_port() -> int:
