@@ -69,10 +69,6 @@ LESSONS = (
 )
 
 
-def _open_in_form(config: TrainConfig) -> None:
-    load_into_form(config)
-
-
 def lessons_ui() -> None:
     st.subheader("🎓 Lessons for a class")
     st.caption(
@@ -97,7 +93,7 @@ def lessons_ui() -> None:
                 else:
                     st.success("Queued. Watch them on the **Train** page.")
             first = lesson.runs[0][1]
-            if c2.button("✎ Open in the Train form", key=f"lesson_open_{lesson.key}", on_click=_open_in_form,
+            if c2.button("✎ Open in the Train form", key=f"lesson_open_{lesson.key}", on_click=load_into_form,
                          args=(first,)):  # fmt: skip
                 st.switch_page("views/train.py")
             with c3.popover("🔗 Link"):

@@ -74,7 +74,11 @@ no_dm = [(run_label(r), delta_m_missing(r, runs)) for r in selected]
 no_dm = [f"{md_escape(label)}: {why}" for label, why in no_dm if why]
 if no_dm:
     st.caption("No Δm for " + "; ".join(no_dm) + ".")
-if len({tuple(sorted(r["config"]["tasks"])) for r in selected}) > 1:
+# Runs grouped by the set of tasks they answer: accuracies and losses rank only within one set.
+task_sets: dict[str, list[dict]] = {}
+for r in selected:
+    task_sets.setdefault("+".join(sorted(r["config"]["tasks"])), []).append(r)
+if len(task_sets) > 1:
     st.caption("These runs answer different sets of tasks: compare their average accuracies only within one task set.")
 study = seed_study_rows(runs)
 if study:
@@ -133,10 +137,6 @@ d3.download_button(
 curves_tab, bars_tab, inside_tab = st.tabs(
     ["📈 Curves", "📊 Parameters, time, accuracy", "🔍 Look inside one run"], key="compare_view", on_change="rerun"
 )
-# Accuracies and losses of different task sets do not rank against each other: one chart per set.
-task_sets: dict[str, list[dict]] = {}
-for r in selected:
-    task_sets.setdefault("+".join(r["config"]["tasks"]), []).append(r)
 
 
 def set_title(title: str, tasks: str) -> str:
