@@ -43,11 +43,13 @@ from pathlib import Path
 import psutil
 from playwright.async_api import async_playwright, expect
 from stats import percentile  # benchmarks/stats.py, beside this script
+from thin_client import ThinSession, has, stroke_json, value  # benchmarks/thin_client.py
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("MTL_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+VIEWPORT = {"width": 1400, "height": 1000}
 T = 120_000  # ms: the longest any single wait may take before the session counts as failed
 EPOCHS = 3
 
@@ -129,7 +131,9 @@ async def one_session(
     i: int, browser, base: str, latencies: list[float], problems: list[str], owners: list[str], pace: Pace
 ) -> bool:
     await pace.arrive(i)
-    context = await browser.new_context(viewport={"width": 1400, "height": 1000})
+    # Its own context, as each student has a browser: tabs of one context would be background tabs,
+    # whose timers and frames Chromium throttles (that alone made clicks 5-7 s here).
+    context = await browser.new_context(viewport=VIEWPORT)
     context.set_default_timeout(T)
     page = await context.new_page()
     page_errors: list[str] = []
@@ -152,7 +156,7 @@ async def one_session(
         form = page.get_by_test_id("stForm")
         data = form.get_by_role("combobox", name="Data", exact=True)
         await data.click()
-        await page.get_by_role("option", name="synthetic (random tensors, for a smoke test)").click()
+        await page.get_by_role("option", name=SMOKE_DATA).click()
         await form.get_by_label("Epochs", exact=True).fill(str(EPOCHS))
         await form.get_by_label("Epochs", exact=True).press("Tab")
         step = "start"
@@ -181,7 +185,7 @@ async def one_session(
         await page.mouse.down()
         await page.mouse.move(x0, y0 + bb["height"] * 0.6, steps=15)
         await page.mouse.up()
-        await expect(page.get_by_text(re.compile(r" → .+ \(P\(.+\) = \d+%\)")).first).to_be_visible(timeout=T)
+        await expect(page.get_by_text(ANSWER).first).to_be_visible(timeout=T)
         latencies.append(("draw and read the answers", time.perf_counter() - t0))
         step = "compare"
         await pace.think()
@@ -195,6 +199,65 @@ async def one_session(
         return False
     finally:
         await context.close()
+
+
+ANSWER = re.compile(r" → .+ \(P\(.+\) = \d+%\)")
+SMOKE_DATA = "synthetic (random tensors, for a smoke test)"
+
+
+async def thin_session(
+    i: int, base: str, latencies: list[tuple[str, float]], problems: list[str], owners: list[str], pace: Pace
+) -> bool:
+    """The same student as one_session, on the wire without a browser (benchmarks/thin_client.py)."""
+    await pace.arrive(i)
+    s = ThinSession(base, timeout_s=T / 1000)
+    step = "open"
+    try:
+        latencies.append(("load the app", await s.load()))
+        step = "name"
+        name = value(string_value=f"Student {i:02d}")
+        await s.act(has(f"Student {i:02d}"), {"student_name": name})
+        s.sticky["student_name"] = name  # the browser sends the sidebar's name with every rerun
+        step = "train page"
+        await pace.think()
+        latencies.append(("open Train", await s.go("train", "Train")))
+        await s.act(has("One shared 784-64-32 trunk"), {"train_model": value(string_value="Hard sharing")})
+        step = "start"
+        await pace.think()
+        form = {"f_data_hard": value(string_value=SMOKE_DATA), "f_epochs_hard": value(int_value=EPOCHS),
+                "train_submit_hard": value(trigger_value=True)}  # fmt: skip
+        latencies.append(("start training", await s.act(has("Watching"), form)))
+        owners.append(re.search(r"(?:^|&)u=([0-9a-f]{12})", s.query).group(1))
+        step = "switch pages"
+        await pace.think()
+        latencies.append(("open Compare", await s.go("compare", "Compare")))
+        await pace.think()
+        latencies.append(("open Train", await s.go("train", "Train")))
+        step = "wait for the job"
+        await s.wait_for(has(re.compile(rf"Finished all {EPOCHS} epochs")), timeout_s=600)
+        step = "draw"
+        await pace.think()
+        latencies.append(("open Draw", await s.go("draw", "Draw a digit")))
+        await pace.think()
+        drawn = {"canvas": value(json_value=stroke_json())}
+        latencies.append(("draw and read the answers", await s.act(has(ANSWER), drawn)))
+        step = "compare"
+        await pace.think()
+        latencies.append(("open Compare", await s.go("compare", "Compare")))
+        if s.exceptions:
+            problems.append(f"thin session {i}: {len(s.exceptions)} exceptions shown: {s.exceptions[:2]}")
+        return not s.exceptions
+    except Exception as exc:  # noqa: BLE001 - a failed session is counted and described
+        problems.append(f"thin session {i} at '{step}': {type(exc).__name__}: {str(exc)[:160]}")
+        return False
+    finally:
+        await s.close()
+
+
+def browser_indices(n: int, browsers: int) -> set[int]:
+    """Which of the n sessions run in Chromium: `browsers` of them, spread evenly over the arrivals."""
+    b = min(n, browsers)
+    return {k * n // b for k in range(b)} if b else set()
 
 
 TEACHER_TOKEN = "load-test-teacher"
@@ -227,15 +290,20 @@ def renice_browsers(server_pid: int, nice: int) -> None:
                 pass
 
 
-async def run_class(n: int, base: str, sampler: Sampler, pace: Pace, browser_nice: int) -> dict:
-    latencies: list[tuple[str, float]] = []
+async def run_class(n: int, base: str, sampler: Sampler, pace: Pace, browser_nice: int, browsers: int) -> dict:
+    latencies: dict[str, list[tuple[str, float]]] = {"browser": [], "thin": []}
     problems: list[str] = []
     owners: list[str] = []
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         if browser_nice:
             renice_browsers(sampler.server.pid, browser_nice)
-        ok = await asyncio.gather(*(one_session(i, browser, base, latencies, problems, owners, pace) for i in range(n)))
+        in_chromium = browser_indices(n, browsers)
+        ok = await asyncio.gather(*(
+            one_session(i, browser, base, latencies["browser"], problems, owners, pace) if i in in_chromium
+            else thin_session(i, base, latencies["thin"], problems, owners, pace)
+            for i in range(n)
+        ))  # fmt: skip
         compare_s = await teacher_opens_compare(browser, base) if n else None
         # Every tab open on the Train page with its finished run: nothing active, so nothing should poll.
         idle_pages = []
@@ -300,7 +368,7 @@ def server_times(log: Path, since: float, until: float) -> list[float]:
     return sorted(float(r[2]) for r in rows if since <= float(r[0]) <= until)
 
 
-def measure(n: int, pace: Pace, browser_nice: int) -> dict:
+def measure(n: int, pace: Pace, browser_nice: int, browsers: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
         port = free_port()
@@ -326,7 +394,7 @@ def measure(n: int, pace: Pace, browser_nice: int) -> dict:
             time.sleep(2)
             baseline = sampler.rss()
             t0, wall_t0 = time.monotonic(), time.time()
-            result = asyncio.run(run_class(n, base, sampler, pace, browser_nice))
+            result = asyncio.run(run_class(n, base, sampler, pace, browser_nice, browsers))
             wall = time.monotonic() - t0
             script_runs = server_times(Path(env["MTL_TIMING_LOG"]), wall_t0, wall_t0 + wall)
             # Where the CPU went while the class ran (the browsers are everything not server or workers).
@@ -341,25 +409,32 @@ def measure(n: int, pace: Pace, browser_nice: int) -> dict:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(30)
         figures = store_figures(home / "runs.sqlite", result["owners"])
-    lat = sorted(v for _, v in result["latencies"])
+
+    def p50_p95(values: list[float]) -> list[float] | None:
+        values = sorted(values)
+        return [round(percentile(values, 0.5), 2), round(percentile(values, 0.95), 2)] if values else None
+
+    every = [v for kind in result["latencies"].values() for _, v in kind]
     by_action: dict[str, list[float]] = {}
-    for label, v in result["latencies"]:
-        by_action.setdefault(label, []).append(v)
+    for kind in result["latencies"].values():
+        for label, v in kind:
+            by_action.setdefault(label, []).append(v)
     return {
         "sessions": n,
+        "chromium_sessions": len(browser_indices(n, browsers)),
         "pace": pace.describe(),
         "failed_sessions": result["ok"].count(False),
         "problems": result["problems"][:5],
-        "interactions": len(lat),
-        "interaction_p50_s": round(percentile(lat, 0.5), 2) if lat else None,
-        "interaction_p95_s": round(percentile(lat, 0.95), 2) if lat else None,
+        "interactions": len(every),
+        "interaction_p50_s": p50_p95(every)[0] if every else None,
+        "interaction_p95_s": p50_p95(every)[1] if every else None,
+        "chromium_p50_p95_s": p50_p95([v for _, v in result["latencies"]["browser"]]),
+        "thin_p50_p95_s": p50_p95([v for _, v in result["latencies"]["thin"]]),
         "server_script_runs": len(script_runs),
         "server_script_p50_s": round(percentile(script_runs, 0.5), 3) if script_runs else None,
         "server_script_p95_s": round(percentile(script_runs, 0.95), 3) if script_runs else None,
         "browsers_nice": browser_nice,
-        "p50_p95_s_by_action": {
-            k: [round(percentile(v, 0.5), 2), round(percentile(v, 0.95), 2)] for k, v in by_action.items()
-        },
+        "p50_p95_s_by_action": {k: p50_p95(v) for k, v in by_action.items()},
         **{k: (round(v, 2) if isinstance(v, float) else v) for k, v in figures.items()},
         "idle_server_cpu_pct": round(result["idle_cpu"], 2),
         "compare_open_all_runs_s": None if result["compare_s"] is None else round(result["compare_s"], 2),
@@ -380,13 +455,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--think-s", type=float, default=3.0, help="pause between one session's actions")
     ap.add_argument("--lockstep", action="store_true", help="no arrival spread, no pauses (--arrive-s 0 --think-s 0)")
     ap.add_argument("--browser-nice", type=int, default=19, help="CPU niceness of the browsers (0: same as the server)")
+    ap.add_argument("--browsers", type=int, default=5, help="sessions in Chromium; the rest are thin_client.py ones")
     a = ap.parse_args(argv)
     if a.lockstep:
         a.arrive_s = a.think_s = 0.0
     print(f"{os.cpu_count()} cores; server and browsers on this machine (loopback)", flush=True)
     results = []
     for n in a.sessions:
-        r = measure(n, Pace(a.arrive_s, a.think_s, n), a.browser_nice)
+        r = measure(n, Pace(a.arrive_s, a.think_s, n), a.browser_nice, a.browsers)
         results.append(r)
         print(json.dumps(r), flush=True)
     head = (

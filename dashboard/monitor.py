@@ -7,7 +7,7 @@ import streamlit as st
 from dashboard.charts import overlay, training_curves
 from dashboard.classroom import can_download, can_manage
 from dashboard.forms import load_into_form, share_link_ui
-from dashboard.state import get_data, get_runner, get_store, has_model, note_presence, read_if_changed
+from dashboard.state import get_data, get_runner, get_store, has_model, note_presence, read_if_changed, rerun_app
 from dashboard.text import md_escape
 from mtl_core.analysis import data_source, run_label
 from mtl_core.config import TrainConfig
@@ -139,7 +139,7 @@ def monitor_ui(run_id: str, projector: bool = False) -> None:
         if started_as in ACTIVE and run["status"] != started_as:
             # Queued -> running polls faster; running -> over stops polling. Before drawing anything,
             # so the page never shows the old and the new state at once.
-            st.rerun(scope="app")
+            rerun_app()
         head, stop = st.columns([5, 1])
         where = run["device"] or ("waiting for a worker" if run["status"] == "queued" else "")
         head.markdown(" · ".join(filter(None, [f"**{md_escape(run_label(run))}**", data_source(run), where])))

@@ -120,3 +120,31 @@ def read_if_changed(key: str, read):
     value = read()
     st.session_state[key] = (version, value)
     return value
+
+
+def full_rerun_pending(requests=None) -> bool:
+    """Whether a rerun of the whole app is already queued for this session (the student clicked a page
+    link or a button while a fragment was running). Reads Streamlit's request queue, which has no public
+    reader; tests/test_dashboard_helpers.py checks it against the pinned Streamlit's own classes."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+    from streamlit.runtime.scriptrunner_utils.script_requests import ScriptRequestType
+
+    if requests is None:
+        requests = getattr(get_script_run_ctx(), "script_requests", None)
+    try:
+        with requests._lock:
+            data = requests._rerun_data
+            return requests._state == ScriptRequestType.RERUN and not (
+                data.fragment_id or data.fragment_id_queue or data.is_fragment_scoped_rerun
+            )
+    except AttributeError:  # no session (bare mode), or Streamlit changed its internals: rerun as before
+        return False
+
+
+def rerun_app() -> None:
+    """A polling fragment's `st.rerun(scope="app")` when what it watches changed, unless the student's
+    own rerun is already on its way: Streamlit merges queued reruns and the newest page wins, so ours
+    would take a student who just clicked away back to this page (benchmarks/load.py caught it). The
+    student's rerun redraws everything anyway."""
+    if not full_rerun_pending():
+        st.rerun(scope="app")

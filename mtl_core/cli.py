@@ -1,17 +1,21 @@
-"""`python -m mtl_core train | compare | bench`: the engine from a terminal."""
+"""`python -m mtl_core train | submit | compare | bench`: the engine and the job runner from a terminal."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 
 from .checkpoint import save_model
 from .config import DEVICES, OPTIMIZERS, PRECISIONS, ConfigError, TrainConfig
 from .data import SOURCES, DataUnavailable, load_data
+from .jobs import EXECUTORS, JobRunner, RunnerSettings
 from .models import ALPHA_INITS, MODELS
 from .reference import SEED_MODELS, SEED_STUDY
+from .runs import RunStore
 from .tasks import TASKS
 from .train import Training
 
@@ -79,6 +83,67 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0 if training.status == "finished" else 1
 
 
+def cmd_submit(a: argparse.Namespace) -> int:
+    """Queue through the same runner the dashboard uses. Where a dashboard already serves this store,
+    its pool trains the run (this process only queues and watches); else this process trains it."""
+    config = _config_from_args(a)
+    settings = RunnerSettings.from_env()
+    settings = replace(
+        settings,
+        executor=a.executor or settings.executor,
+        ray_address=settings.ray_address if a.ray_address is None else a.ray_address,
+    )
+    runner = JobRunner(RunStore(), settings)
+    try:
+        run_id = runner.submit(config, owner="cli", label=a.label)
+        where = f"the {settings.executor} backend" if runner.has_pool else "the dashboard's pool on this store"
+        print(f"queued {run_id} ({where})", flush=True)
+        if not a.wait and not runner.has_pool:
+            return 0  # the dashboard's pool trains it; its pages show it
+        # Without --wait but with the pool here, this process still waits: nobody else would train the run.
+        return _wait_and_report(runner.store, run_id, a.json)
+    finally:
+        runner.shutdown()
+
+
+def _wait_and_report(store: RunStore, run_id: str, json_path: Path | None) -> int:
+    """Print each epoch as it lands in the store; at the end, the same summary as `train --json`."""
+    shown = 0
+    while True:
+        run = store.get_run(run_id)
+        for record in store.epochs(run_id)[shown:]:
+            print(format_record(record), flush=True)
+            shown += 1
+        if run["status"] not in ("queued", "running"):
+            break
+        time.sleep(0.25)
+    if run["status"] != "finished":
+        print(f"{run['status']}: {run['reason']}")
+    if json_path:
+        config = run["config"]
+        summary = {
+            "run_id": run_id,
+            "model": config["model"],
+            "tasks": list(config["tasks"]),
+            "params": run["params"],
+            "status": run["status"],
+            "reason": run["reason"] or "",
+            "train_seconds": run["train_seconds"],
+            "best_epoch": run["best_epoch"],
+            "best": {t: (m["acc"] if "acc" in m else m["mae"]) for t, m in run["best"].items()},
+            "best_metrics": run["best"],
+            "best_avg": run["best_avg"],
+            "device": run["device"],
+            "data": run["data_source"],
+            "weights": run["weights_path"],
+            "history": store.epochs(run_id),
+            "config": config,
+        }
+        Path(json_path).write_text(json.dumps(summary, indent=2))
+        print(f"wrote {json_path}")
+    return 0 if run["status"] == "finished" else 1
+
+
 def seed_table(data, epochs: int, seed: int, out=None, **overrides) -> list[dict]:
     rows = []
     for model in SEED_MODELS:
@@ -133,20 +198,31 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--train-limit", type=int, default=None, help="use only the first N training digits")
         p.add_argument("--json", type=Path, default=None, help="write a JSON summary here")
 
-    t = sub.add_parser("train", help="train one model, print a line per epoch")
-    t.add_argument("--model", choices=list(MODELS), required=True)
-    t.add_argument("--tasks", nargs="+", choices=list(TASKS), default=None)
-    common(t)
-    t.add_argument("--lr", type=float, default=None)
-    t.add_argument("--batch-size", type=int, default=None)
-    t.add_argument("--optimizer", choices=OPTIMIZERS, default=None)
-    t.add_argument("--device", choices=DEVICES, default=None)
-    t.add_argument("--precision", choices=PRECISIONS, default=None)
-    t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
-    t.add_argument("--alpha-init", choices=list(ALPHA_INITS), default=None)
-    t.add_argument("--alpha-lr-mult", type=float, default=None)
+    def train_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", choices=list(MODELS), required=True)
+        p.add_argument("--tasks", nargs="+", choices=list(TASKS), default=None)
+        common(p)
+        p.add_argument("--lr", type=float, default=None)
+        p.add_argument("--batch-size", type=int, default=None)
+        p.add_argument("--optimizer", choices=OPTIMIZERS, default=None)
+        p.add_argument("--device", choices=DEVICES, default=None)
+        p.add_argument("--precision", choices=PRECISIONS, default=None)
+        p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+        p.add_argument("--alpha-init", choices=list(ALPHA_INITS), default=None)
+        p.add_argument("--alpha-lr-mult", type=float, default=None)
+
+    t = sub.add_parser("train", help="train one model here, print a line per epoch")
+    train_options(t)
     t.add_argument("--save", type=Path, default=None, help="write the best model here (.safetensors)")
     t.set_defaults(func=cmd_train)
+
+    q = sub.add_parser("submit", help="queue a run through the job runner (local worker pool or Ray)")
+    train_options(q)
+    q.add_argument("--executor", choices=EXECUTORS, default=None, help="default: MTL_EXECUTOR, else local")
+    q.add_argument("--ray-address", default=None, help="default: MTL_RAY_ADDRESS, else a local Ray instance")
+    q.add_argument("--wait", action="store_true", help="wait for the run to end, print its epochs")
+    q.add_argument("--label", default="", help="a name for the run in the dashboard")
+    q.set_defaults(func=cmd_submit)
 
     c = sub.add_parser("compare", help="the seed study: STL, hard sharing, cross-stitch side by side")
     common(c)

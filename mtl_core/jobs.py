@@ -1,4 +1,6 @@
-"""The job runner: a bounded, fair queue of training runs (kept in the run store) and worker processes.
+"""The job runner: a bounded, fair queue of training runs (kept in the run store) and what trains them:
+worker processes on this machine (the default) or tasks on a Ray cluster (MTL_EXECUTOR=ray, see
+mtl_core/ray_backend.py). The pages, the store and the CLI are the same for both.
 
 The dashboard submits, watches, stops and lists runs through this; training happens in
 `mtl_core.worker` processes, so no click, page switch or closed tab can kill or duplicate a run.
@@ -23,12 +25,21 @@ from pathlib import Path
 from .config import TrainConfig
 from .runs import Limits, QueueFull, RunStore, default_store_path
 
-__all__ = ["JobRunner", "QueueFull", "Limits", "RunnerSettings", "server_runner", "shutdown_server_runners"]
+__all__ = [
+    "EXECUTORS",
+    "JobRunner",
+    "QueueFull",
+    "Limits",
+    "RunnerSettings",
+    "server_runner",
+    "shutdown_server_runners",
+]
 
 SUPERVISE_S = 1.0
 STALE_S = 10.0  # a running run without a heartbeat for this long is interrupted
 QUICK_EXIT_S = 5.0  # a worker that dies this soon after starting counts towards the back-off
 MAX_BACKOFF_S = 60.0
+EXECUTORS = ("local", "ray")
 
 
 def _env_float(name: str, default: float) -> float:
@@ -49,6 +60,8 @@ class RunnerSettings:
     abandon_s: float = 0.0  # 0: queued runs of a closed tab wait forever
     nice: int = 0  # added to the workers' scheduling niceness: clicks on the pages come before training
     limits: Limits = field(default_factory=Limits)
+    executor: str = "local"  # "local": worker processes here; "ray": tasks on a Ray cluster (ray_backend.py)
+    ray_address: str = ""  # "" starts a local Ray instance; "auto" or host:port joins a running cluster
 
     @classmethod
     def from_env(cls) -> RunnerSettings:
@@ -62,6 +75,8 @@ class RunnerSettings:
             abandon_s=_env_float("MTL_ABANDON_MINUTES", 10) * 60,
             nice=int(_env_float("MTL_WORKER_NICE", 10)),
             limits=Limits.from_env(),
+            executor=os.environ.get("MTL_EXECUTOR", "local").strip().lower() or "local",
+            ray_address=os.environ.get("MTL_RAY_ADDRESS", "").strip(),
         )
 
 
@@ -86,6 +101,8 @@ class JobRunner:
         settings = settings or RunnerSettings()
         if settings.workers < 1:
             raise ValueError("a job runner needs at least one worker")
+        if settings.executor not in EXECUTORS:
+            raise ValueError(f"unknown executor {settings.executor!r}: choose one of {', '.join(EXECUTORS)}")
         self.store = store
         self.settings = settings
         self.limits = settings.limits
@@ -99,9 +116,14 @@ class JobRunner:
         # A read-only store (read-only or full disk) trains nothing: no workers, so no crash loop.
         self._pool_lock = None if store.read_only else self._acquire_pool_lock()
         self.has_pool = self._pool_lock is not None
+        self._ray = None  # the Ray backend's pool, when MTL_EXECUTOR=ray
         if self.has_pool:
             # Runs left "running" by a previous server (killed, restarted) end as interrupted now.
             self.store.interrupt_stale(0.0, "the server restarted while it was training; the curve so far is kept")
+            if settings.executor == "ray":
+                from .ray_backend import RayPool
+
+                self._ray = RayPool(store, settings.threads, settings.max_job_s, settings.ray_address)
         self.supervise_once()
         threading.Thread(target=self._supervise_loop, daemon=True, name="job-supervisor").start()
 
@@ -140,6 +162,9 @@ class JobRunner:
     def ensure_workers(self) -> None:
         """Replace dead workers (ending the run each one held) up to the configured number."""
         if not self.has_pool or self._closed.is_set():
+            return
+        if self._ray is not None:
+            self.problem = self._ray.problem  # the Ray pool claims and supervises its own tasks
             return
         with self._lock:
             alive = []
@@ -212,6 +237,8 @@ class JobRunner:
 
     def wait_ready(self, timeout: float = 120.0) -> bool:
         """Block until every worker has loaded torch and the default data (benchmarks, tests)."""
+        if self._ray is not None:
+            return True  # the pool answered when it started; Ray starts its workers on demand
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             with self._lock:
@@ -227,6 +254,9 @@ class JobRunner:
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop the supervisor and the workers now; a running job ends as interrupted, its curve kept."""
         self._closed.set()
+        if self._ray is not None:
+            self._ray.shutdown(timeout)
+            self._ray = None
         with self._lock:
             for w in self._workers:
                 w.proc.terminate()

@@ -21,9 +21,10 @@ from pathlib import Path
 import torch
 
 from .analysis import predictions_bytes, predictions_from_outputs
-from .checkpoint import atomic_write_bytes, save_model
+from .checkpoint import model_bytes
 from .config import ConfigError, TrainConfig
 from .data import DataUnavailable, MTLData, load_data
+from .run_link import RunLink, StoreLink
 from .runs import RunStore
 from .train import Training
 
@@ -68,20 +69,22 @@ class _Heartbeat:
     """Writes a heartbeat for the current run every second from a thread of its own, so a long
     evaluation or data load never looks like a dead worker."""
 
-    def __init__(self, store: RunStore, worker: str):
-        self.store, self.worker = store, worker
-        self.run_id: str | None = None
+    def __init__(self) -> None:
+        self.link: RunLink | None = None  # set while a run is held
         self.training: Training | None = None  # set while a run trains: its progress goes with the beat
+        self._closed = threading.Event()
         threading.Thread(target=self._loop, daemon=True, name="heartbeat").start()
 
+    def close(self) -> None:
+        self.link, self.training = None, None
+        self._closed.set()
+
     def _loop(self) -> None:
-        while True:
-            time.sleep(HEARTBEAT_S)
-            run_id, training = self.run_id, self.training
-            if run_id is not None:
+        while not self._closed.wait(HEARTBEAT_S):
+            link, training = self.link, self.training
+            if link is not None:
                 try:
-                    done = training.epoch_done if training is not None else None
-                    self.store.heartbeat(run_id, self.worker, done)
+                    link.heartbeat(training.epoch_done if training is not None else None)
                 except Exception:  # noqa: BLE001 - a missed beat is retried; the store may be busy
                     pass
 
@@ -89,8 +92,8 @@ class _Heartbeat:
 class _StopCheck:
     """The training loop's stop callback: the owner's Stop, the server going away, or the time cap."""
 
-    def __init__(self, store: RunStore, run_id: str, max_seconds: float):
-        self.store, self.run_id = store, run_id
+    def __init__(self, link: RunLink, max_seconds: float):
+        self.link = link
         self.deadline = time.monotonic() + max_seconds if max_seconds > 0 else None
         self.max_seconds = max_seconds
         self.timed_out = False
@@ -104,50 +107,36 @@ class _StopCheck:
             self.timed_out = True
             return True
         if now - self._last >= STOP_CHECK_S:
-            self._last, self._requested = now, self.store.stop_requested(self.run_id)
+            self._last, self._requested = now, self.link.stop_requested()
         return self._requested
 
 
-def _try_save(path: Path, training: Training, config: TrainConfig, extra: dict) -> str:
-    """Save the model's weights now; "" when saved, else why not (a full disk must not end the run)."""
-    try:
-        save_model(path, training.model, config, extra)
-    except OSError as exc:
-        return f"the model could not be saved ({exc.strerror or exc})"
-    return ""
-
-
-def execute_run(
-    store: RunStore, run_id: str, data: _DataCache, worker: str, max_seconds: float = 0, beat: _Heartbeat | None = None
+def train_run(
+    link: RunLink, config_dict: dict, data: _DataCache, max_seconds: float = 0, beat: _Heartbeat | None = None
 ) -> str:
-    """Train one claimed run to its end, recording everything in the store. Never raises.
+    """Train one claimed run to its end, reporting everything through `link`. Never raises.
 
     The best weights are saved whenever an epoch improves on them, so a run cut short by a crash or
     a killed server still has them."""
-    path = store.models_dir / f"{run_id}.safetensors"
     try:
-        config = TrainConfig.from_dict(store.get_run(run_id)["config"])
+        config = TrainConfig.from_dict(config_dict)
         dataset = data.get(config.data)
-        stop = _StopCheck(store, run_id, max_seconds)
+        stop = _StopCheck(link, max_seconds)
         training = Training(config, dataset, stop=stop)
         if beat is not None:
             beat.training = training  # the heartbeat reports how far the epoch is
-        store.mark_started(
-            run_id,
-            worker,
-            training.params,
-            dataset.source,
-            f"{training.device} · {training.precision} · {training.path} path",
-        )
+        how = f"{training.device} · {training.precision} · {training.path} path"
+        link.started(training.params, dataset.source, how)
+        run_id = link.run_id
         saved_epoch, save_error = 0, ""
         for record in training.records():
-            if not store.add_epoch(run_id, record, worker):
+            if not link.epoch(record):
                 return "lost"  # someone else ended this run (stale heartbeat); leave it as they recorded
             if training.best_epoch == record["epoch"]:
                 # The weights right now are the best so far (Training keeps them as its best state).
-                save_error = _try_save(path, training, config, {"run_id": run_id, "best_epoch": record["epoch"]})
+                blob = model_bytes(training.model, config, {"run_id": run_id, "best_epoch": record["epoch"]})
+                save_error = link.save_weights(blob, record["epoch"])
                 if not save_error:
-                    store.set_best(run_id, worker, record["epoch"], str(path))
                     saved_epoch = record["epoch"]
         summary = training.summary()
         status, reason = training.status, training.reason
@@ -156,37 +145,47 @@ def execute_run(
         elif stop.timed_out:
             reason = f"reached this server's time limit of {max_seconds / 60:g} min per job"
         if training.best_epoch > 0 and saved_epoch != training.best_epoch:
-            save_error = _try_save(path, training, config, {"run_id": run_id, "summary": summary})
+            blob = model_bytes(training.model, config, {"run_id": run_id, "summary": summary})
+            save_error = link.save_weights(blob, None)
             if not save_error:
                 saved_epoch = training.best_epoch
         if save_error:
             reason = "; ".join(filter(None, [reason, save_error]))
-        weights = str(path) if saved_epoch else None  # after a failed save, an earlier best file is still good
-        preds = None
+        preds = False
         if saved_epoch and saved_epoch == training.best_epoch:
-            # Scored once here, so the dashboard never scores a test set while a page loads.
-            preds_file = store.models_dir / f"{run_id}.preds.safetensors"
-            try:
-                # The same forward pass (and precision) that scored the epochs: table and matrices agree.
-                preds_data = predictions_from_outputs(training.test_outputs(), dataset.test_y)
-                atomic_write_bytes(preds_file, predictions_bytes(preds_data))
-                preds = str(preds_file)
-            except OSError:
-                pass  # the dashboard then scores the test set itself when asked
-        store.finish(run_id, status, reason, summary, weights, worker=worker, preds_path=preds)
+            # The same forward pass (and precision) that scored the epochs: table and matrices agree.
+            preds_data = predictions_from_outputs(training.test_outputs(), dataset.test_y)
+            preds = link.save_preds(predictions_bytes(preds_data))
+        # After a failed save, an earlier best file is still good.
+        link.finish(status, reason, summary, weights=bool(saved_epoch), preds=preds)
         return status
     except ConfigError as exc:
-        store.finish(run_id, "failed", str(exc), worker=worker)
+        link.finish("failed", str(exc))
     except DataUnavailable as exc:
         advice = "choose 'auto' or the embedded subset to train on the digits this server has"
-        store.finish(run_id, "failed", f"the data is not available here ({exc}); {advice}", worker=worker)
+        link.finish("failed", f"the data is not available here ({exc}); {advice}")
     except Exception as exc:  # noqa: BLE001 - a worker must survive any one bad run
         traceback.print_exc(file=sys.stderr)
         try:
-            store.finish(run_id, "failed", f"{type(exc).__name__}: {exc}", worker=worker)
+            link.finish("failed", f"{type(exc).__name__}: {exc}")
         except Exception:  # noqa: BLE001 - the store itself may be what failed
             traceback.print_exc(file=sys.stderr)
     return "failed"
+
+
+def execute_run(
+    store: RunStore, run_id: str, data: _DataCache, worker: str, max_seconds: float = 0, beat: _Heartbeat | None = None
+) -> str:
+    """Train a run this worker claimed from the store (the local backend)."""
+    link = StoreLink(store, run_id, worker)
+    if beat is not None:
+        beat.link = link
+    try:
+        config = store.get_run(run_id)["config"]
+    except Exception as exc:  # noqa: BLE001 - an unreadable record fails that run, not the worker
+        link.finish("failed", f"its record could not be read ({type(exc).__name__}: {exc})")
+        return "failed"
+    return train_run(link, config, data, max_seconds, beat)
 
 
 def serve(
@@ -212,7 +211,7 @@ def serve(
     signal.signal(signal.SIGTERM, lambda *_: _terminate("the server shut the worker down"))
     if watch_stdin:
         threading.Thread(target=_watch_stdin, daemon=True, name="stdin-watch").start()
-    beat = _Heartbeat(store, worker)
+    beat = _Heartbeat()
     try:  # load the default digits now, so the first student's run does not wait for them
         data.get("auto")
     except Exception:  # noqa: BLE001 - a run that needs the data will say why it is missing
@@ -221,9 +220,8 @@ def serve(
     while not _terminating.is_set():
         run_id = store.claim_next(worker, os.getpid())
         if run_id is not None:
-            beat.run_id = run_id
             execute_run(store, run_id, data, worker, max_seconds, beat)
-            beat.run_id, beat.training = None, None
+            beat.link, beat.training = None, None
             if once:
                 return
             continue

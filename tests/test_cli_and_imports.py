@@ -1,9 +1,12 @@
 """The CLI end to end on synthetic data, and the rule that the core never imports Streamlit."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from mtl_core.cli import main
 
@@ -57,3 +60,23 @@ def test_bench_takes_its_own_options_first(monkeypatch):
     monkeypatch.setattr(bench, "main", lambda argv: seen.append(argv) or 0)
     assert cli.main(["bench", "--no-cnn", "--no-table"]) == 0
     assert seen == [["--no-cnn", "--no-table"]]
+
+
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_submit_queues_through_the_job_runner_and_writes_what_train_writes(tmp_path, executor):
+    """`submit --wait --json` on each backend: the run goes through the store's queue (a run id, the
+    epochs as they land) and the summary has the fields `train --json` has. Ray: a local instance."""
+    if executor == "ray":
+        pytest.importorskip("ray")
+    js = tmp_path / "s.json"
+    env = dict(os.environ, MTL_HOME=str(tmp_path / "home"), MTL_WORKERS="1")
+    cmd = [sys.executable, "-m", "mtl_core", "submit", "--executor", executor, "--model", "hard", "--data", "synthetic",
+           "--epochs", "2", "--wait", "--json", str(js)]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=240)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"the {executor} backend" in out.stdout and "epoch   2" in out.stdout
+    summary = json.loads(js.read_text())
+    assert summary["status"] == "finished" and summary["params"] == 52_386 and len(summary["history"]) == 2
+    assert {"train_seconds", "best_epoch", "best", "best_avg", "history", "config"} <= set(summary)
+    assert 0 <= summary["best"]["even"] <= 1 and Path(summary["weights"]).exists()
+    assert Path(summary["weights"]).parent == tmp_path / "home" / "models"

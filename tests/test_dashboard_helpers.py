@@ -129,3 +129,20 @@ def test_epoch_axes_show_whole_epochs_only():
     assert training_curves(records, total_epochs=2).layout.xaxis.dtick == 1
     assert overlay({"a": ([1, 2, 3], [0.1, 0.2, 0.3])}, "t", "y").layout.xaxis.dtick == 1
     assert overlay({"a": (list(range(1, 201)), [0.1] * 200)}, "t", "y").layout.xaxis.dtick == 20  # ten ticks
+
+
+def test_a_polling_fragment_does_not_undo_a_students_click():
+    """Streamlit merges queued reruns and the newest page wins: a fragment's rerun after a click on
+    another page would send the student back. full_rerun_pending() must see the click (read from the
+    pinned Streamlit's own request queue), and must not mistake the fragments' own polls for one."""
+    from streamlit.runtime.scriptrunner_utils.script_requests import RerunData, ScriptRequests
+
+    from dashboard.state import full_rerun_pending
+
+    requests = ScriptRequests()
+    assert not full_rerun_pending(requests)  # nothing queued
+    requests.request_rerun(RerunData(fragment_id_queue=["monitor"], is_auto_rerun=True))
+    assert not full_rerun_pending(requests)  # only a fragment's poll: the fragment must rerun the app itself
+    requests.request_rerun(RerunData(page_script_hash="compare-page"))
+    assert full_rerun_pending(requests)  # the click is queued: the fragment leaves it alone
+    assert not full_rerun_pending(None)  # outside a session: rerun as before

@@ -23,9 +23,33 @@ def wait_for(pred, timeout=60.0, every=0.1):
     return False
 
 
+@pytest.fixture(scope="module")
+def ray_instance():
+    """One local Ray instance for this module's Ray-backed tests (about 4 s to start on 2 cores)."""
+    ray = pytest.importorskip("ray")
+    root = str(Path(__file__).resolve().parent.parent)
+    ray.init(
+        num_cpus=2,
+        object_store_memory=100 * 2**20,  # small containers: the store holds a few model files at most
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": root}},
+    )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(params=["local", "ray"])
+def executor(request):
+    if request.param == "ray":
+        request.getfixturevalue("ray_instance")
+    return request.param
+
+
 @pytest.fixture
-def runner(store):
-    r = JobRunner(store, settings=RunnerSettings(limits=Limits(per_owner=3)))
+def runner(store, executor):
+    """The same contract on both backends: worker processes here, or tasks on Ray (mtl_core/ray_backend.py)."""
+    r = JobRunner(store, settings=RunnerSettings(limits=Limits(per_owner=3), executor=executor))
     yield r
     r.shutdown()
 
@@ -37,6 +61,7 @@ def test_submit_trains_in_a_worker_and_saves_the_model(runner, store):
     assert wait_for(lambda: store.get_run(rid)["status"] == "finished"), store.get_run(rid)
     run = store.get_run(rid)
     assert run["params"] == 104_714 and run["best_epoch"] in (1, 2) and run["worker_pid"] != os.getpid()
+    assert run["worker"].startswith("ray-") == (runner.settings.executor == "ray")
     assert [e["epoch"] for e in store.epochs(rid)] == [1, 2]
     model, cfg, extra = load_model(run["weights_path"])
     assert cfg.model == "cross_stitch" and extra["run_id"] == rid
@@ -56,12 +81,13 @@ def test_a_run_whose_model_cannot_be_saved_keeps_its_record_and_says_why(store, 
     """A full disk (ENOSPC, simulated: the one edge a test cannot reach) when saving the model."""
     import errno
 
+    import mtl_core.run_link
     import mtl_core.worker as worker
 
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(worker, "save_model", full_disk)
+    monkeypatch.setattr(mtl_core.run_link, "atomic_write_bytes", full_disk)
     rid = store.create_run(TrainConfig.preset("hard", epochs=2, data="synthetic").to_dict())
     assert store.claim_next("w") == rid
     assert worker.execute_run(store, rid, worker._DataCache(), "w") == "finished"
@@ -153,8 +179,18 @@ def test_a_killed_server_stops_its_workers_and_a_restart_resumes_with_one_pool(t
         runner.shutdown()
 
 
-def test_a_killed_worker_interrupts_its_run_keeps_its_best_and_is_replaced(runner, store):
+def test_a_killed_worker_interrupts_its_run_keeps_its_best_and_is_replaced(store):
+    """The local pool's processes (a lost Ray node: tests/test_ray_cluster.py)."""
     import signal
+
+    runner = JobRunner(store, settings=RunnerSettings(limits=Limits(per_owner=3)))
+    try:
+        _killed_worker_is_replaced(runner, store, signal)
+    finally:
+        runner.shutdown()
+
+
+def _killed_worker_is_replaced(runner, store, signal):
 
     long = runner.submit(TrainConfig.preset("hard", epochs=500, batch_size=8, data="synthetic"), owner="me")
     assert wait_for(lambda: len(store.epochs(long)) >= 1)

@@ -5,7 +5,7 @@ import streamlit as st
 from dashboard.alphas import alpha_reading, initial_alphas
 from dashboard.charts import alpha_animation, alpha_heatmaps, alpha_lines
 from dashboard.classroom import visible_runs
-from dashboard.state import get_store, read_if_changed
+from dashboard.state import get_store, read_if_changed, rerun_app
 from mtl_core.analysis import run_label
 from mtl_core.runs import ACTIVE
 
@@ -46,7 +46,7 @@ def alphas_view() -> None:
         st.info("That run no longer exists.")
         return
     if started_as in ACTIVE and run["status"] != started_as:
-        st.rerun(scope="app")  # the run ended: stop polling
+        rerun_app()  # the run ended: stop polling
     history = [r["alphas"] for r in records if r.get("alphas")]
     tasks = run["config"]["tasks"]
     if not history:

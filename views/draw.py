@@ -12,7 +12,7 @@ from dashboard.draw_ui import (
     quick_model_ui,
     run_model,
 )
-from dashboard.state import has_model, note_presence, read_if_changed
+from dashboard.state import has_model, note_presence, read_if_changed, rerun_app
 from mtl_core.analysis import run_label
 from mtl_core.predict import ImageInputError, prepare_drawing, read_image_bytes, to_display
 from mtl_core.runs import ACTIVE
@@ -31,7 +31,7 @@ if not runs and from_file is None:
         def wait_for_model() -> None:
             note_presence()
             if any(has_model(r) for r in read_if_changed("_draw_wait", visible_runs)):
-                st.rerun(scope="app")
+                rerun_app()
 
         wait_for_model()
     st.stop()
