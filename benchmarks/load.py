@@ -1,20 +1,22 @@
-"""A class in headless Chromium: `python benchmarks/load.py [--sessions 10 20 30] [--json FILE]`.
+"""A class against one server: `python benchmarks/load.py [--sessions 10 20 30] [--browsers 5] [--json FILE]`.
 
 For each N, a fresh dashboard server (`python -m dashboard.serve`, loopback, its own MTL_HOME) and N
-browser sessions at once (Playwright, Debian's chromium), each: open the app, type a name, queue a
-small job through the Train form, switch pages while it trains, wait for it to finish, draw a digit
-on the canvas and read the answers, open Compare. psutil samples the server and its workers every
-0.5 s. Reported per N: failed sessions, exceptions on the page, interaction p50/p95 (click to the
-awaited text), queue wait, jobs finished exactly once, the server's CPU while every tab sits idle,
-and its memory once the tabs are closed against the baseline before they opened.
+sessions, each: open the app, type a name, queue a small job through the Train form, switch pages while
+it trains, wait for it to finish, draw a digit on the canvas and read the answers, open Compare. psutil
+samples the server and its workers every 0.5 s. Reported per N: failed sessions, exceptions on the page,
+interaction p50/p95 (click to the awaited text; for all sessions, and for each kind), queue wait, jobs
+finished exactly once, the server's CPU while 10 tabs sit idle, and its memory once the tabs are closed
+against the baseline before they opened.
+
+Two kinds of session: `--browsers` of them (default 5, spread over the arrivals) in headless Chromium
+(Playwright, Debian's chromium), the rest browserless (benchmarks/thin_client.py: the same messages on
+the same websocket, no rendering). One Chromium session costs this machine 5-7 CPU-seconds against about
+0.5 s for the server; a class's browsers run on the students' computers, so 30 Chromiums on the server's
+own 2 cores would measure the browsers. The browsers run at the lowest CPU priority (`--browser-nice 19`),
+and the server logs how long each of its script runs took (MTL_TIMING_LOG, dashboard/timing.py).
 
 Pacing: by default the sessions arrive evenly over 60 s and pause 3 s between actions, as a class
 does; `--lockstep` has all of them start at once and click as fast as they can (the worst case).
-
-The browsers share this machine's cores with the server, which no class does (each student has a
-computer). They run at the lowest CPU priority (`--browser-nice 19`) so the server is served first, and
-the server logs how long each of its script runs took (MTL_TIMING_LOG, dashboard/timing.py): the
-report gives both that server-side time and the click-to-visible time seen in the browsers.
 
 All sessions come from 127.0.0.1, so the per-address cap is lifted here (MTL_MAX_PER_CLIENT); the
 disconnected-session lifetime is shortened to 10 s so the memory after closing is measured in
@@ -466,14 +468,20 @@ def main(argv: list[str] | None = None) -> int:
         results.append(r)
         print(json.dumps(r), flush=True)
     head = (
-        "| N | failed sessions | exceptions | interaction p50 / p95 | queue wait p50 / p95 | jobs finished once "
+        "| N | failed sessions | exceptions | interaction p50 / p95 | Chromium p50 / p95 | browserless p50 / p95 "
+        "| queue wait p50 / p95 | jobs finished once "
         "| server script run p50 / p95 | idle server CPU | server memory after close | Compare, all runs |"
     )
-    print(head + "\n|" + "---|" * 10)
+    print(head + "\n|" + "---|" * 12)
+
+    def pair(v: list[float] | None) -> str:
+        return f"{v[0]} / {v[1]} s" if v else "-"
+
     for r in results:
         print(
             f"| {r['sessions']} | {r['failed_sessions']} | {sum('exceptions' in p for p in r['problems'])} | "
             f"{r['interaction_p50_s']} / {r['interaction_p95_s']} s | "
+            f"{pair(r['chromium_p50_p95_s'])} | {pair(r['thin_p50_p95_s'])} | "
             f"{r['queue_wait_p50_s']} / {r['queue_wait_p95_s']} s | "
             f"{r['jobs_finished_exactly_once']}/{r['jobs_submitted']} (lost or doubled: {r['lost_or_duplicated']}) | "
             f"{r['server_script_p50_s']} / {r['server_script_p95_s']} s | "

@@ -63,7 +63,8 @@ def status_ui(run: dict, records: list[dict]) -> None:
         st.progress(min(1.0, (done + within) / total), text=text)
     elif status == "finished":
         st.success(
-            f"Finished all {_epochs(total)} in {run['train_seconds'] or 0:.1f} s; best epoch {run['best_epoch']}."
+            f"Finished all {_epochs(total)} in {run['train_seconds'] or 0:.1f} s; best epoch {run['best_epoch']} "
+            "(picked on the test set, as the reference studies do)."
             + (f" Note: {run['reason']}." if run["reason"] else "")
         )
     elif status == "cancelled" and done == 0:

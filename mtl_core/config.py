@@ -70,12 +70,14 @@ class TrainConfig:
         # precision "auto": bf16 only where the hardware has it and it pays (train.resolve_precision).
         base: dict[str, Any] = {"model": model, "epochs": 20, "lr": 1e-3, "batch_size": 128, "precision": "auto"}
         if MODELS[model].family == "cnn":
+            tasks = overrides.get("tasks") or MODELS[model].default_tasks
             base.update(
                 epochs=10,
                 scheduler="step",
                 step_size=5,
                 gamma=0.5,
-                loss_weights={"value": 10.0},
+                # The tutorial's x10 on the value regression, where the chosen tasks include it.
+                loss_weights={"value": 10.0} if "value" in tasks else {},
                 channels_last=True,
             )
         base.update(overrides)

@@ -85,7 +85,8 @@ def queue_spot(store: RunStore, run: dict, workers: int, data_source: str, n_tra
             est = per_epoch(r["config"])
             per, measured = est.seconds, measured and est.measured
         free_at.append(max(0.0, (r["config"]["epochs"] - done) * per))
-    free_at += [0.0] * max(0, workers - len(free_at))
+    # A Ray cluster with no CPUs right now has 0 workers: estimate as for one (the page says why it waits).
+    free_at += [0.0] * max(0, max(1, workers) - len(free_at))
     heapq.heapify(free_at)
     for r in ahead:
         est = per_epoch(r["config"])

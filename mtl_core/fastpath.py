@@ -74,11 +74,15 @@ class FlatAdam(torch.optim.Optimizer):
         state = self.state[p]
         state["step"].add_(1)
         beta1, beta2 = group["betas"]
-        parts = [(slice(None), group["lr"])]
+        parts = [(slice(None), group["lr"], group["weight_decay"])]
         if self.tail:
+            # The alphas are mixing weights, not network weights: no decay pulls them toward 0.
             k = p.numel() - self.tail
-            parts = [(slice(0, k), group["lr"]), (slice(k, None), group["lr"] * self.tail_lr_mult)]
-        for part, lr in parts:
+            parts = [
+                (slice(0, k), group["lr"], group["weight_decay"]),
+                (slice(k, None), group["lr"] * self.tail_lr_mult, 0.0),
+            ]
+        for part, lr, decay in parts:
             self._kernel(
                 [p.data[part]],
                 [p.grad[part]],
@@ -90,7 +94,7 @@ class FlatAdam(torch.optim.Optimizer):
                 lr=lr,
                 beta1=beta1,
                 beta2=beta2,
-                weight_decay=group["weight_decay"],
+                weight_decay=decay,
                 eps=group["eps"],
                 maximize=False,
             )

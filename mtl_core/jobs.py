@@ -106,7 +106,6 @@ class JobRunner:
         self.store = store
         self.settings = settings
         self.limits = settings.limits
-        self.n_workers = settings.workers
         self.problem = ""  # a sentence for the dashboard when workers cannot be kept running
         self._workers: list[_Worker] = []
         self._lock = threading.Lock()
@@ -121,11 +120,24 @@ class JobRunner:
             # Runs left "running" by a previous server (killed, restarted) end as interrupted now.
             self.store.interrupt_stale(0.0, "the server restarted while it was training; the curve so far is kept")
             if settings.executor == "ray":
-                from .ray_backend import RayPool
+                try:
+                    from .ray_backend import RayPool
 
-                self._ray = RayPool(store, settings.threads, settings.max_job_s, settings.ray_address)
+                    self._ray = RayPool(store, settings.threads, settings.max_job_s, settings.ray_address)
+                except Exception as exc:  # noqa: BLE001 - no cluster: the pages still open and say why
+                    self.problem = (
+                        f"Training on Ray could not start ({type(exc).__name__}: {exc}); queued runs wait. "
+                        "Check MTL_RAY_ADDRESS, or unset MTL_EXECUTOR to train on this machine."
+                    )
         self.supervise_once()
         threading.Thread(target=self._supervise_loop, daemon=True, name="job-supervisor").start()
+
+    @property
+    def n_workers(self) -> int:
+        """How many runs train at once: the local workers, or the runs the Ray cluster has CPUs for."""
+        if self.settings.executor == "ray":
+            return self._ray.capacity if self._ray is not None else 0
+        return self.settings.workers
 
     # -- the pool ------------------------------------------------------------------------------
 
@@ -163,8 +175,9 @@ class JobRunner:
         """Replace dead workers (ending the run each one held) up to the configured number."""
         if not self.has_pool or self._closed.is_set():
             return
-        if self._ray is not None:
-            self.problem = self._ray.problem  # the Ray pool claims and supervises its own tasks
+        if self.settings.executor == "ray":
+            if self._ray is not None:
+                self.problem = self._ray.problem  # the Ray pool claims and supervises its own tasks
             return
         with self._lock:
             alive = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -214,6 +215,7 @@ class ModelSpec:
     default_tasks: tuple[str, ...]
     builder: Callable[..., MultiTaskModel]
     description: str
+    settings: tuple[str, ...] = ()  # the config fields its builder takes besides the tasks
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -240,6 +242,7 @@ MODELS: dict[str, ModelSpec] = {
         ("even", "mult3"),
         CrossStitchMLP,
         "One column per task, mixed after each hidden layer by learned alphas.",
+        settings=("alpha_init",),
     ),
     "cnn": ModelSpec(
         "cnn",
@@ -259,14 +262,12 @@ def get_model_spec(name: str) -> ModelSpec:
         raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}") from None
 
 
-def build_model(
-    name: str, tasks: tuple[str, ...] | list[str] | None = None, alpha_init: str = "identity"
-) -> MultiTaskModel:
+def build_model(name: str, tasks: tuple[str, ...] | list[str] | None = None, **settings: Any) -> MultiTaskModel:
+    """The model from its registry entry: its builder gets the tasks and the settings it declares
+    (e.g. a config's alpha_init reaches cross-stitch and is ignored by the others)."""
     spec = get_model_spec(name)
     tasks = tuple(tasks) if tasks else spec.default_tasks
-    if name == "cross_stitch":
-        return CrossStitchMLP(tasks, alpha_init=alpha_init)
-    return spec.builder(tasks)
+    return spec.builder(tasks, **{k: v for k, v in settings.items() if k in spec.settings})
 
 
 def count_parameters(model: nn.Module) -> int:

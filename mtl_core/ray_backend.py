@@ -183,6 +183,7 @@ class RayPool:
         ray.get(self.channel.take.remote())  # ready: the actor answers
         self._remote = ray.remote(_train_task)
         self._tasks: dict = {}  # ObjectRef -> _Task
+        self.capacity = self.slots()  # runs at once, as of the last look at the cluster
         self._lock = threading.Lock()
         self._closed = threading.Event()
         threading.Thread(target=self._loop, daemon=True, name="ray-pool").start()
@@ -270,7 +271,13 @@ class RayPool:
                 ray.cancel(ref, force=True)
 
     def _claim(self) -> None:
-        free = self.slots() - len(self._tasks)
+        slots = self.capacity = self.slots()
+        no_cpus = "The Ray cluster has no CPUs for training"
+        if slots == 0:
+            self.problem = f"{no_cpus} ({self.threads} per run); queued runs wait until a node joins."
+        elif self.problem.startswith(no_cpus):
+            self.problem = ""
+        free = slots - len(self._tasks)
         while free > 0:
             token = f"ray-{uuid.uuid4().hex}"
             run_id = self.store.claim_next(token)
@@ -279,6 +286,11 @@ class RayPool:
             config = self.store.get_run(run_id)["config"]
             options = {"num_cpus": self.threads, "max_retries": 0}
             if config.get("device") == "cuda":
+                if not _ray().cluster_resources().get("GPU"):
+                    # Ray would keep it pending forever; say so now instead.
+                    why = "this Ray cluster has no GPU: choose device 'auto' or 'cpu'"
+                    self.store.finish(run_id, "failed", why, worker=token)
+                    continue
                 options["num_gpus"] = 1
             ref = self._remote.options(**options).remote(run_id, config, self.channel, self.threads, self.max_seconds)
             self._tasks[ref] = _Task(run_id, token)

@@ -61,11 +61,13 @@ def make_optimizer(
 ) -> torch.optim.Optimizer:
     alphas = {id(p) for p in model.alpha_parameters()}
     groups = [{"params": [p for p in model.parameters() if id(p) not in alphas], "lr": config.lr}]
+    # Weight decay is for the network's weights. The cross-stitch alphas (mixing weights) and learned
+    # loss log-variances would be pulled toward 0 by it, which means something else for them.
     if alphas:
         # Misra et al. scale the cross-stitch learning rate up (1e2 to 1e3) so the alphas move at all.
-        groups.append({"params": model.alpha_parameters(), "lr": config.lr * config.alpha_lr_mult})
+        groups.append({"params": model.alpha_parameters(), "lr": config.lr * config.alpha_lr_mult, "weight_decay": 0.0})
     if extra:  # learned loss weights train at the network's learning rate
-        groups.append({"params": extra, "lr": config.lr})
+        groups.append({"params": extra, "lr": config.lr, "weight_decay": 0.0})
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
@@ -159,6 +161,7 @@ class Training:
         cfg, model = self.config, self.model
         model.train()
         sums = {t: torch.zeros((), device=self.device) for t in cfg.tasks}
+        objective = torch.zeros((), device=self.device)
         n_seen = 0
         for b, idx in enumerate(self._epoch_batches()):
             self.batch_done = b
@@ -177,7 +180,10 @@ class Training:
             self.optimizer.step()
             for t in cfg.tasks:
                 sums[t] += losses[t].detach() * len(idx)
+            objective += total.detach() * len(idx)
             n_seen += len(idx)
+        # What was minimised, learned weights (and their log-variance terms) included.
+        self._objective = (objective / max(n_seen, 1)).item()
         return {t: (s / max(n_seen, 1)).item() for t, s in sums.items()}
 
     def _epoch_batches(self) -> list[torch.Tensor]:
@@ -290,7 +296,12 @@ class Training:
             record = {
                 "epoch": epoch,
                 "train_loss": train_loss,
-                "train_loss_total": sum(cfg.weight(t) * v for t, v in train_loss.items()),
+                "train_loss_total": self._objective
+                if self.fast is None
+                else sum(
+                    cfg.weight(t) * v
+                    for t, v in train_loss.items()  # the fast path: static weights only
+                ),
                 "test_loss": test_loss,
                 "metrics": metrics,
                 "avg_acc": average_accuracy(metrics),

@@ -9,10 +9,10 @@ from safetensors.torch import save_file
 
 from mtl_core.checkpoint import ModelFileError, load_model, save_model
 from mtl_core.config import TrainConfig
-from mtl_core.models import build_model
+from mtl_core.models import MODELS, build_model
 
 
-@pytest.mark.parametrize("name", ["stl", "hard", "cross_stitch", "cnn"])
+@pytest.mark.parametrize("name", list(MODELS))
 def test_round_trip_rebuilds_the_same_function(name, tmp_path):
     torch.manual_seed(0)
     config = TrainConfig.preset(name, alpha_init="convex-0.9") if name == "cross_stitch" else TrainConfig.preset(name)

@@ -275,3 +275,51 @@ def test_a_long_epoch_reports_how_far_it_is_with_the_heartbeat(runner, store):
     assert wait_for(partway, timeout=60, every=0.2), (store.get_run(rid)["status"], seen)
     runner.stop(rid)
     assert wait_for(lambda: store.get_run(rid)["status"] == "cancelled")
+
+
+def test_a_ray_task_that_never_reads_its_stop_flag_is_cancelled(ray_instance, store, monkeypatch):
+    """Stop's fallback: a task stuck where the training loop cannot look at its flag is cancelled."""
+    import mtl_core.ray_backend as ray_backend
+
+    monkeypatch.setattr(ray_backend, "CANCEL_AFTER_S", 1.0)
+    runner = JobRunner(store, settings=RunnerSettings(executor="ray"))
+    try:
+
+        def stuck(run_id, config, channel, threads, max_seconds):  # defined here: Ray ships it by value
+            time.sleep(600)
+
+        runner._ray._remote = ray_instance.remote(stuck)
+        rid = runner.submit(TrainConfig.preset("hard", epochs=1, data="synthetic"), owner="me")
+        assert wait_for(lambda: store.get_run(rid)["status"] == "running")
+        time.sleep(2)  # still "running" while Ray holds it, though it sends nothing: the pool vouches for it
+        assert store.get_run(rid)["status"] == "running"
+        runner.stop(rid)
+        assert wait_for(lambda: store.get_run(rid)["status"] == "cancelled", timeout=20), store.get_run(rid)
+    finally:
+        runner.shutdown()
+
+
+def test_a_gpu_run_on_a_ray_cluster_without_gpus_fails_with_a_reason(ray_instance, store):
+    runner = JobRunner(store, settings=RunnerSettings(executor="ray"))
+    try:
+        rid = runner.submit(TrainConfig.preset("hard", epochs=1, data="synthetic", device="cuda"), owner="me")
+        assert wait_for(lambda: store.get_run(rid)["status"] == "failed", timeout=20), store.get_run(rid)
+        assert "no GPU" in store.get_run(rid)["reason"]
+    finally:
+        runner.shutdown()
+
+
+def test_runs_take_turns_across_students_on_either_backend(store, executor):
+    """One run at a time (one local worker; on Ray, runs that each ask for both CPUs): a student's second
+    run waits until the other student's first has started, whatever order they were queued in."""
+    one_at_a_time = RunnerSettings(workers=1, threads=2 if executor == "ray" else 1, executor=executor)
+    runner = JobRunner(store, settings=one_at_a_time)
+    try:
+        cfg = TrainConfig.preset("hard", epochs=1, data="synthetic")
+        a1, a2 = runner.submit(cfg, owner="a"), runner.submit(cfg, owner="a")
+        b1 = runner.submit(cfg, owner="b")
+        assert wait_for(lambda: all(store.get_run(r)["status"] == "finished" for r in (a1, a2, b1)), timeout=90)
+        started = {r: store.get_run(r)["started"] for r in (a1, a2, b1)}
+        assert started[a1] < started[b1] < started[a2], started
+    finally:
+        runner.shutdown()

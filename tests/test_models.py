@@ -130,7 +130,7 @@ def test_alpha_initialisations(init):
 
 
 def test_unknown_names_list_the_valid_ones():
-    with pytest.raises(ValueError, match="valid models: stl, hard, cross_stitch, cnn"):
+    with pytest.raises(ValueError, match="valid models: " + ", ".join(MODELS)):
         build_model("resnet")
     with pytest.raises(ValueError, match="valid tasks"):
         build_model("hard", ("even", "prime"))

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mtl_core.config import ConfigError, TrainConfig
+from mtl_core.models import MODELS
 from mtl_core.train import Training, iter_train, state_copy
 
 
@@ -15,7 +16,7 @@ def tiny(model="hard", **kw):
     )
 
 
-@pytest.mark.parametrize("model", ["stl", "hard", "cross_stitch", "cnn"])
+@pytest.mark.parametrize("model", list(MODELS))
 def test_training_reduces_loss_on_synthetic(model, synthetic):
     records = list(iter_train(tiny(model, epochs=3, max_batches=8 if model == "cnn" else 0), synthetic))
     assert [r["epoch"] for r in records] == [1, 2, 3]

@@ -114,7 +114,9 @@ with right:
     st.caption(
         f"Reference: {SEED_STUDY['source']}. Δm is the mean relative change per task against the newest "
         "finished STL run with the same tasks and data (MAE counts lower as better). `train_s` is wall-clock "
-        "time on this server, which may have been training other students' jobs at the same time."
+        "time on this server, which may have been training other students' jobs at the same time. "
+        '"Best" is the epoch with the best average test accuracy: chosen on the test set, as both reference '
+        "studies do, so it flatters every run a little (there is no separate validation split yet)."
     )
 
 histories = {r["id"]: store.epochs(r["id"]) for r in selected}
