@@ -8,19 +8,11 @@ import time
 from pathlib import Path
 
 import pytest
+from waiting import wait_for  # tests/waiting.py
 
 from mtl_core.config import TrainConfig
 from mtl_core.jobs import JobRunner, Limits, QueueFull, RunnerSettings
 from mtl_core.runs import RunStore
-
-
-def wait_for(pred, timeout=60.0, every=0.1):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(every)
-    return False
 
 
 @pytest.fixture(scope="module")

@@ -10,21 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
+from waiting import wait_for  # tests/waiting.py
 
 from mtl_core.config import TrainConfig
 from mtl_core.jobs import JobRunner, RunnerSettings
 
 ray = pytest.importorskip("ray")
 ROOT = str(Path(__file__).resolve().parent.parent)
-
-
-def wait_for(pred, timeout=60.0, every=0.1):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(every)
-    return False
 
 
 @pytest.fixture(scope="module")

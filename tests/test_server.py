@@ -6,9 +6,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
+
+from waiting import wait_for  # tests/waiting.py
 
 from mtl_core.config import TrainConfig
 from mtl_core.runs import RunStore
@@ -32,12 +33,7 @@ def test_no_legacy_pages_folder_beside_the_router():
 
 
 def _wait(pred, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.2)
-    return False
+    return wait_for(pred, timeout, every=0.2)
 
 
 def test_the_launcher_trains_queued_jobs_with_no_browser_open(tmp_path):
