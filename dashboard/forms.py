@@ -17,7 +17,7 @@ from mtl_core.estimate import (
     queue_spot,
     run_estimate,
 )
-from mtl_core.models import ALPHA_INITS, MODELS
+from mtl_core.models import ALPHA_INITS, MODELS, shares_parameters
 from mtl_core.reference import SEED_MODELS
 from mtl_core.tasks import TASKS
 from mtl_core.weighting import WEIGHTINGS
@@ -235,10 +235,14 @@ def train_form_ui(model: str) -> dict | None:
                 "weighting",
                 lambda: st.selectbox(
                     "Loss weighting",
-                    list(WEIGHTINGS),
+                    # Methods that balance the shared parameters' gradients need a model that shares some.
+                    [n for n, m in WEIGHTINGS.items() if not m.needs_shared or shares_parameters(model)],
+                    format_func=lambda n: WEIGHTINGS[n].title,
                     key=f"f_weighting{k}",
-                    help="static: the weights below. uncertainty: learned per-task weights (Kendall et al., "
-                    "2018), scaled by the weights below.",
+                    help="How the task losses become one update. Static: the weights below. The others learn "
+                    "or compute weights as training goes (scaled by the weights below); the Train page plots "
+                    "them per epoch. The gradient methods (GradNorm, PCGrad, MGDA, CAGrad, IMTL-G, Aligned-MTL, "
+                    "UPGrad) work on each task's gradient on the shared layers: one extra backward per task.",
                 ),
             )
             weights = {t: state[f"f_w_{t}{k}"] for t in TASKS}

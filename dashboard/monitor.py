@@ -13,6 +13,7 @@ from mtl_core.analysis import data_source, run_label
 from mtl_core.config import TrainConfig
 from mtl_core.estimate import duration_words, queue_spot, run_estimate
 from mtl_core.runs import ACTIVE
+from mtl_core.weighting import WEIGHTINGS
 
 POLL_S = 2.0  # while the watched run trains: an epoch takes 0.2 s to minutes; 2 s reads as live
 QUEUED_POLL_S = 3.0  # while it waits in the queue
@@ -119,6 +120,19 @@ def run_actions_ui(run: dict) -> None:
         share_link_ui(config, run["id"])
 
 
+WEIGHTING_HINTS = {
+    "uncertainty": "Look for: a task whose weight falls is one the network finds noisy or hard (its learned "
+    "uncertainty grew); a rising weight marks a task it can fit well.",
+    "dwa": "Look for: a task whose loss fell more slowly than the others last epoch gets more weight this epoch.",
+    "gradnorm": "Look for: the weights move so that each task's gradient on the shared layers is about as "
+    "large as the others' (larger for a task that trains slowly).",
+    "famo": "Look for: the weights shift toward the task whose loss is falling the slowest, so that every "
+    "loss falls at about the same rate.",
+    "gradients": "Look for: the weight each task's gradient got when the method combined them on the shared "
+    "layers; a task far below the others is the one whose gradient conflicted most with the rest.",
+}
+
+
 def monitor_ui(run_id: str, projector: bool = False) -> None:
     """The watched run, live. `projector`: the curves come right under the status line, before the
     numbers and buttons, so they fit a 1280 x 720 projector without scrolling."""
@@ -167,17 +181,16 @@ def monitor_ui(run_id: str, projector: bool = False) -> None:
             metrics_ui(run, records)
             if run["status"] not in ACTIVE:
                 run_actions_ui(run)
-        if records and run["config"].get("loss_weighting") == "uncertainty":
+        method = run["config"].get("loss_weighting", "static")
+        if records and method != "static" and records[0].get("loss_weights"):
             epochs = [r["epoch"] for r in records]
-            series = {t: (epochs, [r["loss_weights"][t] for r in records]) for t in records[0]["loss_weights"]}
+            series = {t: (epochs, [r["loss_weights"].get(t) for r in records]) for t in records[0]["loss_weights"]}
+            title = WEIGHTINGS[method].title if method in WEIGHTINGS else method
             st.plotly_chart(
-                overlay(series, "Learned loss weights (uncertainty weighting)", "weight"),
+                overlay(series, f"Task weights per epoch: {title}", "mean weight in the epoch"),
                 key=f"weights_{run_id}",
                 width="stretch",
             )
-            st.caption(
-                "Look for: a task whose weight falls is one the network finds noisy or hard (its learned "
-                "uncertainty grew); a rising weight marks a task it can fit well."
-            )
+            st.caption(WEIGHTING_HINTS.get(method, WEIGHTING_HINTS["gradients"]))
 
     live()

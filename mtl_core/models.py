@@ -8,6 +8,7 @@ textbook per-column versions the tests check the fused ones against.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,6 +60,10 @@ class MultiTaskModel(nn.Module):
         return None
 
     def alpha_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The parameters more than one task's loss reaches (what gradient-based weighting balances)."""
         return []
 
 
@@ -123,6 +128,10 @@ class CrossStitchMLP(_StackedColumns):
     def alphas(self) -> list[list[list[float]]]:
         return [a.detach().cpu().tolist() for a in self.alpha]
 
+    def shared_parameters(self) -> list[nn.Parameter]:
+        # The mixing makes every column feed every task from the first unit on; only the heads are a task's own.
+        return [self.w1, self.b1, self.w2, self.b2, *self.alpha]
+
     def alpha_parameters(self) -> list[nn.Parameter]:
         return list(self.alpha)
 
@@ -168,6 +177,9 @@ class HardSharingMLP(MultiTaskModel):
         z = self.trunk(x)
         return {name: _finish(name, self.heads[name](z)) for name in self.tasks}
 
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return list(self.trunk.parameters())
+
 
 class MultiTaskCNN(MultiTaskModel):
     """The 4-task CNN tutorial: conv-BN-ReLU-pool x2, 3136 -> 128 shared, a small MLP head per task."""
@@ -202,6 +214,9 @@ class MultiTaskCNN(MultiTaskModel):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         z = self.trunk(x)
         return {name: _finish(name, self.heads[name](z).float()) for name in self.tasks}
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return list(self.trunk.parameters())
 
 
 # ----------------------------------------------------------------------------- registry
@@ -268,6 +283,12 @@ def build_model(name: str, tasks: tuple[str, ...] | list[str] | None = None, **s
     spec = get_model_spec(name)
     tasks = tuple(tasks) if tasks else spec.default_tasks
     return spec.builder(tasks, **{k: v for k, v in settings.items() if k in spec.settings})
+
+
+@functools.cache
+def shares_parameters(name: str) -> bool:
+    """Whether the model kind has parameters that several tasks' losses reach (STL has none)."""
+    return bool(build_model(name).shared_parameters())
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -105,6 +105,14 @@ class Training:
         self.precision = resolve_precision(config, self.model.family, self.device, fast_step=not refusal)
         weights = {t: config.weight(t) for t in config.tasks}
         self.weighting = build_weighting(config.loss_weighting, weights).to(self.device)
+        self._shared = self.model.shared_parameters()
+        shared_ids = {id(p) for p in self._shared}
+        self._others = [p for p in self.model.parameters() if id(p) not in shared_ids]
+        if self.weighting.needs_shared and not self._shared:
+            raise ConfigError(
+                f"{self.weighting.title} balances the tasks' gradients on shared parameters, and "
+                f"{config.model} shares none: choose hard sharing, cross-stitch or the CNN"
+            )
         self.fast = None if refusal else make_step(self.model, weights, bf16=self.precision == "bf16")
         self.path, self.path_note = ("fast", "") if self.fast else ("autograd", refusal)
         self._fast_targets = None
@@ -158,7 +166,7 @@ class Training:
         """One pass over the training set; None when stopped (cancelled or diverged)."""
         if self.fast is not None:
             return self._fast_epoch(epoch)
-        cfg, model = self.config, self.model
+        cfg, model, weighting = self.config, self.model, self.weighting
         model.train()
         sums = {t: torch.zeros((), device=self.device) for t in cfg.tasks}
         objective = torch.zeros((), device=self.device)
@@ -171,20 +179,29 @@ class Training:
             xb = self._inputs(self._train_x.index_select(0, idx))
             with self._autocast():
                 out = model(xb)
-            losses = {t: task_loss(t, out[t].float(), self._train_t[t].index_select(0, idx)) for t in cfg.tasks}
-            total = self.weighting(losses)
-            if not math.isfinite(total.item()):
+            targets = {t: self._train_t[t].index_select(0, idx) for t in cfg.tasks}
+            losses = {t: task_loss(t, out[t].float(), targets[t]) for t in cfg.tasks}
+            if not math.isfinite(torch.stack([v.detach() for v in losses.values()]).sum().item()):
                 return self._diverged(losses, epoch, b)
             self.optimizer.zero_grad(set_to_none=True)
-            total.backward()
+            # The weighting method owns the backward (mtl_core/weighting.py) and says what it minimised.
+            total = weighting.backward(losses, self._shared, self._others)
             self.optimizer.step()
+            if weighting.needs_losses_after_step:  # FAMO: how much each loss fell on this batch
+                with torch.no_grad(), self._autocast():
+                    again = model(xb)
+                weighting.after_step({t: task_loss(t, again[t].float(), targets[t]) for t in cfg.tasks})
+            else:
+                weighting.after_step()
             for t in cfg.tasks:
                 sums[t] += losses[t].detach() * len(idx)
-            objective += total.detach() * len(idx)
+            objective += total * len(idx)
             n_seen += len(idx)
         # What was minimised, learned weights (and their log-variance terms) included.
         self._objective = (objective / max(n_seen, 1)).item()
-        return {t: (s / max(n_seen, 1)).item() for t, s in sums.items()}
+        mean = {t: (s / max(n_seen, 1)).item() for t, s in sums.items()}
+        weighting.end_epoch(mean)
+        return mean
 
     def _epoch_batches(self) -> list[torch.Tensor]:
         """This epoch's index batches (cut at `max_batches`); records how many, for `epoch_done`."""
@@ -309,7 +326,7 @@ class Training:
                 "train_only_seconds": train_s,
                 "lr": lr,
                 "alphas": self.model.alphas(),
-                "loss_weights": self.weighting.current(),
+                "loss_weights": self.weighting.epoch_weights(),  # the mean of the weights this epoch used
             }
             score = selection_score(metrics)
             if score > self.best_score:

@@ -1,15 +1,16 @@
-"""Loss weighting and what the optimiser does to non-network parameters (small, synthetic cases)."""
+"""Loss weighting (mtl_core/weighting.py): every method in the registry through the one seam, each
+paper's checkable behaviour on a small case, and what the optimiser does to non-network parameters."""
 
 import math
 
 import pytest
 import torch
 
-from mtl_core.config import TrainConfig
+from mtl_core.config import ConfigError, TrainConfig
 from mtl_core.fastpath import FlatAdam
-from mtl_core.models import build_model
+from mtl_core.models import build_model, shares_parameters
 from mtl_core.train import Training, make_optimizer
-from mtl_core.weighting import UncertaintyWeighting
+from mtl_core.weighting import DWA, FAMO, WEIGHTINGS, GradNorm, UncertaintyWeighting, _jacobian_rows
 
 
 def test_uncertainty_weights_belong_to_their_task_by_name_not_by_position():
@@ -78,3 +79,104 @@ def test_the_cnn_recipe_takes_any_subset_of_its_tasks():
     assert TrainConfig.preset("cnn").loss_weights == {"value": 10.0}
     subset = TrainConfig.preset("cnn", tasks=("digit", "even"))
     assert subset.loss_weights == {} and subset.tasks == ("digit", "even")
+
+
+# --- the registry: every method through the same seam --------------------------------------------
+
+
+@pytest.mark.parametrize("method", list(WEIGHTINGS))
+@pytest.mark.parametrize("model", ["hard", "cross_stitch"])
+def test_every_method_trains_through_the_seam_and_records_its_weights(method, model, synthetic):
+    cfg = TrainConfig.preset(model, epochs=2, data="synthetic", loss_weighting=method)
+    training = Training(cfg, synthetic)
+    records = list(training.records())
+    assert training.status == "finished" and training.path == ("fast" if method == "static" else "autograd")
+    for r in records:
+        assert set(r["loss_weights"]) == set(cfg.tasks) and all(math.isfinite(w) for w in r["loss_weights"].values())
+        assert math.isfinite(r["train_loss_total"])
+    assert records[-1]["metrics"]["even"]["acc"] > 0.4  # it trained at all (synthetic labels are half and half)
+
+
+@pytest.mark.parametrize("method", [m for m, cls in WEIGHTINGS.items() if cls.needs_shared])
+def test_gradient_methods_refuse_a_model_that_shares_nothing(method, synthetic):
+    with pytest.raises(ConfigError, match="stl shares none"):
+        Training(TrainConfig.preset("stl", epochs=1, data="synthetic", loss_weighting=method), synthetic)
+
+
+def test_the_form_offers_only_the_methods_a_model_can_use():
+    assert not shares_parameters("stl") and shares_parameters("hard") and shares_parameters("cross_stitch")
+    assert shares_parameters("cnn")
+
+
+def _two_task_toy():
+    """A shared 3-vector and two task losses whose gradients on it point apart (cosine < 0) and differ
+    in size about tenfold: at 0 they are -2a and 20b, with a.b > 0."""
+    shared = torch.nn.Parameter(torch.zeros(3))
+    a, b = torch.tensor([1.0, 0.2, 0.0]), torch.tensor([1.0, -0.5, 0.3])
+    return shared, lambda: {"even": (shared @ a - 1.0) ** 2, "mult3": 10.0 * (shared @ b + 1.0) ** 2}
+
+
+def test_uncertainty_learns_the_log_of_each_tasks_loss():
+    """Kendall et al.: with the loss held fixed, d/ds of 0.5 (exp(-s) L + s) is 0 at s = log L."""
+    w = UncertaintyWeighting({"even": 1.0, "mult3": 1.0})
+    opt = torch.optim.Adam(w.parameters(), lr=0.05)
+    fixed = {"even": torch.tensor(0.3), "mult3": torch.tensor(4.0)}
+    for _ in range(1500):
+        opt.zero_grad()
+        w.backward(fixed, [], [])
+        opt.step()
+    for t, loss in fixed.items():
+        assert float(w.log_vars[t].detach()) == pytest.approx(math.log(float(loss)), abs=0.02)
+
+
+def test_gradnorm_moves_the_weighted_gradient_norms_toward_balance():
+    shared, losses = _two_task_toy()
+    g = GradNorm({"even": 1.0, "mult3": 1.0})
+    opt = torch.optim.SGD(list(g.parameters()), lr=0.01)  # the weights only: the shared vector stays put
+
+    def imbalance() -> float:
+        rows = _jacobian_rows(list(losses().values()), [shared])
+        norms = [float(g.w[t].detach()) * float(r.norm()) for t, r in zip(("even", "mult3"), rows)]
+        return max(norms) / min(norms)
+
+    before = imbalance()
+    for _ in range(300):
+        opt.zero_grad()
+        shared.grad = None
+        g.backward(losses(), [shared], [])
+        opt.step()
+        g.after_step()
+    assert before > 5 and imbalance() < 1.5, (before, imbalance())
+    assert sum(float(p.detach()) for p in g.w.values()) == pytest.approx(2.0)  # renormalised to the number of tasks
+
+
+def test_pcgrad_leaves_no_task_with_a_conflicting_update():
+    """Yu et al.: after projection no task's gradient has a negative inner product with the update,
+    where the plain sum of the gradients conflicts with one of them."""
+    shared, losses = _two_task_toy()
+    rows = _jacobian_rows(list(losses().values()), [shared])
+    assert float(rows[0] @ rows[1]) < 0 and min(float(r @ sum(rows)) for r in rows) < 0
+    WEIGHTINGS["pcgrad"]({"even": 1.0, "mult3": 1.0}).backward(losses(), [shared], [])
+    assert min(float(r @ shared.grad) for r in rows) >= -1e-6
+
+
+def test_dwa_weighs_more_the_task_whose_loss_fell_slower():
+    dwa = DWA({"even": 1.0, "mult3": 1.0})
+    assert dwa.current() == {"even": 1.0, "mult3": 1.0}
+    dwa.end_epoch({"even": 1.0, "mult3": 1.0})
+    dwa.end_epoch({"even": 0.5, "mult3": 0.9})  # even halved, mult3 barely moved
+    w = dwa.current()
+    assert w["mult3"] > 1.0 > w["even"] and sum(w.values()) == pytest.approx(2.0)
+    expected = 2 * math.exp(0.9 / 2) / (math.exp(0.5 / 2) + math.exp(0.9 / 2))
+    assert w["mult3"] == pytest.approx(expected)
+
+
+def test_famo_shifts_weight_toward_the_task_whose_loss_falls_slower():
+    famo = FAMO({"even": 1.0, "mult3": 1.0})
+    shared = torch.nn.Parameter(torch.zeros(()))
+    for _ in range(50):
+        famo.backward({"even": shared + 1.0, "mult3": shared + 1.0}, [], [shared])
+        # After the step, even's loss fell by half and mult3's did not move.
+        famo.after_step({"even": torch.tensor(0.5), "mult3": torch.tensor(1.0)})
+    z = famo.current()
+    assert z["mult3"] > 0.6 > z["even"]
