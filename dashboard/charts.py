@@ -253,3 +253,18 @@ def class_probabilities(probs: np.ndarray, classes: tuple[str, ...], title: str)
     )
     fig.update_yaxes(range=[0, 1.15], tickformat=".0%")
     return _layout(fig, title, height=260)
+
+
+def conflict_chart(records: list[dict]) -> go.Figure | None:
+    """The cosine between each pair of tasks' gradients on the shared layers, per epoch, with the zero
+    line marked (below it the two tasks pull the shared weights apart). None when nothing was probed."""
+    probed = [r for r in records if r.get("conflict")]
+    if not probed:
+        return None
+    epochs = [r["epoch"] for r in probed]
+    pairs = probed[0]["conflict"]["cos"]
+    series = {p.replace("|", " vs "): (epochs, [r["conflict"]["cos"].get(p) for r in probed]) for p in pairs}
+    fig = overlay(series, "Gradient agreement on the shared layers (cosine)", "cosine")
+    fig.add_hline(y=0, line_dash="dot", line_color="#888")
+    fig.update_yaxes(range=[-1.05, 1.05])
+    return fig

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard.charts import overlay, training_curves
+from dashboard.charts import conflict_chart, overlay, training_curves
 from dashboard.classroom import can_download, can_manage
 from dashboard.forms import load_into_form, share_link_ui
 from dashboard.state import get_data, get_runner, get_store, has_model, note_presence, read_if_changed, rerun_app
@@ -181,6 +181,17 @@ def monitor_ui(run_id: str, projector: bool = False) -> None:
             metrics_ui(run, records)
             if run["status"] not in ACTIVE:
                 run_actions_ui(run)
+        conflict = conflict_chart(records)
+        if conflict is not None:
+            st.plotly_chart(conflict, key=f"conflict_{run_id}", width="stretch")
+            norms = records[-1].get("conflict", {}).get("norm", {}) if records else {}
+            st.caption(
+                "Each task's gradient says how it wants the shared weights to move; the cosine between two "
+                "of them is 1 when they want the same move and 0 when they want unrelated ones. Below 0 they "
+                "conflict: a step that helps one task hurts the other, which is where sharing costs accuracy. "
+                + ("Gradient sizes in the last epoch: " + ", ".join(f"{t} {n:.3g}" for t, n in norms.items()) + "."
+                   if norms else "")
+            )  # fmt: skip
         method = run["config"].get("loss_weighting", "static")
         if records and method != "static" and records[0].get("loss_weights"):
             epochs = [r["epoch"] for r in records]

@@ -20,7 +20,10 @@ from .fastpath import FlatAdam, fast_path_refusal, make_step
 from .metrics import MetricAccumulator, average_accuracy, probabilities, selection_score, task_loss
 from .models import MultiTaskModel, build_model, count_parameters
 from .tasks import make_targets
-from .weighting import build_weighting
+from .weighting import build_weighting, task_gradient_rows
+
+# Gradient-conflict probes per epoch: each costs one forward and one backward per task on one batch.
+CONFLICT_PROBES = 4
 
 EVAL_BATCH = 2048
 DIVERGED_HINT = "kept the last good weights (try a smaller learning rate)"
@@ -83,8 +86,16 @@ class Training:
     """One training run. Iterate `records()`; afterwards `model` holds the best checkpoint's weights,
     `status` is finished / cancelled / diverged and `reason` says why it stopped early."""
 
-    def __init__(self, config: TrainConfig, data: MTLData, stop: Callable[[], bool] | None = None):
+    def __init__(
+        self,
+        config: TrainConfig,
+        data: MTLData,
+        stop: Callable[[], bool] | None = None,
+        conflict_probes: int = CONFLICT_PROBES,
+    ):
         self.config = config
+        self.conflict_probes = conflict_probes  # per epoch; 0: no gradient-conflict record
+        self._conflict: list[tuple[dict[str, float], dict[str, float]]] = []
         self.device = resolve_device(config.device)
         if config.train_limit:
             data = data.limited(n_train=config.train_limit)
@@ -152,6 +163,57 @@ class Training:
             self._fast_targets = self.fast.prepare_targets(self._train_t)
             self._fast_x = self.fast.prepare_inputs(self._train_x)
 
+    def _probe_batches(self) -> set[int]:
+        """Which batches of this epoch the gradient-conflict probe looks at: evenly spread."""
+        n = self.batches_per_epoch
+        # At most one probe per 64 batches: on a short epoch (the embedded subset) the probes would cost
+        # more than the training they watch.
+        k = min(self.conflict_probes, max(1, n // 64))
+        if self.conflict_probes <= 0 or len(self.config.tasks) < 2 or not self._shared:
+            return set()
+        return {min(n - 1, int((i + 0.5) * n / k)) for i in range(min(k, n))}
+
+    def _probe_conflict(self, idx: torch.Tensor) -> None:
+        """Each task's gradient on the shared parameters for this batch, as the weights are now: the cosine
+        of every task pair and each gradient's norm (unweighted losses). Runs beside training, which it
+        leaves untouched: BatchNorm statistics and the random state (dropout) are put back, so a run
+        with probes trains exactly as one without."""
+        model, tasks = self.model, self.config.tasks
+        saved = [b.clone() for b in model.buffers()]
+        rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None
+        xb = self._inputs(self._train_x.index_select(0, idx.to(self._train_x.device)))
+        with torch.enable_grad(), self._autocast():
+            out = model(xb)
+        idx_t = idx.to(self.device)
+        losses = [task_loss(t, out[t].float(), self._train_t[t].index_select(0, idx_t)) for t in tasks]
+        rows = task_gradient_rows(losses, self._shared)
+        with torch.no_grad():
+            for b, v in zip(model.buffers(), saved):
+                b.copy_(v)
+        torch.set_rng_state(rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+        norms = [float(r.norm()) for r in rows]
+        cos = {
+            f"{tasks[i]}|{tasks[j]}": float(rows[i] @ rows[j]) / max(norms[i] * norms[j], 1e-20)
+            for i in range(len(tasks))
+            for j in range(i + 1, len(tasks))
+        }
+        self._conflict.append((cos, dict(zip(tasks, norms))))
+
+    def _conflict_record(self) -> dict | None:
+        """This epoch's probes, averaged: {"cos": {"a|b": mean cosine}, "norm": {task: mean norm}, "probes": n}."""
+        probes, self._conflict = self._conflict, []
+        if not probes:
+            return None
+        n = len(probes)
+        return {
+            "cos": {k: sum(p[0][k] for p in probes) / n for k in probes[0][0]},
+            "norm": {k: sum(p[1][k] for p in probes) / n for k in probes[0][1]},
+            "probes": n,
+        }
+
     def _autocast(self):
         # Autocast for bf16 runs on autograd; the fast step casts its first layer itself and is
         # evaluated in fp32, as the Compare and Draw pages score it later.
@@ -171,10 +233,14 @@ class Training:
         sums = {t: torch.zeros((), device=self.device) for t in cfg.tasks}
         objective = torch.zeros((), device=self.device)
         n_seen = 0
-        for b, idx in enumerate(self._epoch_batches()):
+        batches = self._epoch_batches()
+        probes = self._probe_batches()
+        for b, idx in enumerate(batches):
             self.batch_done = b
             if self.stop is not None and self.stop():
                 return self._cancelled(epoch)
+            if b in probes:
+                self._probe_conflict(idx)
             idx = idx.to(self.device)
             xb = self._inputs(self._train_x.index_select(0, idx))
             with self._autocast():
@@ -219,10 +285,14 @@ class Training:
         on_cpu = self.device.type == "cpu"
         sums = torch.zeros(len(cfg.tasks), device=self.device)
         n_seen = 0
-        for b, idx in enumerate(self._epoch_batches()):
+        batches = self._epoch_batches()
+        probes = self._probe_batches()
+        for b, idx in enumerate(batches):
             self.batch_done = b
             if stop is not None and stop():
                 return self._cancelled(epoch)
+            if b in probes:
+                self._probe_conflict(idx)
             if not on_cpu:
                 idx = idx.to(self.device)
             vec = fast(x_all.index_select(0, idx), select(targets, idx))  # writes the gradients, no graph
@@ -327,6 +397,7 @@ class Training:
                 "lr": lr,
                 "alphas": self.model.alphas(),
                 "loss_weights": self.weighting.epoch_weights(),  # the mean of the weights this epoch used
+                "conflict": self._conflict_record(),
             }
             score = selection_score(metrics)
             if score > self.best_score:

@@ -28,7 +28,7 @@ def _task_grads(losses: list[torch.Tensor], shared: list[nn.Parameter]) -> list[
     return out
 
 
-def _jacobian_rows(losses: list[torch.Tensor], shared: list[nn.Parameter]) -> list[torch.Tensor]:
+def task_gradient_rows(losses: list[torch.Tensor], shared: list[nn.Parameter]) -> list[torch.Tensor]:
     """Each loss's gradient on the shared parameters, flattened: one (n_shared,) row per task."""
     return [torch.cat([g.reshape(-1) for g in grads]) for grads in _task_grads(losses, shared)]
 
@@ -194,7 +194,7 @@ class GradNorm(Weighting):
     def backward(self, losses, shared, others):
         tasks = list(losses)
         scaled = [self.fixed[t] * losses[t] for t in tasks]
-        rows = _jacobian_rows(scaled, shared)
+        rows = task_gradient_rows(scaled, shared)
         if not self._initial:
             self._initial = {t: max(float(s.detach()), 1e-12) for t, s in zip(tasks, scaled)}
         w = torch.stack([self.w[t] for t in tasks])

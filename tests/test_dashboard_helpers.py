@@ -146,3 +146,14 @@ def test_a_polling_fragment_does_not_undo_a_students_click():
     requests.request_rerun(RerunData(page_script_hash="compare-page"))
     assert full_rerun_pending(requests)  # the click is queued: the fragment leaves it alone
     assert not full_rerun_pending(None)  # outside a session: rerun as before
+
+
+def test_the_conflict_chart_has_one_line_per_task_pair_and_a_zero_line():
+    from dashboard.charts import conflict_chart
+
+    rec = lambda e, c: {"epoch": e, "conflict": {"cos": {"digit|even": c, "digit|gt4": -c, "even|gt4": 0.1}}}  # noqa: E731
+    fig = conflict_chart([rec(1, 0.5), rec(2, -0.2)])
+    assert [t.name for t in fig.data] == ["digit vs even", "digit vs gt4", "even vs gt4"]
+    assert list(fig.data[1].y) == [-0.5, 0.2]
+    assert any(s.y0 == 0 for s in fig.layout.shapes)  # the line below which tasks conflict
+    assert conflict_chart([{"epoch": 1, "conflict": None}]) is None  # STL: nothing shared, nothing drawn

@@ -10,7 +10,7 @@ from mtl_core.config import ConfigError, TrainConfig
 from mtl_core.fastpath import FlatAdam
 from mtl_core.models import build_model, shares_parameters
 from mtl_core.train import Training, make_optimizer
-from mtl_core.weighting import DWA, FAMO, WEIGHTINGS, GradNorm, UncertaintyWeighting, _jacobian_rows
+from mtl_core.weighting import DWA, FAMO, WEIGHTINGS, GradNorm, UncertaintyWeighting, task_gradient_rows
 
 
 def test_uncertainty_weights_belong_to_their_task_by_name_not_by_position():
@@ -135,7 +135,7 @@ def test_gradnorm_moves_the_weighted_gradient_norms_toward_balance():
     opt = torch.optim.SGD(list(g.parameters()), lr=0.01)  # the weights only: the shared vector stays put
 
     def imbalance() -> float:
-        rows = _jacobian_rows(list(losses().values()), [shared])
+        rows = task_gradient_rows(list(losses().values()), [shared])
         norms = [float(g.w[t].detach()) * float(r.norm()) for t, r in zip(("even", "mult3"), rows)]
         return max(norms) / min(norms)
 
@@ -154,7 +154,7 @@ def test_pcgrad_leaves_no_task_with_a_conflicting_update():
     """Yu et al.: after projection no task's gradient has a negative inner product with the update,
     where the plain sum of the gradients conflicts with one of them."""
     shared, losses = _two_task_toy()
-    rows = _jacobian_rows(list(losses().values()), [shared])
+    rows = task_gradient_rows(list(losses().values()), [shared])
     assert float(rows[0] @ rows[1]) < 0 and min(float(r @ sum(rows)) for r in rows) < 0
     WEIGHTINGS["pcgrad"]({"even": 1.0, "mult3": 1.0}).backward(losses(), [shared], [])
     assert min(float(r @ shared.grad) for r in rows) >= -1e-6
@@ -180,3 +180,39 @@ def test_famo_shifts_weight_toward_the_task_whose_loss_falls_slower():
         famo.after_step({"even": torch.tensor(0.5), "mult3": torch.tensor(1.0)})
     z = famo.current()
     assert z["mult3"] > 0.6 > z["even"]
+
+
+# --- the gradient-conflict probe (Training's record "conflict") -----------------------------------
+
+
+@pytest.mark.parametrize("model", ["hard", "cross_stitch", "cnn"])
+def test_the_conflict_probe_watches_without_changing_the_training(model, synthetic):
+    cfg = TrainConfig.preset(model, epochs=2, data="synthetic", max_batches=8, precision="fp32")
+    watched = list(Training(cfg, synthetic, conflict_probes=4).records())
+    plain = list(Training(cfg, synthetic, conflict_probes=0).records())
+    for a, b in zip(watched, plain):
+        assert a["train_loss"] == b["train_loss"] and a["metrics"] == b["metrics"]
+        assert b["conflict"] is None and a["conflict"]["probes"] >= 1
+        assert all(-1.0 <= c <= 1.0 for c in a["conflict"]["cos"].values())
+        assert set(a["conflict"]["norm"]) == set(cfg.tasks)
+        pairs = len(cfg.tasks) * (len(cfg.tasks) - 1) // 2
+        assert len(a["conflict"]["cos"]) == pairs
+
+
+def test_two_tasks_asking_the_same_of_the_shared_layers_have_cosine_one(synthetic):
+    """A known answer: mult3 given even's labels and even's head pulls the trunk exactly as even does."""
+    training = Training(TrainConfig.preset("hard", epochs=1, data="synthetic", path="autograd"), synthetic)
+    heads = training.model.heads
+    with torch.no_grad():
+        heads["mult3"].weight.copy_(heads["even"].weight)
+        heads["mult3"].bias.copy_(heads["even"].bias)
+    training._train_t["mult3"] = training._train_t["even"]
+    training._probe_conflict(torch.arange(64))
+    ((cos, norms),) = training._conflict
+    assert cos["even|mult3"] == pytest.approx(1.0, abs=1e-5)
+    assert norms["even"] == pytest.approx(norms["mult3"], rel=1e-5) and norms["even"] > 0
+
+
+def test_a_model_that_shares_nothing_records_no_conflict(synthetic):
+    (record,) = Training(TrainConfig.preset("stl", epochs=1, data="synthetic"), synthetic).records()
+    assert record["conflict"] is None
