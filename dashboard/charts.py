@@ -268,3 +268,26 @@ def conflict_chart(records: list[dict]) -> go.Figure | None:
     fig.add_hline(y=0, line_dash="dot", line_color="#888")
     fig.update_yaxes(range=[-1.05, 1.05])
     return fig
+
+
+def affinity_heatmap(affinity: dict[str, float], tasks: list[str] | tuple[str, ...]) -> go.Figure:
+    """Task affinity as a T x T grid: row i, column j is how much a step on task i lowered task j's loss
+    (in thousandths, relative). Diverging colours centred on 0: blue helps, red hurts."""
+    z = [[1e3 * affinity.get(f"{i}|{j}", float("nan")) for j in tasks] for i in tasks]
+    top = max((abs(v) for row in z for v in row if v == v), default=1.0) or 1.0
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=[chart_text(t) for t in tasks],
+            y=[chart_text(t) for t in tasks],
+            zmin=-top,
+            zmax=top,
+            colorscale="RdBu",
+            text=[[f"{v:.2f}" for v in row] for row in z],
+            texttemplate="%{text}",
+            colorbar=dict(title="x 1e-3"),
+        )
+    )
+    fig.update_xaxes(title_text="loss that changed (task j)", side="bottom")
+    fig.update_yaxes(title_text="step on task i", autorange="reversed")
+    return _layout(fig, "Task affinity (lookahead, averaged over training)")

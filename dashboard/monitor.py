@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard.charts import conflict_chart, overlay, training_curves
+from dashboard.charts import affinity_heatmap, conflict_chart, overlay, training_curves
 from dashboard.classroom import can_download, can_manage
 from dashboard.forms import load_into_form, share_link_ui
-from dashboard.state import get_data, get_runner, get_store, has_model, note_presence, read_if_changed, rerun_app
+from dashboard.state import (
+    client_address,
+    get_data,
+    get_runner,
+    get_store,
+    has_model,
+    note_presence,
+    owner_id,
+    read_if_changed,
+    rerun_app,
+)
 from dashboard.text import md_escape
-from mtl_core.analysis import data_source, run_label
+from mtl_core.analysis import data_source, run_affinity, run_label, suggest_grouping
 from mtl_core.config import TrainConfig
 from mtl_core.estimate import duration_words, queue_spot, run_estimate
-from mtl_core.runs import ACTIVE
+from mtl_core.runs import ACTIVE, QueueFull, StoreUnavailable
 from mtl_core.weighting import WEIGHTINGS
 
 POLL_S = 2.0  # while the watched run trains: an epoch takes 0.2 s to minutes; 2 s reads as live
@@ -133,6 +143,38 @@ WEIGHTING_HINTS = {
 }
 
 
+def affinity_ui(run: dict, records: list[dict]) -> None:
+    """The run's task affinity, the grouping it suggests, and (once the run is over) one click to train
+    that grouping: one run per group, the same settings on just that group's tasks."""
+    affinity = run_affinity(records)
+    tasks = run["config"]["tasks"]
+    if not affinity or len(tasks) < 2:
+        return
+    st.plotly_chart(affinity_heatmap(affinity, tasks), key=f"affinity_{run['id']}", width="stretch")
+    groups = suggest_grouping(affinity, tasks)
+    words = " · ".join("+".join(g) for g in groups)
+    st.caption(
+        "Row i, column j: how much one step on task i alone lowered task j's loss on the same batch (Fifty et "
+        "al., 2021). Tasks that lower each other's losses belong in one network; a task that others do not "
+        f"help trains better alone. **Suggested grouping: {words}**"
+        + (" (all together, as this run already is)." if len(groups) == 1 else ".")
+    )
+    if len(groups) > 1 and run["status"] not in ACTIVE:
+        config = TrainConfig.from_dict(run["config"])
+        if st.button("▶ Train the suggested grouping", key=f"grouping_{run['id']}"):
+            configs = [
+                config.replace(tasks=g, loss_weights={t: w for t, w in config.loss_weights.items() if t in g})
+                for g in groups
+            ]
+            labels = [f"grouping of {run['id'][-6:]}: {'+'.join(g)}" for g in groups]
+            try:
+                get_runner().submit_many(configs, owner_id(), labels, client=client_address())
+            except (QueueFull, StoreUnavailable) as exc:
+                st.warning(str(exc))
+            else:
+                st.success(f"Queued {len(configs)} runs; compare them with this one on the **Compare** page.")
+
+
 def monitor_ui(run_id: str, projector: bool = False) -> None:
     """The watched run, live. `projector`: the curves come right under the status line, before the
     numbers and buttons, so they fit a 1280 x 720 projector without scrolling."""
@@ -192,6 +234,7 @@ def monitor_ui(run_id: str, projector: bool = False) -> None:
                 + ("Gradient sizes in the last epoch: " + ", ".join(f"{t} {n:.3g}" for t, n in norms.items()) + "."
                    if norms else "")
             )  # fmt: skip
+        affinity_ui(run, records)
         method = run["config"].get("loss_weighting", "static")
         if records and method != "static" and records[0].get("loss_weights"):
             epochs = [r["epoch"] for r in records]

@@ -236,3 +236,44 @@ def is_mistake(preds: dict[str, dict[str, np.ndarray]], i: int, value_tolerance:
         elif p["pred"][i] != p["true"][i]:
             return True
     return False
+
+
+def run_affinity(records: list[dict]) -> dict[str, float]:
+    """The lookahead affinity of a run (`Training._lookahead_affinity`), averaged over every probed epoch,
+    as Fifty et al. average it over training: {"i|j": how much a step on task i lowered task j's loss}."""
+    probed = [r["conflict"]["affinity"] for r in records if (r.get("conflict") or {}).get("affinity")]
+    if not probed:
+        return {}
+    return {k: sum(p[k] for p in probed) / len(probed) for k in probed[0]}
+
+
+def _partitions(items: list[str]):
+    if not items:
+        yield []
+        return
+    first, rest = items[0], items[1:]
+    for part in _partitions(rest):
+        for i in range(len(part)):  # `first` joins an existing group...
+            yield [*part[:i], [first, *part[i]], *part[i + 1 :]]
+        yield [[first], *part]  # ...or starts its own
+
+
+def suggest_grouping(affinity: dict[str, float], tasks: list[str] | tuple[str, ...]) -> list[tuple[str, ...]]:
+    """The grouping of the tasks that task affinity favours (Fifty et al. 2021): every partition of the
+    tasks is scored by how much, on average, each task's loss is lowered by steps on the other tasks of
+    its group (a task alone scores 0), and the best wins; on a tie, the one with fewer groups. So tasks
+    are trained together only where they help each other, and apart where they do not."""
+    best, best_key = None, None
+    for part in _partitions(list(tasks)):
+        score = 0.0
+        for group in part:
+            for j in group:
+                others = [i for i in group if i != j]
+                if others:
+                    score += sum(affinity.get(f"{i}|{j}", 0.0) for i in others) / len(others)
+        key = (round(score, 12), -len(part))
+        if best_key is None or key > best_key:
+            best, best_key = part, key
+    order = {t: n for n, t in enumerate(tasks)}
+    groups = [tuple(sorted(g, key=order.__getitem__)) for g in best or []]
+    return sorted(groups, key=lambda g: order[g[0]])

@@ -95,7 +95,7 @@ class Training:
     ):
         self.config = config
         self.conflict_probes = conflict_probes  # per epoch; 0: no gradient-conflict record
-        self._conflict: list[tuple[dict[str, float], dict[str, float]]] = []
+        self._conflict: list[tuple[dict[str, float], dict[str, float], dict[str, float]]] = []
         self.device = resolve_device(config.device)
         if config.train_limit:
             data = data.limited(n_train=config.train_limit)
@@ -119,6 +119,8 @@ class Training:
         self._shared = self.model.shared_parameters()
         shared_ids = {id(p) for p in self._shared}
         self._others = [p for p in self.model.parameters() if id(p) not in shared_ids]
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        self._shared_names = [names[id(p)] for p in self._shared]
         if self.weighting.needs_shared and not self._shared:
             raise ConfigError(
                 f"{self.weighting.title} balances the tasks' gradients on shared parameters, and "
@@ -200,10 +202,45 @@ class Training:
             for i in range(len(tasks))
             for j in range(i + 1, len(tasks))
         }
-        self._conflict.append((cos, dict(zip(tasks, norms))))
+        self._conflict.append((cos, dict(zip(tasks, norms)), self._lookahead_affinity(xb, idx_t, rows)))
+
+    def _lookahead_affinity(self, xb: torch.Tensor, idx: torch.Tensor, rows: list[torch.Tensor]) -> dict[str, float]:
+        """Task affinity by lookahead (Fifty et al., NeurIPS 2021, "Efficiently Identifying Task Groupings"):
+        for each task i, one gradient step of the run's learning rate on the shared parameters with task
+        i's gradient alone, then Z_ij = 1 - L_j(after) / L_j(before) for every task j, on the same batch.
+        Positive: a step for i also lowers j's loss. In eval mode (no dropout, BatchNorm statistics
+        untouched), so before and after differ only by the step; the model itself is never changed."""
+        from torch.func import functional_call
+
+        model, tasks, lr = self.model, self.config.tasks, self.optimizer.param_groups[0]["lr"]
+        targets = {t: self._train_t[t].index_select(0, idx) for t in tasks}
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+
+                def losses(params: dict | None = None) -> dict[str, float]:
+                    with self._autocast():
+                        out = model(xb) if params is None else functional_call(model, params, (xb,))
+                    return {t: float(task_loss(t, out[t].float(), targets[t])) for t in tasks}
+
+                before = losses()
+                affinity = {}
+                for t, row in zip(tasks, rows):
+                    stepped, start = {}, 0
+                    for name, p in zip(self._shared_names, self._shared):
+                        stepped[name] = p - lr * row[start : start + p.numel()].view_as(p).to(p.dtype)
+                        start += p.numel()
+                    after = losses(stepped)
+                    for u in tasks:
+                        affinity[f"{t}|{u}"] = 1.0 - after[u] / max(before[u], 1e-12)
+        finally:
+            model.train(was_training)
+        return affinity
 
     def _conflict_record(self) -> dict | None:
-        """This epoch's probes, averaged: {"cos": {"a|b": mean cosine}, "norm": {task: mean norm}, "probes": n}."""
+        """This epoch's probes, averaged: cosines per task pair, gradient norms per task, lookahead affinity
+        per ordered pair, and how many probes."""
         probes, self._conflict = self._conflict, []
         if not probes:
             return None
@@ -211,6 +248,7 @@ class Training:
         return {
             "cos": {k: sum(p[0][k] for p in probes) / n for k in probes[0][0]},
             "norm": {k: sum(p[1][k] for p in probes) / n for k in probes[0][1]},
+            "affinity": {k: sum(p[2][k] for p in probes) / n for k in probes[0][2]},  # "i|j": step on i, j's loss
             "probes": n,
         }
 

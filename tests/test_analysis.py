@@ -116,3 +116,36 @@ def test_the_seed_study_sits_beside_the_reference_once_all_three_finished():
     assert hard["best avg acc %"] == 98.5  # the newest study's hard run, not the older one
     assert hard["params (reference)"] == SEED_STUDY["rows"]["hard"]["params"]
     assert hard["difference (pp)"] == round(98.5 - 100 * SEED_STUDY["rows"]["hard"]["best_avg"], 2)
+
+
+def test_task_affinity_groups_the_tasks_that_help_each_other():
+    from mtl_core.analysis import run_affinity, suggest_grouping
+
+    tasks = ["digit", "even", "gt4", "value"]
+    helps = {("digit", "value"), ("value", "digit"), ("even", "gt4"), ("gt4", "even")}
+    affinity = {f"{i}|{j}": (0.01 if (i, j) in helps else -0.004) for i in tasks for j in tasks if i != j}
+    assert suggest_grouping(affinity, tasks) == [("digit", "value"), ("even", "gt4")]
+    # Nothing helps anything: every task alone. Everything helps everything: one shared network.
+    assert suggest_grouping({k: -0.01 for k in affinity}, tasks) == [(t,) for t in tasks]
+    assert suggest_grouping({k: 0.01 for k in affinity}, tasks) == [tuple(tasks)]
+    records = [{"conflict": {"affinity": {"a|b": 0.2}}}, {"conflict": None}, {"conflict": {"affinity": {"a|b": 0.4}}}]
+    assert run_affinity(records) == {"a|b": pytest.approx(0.3)}
+
+
+def test_a_label_shuffled_copy_of_a_task_gets_no_affinity_from_it(real_data):
+    """Fifty et al.'s sanity check: a step on 'even' lowers even's own loss, and does nothing for a task
+    whose labels are even's labels shuffled (its loss cannot follow what the step learned)."""
+    import torch
+
+    from mtl_core.config import TrainConfig
+    from mtl_core.train import Training
+
+    training = Training(TrainConfig.preset("hard", epochs=1, data=real_data.source, path="autograd"), real_data)
+    shuffled = torch.randperm(len(training._train_t["even"]), generator=torch.Generator().manual_seed(0))
+    training._train_t["mult3"] = training._train_t["even"][shuffled]
+    list(training.records())
+    for b in range(8):
+        training._probe_conflict(torch.arange(b * 128, (b + 1) * 128))
+    z = training._conflict_record()["affinity"]
+    assert z["even|even"] > 0.002
+    assert abs(z["even|mult3"]) < 0.05 * z["even|even"], z

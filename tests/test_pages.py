@@ -507,3 +507,20 @@ def test_runs_on_different_task_sets_are_charted_apart(synthetic):
     titles = [json.dumps(spec["layout"].get("title", ""), ensure_ascii=False) for spec in plotly_specs(at)]
     accuracy = [t for t in titles if "Best average accuracy" in t]
     assert len(accuracy) == 2 and any("even+mult3" in t for t in accuracy)
+
+
+def test_task_affinity_suggests_a_grouping_and_one_click_trains_it(synthetic):
+    mine = stored_run("hard", synthetic)
+    store = RunStore()
+    for record in store.epochs(mine):  # what the probe would record for two tasks that hurt each other
+        aff = {"even|even": 0.01, "even|mult3": -0.003, "mult3|even": -0.002, "mult3|mult3": 0.008}
+        store.add_epoch(mine, {**record, "conflict": {**(record["conflict"] or {}), "affinity": aff, "cos": {}}})
+    at = open_page("views/train.py")
+    assert_ok(at)
+    assert any(d.get("type") == "heatmap" for s in plotly_specs(at) for d in s.get("data", []))
+    assert "Suggested grouping: even · mult3" in texts(at.caption)
+    at.button(key=f"grouping_{mine}").click().run()
+    assert_ok(at)
+    queued = [r for r in store.list_runs() if r["label"].startswith("grouping of")]
+    assert sorted(tuple(r["config"]["tasks"]) for r in queued) == [("even",), ("mult3",)]
+    assert all(r["config"]["model"] == "hard" and r["config"]["epochs"] == 2 for r in queued)

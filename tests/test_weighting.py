@@ -208,7 +208,7 @@ def test_two_tasks_asking_the_same_of_the_shared_layers_have_cosine_one(syntheti
         heads["mult3"].bias.copy_(heads["even"].bias)
     training._train_t["mult3"] = training._train_t["even"]
     training._probe_conflict(torch.arange(64))
-    ((cos, norms),) = training._conflict
+    ((cos, norms, _),) = training._conflict
     assert cos["even|mult3"] == pytest.approx(1.0, abs=1e-5)
     assert norms["even"] == pytest.approx(norms["mult3"], rel=1e-5) and norms["even"] > 0
 
