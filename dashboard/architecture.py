@@ -3,7 +3,7 @@ shared and what belongs to one task, for the chosen model and tasks."""
 
 from __future__ import annotations
 
-from mtl_core.models import IN_FEATURES, MLP_HIDDEN, head_dim
+from mtl_core.models import IN_FEATURES, MLP_HIDDEN, MMOE_EXPERTS, head_dim
 from mtl_core.tasks import get_task
 
 SHARED, OWN, MIX = "#dbe9f6", "#fde7d4", "#e6d5f5"  # shared layers, one task's layers, cross-stitch units
@@ -25,6 +25,16 @@ def architecture_dot(model: str, tasks: tuple[str, ...]) -> str:
         for i, t in enumerate(tasks):
             lines.append(_node(f"h{i}", f"{t} head\\n{h2}→{outputs[t]}", OWN))
             lines.append(f"trunk -> h{i};")
+    elif model == "mmoe":
+        n = MMOE_EXPERTS
+        for e in range(n):
+            lines.append(_node(f"e{e}", f"expert {e + 1}\\n{IN_FEATURES}→{h1}→{h2}", SHARED))
+            lines.append(f"x -> e{e};")
+        for i, t in enumerate(tasks):
+            lines.append(_node(f"g{i}", f"{t} gate\\nsoftmax over {n} experts", OWN))
+            lines.append(_node(f"h{i}", f"{t} head\\n{h2}→{outputs[t]}", OWN))
+            lines.append(f"x -> g{i};")
+            lines += [f"e{e} -> h{i};" for e in range(n)] + [f"g{i} -> h{i} [style=dashed];"]
     elif model == "cnn":
         lines.append(_node("conv", "shared conv trunk\\n2 x (conv 3x3, BN, ReLU, pool)\\n3136→128", SHARED))
         lines.append("x -> conv;")

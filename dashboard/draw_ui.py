@@ -13,7 +13,7 @@ from dashboard.text import md_escape
 from mtl_core.analysis import run_label
 from mtl_core.checkpoint import ModelFileError, load_model_bytes
 from mtl_core.config import TrainConfig
-from mtl_core.predict import predict
+from mtl_core.predict import predict, saliency, saliency_overlay
 from mtl_core.tasks import VALUE_SCALE, get_task
 
 # The quick model: the 4-task CNN (it answers every task) on at most 8,000 digits for 3 epochs.
@@ -126,3 +126,19 @@ def predictions_ui(title: str, model, image: np.ndarray, key: str) -> None:
             p_yes = float(probs[0][1])
             answer = t.classes[1] if p_yes >= 0.5 else t.classes[0]
             st.progress(p_yes, text=f"{t.title} → **{answer}** (P({t.classes[1]}) = {p_yes:.0%})")
+
+
+def saliency_ui(title: str, model, image: np.ndarray) -> None:
+    """Per task, the pixels that drove the answer (the input gradient), in red over the model's input."""
+    t0 = time.perf_counter()
+    maps = saliency(model, image)
+    ms = (time.perf_counter() - t0) * 1000
+    st.markdown(f"**Which pixels drove each answer** · {md_escape(title)}")
+    cols = st.columns(len(maps))
+    for col, (task, heat) in zip(cols, maps.items()):
+        col.image(saliency_overlay(image, heat), width=84, caption=task)
+    st.caption(
+        f"Red: the pixels whose change would move that task's answer most (the gradient of its score with "
+        f"respect to each input pixel; {ms:.1f} ms for all tasks). Tasks that look at different strokes "
+        "use the shared layers differently."
+    )

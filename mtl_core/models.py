@@ -181,6 +181,53 @@ class HardSharingMLP(MultiTaskModel):
         return list(self.trunk.parameters())
 
 
+MMOE_EXPERTS = 2  # two 784-64-32 experts: about the parameters of STL or cross-stitch on two tasks
+
+
+class MMoEMLP(MultiTaskModel):
+    """Multi-gate Mixture-of-Experts (Ma et al., KDD 2018) as a soft-sharing MLP: E shared 784-64-32
+    experts; each task has its own softmax gate over the experts (a linear 784 -> E layer, reading the
+    image) and its own head on the gated mixture of the experts' outputs. Tasks that need different
+    things can lean on different experts; related ones can share them."""
+
+    def __init__(self, tasks: tuple[str, ...], n_experts: int = MMOE_EXPERTS):
+        super().__init__(tasks)
+        e, (h1, h2) = n_experts, MLP_HIDDEN
+        self.w1 = nn.Parameter(torch.empty(e, h1, IN_FEATURES))
+        self.b1 = nn.Parameter(torch.empty(e, h1))
+        self.w2 = nn.Parameter(torch.empty(e, h2, h1))
+        self.b2 = nn.Parameter(torch.empty(e, h2))
+        for i in range(e):
+            _init_linear_(self.w1.data[i], self.b1.data[i])
+            _init_linear_(self.w2.data[i], self.b2.data[i])
+        self.gates = nn.ModuleDict({name: nn.Linear(IN_FEATURES, e) for name in self.tasks})
+        self.heads = nn.ModuleDict({name: nn.Linear(h2, head_dim(name, "mlp")) for name in self.tasks})
+
+    def experts(self, x: torch.Tensor) -> torch.Tensor:
+        """Every expert's output for a batch: (E, B, 32)."""
+        e, (h1, _) = self.w1.shape[0], MLP_HIDDEN
+        a = torch.addmm(self.b1.reshape(-1), x, self.w1.reshape(e * h1, IN_FEATURES).t())
+        a = F.relu(a).reshape(-1, e, h1).transpose(0, 1)  # (E, B, 64)
+        return F.relu(torch.baddbmm(self.b2.unsqueeze(1), a, self.w2.transpose(1, 2)))
+
+    def gate_weights(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each task's weights over the experts for a batch: {task: (B, E)}, rows summing to 1."""
+        x = x.reshape(x.shape[0], -1)
+        return {name: torch.softmax(self.gates[name](x), dim=-1) for name in self.tasks}
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = x.reshape(x.shape[0], -1)
+        h = self.experts(x)
+        out = {}
+        for name, g in self.gate_weights(x).items():
+            mixed = torch.einsum("be,ebk->bk", g, h)
+            out[name] = _finish(name, self.heads[name](mixed))
+        return out
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return [self.w1, self.b1, self.w2, self.b2]  # the gates and heads are each task's own
+
+
 class MultiTaskCNN(MultiTaskModel):
     """The 4-task CNN tutorial: conv-BN-ReLU-pool x2, 3136 -> 128 shared, a small MLP head per task."""
 
@@ -258,6 +305,14 @@ MODELS: dict[str, ModelSpec] = {
         CrossStitchMLP,
         "One column per task, mixed after each hidden layer by learned alphas.",
         settings=("alpha_init",),
+    ),
+    "mmoe": ModelSpec(
+        "mmoe",
+        "MMoE (gated experts)",
+        "mlp",
+        ("even", "mult3"),
+        MMoEMLP,
+        f"{MMOE_EXPERTS} shared 784-64-32 experts; each task's own softmax gate mixes them for its head.",
     ),
     "cnn": ModelSpec(
         "cnn",

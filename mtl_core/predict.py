@@ -11,6 +11,7 @@ from PIL import Image, UnidentifiedImageError
 from .data import MEAN, STD
 from .metrics import probabilities
 from .models import MultiTaskModel
+from .tasks import get_task
 
 INK_THRESHOLD = 0.1  # fraction of full intensity below which a pixel counts as background
 MAX_IMAGE_BYTES = 2 * 1024 * 1024  # .streamlit/config.toml caps uploads at the same 2 MB
@@ -165,3 +166,34 @@ def predict(model: MultiTaskModel, images: np.ndarray | torch.Tensor, batch_size
         for t in model.tasks:
             parts[t].append(probabilities(t, out[t]).cpu().numpy())
     return {t: np.concatenate(v) if v else np.zeros((0,)) for t, v in parts.items()}
+
+
+def saliency(model: MultiTaskModel, image: np.ndarray) -> dict[str, np.ndarray]:
+    """Which pixels drove each task's answer for one normalised 28x28 image: the size of the gradient of
+    the answer's score with respect to each input pixel (the "vanilla" saliency of Simonyan et al.,
+    2014), scaled to [0, 1] per task. The score is the logit of the class given as the answer, or the
+    value for the regression task; a map of zeros means no pixel moved it."""
+    model.eval()
+    device = next(model.parameters()).device
+    x = torch.as_tensor(np.asarray(image, dtype=np.float32)).reshape(1, 1, 28, 28).to(device).requires_grad_(True)
+    out = model(x)
+    maps = {}
+    for t in model.tasks:
+        o = out[t].float().reshape(-1)
+        kind = get_task(t).kind
+        if kind == "regression" or o.numel() == 1:
+            score = o[0]  # the value, or a binary task's one logit (its sign is the answer)
+        else:
+            score = o[int(o.argmax())]  # the logit of the class answered
+        (grad,) = torch.autograd.grad(score, x, retain_graph=True)
+        g = grad.abs().reshape(28, 28).detach().cpu().numpy()
+        top = float(g.max())
+        maps[t] = (g / top if top > 0 else g).astype(np.float32)
+    return maps
+
+
+def saliency_overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
+    """The model's input in grey with the saliency in red on top, as a 28x28x3 uint8 image."""
+    grey = to_display(image).astype(np.float32) / 255.0
+    rgb = np.stack([grey * 0.45 + heat * 0.55, grey * 0.45, grey * 0.45], axis=-1)
+    return np.clip(rgb * 255, 0, 255).astype(np.uint8)

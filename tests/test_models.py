@@ -16,7 +16,7 @@ from mtl_core.models import (
 )
 
 # SPEC.md's exact counts for the default tasks; the CNN count is ours ("about 442,000").
-EXPECTED_PARAMS = {"stl": 104_706, "hard": 52_386, "cross_stitch": 104_714, "cnn": 441_999}
+EXPECTED_PARAMS = {"stl": 104_706, "hard": 52_386, "cross_stitch": 104_714, "mmoe": 107_846, "cnn": 441_999}
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -136,3 +136,25 @@ def test_unknown_names_list_the_valid_ones():
         build_model("hard", ("even", "prime"))
     with pytest.raises(ValueError, match="valid: identity"):
         build_model("cross_stitch", alpha_init="zeros")
+
+
+def test_mmoe_gates_mix_shared_experts_per_task():
+    """Ma et al. 2018: each task's gate is a softmax over the shared experts, and a task's answer comes
+    only through its gate: shut a gate onto one expert and the other expert no longer matters to it."""
+    from mtl_core.models import MMoEMLP
+
+    torch.manual_seed(0)
+    model = build_model("mmoe", ("even", "mult3"))
+    assert isinstance(model, MMoEMLP) and [p.shape[0] for p in model.shared_parameters()] == [2, 2, 2, 2]
+    x = torch.randn(6, 1, 28, 28)
+    gates = model.gate_weights(x)
+    assert set(gates) == {"even", "mult3"}
+    torch.testing.assert_close(gates["even"].sum(dim=1), torch.ones(6))
+    with torch.no_grad():
+        model.gates["even"].weight.zero_()
+        model.gates["even"].bias.copy_(torch.tensor([30.0, -30.0]))  # even reads expert 0 only
+        before = model(x)
+        model.w1[1].mul_(3.0)  # change expert 1
+        after = model(x)
+    torch.testing.assert_close(after["even"], before["even"])
+    assert not torch.allclose(after["mult3"], before["mult3"])

@@ -18,6 +18,7 @@ from streamlit.testing.v1 import AppTest
 
 from mtl_core.checkpoint import save_model
 from mtl_core.config import TrainConfig
+from mtl_core.models import MODELS
 from mtl_core.reference import SEED_STUDY
 from mtl_core.runs import RunStore
 from mtl_core.train import Training
@@ -294,8 +295,10 @@ def test_draw_page_predicts_a_drawn_digit(synthetic):
     assert [m.label for m in at.metric] == ["value: digit value"]
     assert any("digit:" in json.dumps(s["layout"].get("title", "")) for s in plotly_specs(at))
     images = at.get("image")
-    assert len(images) == 1  # the 28x28 model input
+    first = RunStore().get_run(at.multiselect(key="draw_models").value[0])
+    assert len(images) == 1 + len(first["config"]["tasks"])  # the 28x28 model input, a saliency map per task
     assert "28×28 from the canvas" in str(images[0].proto)
+    assert "Which pixels drove each answer" in texts(at.markdown)
     assert texts(at.caption).count("answered in ") == 2  # each model's inference time
 
 
@@ -435,7 +438,7 @@ def test_train_and_home_picture_the_models():
     assert "cross-stitch unit 1" in chart.proto.spec
     home = open_page()
     assert_ok(home)
-    assert len(home.get("graphviz_chart")) == 4  # one picture per model kind
+    assert len(home.get("graphviz_chart")) == len(MODELS)  # one picture per model kind
 
 
 def test_the_seed_study_says_how_long_it_will_take_before_it_is_queued():

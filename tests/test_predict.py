@@ -76,3 +76,33 @@ def test_predict_any_batch_size_and_probabilities():
     np.testing.assert_allclose(one_logit["even"].sum(), 1, rtol=1e-6)
     with pytest.raises(ValueError, match="28, 28"):
         predict(model, np.zeros((2, 32, 32), np.float32))
+
+
+def test_saliency_lights_only_the_pixels_the_model_can_see():
+    """A known answer: a hard-sharing MLP whose first layer reads only a 10x10 patch can owe its answers
+    to those pixels alone; every task's map is 0 outside the patch and reaches 1 inside it."""
+    from mtl_core.predict import saliency, saliency_overlay
+
+    torch.manual_seed(0)
+    model = build_model("hard", ("even", "mult3"))
+    patch = torch.zeros(28, 28, dtype=torch.bool)
+    patch[9:19, 9:19] = True
+    with torch.no_grad():
+        model.trunk[1].weight[:, ~patch.reshape(-1)] = 0.0
+    image = np.random.default_rng(0).normal(size=(28, 28)).astype(np.float32)
+    maps = saliency(model, image)
+    assert set(maps) == {"even", "mult3"}
+    for heat in maps.values():
+        assert heat.shape == (28, 28) and heat.min() >= 0 and heat.max() == pytest.approx(1.0)
+        assert np.all(heat[~patch.numpy()] == 0) and heat[patch.numpy()].mean() > 0.05
+    overlay = saliency_overlay(image, maps["even"])
+    assert overlay.shape == (28, 28, 3) and overlay.dtype == np.uint8
+
+
+def test_saliency_covers_every_task_of_the_cnn():
+    from mtl_core.predict import saliency
+
+    model = build_model("cnn")
+    maps = saliency(model, np.zeros((28, 28), dtype=np.float32) + 0.3)
+    assert set(maps) == {"digit", "even", "gt4", "value"}
+    assert all(m.shape == (28, 28) and 0 <= m.min() and m.max() <= 1 for m in maps.values())

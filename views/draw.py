@@ -11,6 +11,7 @@ from dashboard.draw_ui import (
     predictions_ui,
     quick_model_ui,
     run_model,
+    saliency_ui,
 )
 from dashboard.state import has_model, note_presence, read_if_changed, rerun_app
 from mtl_core.analysis import run_label
@@ -105,3 +106,4 @@ with right:
             for i, (col, (title, model)) in enumerate(zip(st.columns(len(models)), models)):
                 with col:
                     predictions_ui(title, model, image, key=f"pred_{i}")
+        saliency_ui(*models[0], image)  # the first model chosen: one map per task

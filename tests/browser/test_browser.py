@@ -225,7 +225,9 @@ def test_draw_predicts_with_trained_models(app: Page, screenshot_dir):
     draw_stroke(app, [(0.5, 0.15), (0.5, 0.85)])  # a "1"
     expect(app.get_by_text("Model input")).to_be_visible(timeout=T)
     expect(app.get_by_text("28×28 from the canvas")).to_be_visible(timeout=T)
-    expect(app.get_by_test_id("stImage")).to_have_count(1, timeout=T)
+    # The model input, then one saliency map per task of the first model (a two-task MLP).
+    expect(app.get_by_test_id("stImage")).to_have_count(3, timeout=T)
+    expect(app.get_by_text("Which pixels drove each answer").first).to_be_visible()
     # One answer per model and binary task: "<question> → <class> (P(<class>) = NN%)".
     expect(app.get_by_text(answer_re("Is it even?"))).to_have_count(2, timeout=T)
     expect(app.get_by_text(answer_re("Is it 3, 6 or 9?"))).to_have_count(2)
