@@ -152,7 +152,9 @@ def error_histogram(true: np.ndarray, pred: np.ndarray) -> go.Figure:
 def alpha_heatmaps(alphas: list[list[list[float]]], tasks: list[str], title: str = "") -> go.Figure:
     """One T x T heatmap per cross-stitch unit, values written in the cells."""
     n = len(alphas)
-    fig = make_subplots(rows=1, cols=n, subplot_titles=[f"unit {u + 1} (after hidden layer {u + 1})" for u in range(n)])
+    # Two units: the MLP's (after each hidden layer); three: the CNN's (after each conv block and the FC layer).
+    where = ["conv block 1", "conv block 2", "the FC layer"] if n == 3 else [f"hidden layer {u + 1}" for u in range(n)]
+    fig = make_subplots(rows=1, cols=n, subplot_titles=[f"unit {u + 1} (after {where[u]})" for u in range(n)])
     for u, a in enumerate(alphas):
         fig.add_trace(
             go.Heatmap(

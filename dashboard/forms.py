@@ -47,7 +47,8 @@ def form_values(config: TrainConfig) -> dict:
     link and "train again" can set them and the browser shows what they set. The fields are the link's
     (`dashboard/links.FIELDS`: a widget key is f_<link name>_<model>), so form and link cannot drift."""
     k = f"_{config.model}"
-    shown = {"ainit": config.model == "cross_stitch", "amult": config.model == "cross_stitch"}
+    mixes = "alpha_init" in MODELS[config.model].settings  # a cross-stitch model (MLP or CNN)
+    shown = {"ainit": mixes, "amult": mixes}
     shown["cl"] = MODELS[config.model].family == "cnn"
     d = {}
     for name, field in FIELDS.items():
@@ -169,7 +170,7 @@ def train_form_ui(model: str) -> dict | None:
         data = show("data", lambda: c1.selectbox("Data", SOURCES, format_func=source_name, key=f"f_data{k}"))
         label = c2.text_input("Run name (optional)", max_chars=40, key=f"f_label{k}")
         extra: dict = {}
-        if model == "cross_stitch":  # the alphas are the point of this model: kept in sight
+        if "alpha_init" in MODELS[model].settings:  # cross-stitch: the alphas are the point, kept in sight
             c1, c2 = st.columns(2)
             extra["alpha_init"] = show(
                 "ainit",

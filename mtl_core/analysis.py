@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .data import SOURCES, MTLData
-from .models import MultiTaskModel
+from .models import MODELS, MultiTaskModel
 from .predict import predict
 from .reference import SEED_MODELS, SEED_STUDY
 from .tasks import TASKS, VALUE_SCALE, get_task, make_targets
@@ -43,11 +43,17 @@ def data_source(run: dict) -> str:
     return resolved if resolved in SOURCES else run["config"]["data"]
 
 
+def _baseline_model(run: dict) -> str:
+    """The single-task model of the run's family: STL MLPs for the MLPs, one CNN per task for the CNNs."""
+    spec = MODELS.get(run["model"])
+    return spec.baseline if spec else "stl"
+
+
 def _stl_baseline(run: dict, runs: list[dict]) -> dict | None:
-    """The newest finished STL run with the same tasks on the same data source."""
+    """The newest finished single-task run of the same family with the same tasks on the same data source."""
     for r in runs:
         if (
-            r["model"] == "stl"
+            r["model"] == _baseline_model(run)
             and r["status"] == "finished"
             and r["best"]
             and set(r["config"]["tasks"]) == set(run["config"]["tasks"])
@@ -59,13 +65,14 @@ def _stl_baseline(run: dict, runs: list[dict]) -> dict | None:
 
 def delta_m_missing(run: dict, pool: list[dict]) -> str:
     """Why a run has no Δm in the comparison table ("" when it has one)."""
-    if run["model"] == "stl":
+    if run["model"] == _baseline_model(run):
         return "STL is the baseline Δm is measured against"
     if not run["best"]:
         return "no finished epoch yet"
     if _stl_baseline(run, sorted(pool, key=lambda r: r["created"], reverse=True)) is None:
         tasks = "+".join(run["config"]["tasks"])
-        return f"no finished STL run on {tasks} with {data_source(run)} to compare with (train one)"
+        baseline = "STL" if _baseline_model(run) == "stl" else "single-task CNN"
+        return f"no finished {baseline} run on {tasks} with {data_source(run)} to compare with (train one)"
     return ""
 
 
@@ -85,7 +92,7 @@ def compare_rows(runs: list[dict], pool: list[dict] | None = None, rounded: bool
     for r in runs:
         # The columns people compare first come first (the table is wider than a laptop screen).
         base = _stl_baseline(r, pool)
-        dm = delta_m(r["best"], base["best"]) if (base and r["best"] and r["model"] != "stl") else None
+        dm = delta_m(r["best"], base["best"]) if (base and r["best"] and r["model"] != _baseline_model(r)) else None
         row = {
             "run": run_label(r),
             "best avg acc %": None if r["best_avg"] is None else round_(100 * r["best_avg"], 2),

@@ -228,6 +228,69 @@ class MMoEMLP(MultiTaskModel):
         return [self.w1, self.b1, self.w2, self.b2]  # the gates and heads are each task's own
 
 
+def _cnn_head(name: str) -> nn.Sequential:
+    """The tutorial's small MLP head on the 128-d features: 64 hidden units for the digit, 32 otherwise."""
+    hidden = 64 if get_task(name).kind == "multiclass" else 32
+    return nn.Sequential(nn.Linear(128, hidden), nn.ReLU(), nn.Dropout(0.3), nn.Linear(hidden, head_dim(name, "cnn")))
+
+
+def _cnn_stages() -> nn.ModuleList:
+    """The tutorial CNN's trunk as the three stages a cross-stitch unit can follow: conv block 1, conv
+    block 2, and the 3136 -> 128 fully connected layer (the same layers as MultiTaskCNN.trunk)."""
+    return nn.ModuleList(
+        [
+            nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2)),
+            nn.Sequential(nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2)),
+            nn.Sequential(nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Dropout(0.5)),
+        ]
+    )
+
+
+class _ColumnsCNN(MultiTaskModel):
+    """One full tutorial CNN per task (a column: both conv blocks and the FC layer), each with its head."""
+
+    family = "cnn"
+    mixing = False
+
+    def __init__(self, tasks: tuple[str, ...], alpha_init: str = "identity"):
+        super().__init__(tasks)
+        self.columns = nn.ModuleList([_cnn_stages() for _ in self.tasks])
+        self.heads = nn.ModuleDict({name: _cnn_head(name) for name in self.tasks})
+        if self.mixing:
+            init = alpha_matrix(alpha_init, len(self.tasks))
+            self.alpha = nn.ParameterList([nn.Parameter(init.clone()) for _ in range(3)])
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        hs = [x] * len(self.tasks)
+        for stage in range(3):
+            hs = [column[stage](h) for column, h in zip(self.columns, hs)]
+            if self.mixing:  # h_i <- sum_j alpha[i, j] h_j, after each stage
+                stacked = torch.stack(hs)
+                hs = list(torch.einsum("ij,j...->i...", self.alpha[stage].to(stacked.dtype), stacked).unbind(0))
+        return {name: _finish(name, self.heads[name](h).float()) for name, h in zip(self.tasks, hs)}
+
+
+class STLCNN(_ColumnsCNN):
+    """The CNN baseline: one independent tutorial CNN per task; nothing shared."""
+
+
+class CrossStitchCNN(_ColumnsCNN):
+    """Cross-stitch (Misra et al. 2016) on the tutorial CNN: one column per task, mixed by a learned
+    T x T matrix after each conv block and after the FC layer."""
+
+    mixing = True
+
+    def alphas(self) -> list[list[list[float]]]:
+        return [a.detach().cpu().tolist() for a in self.alpha]
+
+    def alpha_parameters(self) -> list[nn.Parameter]:
+        return list(self.alpha)
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        # Mixed after the first block, every column feeds every task; only the heads are a task's own.
+        return [p for column in self.columns for p in column.parameters()] + list(self.alpha)
+
+
 class MultiTaskCNN(MultiTaskModel):
     """The 4-task CNN tutorial: conv-BN-ReLU-pool x2, 3136 -> 128 shared, a small MLP head per task."""
 
@@ -250,13 +313,7 @@ class MultiTaskCNN(MultiTaskModel):
             nn.Dropout(0.5),
         )
 
-        def head(name: str) -> nn.Sequential:
-            hidden = 64 if get_task(name).kind == "multiclass" else 32
-            return nn.Sequential(
-                nn.Linear(128, hidden), nn.ReLU(), nn.Dropout(0.3), nn.Linear(hidden, head_dim(name, "cnn"))
-            )
-
-        self.heads = nn.ModuleDict({name: head(name) for name in self.tasks})
+        self.heads = nn.ModuleDict({name: _cnn_head(name) for name in self.tasks})
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         z = self.trunk(x)
@@ -278,12 +335,13 @@ class ModelSpec:
     builder: Callable[..., MultiTaskModel]
     description: str
     settings: tuple[str, ...] = ()  # the config fields its builder takes besides the tasks
+    baseline: str = "stl"  # the single-task model of its family, which Δm is measured against
 
 
 MODELS: dict[str, ModelSpec] = {
     "stl": ModelSpec(
         "stl",
-        "Single-task (STL)",
+        "STL",
         "mlp",
         ("even", "mult3"),
         STLMLP,
@@ -308,7 +366,7 @@ MODELS: dict[str, ModelSpec] = {
     ),
     "mmoe": ModelSpec(
         "mmoe",
-        "MMoE (gated experts)",
+        "MMoE",
         "mlp",
         ("even", "mult3"),
         MMoEMLP,
@@ -321,6 +379,26 @@ MODELS: dict[str, ModelSpec] = {
         ("digit", "even", "gt4", "value"),
         MultiTaskCNN,
         "Shared conv trunk (2 conv blocks, 128-d), a small MLP head per task.",
+        baseline="stl_cnn",
+    ),
+    "stl_cnn": ModelSpec(
+        "stl_cnn",
+        "STL CNNs",
+        "cnn",
+        ("digit", "even", "gt4", "value"),
+        STLCNN,
+        "One full tutorial CNN per task (2 conv blocks, 128-d FC, head); nothing is shared.",
+        baseline="stl_cnn",
+    ),
+    "cross_stitch_cnn": ModelSpec(
+        "cross_stitch_cnn",
+        "Cross-stitch CNN",
+        "cnn",
+        ("digit", "even", "gt4", "value"),
+        CrossStitchCNN,
+        "One tutorial CNN per task, mixed by learned alphas after each conv block and after the FC layer.",
+        settings=("alpha_init",),
+        baseline="stl_cnn",
     ),
 }
 

@@ -57,7 +57,13 @@ def test_every_run_without_a_delta_m_says_why():
     assert "baseline" in delta_m_missing(stl, [stl, hard])
     assert "no finished epoch" in delta_m_missing(run("hard", None, status="running"), [stl])
     cnn = run("cnn", best, tasks=("even", "digit"), created=3)
-    assert "no finished STL run on even+digit with mnist" in delta_m_missing(cnn, [stl, cnn])
+    # A CNN is measured against one CNN per task (its family's single-task model), never against MLPs.
+    stl_mlp_same_tasks = run("stl", best, tasks=("even", "digit"), created=4)
+    message = delta_m_missing(cnn, [stl, stl_mlp_same_tasks, cnn])
+    assert "no finished single-task CNN run on even+digit with mnist" in message
+    stl_cnn = run("stl_cnn", best, tasks=("even", "digit"), created=5)
+    assert delta_m_missing(cnn, [stl_cnn, cnn]) == ""
+    assert "baseline" in delta_m_missing(stl_cnn, [stl_cnn, cnn])
     assert "no finished STL run" in delta_m_missing(hard, [run("stl", best, data="synthetic"), hard])
 
 

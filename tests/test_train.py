@@ -18,19 +18,21 @@ def tiny(model="hard", **kw):
 
 @pytest.mark.parametrize("model", list(MODELS))
 def test_training_reduces_loss_on_synthetic(model, synthetic):
-    records = list(iter_train(tiny(model, epochs=3, max_batches=8 if model == "cnn" else 0), synthetic))
+    cnn = MODELS[model].family == "cnn"
+    records = list(iter_train(tiny(model, epochs=3, max_batches=8 if cnn else 0), synthetic))
     assert [r["epoch"] for r in records] == [1, 2, 3]
     assert records[-1]["train_loss_total"] < records[0]["train_loss_total"]
     for r in records:
         assert set(r["metrics"]) == set(TrainConfig.preset(model).tasks)
         assert all(math.isfinite(v) for v in r["train_loss"].values())
         assert r["seconds"] > 0 and r["lr"] > 0
-    if model == "cross_stitch":
-        assert len(records[0]["alphas"]) == 2 and len(records[0]["alphas"][0]) == 2
+    if "alpha_init" in MODELS[model].settings:  # cross-stitch: 2 units on the MLP, 3 on the CNN, T x T each
+        tasks = len(TrainConfig.preset(model).tasks)
+        assert len(records[0]["alphas"]) == (3 if cnn else 2) and len(records[0]["alphas"][0]) == tasks
         assert records[0]["alphas"] != records[-1]["alphas"]  # they are learned
     else:
         assert records[0]["alphas"] is None
-    if model == "cnn":
+    if cnn:
         assert {"mae", "rmse", "mae_digits"} <= set(records[0]["metrics"]["value"])
 
 
@@ -236,3 +238,12 @@ def test_stored_predictions_agree_with_the_recorded_accuracies_exactly(synthetic
     for task, m in training.best_record["metrics"].items():
         if "acc" in m:
             assert float(np.mean(preds[task]["true"] == preds[task]["pred"])) == pytest.approx(m["acc"], abs=1e-12)
+
+
+@pytest.mark.parametrize("tasks", [("digit",), ("mult3", "value"), ("digit", "even", "mult3", "gt4", "value")])
+@pytest.mark.parametrize("model", list(MODELS))
+def test_any_task_subset_trains_on_any_architecture(model, tasks, synthetic):
+    """Every model kind takes any subset of the five tasks (its family's heads: logits or one value)."""
+    cfg = TrainConfig.preset(model, tasks=tasks, epochs=1, max_batches=2, data="synthetic")
+    (record,) = list(iter_train(cfg, synthetic))
+    assert set(record["metrics"]) == set(tasks) and math.isfinite(record["train_loss_total"])

@@ -7,7 +7,10 @@ from dashboard.charts import alpha_animation, alpha_heatmaps, alpha_lines
 from dashboard.classroom import visible_runs
 from dashboard.state import get_store, read_if_changed, rerun_app
 from mtl_core.analysis import run_label
+from mtl_core.models import MODELS
 from mtl_core.runs import ACTIVE
+
+CROSS_STITCH_MODELS = [name for name, spec in MODELS.items() if "alpha_init" in spec.settings]
 
 st.title("🧵 Cross-stitch units")
 st.markdown(
@@ -17,7 +20,8 @@ st.markdown(
     "Identity means no sharing at all; rows of 0.5 / 0.5 mean the columns share everything."
 )
 
-runs = [r for r in visible_runs() if r["model"] == "cross_stitch" and r["status"] != "queued"]
+# Every cross-stitch kind (the MLP, or the CNN with units after each conv block and the FC layer).
+runs = [r for r in visible_runs() if r["model"] in CROSS_STITCH_MODELS and r["status"] != "queued"]
 if not runs:
     st.info(
         "No cross-stitch run yet. Train one on the **Train** page (model: Cross-stitch); "
