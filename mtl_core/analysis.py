@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .data import SOURCES, MTLData
+from .metrics import mean_by_key
 from .models import MODELS, MultiTaskModel
 from .predict import predict
 from .reference import SEED_MODELS, SEED_STUDY
@@ -248,10 +249,7 @@ def is_mistake(preds: dict[str, dict[str, np.ndarray]], i: int, value_tolerance:
 def run_affinity(records: list[dict]) -> dict[str, float]:
     """The lookahead affinity of a run (`Training._lookahead_affinity`), averaged over every probed epoch,
     as Fifty et al. average it over training: {"i|j": how much a step on task i lowered task j's loss}."""
-    probed = [r["conflict"]["affinity"] for r in records if (r.get("conflict") or {}).get("affinity")]
-    if not probed:
-        return {}
-    return {k: sum(p[k] for p in probed) / len(probed) for k in probed[0]}
+    return mean_by_key([r["conflict"]["affinity"] for r in records if (r.get("conflict") or {}).get("affinity")])
 
 
 def _partitions(items: list[str]):

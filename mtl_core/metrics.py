@@ -87,3 +87,10 @@ def selection_score(metrics: dict[str, dict[str, float]]) -> float:
         return avg
     maes = [m["mae"] for m in metrics.values()]
     return -sum(maes) / len(maes)
+
+
+def mean_by_key(dicts: list[dict[str, float]] | tuple[dict[str, float], ...]) -> dict[str, float]:
+    """The mean of each key over dicts that share their keys (those of the first); {} for none."""
+    if not dicts:
+        return {}
+    return {k: sum(d[k] for d in dicts) / len(dicts) for k in dicts[0]}

@@ -74,34 +74,59 @@ def _init_linear_(weight: torch.Tensor, bias: torch.Tensor) -> None:
     nn.init.uniform_(bias, -bound, bound)
 
 
+def _add_stacked_mlps(module: nn.Module, n: int) -> None:
+    """Give `module` n independent 784-64-32 MLPs as stacked tensors w1, b1, w2, b2 (one per layer),
+    each MLP initialised as nn.Linear would be."""
+    h1, h2 = MLP_HIDDEN
+    module.w1 = nn.Parameter(torch.empty(n, h1, IN_FEATURES))
+    module.b1 = nn.Parameter(torch.empty(n, h1))
+    module.w2 = nn.Parameter(torch.empty(n, h2, h1))
+    module.b2 = nn.Parameter(torch.empty(n, h2))
+    for i in range(n):
+        _init_linear_(module.w1.data[i], module.b1.data[i])
+        _init_linear_(module.w2.data[i], module.b2.data[i])
+
+
+def _run_stacked_mlps(
+    module: nn.Module, x: torch.Tensor, mix: Callable[[int, torch.Tensor], torch.Tensor] | None = None
+) -> torch.Tensor:
+    """All n stacked MLPs on a flat batch (B, 784) -> (n, B, 32); `mix(unit, h)` runs after each hidden ReLU."""
+    n, h1 = module.w1.shape[:2]
+    # All first layers in one matmul: (B, 784) @ (784, n*64).
+    a = torch.addmm(module.b1.reshape(-1), x, module.w1.reshape(n * h1, IN_FEATURES).t())
+    a = F.relu(a).reshape(-1, n, h1).transpose(0, 1)  # (n, B, 64)
+    if mix is not None:
+        a = mix(0, a)
+    a = F.relu(torch.baddbmm(module.b2.unsqueeze(1), a, module.w2.transpose(1, 2)))  # (n, B, 32)
+    return a if mix is None else mix(1, a)
+
+
 class _StackedColumns(MultiTaskModel):
     """T independent 784-64-32 MLP columns stored as stacked tensors, one head per task."""
 
     def __init__(self, tasks: tuple[str, ...]):
         super().__init__(tasks)
-        t, (h1, h2) = len(self.tasks), MLP_HIDDEN
-        self.w1 = nn.Parameter(torch.empty(t, h1, IN_FEATURES))
-        self.b1 = nn.Parameter(torch.empty(t, h1))
-        self.w2 = nn.Parameter(torch.empty(t, h2, h1))
-        self.b2 = nn.Parameter(torch.empty(t, h2))
-        for i in range(t):
-            _init_linear_(self.w1.data[i], self.b1.data[i])
-            _init_linear_(self.w2.data[i], self.b2.data[i])
-        self.heads = nn.ModuleDict({name: nn.Linear(h2, head_dim(name, "mlp")) for name in self.tasks})
+        _add_stacked_mlps(self, len(self.tasks))
+        self.heads = nn.ModuleDict({name: nn.Linear(MLP_HIDDEN[1], head_dim(name, "mlp")) for name in self.tasks})
 
     def _mix(self, unit: int, h: torch.Tensor) -> torch.Tensor:
         return h
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        t, (h1, _) = len(self.tasks), MLP_HIDDEN
-        x = x.reshape(x.shape[0], -1)
-        # All columns' first layers in one matmul: (B, 784) @ (784, T*64).
-        a = torch.addmm(self.b1.reshape(-1), x, self.w1.reshape(t * h1, IN_FEATURES).t())
-        a = F.relu(a).reshape(-1, t, h1).transpose(0, 1)  # (T, B, 64)
-        a = self._mix(0, a)
-        a = F.relu(torch.baddbmm(self.b2.unsqueeze(1), a, self.w2.transpose(1, 2)))  # (T, B, 32)
-        a = self._mix(1, a)
+        a = _run_stacked_mlps(self, x.reshape(x.shape[0], -1), self._mix)
         return {name: _finish(name, self.heads[name](a[i])) for i, name in enumerate(self.tasks)}
+
+
+class _CrossStitch:
+    """What both cross-stitch models (MLP and CNN) share: their mixing matrices `alpha`, one per unit."""
+
+    alpha: nn.ParameterList
+
+    def alphas(self) -> list[list[list[float]]]:
+        return [a.detach().cpu().tolist() for a in self.alpha]
+
+    def alpha_parameters(self) -> list[nn.Parameter]:
+        return list(self.alpha)
 
 
 class STLMLP(_StackedColumns):
@@ -111,7 +136,7 @@ class STLMLP(_StackedColumns):
     stacked tensors takes exactly the steps separate per-task Adams would (Adam is elementwise)."""
 
 
-class CrossStitchMLP(_StackedColumns):
+class CrossStitchMLP(_CrossStitch, _StackedColumns):
     """Two (or T) columns mixed after each hidden ReLU by a learned T x T matrix (Misra et al., 2016):
     h_i <- sum_j alpha[i, j] h_j. Row i is what task i's column reads: alpha[i, i] is the same-task
     weight, alpha[i, j != i] the other-task weights."""
@@ -125,15 +150,9 @@ class CrossStitchMLP(_StackedColumns):
         t, b, width = h.shape
         return (self.alpha[unit] @ h.reshape(t, b * width)).reshape(t, b, width)
 
-    def alphas(self) -> list[list[list[float]]]:
-        return [a.detach().cpu().tolist() for a in self.alpha]
-
     def shared_parameters(self) -> list[nn.Parameter]:
         # The mixing makes every column feed every task from the first unit on; only the heads are a task's own.
         return [self.w1, self.b1, self.w2, self.b2, *self.alpha]
-
-    def alpha_parameters(self) -> list[nn.Parameter]:
-        return list(self.alpha)
 
 
 def _convex(same: float) -> Callable[[int], torch.Tensor]:
@@ -192,23 +211,9 @@ class MMoEMLP(MultiTaskModel):
 
     def __init__(self, tasks: tuple[str, ...], n_experts: int = MMOE_EXPERTS):
         super().__init__(tasks)
-        e, (h1, h2) = n_experts, MLP_HIDDEN
-        self.w1 = nn.Parameter(torch.empty(e, h1, IN_FEATURES))
-        self.b1 = nn.Parameter(torch.empty(e, h1))
-        self.w2 = nn.Parameter(torch.empty(e, h2, h1))
-        self.b2 = nn.Parameter(torch.empty(e, h2))
-        for i in range(e):
-            _init_linear_(self.w1.data[i], self.b1.data[i])
-            _init_linear_(self.w2.data[i], self.b2.data[i])
-        self.gates = nn.ModuleDict({name: nn.Linear(IN_FEATURES, e) for name in self.tasks})
-        self.heads = nn.ModuleDict({name: nn.Linear(h2, head_dim(name, "mlp")) for name in self.tasks})
-
-    def experts(self, x: torch.Tensor) -> torch.Tensor:
-        """Every expert's output for a batch: (E, B, 32)."""
-        e, (h1, _) = self.w1.shape[0], MLP_HIDDEN
-        a = torch.addmm(self.b1.reshape(-1), x, self.w1.reshape(e * h1, IN_FEATURES).t())
-        a = F.relu(a).reshape(-1, e, h1).transpose(0, 1)  # (E, B, 64)
-        return F.relu(torch.baddbmm(self.b2.unsqueeze(1), a, self.w2.transpose(1, 2)))
+        _add_stacked_mlps(self, n_experts)  # the experts
+        self.gates = nn.ModuleDict({name: nn.Linear(IN_FEATURES, n_experts) for name in self.tasks})
+        self.heads = nn.ModuleDict({name: nn.Linear(MLP_HIDDEN[1], head_dim(name, "mlp")) for name in self.tasks})
 
     def gate_weights(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Each task's weights over the experts for a batch: {task: (B, E)}, rows summing to 1."""
@@ -217,7 +222,7 @@ class MMoEMLP(MultiTaskModel):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = x.reshape(x.shape[0], -1)
-        h = self.experts(x)
+        h = _run_stacked_mlps(self, x)  # every expert's output: (E, B, 32)
         out = {}
         for name, g in self.gate_weights(x).items():
             mixed = torch.einsum("be,ebk->bk", g, h)
@@ -274,17 +279,11 @@ class STLCNN(_ColumnsCNN):
     """The CNN baseline: one independent tutorial CNN per task; nothing shared."""
 
 
-class CrossStitchCNN(_ColumnsCNN):
+class CrossStitchCNN(_CrossStitch, _ColumnsCNN):
     """Cross-stitch (Misra et al. 2016) on the tutorial CNN: one column per task, mixed by a learned
     T x T matrix after each conv block and after the FC layer."""
 
     mixing = True
-
-    def alphas(self) -> list[list[list[float]]]:
-        return [a.detach().cpu().tolist() for a in self.alpha]
-
-    def alpha_parameters(self) -> list[nn.Parameter]:
-        return list(self.alpha)
 
     def shared_parameters(self) -> list[nn.Parameter]:
         # Mixed after the first block, every column feeds every task; only the heads are a task's own.
@@ -298,20 +297,8 @@ class MultiTaskCNN(MultiTaskModel):
 
     def __init__(self, tasks: tuple[str, ...]):
         super().__init__(tasks)
-        self.trunk = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1),
-            nn.BatchNorm2d(32),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1),
-            nn.BatchNorm2d(64),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Flatten(),
-            nn.Linear(64 * 7 * 7, 128),
-            nn.ReLU(),
-            nn.Dropout(0.5),
-        )
+        # The stages flattened into one Sequential: the layer indices (trunk.0 .. trunk.11) saved models use.
+        self.trunk = nn.Sequential(*(layer for stage in _cnn_stages() for layer in stage))
 
         self.heads = nn.ModuleDict({name: _cnn_head(name) for name in self.tasks})
 

@@ -17,10 +17,10 @@ import torch
 from .config import ConfigError, TrainConfig
 from .data import MTLData, batch_indices
 from .fastpath import FlatAdam, fast_path_refusal, make_step
-from .metrics import MetricAccumulator, average_accuracy, probabilities, selection_score, task_loss
+from .metrics import MetricAccumulator, average_accuracy, mean_by_key, probabilities, selection_score, task_loss
 from .models import MultiTaskModel, build_model, count_parameters
 from .tasks import make_targets
-from .weighting import build_weighting, task_gradient_rows
+from .weighting import build_weighting, split_like, task_gradient_rows
 
 # Gradient-conflict probes per epoch: each costs one forward and one backward per task on one batch.
 CONFLICT_PROBES = 4
@@ -227,11 +227,8 @@ class Training:
                 before = losses()
                 affinity = {}
                 for t, row in zip(tasks, rows):
-                    stepped, start = {}, 0
-                    for name, p in zip(self._shared_names, self._shared):
-                        stepped[name] = p - lr * row[start : start + p.numel()].view_as(p).to(p.dtype)
-                        start += p.numel()
-                    after = losses(stepped)
+                    step = split_like(row, self._shared)
+                    after = losses({n: p - lr * g for n, p, g in zip(self._shared_names, self._shared, step)})
                     for u in tasks:
                         affinity[f"{t}|{u}"] = 1.0 - after[u] / max(before[u], 1e-12)
         finally:
@@ -244,12 +241,12 @@ class Training:
         probes, self._conflict = self._conflict, []
         if not probes:
             return None
-        n = len(probes)
+        cos, norm, affinity = zip(*probes)
         return {
-            "cos": {k: sum(p[0][k] for p in probes) / n for k in probes[0][0]},
-            "norm": {k: sum(p[1][k] for p in probes) / n for k in probes[0][1]},
-            "affinity": {k: sum(p[2][k] for p in probes) / n for k in probes[0][2]},  # "i|j": step on i, j's loss
-            "probes": n,
+            "cos": mean_by_key(cos),
+            "norm": mean_by_key(norm),
+            "affinity": mean_by_key(affinity),  # "i|j": a step on task i, the change of task j's loss
+            "probes": len(probes),
         }
 
     def _autocast(self):

@@ -33,13 +33,18 @@ def task_gradient_rows(losses: list[torch.Tensor], shared: list[nn.Parameter]) -
     return [torch.cat([g.reshape(-1) for g in grads]) for grads in _task_grads(losses, shared)]
 
 
-def _set_grads(params: list[nn.Parameter], flat: torch.Tensor) -> None:
-    start = 0
+def split_like(flat: torch.Tensor, params: list[nn.Parameter]) -> list[torch.Tensor]:
+    """A flat vector over `params` (a row of `task_gradient_rows`) cut back into one tensor per parameter."""
+    parts, start = [], 0
     for p in params:
-        n = p.numel()
-        g = flat[start : start + n].view_as(p).to(p.dtype)
+        parts.append(flat[start : start + p.numel()].view_as(p).to(p.dtype))
+        start += p.numel()
+    return parts
+
+
+def _set_grads(params: list[nn.Parameter], flat: torch.Tensor) -> None:
+    for p, g in zip(params, split_like(flat, params)):
         p.grad = g.clone() if p.grad is None else p.grad + g
-        start += n
 
 
 class Weighting(nn.Module):
@@ -94,21 +99,18 @@ class _LossWeighting(Weighting):
     def extra(self) -> torch.Tensor | float:
         return 0.0
 
-    def forward(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The objective itself (what `backward` differentiates)."""
-        weights = self.weights_now()
+    def _objective(self, losses: dict[str, torch.Tensor], weights: dict) -> torch.Tensor:
         return sum(weights[t] * loss for t, loss in losses.items() if t in weights) + self.extra()
 
+    def forward(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The objective itself (what `backward` differentiates)."""
+        return self._objective(losses, self.weights_now())
+
     def backward(self, losses, shared, others):
-        weights = self.weights_now()
-        total = self(losses)
+        weights = self.weights_now()  # once a step: the objective and the record use the same weights
+        total = self._objective(losses, weights)
         total.backward()
-        self._record(
-            {
-                t: float(weights[t].detach() if torch.is_tensor(weights[t]) else weights[t]) if t in weights else 0.0
-                for t in losses
-            }
-        )
+        self._record({t: float(torch.as_tensor(weights.get(t, 0.0)).detach()) for t in losses})
         return total.detach()
 
 
