@@ -32,8 +32,10 @@ def _layout(fig: go.Figure, title: str, height: int = 330) -> go.Figure:
 
 
 def training_curves(records: list[dict], total_epochs: int | None = None) -> go.Figure:
-    """Train loss per task (left) and test metric per task plus the average (right)."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("Train loss per task", "Test metric per task"))
+    """Train loss per task (left) and test metric per task plus the average (right); the validation
+    metric where the run held digits out to pick its best epoch on."""
+    split = records[0].get("split", "test") if records else "test"
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Train loss per task", f"{split.capitalize()} metric per task"))
     epochs = [r["epoch"] for r in records]
     tasks = list(records[0]["train_loss"]) if records else []
     for i, t in enumerate(tasks):
@@ -74,14 +76,32 @@ def training_curves(records: list[dict], total_epochs: int | None = None) -> go.
     return _layout(fig, "", height=360)
 
 
-def overlay(series: dict[str, tuple[list, list]], title: str, y_title: str, y_max: float | None = None) -> go.Figure:
+def _rgba(hex_color: str, alpha: float) -> str:
+    r, g, b = (int(hex_color[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def overlay(
+    series: dict[str, tuple[list, list]],
+    title: str,
+    y_title: str,
+    y_max: float | None = None,
+    spread: dict[str, list[float]] | None = None,
+) -> go.Figure:
+    """One line per series; where `spread` gives a series its standard deviation per point (runs over
+    several seeds: the line is their mean), a shaded band of mean ± std around it."""
     fig = go.Figure()
     for i, (name, (x, y)) in enumerate(series.items()):
-        fig.add_trace(
-            go.Scatter(
-                x=x, y=y, name=chart_text(name), mode="lines+markers", line=dict(color=PALETTE[i % len(PALETTE)])
-            )
-        )
+        color = PALETTE[i % len(PALETTE)]
+        std = (spread or {}).get(name)
+        if std is not None and len(x):
+            # The band's lower edge, then its upper edge filled down to it; neither in the legend.
+            lower = [m - s for m, s in zip(y, std)]
+            upper = [m + s for m, s in zip(y, std)]
+            band = dict(x=x, mode="lines", line=dict(width=0), hoverinfo="skip", showlegend=False)
+            fig.add_trace(go.Scatter(y=lower, **band))
+            fig.add_trace(go.Scatter(y=upper, fill="tonexty", fillcolor=_rgba(color, 0.2), **band))
+        fig.add_trace(go.Scatter(x=x, y=y, name=chart_text(name), mode="lines+markers", line=dict(color=color)))
     epoch_axis(fig, max((x[-1] for x, _ in series.values() if len(x)), default=1))
     fig.update_yaxes(title_text=y_title)
     if y_max is not None:
@@ -89,21 +109,31 @@ def overlay(series: dict[str, tuple[list, list]], title: str, y_title: str, y_ma
     return _layout(fig, title)
 
 
-def bars(names: list[str], values: list, title: str, fmt: str = "{:,}", zoom: bool = False) -> go.Figure:
-    """One bar per run. `zoom` starts the axis near the smallest value, so 97.8 and 98.7 do not look
-    the same (the title says the axis is cut)."""
+def bars(
+    names: list[str], values: list, title: str, fmt: str = "{:,}", zoom: bool = False, errors: list | None = None
+) -> go.Figure:
+    """One bar per run (or per configuration: its mean, with `errors` its std over seeds as error bars).
+    `zoom` starts the axis near the smallest value, so 97.8 and 98.7 do not look the same (the title
+    says the axis is cut)."""
+    errors = errors or [None] * len(values)
+
+    def text(v, e) -> str:
+        return "-" if v is None else fmt.format(v) + ("" if e is None else f" ± {fmt.format(e)}")
+
     fig = go.Figure(
         go.Bar(
             x=[chart_text(n) for n in names],
             y=values,
-            text=[fmt.format(v) if v is not None else "-" for v in values],
+            text=[text(v, e) for v, e in zip(values, errors)],
             marker_color=PALETTE[: len(names)],
             textposition="auto",
+            error_y=dict(type="data", array=[e or 0.0 for e in errors], visible=any(e is not None for e in errors)),
         )
     )
     shown = [v for v in values if v is not None]
     if zoom and shown:
-        lo, hi = min(shown), max(shown)
+        lo = min(v - (e or 0.0) for v, e in zip(values, errors) if v is not None)
+        hi = max(v + (e or 0.0) for v, e in zip(values, errors) if v is not None)
         pad = max(0.5, (hi - lo) * 0.5)
         fig.update_yaxes(range=[max(0.0, lo - pad), hi + pad / 4])
         title += f" · axis starts at {round(max(0.0, lo - pad), 1):g}"

@@ -22,6 +22,8 @@ from mtl_core.reference import SEED_MODELS
 from mtl_core.tasks import TASKS
 from mtl_core.weighting import WEIGHTINGS
 
+MAX_SEEDS = 10  # runs one Start may queue (each is a job of its own in the class's queue)
+
 SOURCE_NAMES = {
     "auto": "auto (full MNIST if available, else the embedded subset)",
     "mnist": "full MNIST (60,000 / 10,000)",
@@ -58,6 +60,7 @@ def form_values(config: TrainConfig) -> dict:
             d[f"f_{name}{k}"] = list(value) if field == "tasks" else _WIDGET_TYPE.get(field_kind(name), str)(value)
     d[f"f_gpu{k}"] = config.device == "cuda"
     d[f"f_label{k}"] = ""
+    d[f"f_nseeds{k}"] = 1  # not a config field: how many runs (seeds) one Start queues
     d |= {f"f_w_{t}{k}": float(config.weight(t)) for t in TASKS}
     return d
 
@@ -194,13 +197,35 @@ def train_form_ui(model: str) -> dict | None:
         # Start sits above the rarely changed settings, so on a projector it and the live curves it
         # starts are both in view without scrolling; a form submits every field wherever it is.
         submitted = st.form_submit_button("Start training", type="primary", key=f"train_submit{k}")
-        with st.expander("More settings: optimiser, seed, fewer digits, precision, GPU"):
-            c1, c2, c3 = st.columns(3)
+        with st.expander("More settings: optimiser, seeds, validation split, fewer digits, precision, GPU"):
+            c1, c2 = st.columns(2)
             optimizer = show("opt", lambda: c1.selectbox("Optimiser", OPTIMIZERS, key=f"f_opt{k}"))
             weight_decay = show(
                 "wd", lambda: c2.number_input("Weight decay", 0.0, 1.0, step=1e-4, format="%.5f", key=f"f_wd{k}")
             )
-            seed = show("seed", lambda: c3.number_input("Seed", 0, 2**31 - 1, key=f"f_seed{k}"))
+            c1, c2, c3 = st.columns(3)
+            seed = show("seed", lambda: c1.number_input("Seed", 0, 2**31 - 1, key=f"f_seed{k}"))
+            n_seeds = c2.number_input(
+                "Runs (seeds)",
+                1,
+                MAX_SEEDS,
+                key=f"f_nseeds{k}",
+                help="Queue one run per seed (seed, seed + 1, ...). Compare then shows the mean ± std over "
+                "them and the curves with a band: a difference smaller than the spread between seeds is noise.",
+            )
+            val_split = show(
+                "val",
+                lambda: c3.number_input(
+                    "Validation digits",
+                    0,
+                    30000,
+                    step=1000,
+                    key=f"f_val{k}",
+                    help="Hold out this many training digits to pick the best epoch on; the test set is then "
+                    "scored once, at the end. 0 keeps the reference studies' choice: the best epoch is picked "
+                    "on the test set, which flatters the result a little.",
+                ),
+            )
             train_limit = show(
                 "limit",
                 lambda: st.number_input(
@@ -283,6 +308,8 @@ def train_form_ui(model: str) -> dict | None:
         seed=int(seed),
         data=data,
         train_limit=int(train_limit),
+        val_split=int(val_split),
+        n_seeds=int(n_seeds),
         device="cuda" if use_gpu else "cpu",
         loss_weights={t: w for t, w in weights.items() if t in tasks and w != 1.0},
         loss_weighting=weighting,
@@ -292,6 +319,15 @@ def train_form_ui(model: str) -> dict | None:
         label=label.strip(),
         **extra,
     )
+
+
+def seed_runs(config: TrainConfig, label: str, n_seeds: int) -> tuple[list[TrainConfig], list[str]]:
+    """The runs one Start queues: `config` over `n_seeds` seeds, each named with its seed when there are
+    several (Compare groups them back into one configuration)."""
+    configs = config.over_seeds(n_seeds)
+    if n_seeds == 1:
+        return configs, [label]
+    return configs, [f"{label or config.model} · seed {c.seed}" for c in configs]
 
 
 def share_link_ui(config: TrainConfig, key: str) -> None:

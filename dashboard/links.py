@@ -24,6 +24,7 @@ FIELDS = {
     "wd": "weight_decay",
     "seed": "seed",
     "limit": "train_limit",
+    "val": "val_split",
     "weighting": "loss_weighting",
     "sched": "scheduler",
     "step": "step_size",

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 import numpy as np
 import torch
 
+from .config import TrainConfig
 from .data import SOURCES, MTLData
 from .metrics import mean_by_key
 from .models import MODELS, MultiTaskModel
@@ -50,31 +52,71 @@ def _baseline_model(run: dict) -> str:
     return spec.baseline if spec else "stl"
 
 
+# A fair single-task baseline saw the same digits for as long: same data, seed and training budget.
+BUDGET_FIELDS = ("epochs", "train_limit", "max_batches", "val_split")
+
+
+def _budget(run: dict) -> tuple:
+    c = run["config"]
+    return (data_source(run), c.get("seed", 0), *(c.get(f, 20 if f == "epochs" else 0) for f in BUDGET_FIELDS))
+
+
+def _budget_words(run: dict) -> str:
+    c = run["config"]
+    words = [f"seed {c.get('seed', 0)}", f"{c.get('epochs', 20)} epochs", data_source(run)]
+    if c.get("train_limit"):
+        words.append(f"first {c['train_limit']:,} digits")
+    if c.get("max_batches"):
+        words.append(f"{c['max_batches']} batches an epoch")
+    if c.get("val_split"):
+        words.append(f"{c['val_split']:,} validation digits")
+    return ", ".join(words)
+
+
+def _could_be_baseline(candidate: dict, run: dict) -> bool:
+    """`candidate` is the single-task model of `run`'s family on the same tasks, data, seed and budget."""
+    return (
+        candidate["model"] == _baseline_model(run)
+        and set(candidate["config"]["tasks"]) == set(run["config"]["tasks"])
+        and _budget(candidate) == _budget(run)
+    )
+
+
 def _stl_baseline(run: dict, runs: list[dict]) -> dict | None:
-    """The newest finished single-task run of the same family with the same tasks on the same data source."""
+    """The newest finished single-task run of the same family with the same tasks, data, seed and budget."""
     for r in runs:
-        if (
-            r["model"] == _baseline_model(run)
-            and r["status"] == "finished"
-            and r["best"]
-            and set(r["config"]["tasks"]) == set(run["config"]["tasks"])
-            and data_source(r) == data_source(run)
-        ):
+        if r["status"] == "finished" and r["best"] and _could_be_baseline(r, run):
             return r
     return None
+
+
+def _baseline_title(run: dict) -> str:
+    return "STL" if _baseline_model(run) == "stl" else "single-task CNN"
 
 
 def delta_m_missing(run: dict, pool: list[dict]) -> str:
     """Why a run has no Δm in the comparison table ("" when it has one)."""
     if run["model"] == _baseline_model(run):
-        return "STL is the baseline Δm is measured against"
+        return f"{_baseline_title(run)} is the baseline Δm is measured against"
     if not run["best"]:
         return "no finished epoch yet"
     if _stl_baseline(run, sorted(pool, key=lambda r: r["created"], reverse=True)) is None:
         tasks = "+".join(run["config"]["tasks"])
-        baseline = "STL" if _baseline_model(run) == "stl" else "single-task CNN"
-        return f"no finished {baseline} run on {tasks} with {data_source(run)} to compare with (train one)"
+        return (
+            f"no finished {_baseline_title(run)} run on {tasks} with the same {_budget_words(run)} "
+            "to compare with (train one)"
+        )
     return ""
+
+
+def baseline_config(run: dict) -> dict:
+    """The config (as a dict) of the single-task run that would give `run` its Δm: the family's
+    single-task model at its reference recipe, on the same tasks, data, seed and budget."""
+    c = run["config"]
+    same = {f: c[f] for f in ("tasks", "data", "seed", *BUDGET_FIELDS) if f in c}
+    same["tasks"] = tuple(same["tasks"])
+    same["data"] = data_source(run)
+    return TrainConfig.preset(_baseline_model(run), **same).to_dict()
 
 
 def run_label(run: dict) -> str:
@@ -112,9 +154,160 @@ def compare_rows(runs: list[dict], pool: list[dict] | None = None, rounded: bool
             data=data_source(r),
             epochs=r["config"]["epochs"],
             best_epoch=r["best_epoch"],
+            **{"best epoch picked on": picked_on(r)},
         )
         rows.append(row)
     return rows
+
+
+# ----------------------------------------------------------------------------- runs over several seeds
+
+
+def group_key(run: dict) -> str:
+    """Runs with the same key differ only in their seed: one configuration, trained N times."""
+    config = {k: v for k, v in run["config"].items() if k != "seed"}
+    config["data"] = data_source(run)
+    config["tasks"] = sorted(config["tasks"])
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+def seed_groups(runs: list[dict]) -> list[list[dict]]:
+    """`runs` grouped by configuration (seed aside), in the order each configuration first appears;
+    within a group, by seed."""
+    groups: dict[str, list[dict]] = {}
+    for r in runs:
+        groups.setdefault(group_key(r), []).append(r)
+    return [sorted(g, key=lambda r: r["config"].get("seed", 0)) for g in groups.values()]
+
+
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (n - 1); std is None for fewer than two values."""
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def seeds_text(group: list[dict]) -> str:
+    return ", ".join(str(r["config"].get("seed", 0)) for r in group)
+
+
+def base_label(run: dict) -> str:
+    """The run's name without the " · seed N" the Train page adds to each run of a multi-seed start."""
+    return re.sub(r" · seed \d+$", "", run.get("label") or "") or run["model"]
+
+
+def group_label(group: list[dict]) -> str:
+    r = group[0]
+    name = base_label(r)
+    seeds = f"seed {seeds_text(group)}" if len(group) == 1 else f"{len(group)} seeds ({seeds_text(group)})"
+    return f"{name} · {'+'.join(r['config']['tasks'])} · {seeds}"
+
+
+def group_delta_m(group: list[dict], pool: list[dict]) -> tuple[list[float], str]:
+    """Δm of each finished run of the group against the single-task run with its own seed and budget
+    (paired by seed), and why there is none ("" when every finished run has its baseline)."""
+    finished = [r for r in group if r["status"] == "finished" and r["best"]]
+    if not finished:
+        return [], "no finished run yet"
+    if finished[0]["model"] == _baseline_model(finished[0]):
+        return [], f"{_baseline_title(finished[0])} is the baseline Δm is measured against"
+    pool = sorted(pool, key=lambda r: r["created"], reverse=True)
+    values, missing = [], []
+    for r in finished:
+        base = _stl_baseline(r, pool)
+        dm = delta_m(r["best"], base["best"]) if base else None
+        if dm is None:
+            missing.append(str(r["config"].get("seed", 0)))
+        else:
+            values.append(dm)
+    if missing:
+        r = finished[0]
+        budget = _budget_words(r).split(", ", 1)[1]  # the seed is named apart
+        why = (
+            f"no finished {_baseline_title(r)} run on {'+'.join(r['config']['tasks'])} with seed "
+            f"{', '.join(missing)} and the same {budget} (train them)"
+        )
+        return [], why
+    return values, ""
+
+
+def missing_baselines(runs: list[dict], pool: list[dict]) -> list[dict]:
+    """Configs of the single-task runs that would give `runs` their Δm: each once, and none that is
+    already queued or training."""
+    pool = sorted(pool, key=lambda r: r["created"], reverse=True)
+    pending = [r for r in pool if r["status"] in ("queued", "running")]
+    out: list[dict] = []
+    for r in runs:
+        if r["model"] == _baseline_model(r) or not r["best"] or _stl_baseline(r, pool):
+            continue
+        config = baseline_config(r)
+        if not any(_could_be_baseline(p, r) for p in pending) and config not in out:
+            out.append(config)
+    return out
+
+
+def group_rows(groups: list[list[dict]], pool: list[dict], rounded: bool = True) -> list[dict]:
+    """One row per configuration: mean ± std over its finished seeds. `rounded` gives "mean ± std"
+    text for the screen; otherwise separate mean and std columns with every digit (the downloads)."""
+
+    def cell(row: dict, name: str, values: list[float], scale: float = 1.0, digits: int = 2) -> None:
+        mean, std = mean_std([v * scale for v in values if v is not None])
+        if rounded:
+            if mean is None:
+                row[name] = None
+            else:
+                row[name] = f"{mean:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
+        else:
+            row[f"{name} mean"], row[f"{name} std"] = mean, std
+
+    rows = []
+    for group in groups:
+        done = [r for r in group if r["status"] == "finished" and r["best"]]
+        first = group[0]
+        row: dict[str, Any] = {"configuration": group_label(group), "seeds": len(group), "finished": len(done)}
+        cell(row, "best avg acc %", [r["best_avg"] for r in done], 100)
+        dms, _ = group_delta_m(group, pool)
+        cell(row, "Δm vs STL %", dms)
+        row["params"] = first["params"]
+        cell(row, "train_s", [r["train_seconds"] for r in done], digits=1)
+        for task in TASKS:
+            if task not in first["config"]["tasks"]:
+                continue
+            if get_task(task).kind == "regression":
+                cell(row, f"{task} MAE (digits)", [r["best"][task]["mae"] for r in done], VALUE_SCALE, 3)
+            else:
+                cell(row, f"{task} acc %", [r["best"][task]["acc"] for r in done], 100)
+        row.update(
+            model=first["model"],
+            data=data_source(first),
+            epochs=first["config"]["epochs"],
+            **{"best epoch picked on": picked_on(first)},
+        )
+        rows.append(row)
+    return rows
+
+
+def picked_on(run: dict) -> str:
+    n = run["config"].get("val_split", 0)
+    return f"validation ({n:,} digits)" if n else "test set"
+
+
+def band(histories: list[list[dict]], key: str = "avg_acc") -> tuple[list[int], list[float], list[float]]:
+    """Per epoch, over the runs that reached it: the mean and the sample std of `key` (std 0 for one run)."""
+    epochs, means, stds = [], [], []
+    last = max((len(h) for h in histories), default=0)
+    for i in range(last):
+        values = [h[i][key] for h in histories if len(h) > i and h[i].get(key) is not None]
+        if not values:
+            continue
+        mean, std = mean_std(values)
+        epochs.append(next(h[i]["epoch"] for h in histories if len(h) > i))
+        means.append(mean)
+        stds.append(std or 0.0)
+    return epochs, means, stds
 
 
 def ordered_columns(rows: list[dict]) -> list[str]:
@@ -122,7 +315,8 @@ def ordered_columns(rows: list[dict]) -> list[str]:
     then every task's column in the task list's order, then the run's details."""
     seen = list(dict.fromkeys(k for r in rows for k in r))
     per_task = [c for t in TASKS for c in seen if c.startswith(f"{t} ")]
-    head = [c for c in seen if c not in per_task and c in ("run", "best avg acc %", "Δm vs STL %", "params", "train_s")]
+    summary = ("run", "configuration", "seeds", "finished", "best avg acc %", "Δm vs STL %", "params", "train_s")
+    head = [c for c in seen if c not in per_task and c.split(" mean")[0].split(" std")[0] in summary]
     return head + per_task + [c for c in seen if c not in head and c not in per_task]
 
 
@@ -181,13 +375,15 @@ def curve_rows(run: dict, records: list[dict]) -> list[dict]:
         e = rec["epoch"]
         for task, v in rec["train_loss"].items():
             rows.append({"run": label, "epoch": e, "task": task, "quantity": "train loss", "value": v})
-        for task, v in (rec.get("test_loss") or {}).items():
-            rows.append({"run": label, "epoch": e, "task": task, "quantity": "test loss", "value": v})
+        split = rec.get("split", "test")  # "validation" where the run held digits out to pick its epoch
+        for task, v in (rec.get("test_loss") or rec.get("val_loss") or {}).items():
+            rows.append({"run": label, "epoch": e, "task": task, "quantity": f"{split} loss", "value": v})
         for task, m in rec["metrics"].items():
             for k, v in m.items():
-                rows.append({"run": label, "epoch": e, "task": task, "quantity": f"test {k}", "value": v})
+                rows.append({"run": label, "epoch": e, "task": task, "quantity": f"{split} {k}", "value": v})
         if rec.get("avg_acc") is not None:
-            rows.append({"run": label, "epoch": e, "task": "average", "quantity": "test acc", "value": rec["avg_acc"]})
+            avg = {"run": label, "epoch": e, "task": "average", "quantity": f"{split} acc", "value": rec["avg_acc"]}
+            rows.append(avg)
         rows.append({"run": label, "epoch": e, "task": "all", "quantity": "seconds", "value": rec["seconds"]})
     return rows
 

@@ -50,6 +50,9 @@ class TrainConfig:
     channels_last: bool = False  # CNN only
     train_limit: int = 0  # use only the first N training digits (0: all)
     max_batches: int = 0  # stop each epoch after N batches (0: all); a dry run
+    # Hold out N training digits to pick the best epoch on, and score the test set once at the end.
+    # 0 keeps the reference studies' own choice: the best epoch is picked on the test set.
+    val_split: int = 0
     path: str = "auto"  # "autograd" turns the hand-written fast step off (same maths, slower)
 
     def __post_init__(self) -> None:
@@ -98,6 +101,12 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         return replace(self, **changes)
+
+    def over_seeds(self, n: int) -> list[TrainConfig]:
+        """This config trained `n` times: seeds seed, seed + 1, ..., everything else the same."""
+        if not isinstance(n, int) or n < 1:
+            raise ConfigError(f"the number of seeds must be a whole number of at least 1 (got {n!r})")
+        return [self.replace(seed=self.seed + i) for i in range(n)]
 
     def weight(self, task: str) -> float:
         return self.loss_weights.get(task, 1.0)
@@ -159,5 +168,6 @@ class TrainConfig:
             p.append(f"channels_last must be true or false (got {self.channels_last!r})")
         check_int("train_limit", 0, 10_000_000)
         check_int("max_batches", 0, 10_000_000)
+        check_int("val_split", 0, 10_000_000)
         check_choice("path", PATHS)
         return p

@@ -75,6 +75,23 @@ class MTLData:
             self.detail,
         )
 
+    def split_validation(self, n_val: int) -> tuple[MTLData, tuple[torch.Tensor, torch.Tensor]]:
+        """Hold out `n_val` training digits: (the rest as training data, (images, digits) held out).
+
+        The held-out digits are drawn by a fixed permutation, the same for every seed and model, so runs
+        that are compared were picked on the same digits (and a seed changes the training, not the test)."""
+        if not 0 < n_val < self.n_train:
+            raise ValueError(f"a validation split of {n_val:,} digits needs more than {self.n_train:,} training digits")
+        order = torch.randperm(self.n_train, generator=torch.Generator().manual_seed(VALIDATION_SEED))
+        keep, held = order[:-n_val].sort().values, order[-n_val:].sort().values
+        rest = MTLData(
+            self.train_x[keep], self.train_y[keep], self.test_x, self.test_y, self.source, self.note, self.detail
+        )
+        return rest, (self.train_x[held], self.train_y[held])
+
+
+VALIDATION_SEED = 20_190_601  # fixed: the validation digits never depend on a run's seed
+
 
 def default_data_dir() -> Path:
     env = os.environ.get("MTL_DATA_DIR")

@@ -99,6 +99,19 @@ class Training:
         self.device = resolve_device(config.device)
         if config.train_limit:
             data = data.limited(n_train=config.train_limit)
+        val_data = None
+        if config.val_split:
+            if config.val_split + config.batch_size > data.n_train:
+                raise ConfigError(
+                    f"a validation split of {config.val_split:,} digits leaves "
+                    f"{max(0, data.n_train - config.val_split):,} of the {data.n_train:,} training digits, "
+                    f"less than one batch of {config.batch_size}"
+                )
+            data, val_data = data.split_validation(config.val_split)
+        # Where the best epoch is picked: held-out training digits, or (the reference studies' choice,
+        # val_split 0) the test set itself, which then flatters the result a little.
+        self.selection_split = "validation" if val_data is not None else "test"
+        self.test_result: tuple[dict, dict] | None = None  # with a validation split: the test set, scored once
         if config.batch_size > data.n_train:
             raise ConfigError(f"batch size {config.batch_size} is larger than the {data.n_train:,} training digits")
         self.data = data
@@ -161,6 +174,13 @@ class Training:
         self._test_x = data.test_x.to(self.device)
         self._train_t = {k: v.to(self.device) for k, v in make_targets(data.train_y, tasks).items()}
         self._test_t = {k: v.to(self.device) for k, v in make_targets(data.test_y, tasks).items()}
+        self._eval_sets = {"test": (self._test_x, self._test_t)}
+        if val_data is not None:
+            val_x, val_y = val_data
+            self._eval_sets["validation"] = (
+                val_x.to(self.device),
+                {k: v.to(self.device) for k, v in make_targets(val_y, tasks).items()},
+            )
         if self.fast is not None:
             self._fast_targets = self.fast.prepare_targets(self._train_t)
             self._fast_x = self.fast.prepare_inputs(self._train_x)
@@ -353,31 +373,33 @@ class Training:
         self.reason = f"non-finite loss ({', '.join(bad)}) at epoch {epoch}, batch {batch + 1}; {DIVERGED_HINT}"
         return None
 
-    def _non_finite(self, metrics: dict, test_loss: dict) -> str:
+    def _non_finite(self, metrics: dict, losses: dict) -> str:
         """What is not finite after an epoch ("" when everything is)."""
         for k, v in self.model.state_dict().items():
             if v.is_floating_point() and not torch.isfinite(v).all():
                 return f"values in {k}"
         for t, m in metrics.items():
-            if not all(math.isfinite(x) for x in m.values()) or not math.isfinite(test_loss[t]):
-                return f"test metrics for {t}"
+            if not all(math.isfinite(x) for x in m.values()) or not math.isfinite(losses[t]):
+                return f"{self.selection_split} metrics for {t}"
         return ""
 
-    def _test_forward(self) -> Iterator[tuple[slice, dict[str, torch.Tensor]]]:
-        """The model's outputs on the test set, batch by batch: the one forward pass (autocast and
-        memory layout included) that both the records' metrics and the stored predictions come from."""
+    def _eval_forward(self, x: torch.Tensor) -> Iterator[tuple[slice, dict[str, torch.Tensor]]]:
+        """The model's outputs on `x`, batch by batch: the one forward pass (autocast and memory layout
+        included) that both the records' metrics and the stored predictions come from."""
         self.model.eval()
-        for start in range(0, self.data.n_test, EVAL_BATCH):
+        for start in range(0, len(x), EVAL_BATCH):
             sl = slice(start, start + EVAL_BATCH)
             with self._autocast():
-                out = self.model(self._inputs(self._test_x[sl]))
+                out = self.model(self._inputs(x[sl]))
             yield sl, out  # outside autocast: the metrics and probabilities are computed in fp32
 
     @torch.no_grad()
-    def evaluate(self) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    def evaluate(self, split: str | None = None) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+        """Metrics and losses per task on `split` ("test" or "validation"; default: where epochs are picked)."""
+        x, targets = self._eval_sets[split or self.selection_split]
         acc = MetricAccumulator(self.config.tasks)
-        for sl, out in self._test_forward():
-            acc.add(out, {t: v[sl] for t, v in self._test_t.items()})
+        for sl, out in self._eval_forward(x):
+            acc.add(out, {t: v[sl] for t, v in targets.items()})
         return acc.result()
 
     @torch.no_grad()
@@ -385,7 +407,7 @@ class Training:
         """Every task's probabilities (or value) on the test set, from the forward pass `evaluate`
         scores: predictions stored from these agree with the records' accuracies to the last digit."""
         parts: dict[str, list[np.ndarray]] = {t: [] for t in self.config.tasks}
-        for _, out in self._test_forward():
+        for _, out in self._eval_forward(self._test_x):
             for t in self.config.tasks:
                 parts[t].append(probabilities(t, out[t].float()).cpu().numpy())
         return {t: np.concatenate(v) for t, v in parts.items()}
@@ -404,8 +426,8 @@ class Training:
             train_s = time.perf_counter() - t0
             if self.scheduler is not None:
                 self.scheduler.step()
-            metrics, test_loss = self.evaluate()
-            bad = self._non_finite(metrics, test_loss)
+            metrics, eval_loss = self.evaluate()
+            bad = self._non_finite(metrics, eval_loss)
             if bad:
                 # A finite training loss can still leave inf/NaN in BatchNorm statistics or weights.
                 self.status = "diverged"
@@ -424,7 +446,9 @@ class Training:
                     cfg.weight(t) * v
                     for t, v in train_loss.items()  # the fast path: static weights only
                 ),
-                "test_loss": test_loss,
+                # Which digits `metrics` were scored on: the test set, or the held-out validation digits.
+                "split": self.selection_split,
+                "test_loss" if self.selection_split == "test" else "val_loss": eval_loss,
                 "metrics": metrics,
                 "avg_acc": average_accuracy(metrics),
                 "seconds": seconds,
@@ -444,10 +468,19 @@ class Training:
             self.status = "finished"
         # The saved model is the best checkpoint (SPEC.md), never a diverged one.
         self.model.load_state_dict(self.best_state)
+        if self.selection_split == "validation" and self.best_record is not None:
+            self.test_result = self.evaluate("test")  # the one look at the test set, after picking
 
     def summary(self) -> dict:
+        """The run in one dict. `best*` are the test set's numbers for the best epoch: with a validation
+        split, scored once after picking on validation (whose own best is in `val_best*`)."""
         best = self.best_record or {}
-        return {
+        metrics = best.get("metrics", {})
+        extra: dict = {"selected_on": self.selection_split}
+        if self.selection_split == "validation":
+            extra.update(val_best_metrics=metrics, val_best_avg=best.get("avg_acc"))
+            metrics = self.test_result[0] if self.test_result else {}
+        return extra | {
             "model": self.config.model,
             "tasks": list(self.config.tasks),
             "params": self.params,
@@ -455,9 +488,9 @@ class Training:
             "reason": self.reason,
             "train_seconds": self.train_seconds,
             "best_epoch": self.best_epoch,
-            "best": {t: (m["acc"] if "acc" in m else m["mae"]) for t, m in best.get("metrics", {}).items()},
-            "best_metrics": best.get("metrics", {}),
-            "best_avg": best.get("avg_acc"),
+            "best": {t: (m["acc"] if "acc" in m else m["mae"]) for t, m in metrics.items()},
+            "best_metrics": metrics,
+            "best_avg": average_accuracy(metrics) if metrics else None,
             "device": str(self.device),
             "precision": self.precision,
             "path": self.path,

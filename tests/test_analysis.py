@@ -1,5 +1,7 @@
 """Comparison numbers: Δm, the table rows, curve rows, confusion matrices."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -17,14 +19,14 @@ from mtl_core.analysis import (
 from mtl_core.models import build_model
 
 
-def run(model, best, tasks=("even", "mult3"), status="finished", created=1.0, data="mnist"):
+def run(model, best, tasks=("even", "mult3"), status="finished", created=1.0, data="mnist", **config):
     return {
         "id": f"id-{model}-{created}",
         "label": "",
         "model": model,
         "status": status,
         "created": created,
-        "config": {"tasks": list(tasks), "data": data, "epochs": 20},
+        "config": {"tasks": list(tasks), "data": data, "epochs": 20, "seed": 0} | config,
         "params": 1,
         "train_seconds": 2.0,
         "best_epoch": 3,
@@ -60,7 +62,7 @@ def test_every_run_without_a_delta_m_says_why():
     # A CNN is measured against one CNN per task (its family's single-task model), never against MLPs.
     stl_mlp_same_tasks = run("stl", best, tasks=("even", "digit"), created=4)
     message = delta_m_missing(cnn, [stl, stl_mlp_same_tasks, cnn])
-    assert "no finished single-task CNN run on even+digit with mnist" in message
+    assert "no finished single-task CNN run on even+digit with the same seed 0, 20 epochs, mnist" in message
     stl_cnn = run("stl_cnn", best, tasks=("even", "digit"), created=5)
     assert delta_m_missing(cnn, [stl_cnn, cnn]) == ""
     assert "baseline" in delta_m_missing(stl_cnn, [stl_cnn, cnn])
@@ -155,3 +157,92 @@ def test_a_label_shuffled_copy_of_a_task_gets_no_affinity_from_it(real_data):
     z = training._conflict_record()["affinity"]
     assert z["even|even"] > 0.002
     assert abs(z["even|mult3"]) < 0.05 * z["even|even"], z
+
+
+# ----------------------------------------------------------------------------- seeds, budgets, Δm
+
+
+def test_a_baseline_must_share_the_seed_and_the_budget():
+    best = {"even": {"acc": 0.9}, "mult3": {"acc": 0.9}}
+    hard = run("hard", {"even": {"acc": 0.99}, "mult3": {"acc": 0.9}}, created=9, seed=3, val_split=1000)
+    for why, other in {
+        "seed": run("stl", best, seed=4, val_split=1000),
+        "epochs": run("stl", best, seed=3, val_split=1000, epochs=10),
+        "validation split": run("stl", best, seed=3),
+        "digits": run("stl", best, seed=3, val_split=1000, train_limit=500),
+    }.items():
+        assert compare_rows([hard], pool=[other])[0]["Δm vs STL %"] is None, why
+        assert "seed 3, 20 epochs, mnist" in delta_m_missing(hard, [other]), why
+    same = run("stl", best, seed=3, val_split=1000)
+    assert compare_rows([hard], pool=[same])[0]["Δm vs STL %"] == pytest.approx(5.0)
+    assert compare_rows([hard], pool=[same])[0]["best epoch picked on"] == "validation (1,000 digits)"
+
+
+def test_runs_that_differ_only_in_their_seed_are_one_configuration_with_mean_and_std():
+    from mtl_core.analysis import group_rows, mean_std, seed_groups
+
+    def hard(seed, acc, created, **kw):
+        r = run("hard", {"even": {"acc": acc}, "mult3": {"acc": acc}}, created=created, seed=seed, **kw)
+        r["best_avg"], r["train_seconds"] = acc, 10.0 + seed
+        return r
+
+    runs = [hard(0, 0.90, 1), hard(1, 0.92, 2), hard(2, 0.94, 3), hard(0, 0.5, 4, lr=0.1)]
+    groups = seed_groups(runs)
+    assert [[r["config"]["seed"] for r in g] for g in groups] == [[0, 1, 2], [0]]
+    assert mean_std([0.9, 0.92, 0.94]) == (pytest.approx(0.92), pytest.approx(0.02))
+    assert mean_std([1.0]) == (1.0, None)
+    rows = group_rows(groups, pool=runs)
+    assert rows[0]["seeds"] == 3 and rows[0]["best avg acc %"] == "92.00 ± 2.00"
+    assert rows[0]["even acc %"] == "92.00 ± 2.00" and rows[0]["train_s"] == "11.0 ± 1.0"
+    assert rows[1]["best avg acc %"] == "50.00"  # one seed: no spread to show
+    full = group_rows(groups, pool=runs, rounded=False)
+    assert full[0]["best avg acc % mean"] == pytest.approx(92.0)
+    assert full[0]["best avg acc % std"] == pytest.approx(2.0)
+    # A run still training is counted, not averaged.
+    runs[2]["status"] = "running"
+    assert group_rows(seed_groups(runs), pool=runs)[0]["best avg acc %"] == "91.00 ± 1.41"
+
+
+def test_group_delta_m_is_paired_seed_by_seed_and_names_the_missing_seeds():
+    from mtl_core.analysis import group_delta_m, missing_baselines, seed_groups
+
+    hard = [
+        run("hard", {"even": {"acc": a}, "mult3": {"acc": a}}, created=i, seed=i) for i, a in enumerate((0.9, 0.99))
+    ]
+    stl0 = run("stl", {"even": {"acc": 0.9}, "mult3": {"acc": 0.9}}, created=10, seed=0)
+    stl1 = run("stl", {"even": {"acc": 0.9}, "mult3": {"acc": 0.9}}, created=11, seed=1)
+    (group,) = seed_groups(hard)
+    values, why = group_delta_m(group, [*hard, stl0])
+    assert values == [] and "with seed 1 and the same 20 epochs, mnist" in why
+    (cfg,) = missing_baselines(hard, [*hard, stl0])
+    assert (cfg["model"], cfg["seed"], cfg["epochs"], cfg["data"]) == ("stl", 1, 20, "mnist")
+    assert cfg["tasks"] == ["even", "mult3"]
+    queued = dict(stl1, status="queued", best={})
+    assert missing_baselines(hard, [*hard, stl0, queued]) == []  # already on its way
+    values, why = group_delta_m(group, [*hard, stl0, stl1])
+    assert why == "" and values == [pytest.approx(0.0), pytest.approx(10.0)]  # each against its own seed
+
+
+def test_bands_are_the_mean_and_std_of_each_epoch():
+    from mtl_core.analysis import band
+
+    a = [{"epoch": 1, "avg_acc": 0.5}, {"epoch": 2, "avg_acc": 0.7}]
+    b = [{"epoch": 1, "avg_acc": 0.7}, {"epoch": 2, "avg_acc": 0.9}, {"epoch": 3, "avg_acc": 0.95}]
+    epochs, mean, std = band([a, b])
+    assert epochs == [1, 2, 3]
+    assert mean == pytest.approx([0.6, 0.8, 0.95])
+    assert std == pytest.approx([math.sqrt(0.02), math.sqrt(0.02), 0.0])
+
+
+def test_validation_curves_are_named_as_such():
+    rec = {
+        "epoch": 1,
+        "split": "validation",
+        "train_loss": {"even": 0.5},
+        "val_loss": {"even": 0.4},
+        "metrics": {"even": {"acc": 0.9}},
+        "avg_acc": 0.9,
+        "seconds": 0.3,
+    }
+    rows = curve_rows(run("hard", {}), [rec])
+    assert {r["quantity"] for r in rows} == {"train loss", "validation loss", "validation acc", "seconds"}

@@ -59,10 +59,10 @@ def assert_ok(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
 
 
-def stored_run(model: str, data, owner: str = OWNER, label: str = "") -> str:
+def stored_run(model: str, data, owner: str = OWNER, label: str = "", **overrides) -> str:
     """Train `model` for 2 epochs in this process and record it in the store like the worker would."""
     store = RunStore()
-    config = TrainConfig.preset(model, epochs=2, data="synthetic")
+    config = TrainConfig.preset(model, **({"epochs": 2, "data": "synthetic"} | overrides))
     training = Training(config, data)
     run_id = store.create_run(config.to_dict(), owner=owner, label=label)
     assert store.claim_next("test-worker", os.getpid()) == run_id
@@ -527,3 +527,48 @@ def test_task_affinity_suggests_a_grouping_and_one_click_trains_it(synthetic):
     queued = [r for r in store.list_runs() if r["label"].startswith("grouping of")]
     assert sorted(tuple(r["config"]["tasks"]) for r in queued) == [("even",), ("mult3",)]
     assert all(r["config"]["model"] == "hard" and r["config"]["epochs"] == 2 for r in queued)
+
+
+def test_train_form_queues_one_run_per_seed_with_a_validation_split():
+    at = open_page("views/train.py")
+    at.radio(key="train_model").set_value("hard").run()
+    at.selectbox(key="f_data_hard").set_value("synthetic")
+    at.number_input(key="f_epochs_hard").set_value(2)
+    at.number_input(key="f_seed_hard").set_value(4)
+    at.number_input(key="f_nseeds_hard").set_value(3)
+    at.number_input(key="f_val_hard").set_value(200)
+    at.button(key="train_submit_hard").click().run()
+    assert_ok(at)
+    runs = sorted(RunStore().list_runs(), key=lambda r: r["config"]["seed"])
+    assert [r["config"]["seed"] for r in runs] == [4, 5, 6]
+    assert [r["label"] for r in runs] == ["hard · seed 4", "hard · seed 5", "hard · seed 6"]
+    assert {r["config"]["val_split"] for r in runs} == {200}
+    assert {r["config"]["epochs"] for r in runs} == {2}
+
+
+def test_compare_combines_seeds_into_mean_std_with_bands_and_pairs_delta_m_by_seed(synthetic):
+    for seed in (0, 1):
+        stored_run("hard", synthetic, label=f"hard · seed {seed}", seed=seed)
+    stored_run("stl", synthetic, seed=0)  # a baseline for seed 0 only
+    stored_run("stl", synthetic, seed=1, epochs=1)  # seed 1, but another budget: not a baseline
+    at = open_page("views/compare.py")
+    assert_ok(at)
+    assert at.toggle(key="compare_combine").value  # seeds combined by default
+    table = at.dataframe[0].value
+    hard = table[table["model"] == "hard"].iloc[0]
+    assert hard["seeds"] == 2 and hard["finished"] == 2 and " ± " in hard["best avg acc %"]
+    assert hard["Δm vs STL %"] is None
+    caption = texts(at.caption)
+    assert "no finished STL run on even+mult3 with seed 1 and the same 2 epochs" in caption
+    specs = plotly_specs(at)
+    assert any(t.get("fill") == "tonexty" for spec in specs for t in spec["data"])  # the seeds' band
+    # One click queues the missing baseline: STL, seed 1, the same budget.
+    at.button(key="train_baselines").click().run()
+    assert_ok(at)
+    queued = [r for r in RunStore().list_runs() if r["status"] in ("queued", "running", "finished")]
+    new = [r for r in queued if r["model"] == "stl" and r["config"]["seed"] == 1 and r["config"]["epochs"] == 2]
+    assert len(new) == 1 and new[0]["config"]["data"] == "synthetic"
+    # Without combine: one row per run again.
+    at.toggle(key="compare_combine").set_value(False).run()
+    per_run = at.dataframe[0].value
+    assert "run" in per_run.columns and len(per_run) == 4  # the four runs chosen when the page opened

@@ -247,3 +247,61 @@ def test_any_task_subset_trains_on_any_architecture(model, tasks, synthetic):
     cfg = TrainConfig.preset(model, tasks=tasks, epochs=1, max_batches=2, data="synthetic")
     (record,) = list(iter_train(cfg, synthetic))
     assert set(record["metrics"]) == set(tasks) and math.isfinite(record["train_loss_total"])
+
+
+# ----------------------------------------------------------------------------- validation split
+
+
+def test_validation_digits_are_held_out_the_same_for_every_seed(synthetic):
+    from dataclasses import replace
+
+    n = synthetic.n_train
+    numbered = replace(synthetic, train_x=torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 1, 28, 28))
+    rest, (vx, vy) = numbered.split_validation(100)
+    assert rest.n_train == n - 100 and len(vy) == 100
+    # Together they are the training digits again, each once: nothing held out is trained on.
+    ids = torch.cat([rest.train_x[:, 0, 0, 0], vx[:, 0, 0, 0]]).long()
+    assert sorted(ids.tolist()) == list(range(n))
+    assert torch.equal(rest.train_y, synthetic.train_y[rest.train_x[:, 0, 0, 0].long()])  # labels go along
+    again, (vx2, _) = numbered.split_validation(100)
+    assert torch.equal(vx, vx2)  # the same digits whatever the run's seed
+    assert torch.equal(rest.test_x, synthetic.test_x)
+    with pytest.raises(ValueError, match="validation split"):
+        synthetic.split_validation(synthetic.n_train)
+
+
+def test_with_a_validation_split_epochs_are_picked_on_it_and_the_test_set_is_scored_once(synthetic):
+    looked_at = []
+
+    class Watched(Training):
+        def evaluate(self, split=None):
+            looked_at.append(split or self.selection_split)
+            return super().evaluate(split)
+
+    training = Watched(tiny("hard", epochs=3, val_split=200), synthetic)
+    records = list(training.records())
+    assert looked_at == ["validation"] * 3 + ["test"]  # the test set once, after the best epoch was picked
+    assert {r["split"] for r in records} == {"validation"} and all("val_loss" in r for r in records)
+    assert training.data.n_train == synthetic.n_train - 200
+    best = max(records, key=lambda r: r["avg_acc"])
+    summary = training.summary()
+    assert summary["selected_on"] == "validation" and summary["best_epoch"] == best["epoch"]
+    assert summary["val_best_avg"] == best["avg_acc"]
+    test_metrics, _ = training.evaluate("test")  # the model holds the picked epoch's weights
+    assert summary["best_metrics"] == test_metrics
+    assert summary["best_avg"] == pytest.approx(sum(m["acc"] for m in test_metrics.values()) / 2)
+
+
+def test_without_a_validation_split_the_reference_choice_is_kept_and_said(synthetic):
+    training = Training(tiny("hard", epochs=2), synthetic)
+    records = list(training.records())
+    assert {r["split"] for r in records} == {"test"} and all("test_loss" in r for r in records)
+    assert training.summary()["selected_on"] == "test"
+    assert training.summary()["best_avg"] == max(r["avg_acc"] for r in records)
+
+
+def test_a_validation_split_that_leaves_no_batch_is_refused_with_the_numbers(synthetic):
+    with pytest.raises(ConfigError, match="leaves 12 of the 512 training digits, less than one batch of 64"):
+        Training(tiny("hard", val_split=500), synthetic)
+    with pytest.raises(ConfigError, match="val_split must be a whole number"):
+        tiny("hard", val_split=-1)

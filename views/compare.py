@@ -10,12 +10,19 @@ from dashboard.forms import SOURCE_NAMES, study_estimate_ui
 from dashboard.state import client_address, get_runner, get_store, owner_id
 from dashboard.text import md_escape
 from mtl_core.analysis import (
+    band,
     compare_rows,
     comparison_json,
     curve_rows,
     delta_m_missing,
+    group_delta_m,
+    group_label,
+    group_rows,
+    mean_std,
+    missing_baselines,
     ordered_columns,
     run_label,
+    seed_groups,
     seed_study_rows,
 )
 from mtl_core.config import TrainConfig
@@ -66,20 +73,55 @@ if not selected:
     st.info("Pick one or more runs above.")
     st.stop()
 
-rows = compare_rows(selected, pool=runs)
+# A unit is what one row, line and bar stands for: one run, or with "combine" one configuration over
+# its seeds (its line the mean with a band of ± std, its bar the mean with the std as error bar).
+groups = seed_groups(selected)
+combine = any(len(g) > 1 for g in groups) and st.toggle(
+    "Combine seeds: one row per configuration, mean ± std over its seeds",
+    value=True,
+    key="compare_combine",
+    help="Runs that differ only in their seed are one configuration. A difference between two configurations "
+    "smaller than the spread between seeds of one of them is noise.",
+)
+units = groups if combine else [[r] for r in selected]
+
+
+def unit_label(unit: list[dict]) -> str:
+    return group_label(unit) if combine else run_label(unit[0])
+
+
+if combine:
+    rows = group_rows(groups, pool=runs)
+    no_dm = [(group_label(g), group_delta_m(g, runs)[1]) for g in groups]
+else:
+    rows = compare_rows(selected, pool=runs)
+    no_dm = [(run_label(r), delta_m_missing(r, runs)) for r in selected]
 table = pd.DataFrame(rows, columns=ordered_columns(rows))  # the same order whichever run comes first
 st.subheader("Your runs")
 st.dataframe(table, hide_index=True, width="stretch")
-no_dm = [(run_label(r), delta_m_missing(r, runs)) for r in selected]
 no_dm = [f"{md_escape(label)}: {why}" for label, why in no_dm if why]
 if no_dm:
     st.caption("No Δm for " + "; ".join(no_dm) + ".")
-# Runs grouped by the set of tasks they answer: accuracies and losses rank only within one set.
-task_sets: dict[str, list[dict]] = {}
-for r in selected:
-    task_sets.setdefault("+".join(sorted(r["config"]["tasks"])), []).append(r)
+missing = missing_baselines(selected, runs)
+if missing:
+    word = "run" if len(missing) == 1 else "runs"
+    if st.button(f"Train the {len(missing)} missing single-task baseline {word} for Δm", key="train_baselines"):
+        configs = [TrainConfig.from_dict(c) for c in missing]
+        labels = [f"{c.model} · seed {c.seed}" for c in configs]
+        try:
+            get_runner().submit_many(configs, owner_id(), labels, client=client_address())
+        except QueueFull as exc:
+            st.warning(f"The baselines need {len(configs)} free job slots: {exc}.")
+        except StoreUnavailable as exc:
+            st.warning(str(exc))
+        else:
+            st.success(f"Queued {len(configs)} single-task {word}. Δm appears here when they finish.")
+# Units grouped by the set of tasks they answer: accuracies and losses rank only within one set.
+task_sets: dict[str, list[list[dict]]] = {}
+for unit in units:
+    task_sets.setdefault("+".join(sorted(unit[0]["config"]["tasks"])), []).append(unit)
 if len(task_sets) > 1:
-    st.caption("These runs answer different sets of tasks: compare their average accuracies only within one task set.")
+    st.caption("These runs answer different sets of tasks: each set gets its own charts, never one ranking.")
 study = seed_study_rows(runs)
 if study:
     st.subheader("Your seed study beside the reference")
@@ -113,17 +155,21 @@ with left:
 with right:
     st.caption(
         f"Reference: {SEED_STUDY['source']}. Δm is the mean relative change per task against the newest "
-        "finished STL run with the same tasks and data (MAE counts lower as better). `train_s` is wall-clock "
-        "time on this server, which may have been training other students' jobs at the same time. "
-        '"Best" is the epoch with the best average test accuracy: chosen on the test set, as both reference '
-        "studies do, so it flatters every run a little (there is no separate validation split yet)."
+        "finished single-task run of the same family with the same tasks, data, seed and budget (epochs, "
+        "digits, validation split); over seeds, paired seed by seed (MAE counts lower as better). `train_s` is "
+        "wall-clock time on this server, which may have been training other students' jobs at the same time. "
+        '"Best" is the epoch with the best average accuracy on the validation digits where a run held some out '
+        "(More settings); its test numbers are then scored once, at the end. Without them the best epoch is "
+        "picked on the test set, as both reference studies do, which flatters every run a little."
     )
 
 histories = {r["id"]: store.epochs(r["id"]) for r in selected}
 curves = pd.DataFrame([row for r in selected for row in curve_rows(r, histories[r["id"]])])
 d1, d2, d3 = st.columns(3)
-full_rows = compare_rows(selected, pool=runs, rounded=False)
-full = pd.DataFrame(full_rows, columns=ordered_columns(full_rows))  # downloads keep every digit
+full_rows = (
+    group_rows(groups, pool=runs, rounded=False) if combine else compare_rows(selected, pool=runs, rounded=False)
+)
+full = pd.DataFrame(full_rows, columns=ordered_columns(full_rows))
 d1.download_button("⬇ Table (CSV)", full.to_csv(index=False), "comparison.csv", "text/csv", key="dl_table_csv")
 d2.download_button("⬇ Curves (CSV)", curves.to_csv(index=False), "curves.csv", "text/csv", key="dl_curves_csv")
 d3.download_button(
@@ -145,56 +191,96 @@ def set_title(title: str, tasks: str) -> str:
     return f"{title} · {tasks}" if len(task_sets) > 1 else title
 
 
+def split_word(group: list[list[dict]]) -> str:
+    """Which digits the per-epoch accuracy of these runs was measured on."""
+    held_out = {bool(r["config"].get("val_split")) for unit in group for r in unit}
+    if held_out == {True}:
+        return "Validation"
+    return "Test (validation where digits were held out)" if held_out == {True, False} else "Test"
+
+
+def curve(unit: list[dict], key: str) -> tuple[list, list, list | None]:
+    """Epochs, values and (over several seeds) the std: one run's curve, or the seeds' mean and spread."""
+    epochs, mean, std = band([histories[r["id"]] for r in unit], key)
+    return epochs, mean, std if len(unit) > 1 else None
+
+
+def unit_stat(unit: list[dict], get) -> tuple[float | None, float | None]:
+    """Mean and std over the unit's finished runs (the one run's value, std None, without combine)."""
+    done = [r for r in unit if r["status"] == "finished"] if len(unit) > 1 else unit
+    return mean_std([v for v in map(get, done) if v is not None])
+
+
 if curves_tab.open:
     with curves_tab:
         for i, (tasks, group) in enumerate(task_sets.items()):
             c1, c2 = st.columns(2)
-            avg = {
-                run_label(r): ([h["epoch"] for h in histories[r["id"]]], [h["avg_acc"] for h in histories[r["id"]]])
-                for r in group
-                if histories[r["id"]] and histories[r["id"]][0]["avg_acc"] is not None
-            }
-            loss = {
-                run_label(r): (
-                    [h["epoch"] for h in histories[r["id"]]],
-                    [h["train_loss_total"] for h in histories[r["id"]]],
-                )
-                for r in group
-                if histories[r["id"]]
-            }
+            avg = {unit_label(u): curve(u, "avg_acc") for u in group}
+            avg = {name: c for name, c in avg.items() if c[0]}
+            loss = {unit_label(u): curve(u, "train_loss_total") for u in group}
+            loss = {name: c for name, c in loss.items() if c[0]}
             c1.plotly_chart(
-                overlay(avg, set_title("Test average accuracy", tasks), "accuracy", y_max=1.01),
+                overlay(
+                    {n: (x, y) for n, (x, y, _) in avg.items()},
+                    set_title(f"{split_word(group)} average accuracy", tasks),
+                    "accuracy",
+                    y_max=1.01,
+                    spread={n: sd for n, (_, _, sd) in avg.items() if sd is not None},
+                ),
                 key=f"ov_acc_{i}",
                 width="stretch",
             )
             c2.plotly_chart(
-                overlay(loss, set_title("Train loss (weighted sum over tasks)", tasks), "loss"),
+                overlay(
+                    {n: (x, y) for n, (x, y, _) in loss.items()},
+                    set_title("Train loss (weighted sum over tasks)", tasks),
+                    "loss",
+                    spread={n: sd for n, (_, _, sd) in loss.items() if sd is not None},
+                ),
                 key=f"ov_loss_{i}",
                 width="stretch",
             )
         st.caption(
             "Look for: which run climbs fastest, and where each curve flattens. Train loss still falling while "
             "test accuracy stalls or drops means the model starts to memorise the training digits."
+            + (" A shaded band is the mean ± one standard deviation over the seeds." if combine else "")
         )
 
 if bars_tab.open:
     with bars_tab:
-        names = [run_label(r) for r in selected]
-        b1, b2 = st.columns(2)
-        b1.plotly_chart(bars(names, [r["params"] for r in selected], "Parameters"), key="bar_params", width="stretch")
-        b2.plotly_chart(
-            bars(names, [r["train_seconds"] for r in selected], "Training time (s)", "{:.1f}"),
-            key="bar_time",
-            width="stretch",
-        )
-        for col, (i, (tasks, group)) in zip(st.columns(max(2, len(task_sets))), enumerate(task_sets.items())):
-            col.plotly_chart(
+        # One row of charts per task set: a run answering other tasks is never ranked beside these.
+        for i, (tasks, group) in enumerate(task_sets.items()):
+            names = [unit_label(u) for u in group]
+            stats = {
+                "params": [unit_stat(u, lambda r: r["params"]) for u in group],
+                "time": [unit_stat(u, lambda r: r["train_seconds"]) for u in group],
+                "acc": [unit_stat(u, lambda r: None if r["best_avg"] is None else 100 * r["best_avg"]) for u in group],
+            }
+            b1, b2, b3 = st.columns(3)
+            b1.plotly_chart(
+                bars(names, [m for m, _ in stats["params"]], set_title("Parameters", tasks), "{:,.0f}"),
+                key=f"bar_params_{i}",
+                width="stretch",
+            )
+            b2.plotly_chart(
                 bars(
-                    [run_label(r) for r in group],
-                    [None if r["best_avg"] is None else 100 * r["best_avg"] for r in group],
+                    names,
+                    [m for m, _ in stats["time"]],
+                    set_title("Training time (s)", tasks),
+                    "{:.1f}",
+                    errors=[sd for _, sd in stats["time"]],
+                ),
+                key=f"bar_time_{i}",
+                width="stretch",
+            )
+            b3.plotly_chart(
+                bars(
+                    names,
+                    [m for m, _ in stats["acc"]],
                     set_title("Best average accuracy (%)", tasks),
                     "{:.2f}",
                     zoom=True,
+                    errors=[sd for _, sd in stats["acc"]],
                 ),
                 key=f"bar_acc_{i}",
                 width="stretch",
@@ -202,6 +288,7 @@ if bars_tab.open:
         st.caption(
             "Look for: the same accuracy with fewer parameters is sharing paying off. Time is wall time on this "
             "server (other jobs ran beside), so compare it only between runs trained at the same moment."
+            + (" Error bars: ± one standard deviation over the seeds." if combine else "")
         )
 
 if inside_tab.open:

@@ -4,7 +4,7 @@ import streamlit as st
 
 from dashboard.architecture import architecture_dot
 from dashboard.classroom import is_teacher, visible_runs
-from dashboard.forms import apply_link_ui, estimate_ui, model_picker_ui, reset_form_ui, train_form_ui
+from dashboard.forms import apply_link_ui, estimate_ui, model_picker_ui, reset_form_ui, seed_runs, train_form_ui
 from dashboard.monitor import monitor_ui
 from dashboard.state import client_address, get_runner, owner_id
 from dashboard.text import md_escape
@@ -34,18 +34,23 @@ if left is not None:
             tasks = tuple(st.session_state.get(f"f_tasks_{model}") or MODELS[model].default_tasks)
             st.graphviz_chart(architecture_dot(model, tasks), width="stretch")
         if fields is not None:
-            label = fields.pop("label")
+            label, n_seeds = fields.pop("label"), fields.pop("n_seeds")
             try:
                 config = TrainConfig(**fields)
-                run_id = get_runner().submit(config, owner=owner_id(), label=label, client=client_address())
+                configs, labels = seed_runs(config, label, n_seeds)
+                # All seeds or none, in one transaction: half a group gives no mean ± std worth reading.
+                run_ids = get_runner().submit_many(configs, owner_id(), labels, client=client_address())
             except ConfigError as exc:
                 st.error("Cannot start this run:\n\n- " + str(exc).replace("; ", "\n- "))
-            except (QueueFull, StoreUnavailable) as exc:
+            except QueueFull as exc:
+                st.warning(f"{n_seeds} runs need {n_seeds} free job slots: {exc}" if n_seeds > 1 else str(exc))
+            except StoreUnavailable as exc:
                 st.warning(str(exc))
             else:
-                st.session_state["watch_select"] = run_id  # show the new run on the right
-                queued = {"id": run_id, "label": label, "model": model, "config": config.to_dict()}
-                st.toast(f"Queued {md_escape(run_label(queued))}")
+                st.session_state["watch_select"] = run_ids[0]  # show the new run on the right
+                queued = {"id": run_ids[0], "label": labels[0], "model": model, "config": config.to_dict()}
+                more = f" and {n_seeds - 1} more seeds" if n_seeds > 1 else ""
+                st.toast(f"Queued {md_escape(run_label(queued))}{more}")
 
 with right:
     runs = visible_runs()
