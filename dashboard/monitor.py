@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import os
+
 import streamlit as st
 
 from dashboard.charts import affinity_heatmap, conflict_chart, overlay, training_curves
@@ -22,6 +25,7 @@ from dashboard.text import md_escape
 from mtl_core.analysis import data_source, run_affinity, run_label, suggest_grouping
 from mtl_core.config import TrainConfig
 from mtl_core.estimate import duration_words, queue_spot, run_estimate
+from mtl_core.export import export_file_bytes
 from mtl_core.runs import ACTIVE, QueueFull, StoreUnavailable
 from mtl_core.weighting import WEIGHTINGS
 
@@ -103,19 +107,48 @@ def metrics_ui(run: dict, records: list[dict]) -> None:
             col.metric(label, value)
 
 
+@functools.lru_cache(maxsize=4)  # a plain cache: the download callable runs outside the script's thread
+def _exported(path: str, mtime: float, fmt: str) -> bytes:
+    return export_file_bytes(path, fmt)
+
+
+def model_downloads_ui(run: dict) -> None:
+    """The model as safetensors (the file itself), TorchScript and ONNX. The two exports are made only
+    when their button is clicked (a callable as the data), not on every redraw of the page."""
+    path, stem = run["weights_path"], f"{run['model']}-{run['id']}"
+    with open(path, "rb") as f:
+        st.download_button(
+            "⬇ Model (.safetensors)",
+            f.read(),
+            f"{stem}.safetensors",
+            "application/octet-stream",
+            key=f"dl_model_{run['id']}",
+            width="stretch",
+        )
+    mtime = os.path.getmtime(path)
+    for fmt, label, suffix in (("torchscript", "⬇ TorchScript (.pt)", ".pt"), ("onnx", "⬇ ONNX (.onnx)", ".onnx")):
+        st.download_button(
+            label,
+            functools.partial(_exported, path, mtime, fmt),
+            f"{stem}{suffix}",
+            "application/octet-stream",
+            key=f"dl_{fmt}_{run['id']}",
+            width="stretch",
+        )
+    tasks = ", ".join(run["config"]["tasks"])
+    st.caption(
+        f"TorchScript and ONNX take a batch of normalised 1×28×28 images and give one output per task ({tasks}): "
+        "logits, or the value in [0, 1]. They run without this code (torch.jit.load, onnxruntime)."
+    )
+
+
 def run_actions_ui(run: dict) -> None:
     """For a run that is over: download its model, delete it (only its owner can), train again with its
     settings, or pass them on as a link."""
     c1, c2, c3, c4 = st.columns([2, 2, 2, 2])
     if has_model(run) and can_download(run):
-        with open(run["weights_path"], "rb") as f:
-            c1.download_button(
-                "⬇ Model (.safetensors)",
-                f.read(),
-                f"{run['model']}-{run['id']}.safetensors",
-                "application/octet-stream",
-                key=f"dl_model_{run['id']}",
-            )
+        with c1.popover("⬇ Model"):
+            model_downloads_ui(run)
     if can_manage(run):
         with c2.popover("🗑 Delete run"):
             st.caption("Deletes its curves and its model file for good.")

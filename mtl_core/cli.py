@@ -1,4 +1,4 @@
-"""`python -m mtl_core train | submit | compare | bench`: the engine and the job runner from a terminal."""
+"""`python -m mtl_core train | submit | compare | bench | export`: the engine and the job runner from a terminal."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from pathlib import Path
 from .checkpoint import save_model
 from .config import DEVICES, OPTIMIZERS, PRECISIONS, ConfigError, TrainConfig
 from .data import SOURCES, DataUnavailable, load_data
+from .export import FORMATS as EXPORT_FORMATS
+from .export import export_file
 from .jobs import EXECUTORS, JobRunner, RunnerSettings
 from .models import ALPHA_INITS, MODELS
 from .reference import SEED_MODELS, SEED_STUDY
@@ -186,6 +188,15 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return bench_main(a.bench_args)
 
 
+def cmd_export(a: argparse.Namespace) -> int:
+    try:
+        out = export_file(a.model_file, a.format, a.out)
+    except OSError as exc:  # the model file's own problems arrive as ModelFileError; this is the output's
+        raise ValueError(f"cannot write {a.out}: {exc.strerror or exc}") from None
+    print(f"wrote {out} ({a.format}, {out.stat().st_size:,} bytes)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m mtl_core", description="Multi-task learning playground engine")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -231,6 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="seconds per epoch: seed-faithful pipeline vs ours", add_help=False)
     b.add_argument("bench_args", nargs=argparse.REMAINDER)
     b.set_defaults(func=cmd_bench)
+
+    e = sub.add_parser("export", help="write a saved model as safetensors, TorchScript or ONNX")
+    e.add_argument("model_file", type=Path, metavar="MODEL.safetensors", help="a model this playground saved")
+    e.add_argument("--format", choices=EXPORT_FORMATS, required=True)
+    e.add_argument("--out", type=Path, required=True, metavar="FILE", help="the file to write")
+    e.set_defaults(func=cmd_export)
     return ap
 
 

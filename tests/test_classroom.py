@@ -120,7 +120,8 @@ def test_the_class_gallery_shows_others_finished_runs_read_only(synthetic, teach
     assert not [b for b in at.get("download_button")] and f"delete_{theirs}" not in [b.key for b in at.button]
     store.set_setting("gallery_downloads", True)
     at.run()
-    assert len(at.get("download_button")) == 1
+    keys = sorted(b.key for b in at.get("download_button"))
+    assert keys == sorted(f"dl_{kind}_{theirs}" for kind in ("model", "torchscript", "onnx"))
     assert f"delete_{theirs}" not in [b.key for b in at.button]  # still read-only
 
 
