@@ -19,7 +19,8 @@ from .models import ALPHA_INITS, MODELS
 from .reference import SEED_MODELS, SEED_STUDY
 from .runs import RunStore
 from .tasks import TASKS
-from .train import Training
+from .train import CONFLICT_PROBES, Training
+from .weighting import WEIGHTINGS
 
 
 def format_record(r: dict) -> str:
@@ -48,15 +49,18 @@ def _config_from_args(a: argparse.Namespace, model: str | None = None) -> TrainC
             "train_limit": a.train_limit,
             "max_batches": a.max_batches,
             "optimizer": a.optimizer,
+            "loss_weighting": a.weighting,
+            "val_split": a.val_split,
         }.items()
         if v is not None
     }
     return TrainConfig.preset(model or a.model, **overrides)
 
 
-def run_training(config: TrainConfig, data, out=None, label: str = "") -> Training:
+def run_training(config: TrainConfig, data, out=None, label: str = "", probes: int = 0) -> Training:
+    """Train `config`, printing a line per epoch; `probes`: gradient-conflict probes per epoch (0: none)."""
     out = out or sys.stdout
-    training = Training(config, data)
+    training = Training(config, data, conflict_probes=probes)
     for r in training.records():
         print(f"{label}{format_record(r)}", file=out, flush=True)
     if training.status != "finished":
@@ -64,25 +68,82 @@ def run_training(config: TrainConfig, data, out=None, label: str = "") -> Traini
     return training
 
 
+def json_record(record: dict, conflict: bool = False, affinity: bool = False) -> dict:
+    """An epoch record for `--json`: as stored, plus `weights` (task -> the loss weight used, the epoch's
+    mean), and with the probes on, `grad_cosine` ("a|b" -> cosine) and `affinity` (task -> task -> Z)."""
+    out = dict(record, weights=record.get("loss_weights") or {})
+    probe = record.get("conflict") or {}
+    if conflict:
+        out["grad_cosine"] = probe.get("cos", {})
+    if affinity:
+        tasks = list(record["train_loss"])
+        pairs = probe.get("affinity", {})
+        out["affinity"] = {i: {j: pairs.get(f"{i}|{j}") for j in tasks} for i in tasks} if pairs else {}
+    return out
+
+
+def aggregate(summaries: list[dict]) -> dict:
+    """Mean and sample std over seeds of the best average accuracy and of each task's best number."""
+    from .analysis import mean_std  # analysis pulls in prediction code the other commands never need
+
+    done = [s for s in summaries if s["best_metrics"]]
+
+    def stat(values: list[float]) -> dict:
+        mean, std = mean_std(values)
+        return {"mean": mean, "std": std, "n": len(values)}
+
+    tasks = done[0]["best"] if done else {}
+    return {
+        "best_avg": stat([s["best_avg"] for s in done if s["best_avg"] is not None]),
+        "best": {t: stat([s["best"][t] for s in done]) for t in tasks},
+        "seeds": [s["seed"] for s in summaries],
+    }
+
+
+def print_aggregate(agg: dict) -> None:
+    avg = agg["best_avg"]
+    if avg["mean"] is None:
+        return
+    std = "" if avg["std"] is None else f" ± {avg['std'] * 100:.2f}"
+    print(f"over seeds {', '.join(map(str, agg['seeds']))}: best avg {avg['mean'] * 100:.2f}{std}% (mean ± sample std)")
+
+
+def _seed_path(path: Path, seed: int, many: bool) -> Path:
+    return path.with_name(f"{path.stem}-seed{seed}{path.suffix}") if many else path
+
+
 def cmd_train(a: argparse.Namespace) -> int:
-    config = _config_from_args(a)
-    data = load_data(config.data)
+    configs = _config_from_args(a).over_seeds(a.seeds)
+    data = load_data(configs[0].data)
     print(f"data: {data.describe()}")
-    training = run_training(config, data)
-    best = training.summary()["best_avg"]
-    best_txt = "-" if best is None else f"{best * 100:.2f}%"
-    print(
-        f"{config.model}: {training.params:,} parameters, {training.train_seconds:.1f} s, "
-        f"best epoch {training.best_epoch}, best avg {best_txt}"
-    )
-    if a.save:
-        save_model(a.save, training.model, config, {"summary": training.summary()})
-        print(f"saved {a.save}")
+    many = len(configs) > 1
+    probes = CONFLICT_PROBES if (a.conflict or a.affinity) else 0
+    results, failed = [], False
+    for config in configs:
+        training = run_training(config, data, label=f"[seed {config.seed}] " if many else "", probes=probes)
+        summary = training.summary()
+        best = summary["best_avg"]
+        best_txt = "-" if best is None else f"{best * 100:.2f}%"
+        picked = "" if config.val_split == 0 else f" (picked on {config.val_split:,} validation digits; test once)"
+        print(
+            f"{config.model} seed {config.seed}: {training.params:,} parameters, {training.train_seconds:.1f} s, "
+            f"best epoch {training.best_epoch}{picked}, best avg {best_txt}"
+        )
+        if a.save:
+            path = _seed_path(a.save, config.seed, many)
+            save_model(path, training.model, config, {"summary": summary})
+            print(f"saved {path}")
+        history = [json_record(r, a.conflict, a.affinity) for r in training.history]
+        results.append(dict(summary, seed=config.seed, history=history, config=config.to_dict()))
+        failed = failed or training.status != "finished"
+    agg = aggregate(results)
+    if many:
+        print_aggregate(agg)
     if a.json:
-        summary = dict(training.summary(), history=training.history, config=config.to_dict())
-        Path(a.json).write_text(json.dumps(summary, indent=2))
+        payload = dict(results[0]) if not many else {"runs": results, "aggregate": agg}
+        Path(a.json).write_text(json.dumps(payload, indent=2))
         print(f"wrote {a.json}")
-    return 0 if training.status == "finished" else 1
+    return 1 if failed else 0
 
 
 def cmd_submit(a: argparse.Namespace) -> int:
@@ -97,53 +158,63 @@ def cmd_submit(a: argparse.Namespace) -> int:
     )
     runner = JobRunner(RunStore(), settings)
     try:
-        run_id = runner.submit(config, owner="cli", label=a.label)
+        configs = config.over_seeds(a.seeds)
+        labels = [a.label if len(configs) == 1 else f"{a.label or c.model} · seed {c.seed}" for c in configs]
+        run_ids = runner.submit_many(configs, owner="cli", labels=labels)  # all seeds or none
         where = f"the {settings.executor} backend" if runner.has_pool else "the dashboard's pool on this store"
-        print(f"queued {run_id} ({where})", flush=True)
+        print(f"queued {', '.join(run_ids)} ({where})", flush=True)
         if not a.wait and not runner.has_pool:
             return 0  # the dashboard's pool trains it; its pages show it
         # Without --wait but with the pool here, this process still waits: nobody else would train the run.
-        return _wait_and_report(runner.store, run_id, a.json)
+        summaries = [_wait_and_report(runner.store, run_id, len(run_ids) > 1) for run_id in run_ids]
     finally:
         runner.shutdown()
+    if len(summaries) > 1:
+        print_aggregate(aggregate(summaries))
+    if a.json:
+        payload = summaries[0] if len(summaries) == 1 else {"runs": summaries, "aggregate": aggregate(summaries)}
+        Path(a.json).write_text(json.dumps(payload, indent=2))
+        print(f"wrote {a.json}")
+    return 0 if all(s["status"] == "finished" for s in summaries) else 1
 
 
-def _wait_and_report(store: RunStore, run_id: str, json_path: Path | None) -> int:
+def _wait_and_report(store: RunStore, run_id: str, many: bool = False) -> dict:
     """Print each epoch as it lands in the store; at the end, the same summary as `train --json`."""
     shown = 0
     while True:
         run = store.get_run(run_id)
+        label = f"[seed {run['config']['seed']}] " if many else ""
         for record in store.epochs(run_id)[shown:]:
-            print(format_record(record), flush=True)
+            print(label + format_record(record), flush=True)
             shown += 1
         if run["status"] not in ("queued", "running"):
             break
         time.sleep(0.25)
     if run["status"] != "finished":
-        print(f"{run['status']}: {run['reason']}")
-    if json_path:
-        config = run["config"]
-        summary = {
-            "run_id": run_id,
-            "model": config["model"],
-            "tasks": list(config["tasks"]),
-            "params": run["params"],
-            "status": run["status"],
-            "reason": run["reason"] or "",
-            "train_seconds": run["train_seconds"],
-            "best_epoch": run["best_epoch"],
-            "best": {t: (m["acc"] if "acc" in m else m["mae"]) for t, m in run["best"].items()},
-            "best_metrics": run["best"],
-            "best_avg": run["best_avg"],
-            "device": run["device"],
-            "data": run["data_source"],
-            "weights": run["weights_path"],
-            "history": store.epochs(run_id),
-            "config": config,
-        }
-        Path(json_path).write_text(json.dumps(summary, indent=2))
-        print(f"wrote {json_path}")
-    return 0 if run["status"] == "finished" else 1
+        print(f"{label}{run['status']}: {run['reason']}")
+    config = run["config"]
+    best = run["best"] or {}
+    return {
+        "run_id": run_id,
+        "model": config["model"],
+        "tasks": list(config["tasks"]),
+        "seed": config["seed"],
+        "params": run["params"],
+        "status": run["status"],
+        "reason": run["reason"] or "",
+        "train_seconds": run["train_seconds"],
+        "best_epoch": run["best_epoch"],
+        "selected_on": "validation" if config.get("val_split") else "test",
+        "best": {t: (m["acc"] if "acc" in m else m["mae"]) for t, m in best.items()},
+        "best_metrics": best,
+        "best_avg": run["best_avg"],
+        "device": run["device"],
+        "data": run["data_source"],
+        "weights": run["weights_path"],
+        # The workers always run the probes (mtl_core/train.py): cosines and affinity are in every record.
+        "history": [json_record(r, conflict=True, affinity=True) for r in store.epochs(run_id)],
+        "config": config,
+    }
 
 
 def seed_table(data, epochs: int, seed: int, out=None, **overrides) -> list[dict]:
@@ -221,9 +292,26 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
         p.add_argument("--alpha-init", choices=list(ALPHA_INITS), default=None)
         p.add_argument("--alpha-lr-mult", type=float, default=None)
+        p.add_argument(
+            "--weighting",
+            choices=list(WEIGHTINGS),
+            default=None,
+            help="how the task losses become one update: " + ", ".join(WEIGHTINGS) + " (default: static)",
+        )
+        p.add_argument(
+            "--val-split",
+            type=int,
+            default=None,
+            metavar="N",
+            help="hold out N training digits to pick the best epoch on; the test set is then scored once "
+            "(default 0: picked on the test set, as the reference studies do)",
+        )
+        p.add_argument("--seeds", type=int, default=1, metavar="N", help="train N times: seeds seed .. seed+N-1")
 
     t = sub.add_parser("train", help="train one model here, print a line per epoch")
     train_options(t)
+    t.add_argument("--conflict", action="store_true", help="probe gradient conflict; --json records get grad_cosine")
+    t.add_argument("--affinity", action="store_true", help="probe task affinity; --json records get affinity (T x T)")
     t.add_argument("--save", type=Path, default=None, help="write the best model here (.safetensors)")
     t.set_defaults(func=cmd_train)
 

@@ -80,3 +80,56 @@ def test_submit_queues_through_the_job_runner_and_writes_what_train_writes(tmp_p
     assert {"train_seconds", "best_epoch", "best", "best_avg", "history", "config"} <= set(summary)
     assert 0 <= summary["best"]["even"] <= 1 and Path(summary["weights"]).exists()
     assert Path(summary["weights"]).parent == tmp_path / "home" / "models"
+
+
+def test_train_over_seeds_with_a_validation_split_weighting_and_probes_in_the_json(tmp_path, capsys):
+    js = tmp_path / "s.json"
+    args = ["train", "--model", "hard", "--data", "synthetic", "--epochs", "2", "--seeds", "2", "--val-split", "100",
+            "--weighting", "uncertainty", "--conflict", "--affinity", "--json", str(js),
+            "--save", str(tmp_path / "m.safetensors")]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "[seed 0] epoch   1" in out and "[seed 1] epoch   2" in out and "over seeds 0, 1: best avg" in out
+    assert (tmp_path / "m-seed0.safetensors").exists() and (tmp_path / "m-seed1.safetensors").exists()
+    payload = json.loads(js.read_text())
+    runs, agg = payload["runs"], payload["aggregate"]
+    assert [r["seed"] for r in runs] == [0, 1] == agg["seeds"]
+    assert agg["best_avg"]["mean"] == pytest.approx((runs[0]["best_avg"] + runs[1]["best_avg"]) / 2)
+    assert agg["best_avg"]["std"] == pytest.approx(abs(runs[0]["best_avg"] - runs[1]["best_avg"]) / 2**0.5)
+    for r in runs:
+        assert r["selected_on"] == "validation" and r["config"]["val_split"] == 100
+        assert r["config"]["loss_weighting"] == "uncertainty"
+        for rec in r["history"]:
+            assert rec["split"] == "validation"
+            assert set(rec["weights"]) == {"even", "mult3"} and all(w > 0 for w in rec["weights"].values())
+            assert set(rec["grad_cosine"]) == {"even|mult3"} and -1 <= rec["grad_cosine"]["even|mult3"] <= 1
+            assert set(rec["affinity"]) == {"even", "mult3"}
+            assert all(set(row) == {"even", "mult3"} for row in rec["affinity"].values())
+            assert rec["affinity"]["even"]["mult3"] == rec["conflict"]["affinity"]["even|mult3"]
+
+
+def test_train_without_probes_records_none_and_help_lists_the_weightings(tmp_path, capsys):
+    js = tmp_path / "s.json"
+    assert main(["train", "--model", "hard", "--data", "synthetic", "--epochs", "1", "--json", str(js)]) == 0
+    rec = json.loads(js.read_text())["history"][0]
+    assert rec["conflict"] is None and "grad_cosine" not in rec and rec["weights"] == {"even": 1.0, "mult3": 1.0}
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for name in ("pcgrad", "mgda", "cagrad", "imtl_g", "aligned_mtl", "upgrad", "gradnorm", "famo", "dwa"):
+        assert name in text
+    for option in ("--val-split", "--seeds", "--conflict", "--affinity"):
+        assert option in text
+
+
+def test_submit_over_seeds_queues_one_job_per_seed(tmp_path):
+    js = tmp_path / "s.json"
+    env = dict(os.environ, MTL_HOME=str(tmp_path / "home"), MTL_WORKERS="2")
+    cmd = [sys.executable, "-m", "mtl_core", "submit", "--model", "hard", "--data", "synthetic", "--epochs", "1",
+           "--seeds", "2", "--seed", "5", "--val-split", "100", "--wait", "--json", str(js)]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=240)
+    assert out.returncode == 0, out.stdout + out.stderr
+    payload = json.loads(js.read_text())
+    assert [r["seed"] for r in payload["runs"]] == [5, 6] and payload["aggregate"]["best_avg"]["n"] == 2
+    assert all(r["selected_on"] == "validation" and r["status"] == "finished" for r in payload["runs"])
+    assert all("grad_cosine" in rec and "weights" in rec for r in payload["runs"] for rec in r["history"])

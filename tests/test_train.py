@@ -287,6 +287,17 @@ def test_with_a_validation_split_epochs_are_picked_on_it_and_the_test_set_is_sco
     summary = training.summary()
     assert summary["selected_on"] == "validation" and summary["best_epoch"] == best["epoch"]
     assert summary["val_best_avg"] == best["avg_acc"]
+    # The picked epoch's numbers are those of the held-out digits, computed here without Training.
+    from mtl_core.metrics import predicted_class
+    from mtl_core.tasks import make_targets
+
+    _, (vx, vy) = synthetic.split_validation(200)
+    training.model.eval()
+    with torch.no_grad():
+        out = training.model(vx)
+    for task, target in make_targets(vy, ("even", "mult3")).items():
+        acc = (predicted_class(task, out[task]) == target).float().mean().item()
+        assert best["metrics"][task]["acc"] == pytest.approx(acc, abs=1e-6), task
     test_metrics, _ = training.evaluate("test")  # the model holds the picked epoch's weights
     assert summary["best_metrics"] == test_metrics
     assert summary["best_avg"] == pytest.approx(sum(m["acc"] for m in test_metrics.values()) / 2)
