@@ -77,10 +77,15 @@ def status_ui(run: dict, records: list[dict]) -> None:
             text = f"Epoch 0 of {total} · first epoch {within:.0%} done"
         st.progress(min(1.0, (done + within) / total), text=text)
     elif status == "finished":
+        n_val = run["config"].get("val_split", 0)
+        if n_val:
+            test = f"; on the test set, scored once after: average {run['best_avg']:.2%}" if run["best_avg"] else ""
+            picked = f"picked on {n_val:,} held-out training digits{test}"
+        else:
+            picked = "picked on the test set, as the reference studies do"
         st.success(
             f"Finished all {_epochs(total)} in {run['train_seconds'] or 0:.1f} s; best epoch {run['best_epoch']} "
-            "(picked on the test set, as the reference studies do)."
-            + (f" Note: {run['reason']}." if run["reason"] else "")
+            f"({picked})." + (f" Note: {run['reason']}." if run["reason"] else "")
         )
     elif status == "cancelled" and done == 0:
         st.warning(f"Stopped before any epoch finished ({run['reason']}); there is no model to keep.")
@@ -98,8 +103,9 @@ def metrics_ui(run: dict, records: list[dict]) -> None:
         return
     last = records[-1]
     items = [("Parameters", f"{run['params']:,}" if run["params"] else "-")]
+    held_out = last.get("split") == "validation"  # the epochs are scored on held-out training digits
     if last["avg_acc"] is not None:
-        items.append(("Average acc", f"{last['avg_acc']:.2%}"))
+        items.append(("Average acc (validation)" if held_out else "Average acc", f"{last['avg_acc']:.2%}"))
     for task, m in last["metrics"].items():
         items.append((task, f"{m['acc']:.2%}" if "acc" in m else f"MAE {m['mae_digits']:.2f}"))
     for start in range(0, len(items), 3):

@@ -572,3 +572,14 @@ def test_compare_combines_seeds_into_mean_std_with_bands_and_pairs_delta_m_by_se
     at.toggle(key="compare_combine").set_value(False).run()
     per_run = at.dataframe[0].value
     assert "run" in per_run.columns and len(per_run) == 4  # the four runs chosen when the page opened
+
+
+def test_a_run_with_a_validation_split_says_where_its_epoch_was_picked(synthetic):
+    run_id = stored_run("hard", synthetic, val_split=100)
+    at = open_page("views/train.py")
+    at.selectbox(key="watch_select").set_value(run_id).run()
+    assert_ok(at)
+    assert "picked on 100 held-out training digits; on the test set, scored once after" in texts(at.success)
+    assert "Average acc (validation)" in [m.label for m in at.metric]
+    subplot_titles = [a["text"] for spec in plotly_specs(at) for a in spec["layout"].get("annotations", [])]
+    assert "Validation metric per task" in subplot_titles
