@@ -75,7 +75,8 @@ class FlatAdam(torch.optim.Optimizer):
         state["step"].add_(1)
         beta1, beta2 = group["betas"]
         parts = [(slice(None), group["lr"], group["weight_decay"])]
-        if self.tail:
+        # One kernel call where the tail would get the same update anyway (no decay, the same rate).
+        if self.tail and (group["weight_decay"] != 0.0 or self.tail_lr_mult != 1.0):
             # The alphas are mixing weights, not network weights: no decay pulls them toward 0.
             k = p.numel() - self.tail
             parts = [
@@ -316,6 +317,74 @@ class ColumnsStep(_HeadsStep):
         return losses
 
 
+class CrossStitchStep(ColumnsStep):
+    """`ColumnsStep` for cross-stitch with the second unit's mixing folded into the heads: head i reads
+    sum_j alpha1[i, j] r2_j, so all heads are one (K, T*32) matrix whose block (i, j) is alpha1[i, j] *
+    head_i, one product forward and two back instead of per-head products and two mixing products each
+    way. (Folding the first unit into the second layer the same way doubles that layer's arithmetic,
+    which costs more than the mixing it saves.) The heads' and alpha1's gradients come from the folded
+    matrix's gradient by the product rule; `tests/test_fastpath.py` checks them against autograd."""
+
+    def __call__(self, x: torch.Tensor, targets) -> torch.Tensor:
+        if isinstance(targets, dict) and self.all_binary:
+            targets = self.prepare_targets(targets)
+        t, h1, h2 = self.n, self.w1.shape[1], self.w2.shape[1]
+        x = x.reshape(x.shape[0], -1).to(self.input_dtype)
+        n = x.shape[0]
+        a1 = self._first_layer(x, self.w1.view(t * h1, -1), self.b1.view(-1))
+        r1 = a1.clamp_min_(0).view(n, t, h1).transpose(0, 1)  # (T, B, 64), a view
+        m1 = self._mix(0, r1)
+        r2 = torch.baddbmm(self.b2.unsqueeze(1), m1, self.w2.transpose(1, 2)).clamp_min_(0)  # (T, B, 32)
+        r2_wide = r2.transpose(0, 1).reshape(n, t * h2)  # (B, T*32): what the folded heads read
+        whm = self._folded_heads(self.alphas[1])  # (K, T*32)
+        z = torch.addmm(self.bh_all, r2_wide, whm.t())
+        losses, dz = self._loss_grad(z, targets, n)
+        g_whm = dz.t() @ r2_wide
+        torch.sum(dz, 0, out=self.g_bh_all)
+        d2 = torch.ops.aten.threshold_backward((dz @ whm).view(n, t, h2).transpose(0, 1), r2, 0)  # (T, B, 32)
+        torch.bmm(d2.transpose(1, 2), m1, out=self.g_w2)
+        torch.sum(d2, 1, out=self.g_b2)
+        d1 = torch.ops.aten.threshold_backward(self._unmix(0, r1, torch.bmm(d2, self.w2)), r1, 0)  # (T, B, 64)
+        d1 = d1.transpose(0, 1).reshape(n, t * h1)  # back to the first layer's (B, T*64) layout
+        self._first_layer_grad(d1, x, self.g_w1.view(t * h1, -1))
+        torch.sum(d1, 0, out=self.g_b1.view(-1))
+        self._unfold_heads(self.alphas[1], g_whm)
+        return losses
+
+    def _folded_heads(self, a1: torch.Tensor) -> torch.Tensor:
+        """The heads reading the mixed features: task i's rows, block j, are alpha1[i, j] * head_i."""
+        if self.all_binary:  # one row per task: all heads at once
+            return (a1[:, :, None] * self.wh_all[:, None, :]).view(self.n, -1)
+        return torch.cat([(a1[i][:, None, None] * w[None]).transpose(0, 1).reshape(w.shape[0], -1)
+                          for i, w in enumerate(self.wh)])  # fmt: skip
+
+    def _unfold_heads(self, a1: torch.Tensor, g_whm: torch.Tensor) -> None:
+        """The heads' and alpha1's gradients from the folded heads' gradient."""
+        if self.all_binary:
+            g = g_whm.view(self.n, self.n, -1)  # (task i, column j, feature)
+            torch.sum(g * a1[:, :, None], 1, out=self.g_wh_all)
+            torch.sum(g * self.wh_all[:, None, :], 2, out=self.g_alphas[1])
+            return
+        for i, (_, lo, hi, _, _) in enumerate(self.slices):
+            g = g_whm[lo:hi].view(hi - lo, self.n, -1)  # (output, column j, feature)
+            torch.sum(g * a1[i][None, :, None], 1, out=self.g_wh[i])
+            torch.sum(g * self.wh[i][:, None, :], (0, 2), out=self.g_alphas[1][i])
+
+    def __init__(self, model: CrossStitchMLP, weights: dict[str, float], bf16: bool = False):
+        super().__init__(model, weights, bf16)
+        # The heads' weights (then their biases) are consecutive in the flat buffer: one view each.
+        k = sum(hi - lo for _, lo, hi, _, _ in self.slices)
+        start = sum(p.numel() for p in (self.w1, self.b1, self.w2, self.b2))
+        width = self.w2.shape[1]
+        flat, grad = self.params.flat.data, self.params.flat.grad
+        self.wh_all = flat[start : start + k * width].view(k, width)
+        self.g_wh_all = grad[start : start + k * width].view(k, width)
+        self.bh_all = flat[start + k * width : start + k * width + k]
+        self.g_bh_all = grad[start + k * width : start + k * width + k]
+
+
 def make_step(model: MultiTaskModel, weights: dict[str, float], bf16: bool = False) -> _HeadsStep:
     """The hand-written step for `model` (only where `fast_path_refusal` says there is one)."""
-    return (HardSharingStep if isinstance(model, HardSharingMLP) else ColumnsStep)(model, weights, bf16)
+    if isinstance(model, HardSharingMLP):
+        return HardSharingStep(model, weights, bf16)
+    return (CrossStitchStep if isinstance(model, CrossStitchMLP) else ColumnsStep)(model, weights, bf16)

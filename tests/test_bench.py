@@ -1,0 +1,91 @@
+"""The benchmark's own arithmetic: FLOPs per epoch against a hand count, the GEMM probe, the floor,
+the verdict, and one quick run of the whole command on synthetic data."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mtl_core import bench
+from mtl_core.config import TrainConfig
+from mtl_core.models import IN_FEATURES, MLP_HIDDEN, head_dim
+from mtl_core.train import Training
+
+
+def test_hard_sharing_flops_equal_a_hand_count():
+    h1, h2 = MLP_HIDDEN
+    outputs = sum(head_dim(t, "mlp") for t in TrainConfig.preset("hard").tasks)  # one logit per binary task
+    first = IN_FEATURES * h1  # multiply-adds per digit, forward
+    rest = h1 * h2 + h2 * outputs
+    # The first layer: forward and weight gradient (the images need no gradient); the others:
+    # forward, weight gradient and input gradient, 3x forward. 2 FLOPs per multiply-add.
+    per_digit = 2 * (2 * first + 3 * rest)
+    assert bench.flops_per_epoch("hard", 1000) == pytest.approx(per_digit * 1000)
+
+
+def test_flops_scale_with_the_digits_not_the_batch():
+    one = bench.flops_per_epoch("hard", 1000)
+    assert bench.flops_per_epoch("hard", 3000) == pytest.approx(3 * one)
+    assert bench.flops_per_epoch("hard", 1000, batch_size=64) == pytest.approx(one)
+
+
+def test_flops_rank_the_models():
+    hard, stl, cross = (bench.flops_per_epoch(m, 1000) for m in ("hard", "stl", "cross_stitch"))
+    # Two columns: twice hard's first layer, which is almost all of either model's products.
+    assert 1.9 < stl / hard < 2.05
+    assert stl < cross < 1.02 * stl  # the alpha mixing is counted, and small
+    assert bench.flops_per_epoch("cnn", 1000) > 10 * stl
+
+
+def test_bf16_part_is_the_mlp_first_layer(synthetic):
+    n = synthetic.n_train
+    flops = bench.flops_per_epoch("hard", n)
+    bf16 = Training(TrainConfig.preset("hard", epochs=1, precision="bf16"), synthetic)
+    fp32 = Training(TrainConfig.preset("hard", epochs=1, precision="fp32"), synthetic)
+    assert bench.bf16_flops_per_epoch(bf16, flops) == 2 * 2 * IN_FEATURES * MLP_HIDDEN[0] * n
+    assert bench.bf16_flops_per_epoch(fp32, flops) == 0.0
+
+
+def test_peak_gflops_is_a_rate_and_threads_come_back():
+    before = torch.get_num_threads()
+    for dtype in (torch.float32, torch.bfloat16):
+        rate = bench.peak_gflops(1, dtype, seconds_per_shape=0.02)
+        assert rate > 0 and math.isfinite(rate)
+    assert torch.get_num_threads() == before
+
+
+def test_floor_seconds():
+    peak = {"fp32": 100.0, "bf16": 400.0}
+    assert bench.floor_seconds(2e9, 0.0, peak) == pytest.approx(0.02)
+    assert bench.floor_seconds(2e9, 1e9, peak) == pytest.approx(0.01 + 0.0025)
+    assert bench.floor_seconds(2e9, 1e9, {"fp32": 100.0, "bf16": None}) == pytest.approx(0.02)
+
+
+def test_verdict_marks_each_goal():
+    best = {"stl": ("auto", 25.0), "hard": ("fp32", 24.9), "cross_stitch": ("auto", 16.8), "cnn": ("bf16", 3.2)}
+    lines = bench.verdict(best, 30.0)
+    assert lines[0] == "stl auto: 25.0x (goal >= 25x) PASS"
+    assert lines[1] == "hard fp32: 24.9x (goal >= 25x) MISS"
+    assert lines[2] == "cross_stitch auto: 16.8x (goal >= 25x) MISS"
+    assert lines[3] == "seed table: 30.0 s (goal <= 30 s) PASS"
+    assert lines[4].startswith("cnn bf16: 3.2x (goal >= 3x) PASS") and "not checked here" in lines[4]
+    assert bench.verdict(best, 30.1)[3].endswith("MISS")
+    short = bench.verdict({"cnn": ("fp32", 2.9)}, None)
+    assert short[3] == "seed table: not run (--no-table)"
+    assert short[4].startswith("cnn fp32: 2.9x (goal >= 3x) MISS")
+    assert bench.verdict({}, None)[0] == "stl: not measured"
+    assert bench.verdict({}, None)[-1] == "cnn: not measured (--no-cnn)"
+
+
+def test_quick_run_prints_every_section_and_a_verdict(capsys):
+    before = torch.get_num_threads()
+    assert bench.main(["--data", "synthetic", "--seed-batches", "2", "--no-table", "--no-cnn"]) == 0
+    out = capsys.readouterr().out
+    assert "GEMM probe peak" in out and "x floor" in out
+    assert "one vs two threads" in out
+    for m in ("stl", "hard", "cross_stitch"):
+        assert sum(line.startswith(f"  {m} ") and line.rstrip().endswith(("PASS", "MISS")) for line in out.splitlines())
+    assert "seed table: not run" in out and "cnn: not measured" in out
+    assert torch.get_num_threads() == before
