@@ -18,7 +18,8 @@ from .tasks import get_task
 
 
 class FlatParameters:
-    """Re-home `params` (in this order) as views of one flat parameter with one flat gradient."""
+    """Re-home `params` (in this order) as views of one flat parameter with one flat gradient. Each view
+    keeps its parameter's strides, so a channels_last convolution weight stays channels_last."""
 
     def __init__(self, params: list[torch.nn.Parameter]):
         n = sum(p.numel() for p in params)
@@ -26,16 +27,28 @@ class FlatParameters:
         self.flat = torch.nn.Parameter(torch.empty(n, dtype=first.dtype, device=first.device))
         self.flat.grad = torch.zeros_like(self.flat)
         self.grads: dict[int, torch.Tensor] = {}
+        self.params = list(params)
         offset = 0
         for p in params:
             k = p.numel()
-            self.flat.data[offset : offset + k].copy_(p.data.reshape(-1))
-            p.data = self.flat.data[offset : offset + k].view_as(p)
-            self.grads[id(p)] = self.flat.grad[offset : offset + k].view_as(p)
+            if not (p.is_contiguous() or p.is_contiguous(memory_format=torch.channels_last)):
+                raise ValueError("a parameter with gaps in its storage cannot live in a flat buffer")
+            view = self.flat.data[offset : offset + k].as_strided(p.shape, p.stride())
+            view.copy_(p.data)
+            p.data = view
+            self.grads[id(p)] = self.flat.grad[offset : offset + k].as_strided(p.shape, p.stride())
             offset += k
 
     def grad_of(self, p: torch.nn.Parameter) -> torch.Tensor:
         return self.grads[id(p)]
+
+    def bind_grads(self) -> None:
+        """Make each parameter's `.grad` its view of the flat gradient: autograd then adds every
+        backward's gradients into it in place (it accumulates into a `.grad` that exists), and one
+        optimiser call updates all parameters. The gradient must be zeroed in place between steps
+        (`FlatAdam.zero_grad`), never set to None."""
+        for p in self.params:
+            p.grad = self.grads[id(p)]
 
 
 class FlatAdam(torch.optim.Optimizer):
@@ -65,6 +78,10 @@ class FlatAdam(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ARG002 - the Optimizer signature
         self.update()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:  # noqa: ARG002 - the Optimizer signature
+        """Zero the flat gradient in place: the parameters' `.grad` views (`bind_grads`) stay bound."""
+        self.param_groups[0]["params"][0].grad.zero_()
 
     def update(self) -> None:
         """The update itself, for the training loop to call directly: `step` goes through the

@@ -166,3 +166,42 @@ def test_mmoe_gates_mix_shared_experts_per_task():
         after = model(x)
     torch.testing.assert_close(after["even"], before["even"])
     assert not torch.allclose(after["mult3"], before["mult3"])
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_the_cnn_trunk_pools_before_its_relu_with_the_tutorials_outputs_and_gradients(bf16):
+    """The trunk runs conv-BN-pool-ReLU (and keeps the gradient channels_last through the flatten) for
+    speed; the tutorial's conv-BN-ReLU-pool with a plain Flatten gives the same numbers, bit for bit."""
+    import copy
+
+    from torch import nn
+
+    from mtl_core.models import build_model
+
+    torch.manual_seed(0)
+    ours = build_model("cnn").to(memory_format=torch.channels_last)
+    tutorial = copy.deepcopy(ours)
+    for block in (0, 4):  # conv, BN, ReLU, pool
+        tutorial.trunk[block + 2], tutorial.trunk[block + 3] = nn.ReLU(), nn.MaxPool2d(2)
+    tutorial.trunk[8] = nn.Flatten()
+    assert [type(m).__name__ for m in ours.trunk[:4]] == ["Conv2d", "BatchNorm2d", "MaxPool2d", "ReLU"]
+    x = torch.randn(16, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    outputs = []
+    for model in (ours, tutorial):
+        torch.manual_seed(1)  # the same dropout masks
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(x)
+        sum(v.float().square().sum() for v in out.values()).backward()
+        outputs.append(out)
+    for task in outputs[0]:
+        assert torch.equal(outputs[0][task], outputs[1][task]), task
+    for (name, a), b in zip(ours.named_parameters(), tutorial.parameters()):
+        assert torch.equal(a.grad, b.grad), name
+    # The gradient reaching the second block's pooling is channels_last, as its input is.
+    h = x
+    for layer in ours.trunk[:8]:
+        h = layer(h)
+    seen = []
+    h.register_hook(lambda grad: seen.append(grad.is_contiguous(memory_format=torch.channels_last)))
+    ours.trunk[8](h).sum().backward()
+    assert seen == [True]
