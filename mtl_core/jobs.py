@@ -56,6 +56,7 @@ class RunnerSettings:
 
     workers: int = 1
     threads: int = 1
+    max_threads: int = 0  # a run alone on the machine may take this many threads (0: `threads`)
     max_job_s: float = 0.0  # 0: no limit
     abandon_s: float = 0.0  # 0: queued runs of a closed tab wait forever
     nice: int = 0  # added to the workers' scheduling niceness: clicks on the pages come before training
@@ -71,6 +72,8 @@ class RunnerSettings:
         return cls(
             workers=workers,
             threads=threads,
+            # A lone run takes every core (mtl_core/worker.threads_for); MTL_THREADS pins them instead.
+            max_threads=int(_env_float("MTL_MAX_THREADS", threads if "MTL_THREADS" in os.environ else cores)),
             max_job_s=_env_float("MTL_MAX_JOB_MINUTES", 30) * 60,
             abandon_s=_env_float("MTL_ABANDON_MINUTES", 10) * 60,
             nice=int(_env_float("MTL_WORKER_NICE", 10)),
@@ -165,6 +168,7 @@ class JobRunner:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
         cmd = [sys.executable, "-m", "mtl_core.worker", "--db", str(self.store.path), "--token", token]
         cmd += ["--watch-stdin", "--threads", str(self.settings.threads)]
+        cmd += ["--max-threads", str(self.settings.max_threads)]
         cmd += ["--max-seconds", str(self.settings.max_job_s), "--nice", str(self.settings.nice)]
         # stdin is a pipe we never write: when this process dies, however it dies, the worker sees EOF.
         # A session of its own: Ctrl+C on the server reaches the worker only through that pipe.

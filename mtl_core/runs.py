@@ -571,6 +571,9 @@ class RunStore:
     def count_active(self) -> int:
         return self._query("SELECT COUNT(*) FROM runs WHERE status IN ('queued','running')")[0][0]
 
+    def count_running(self) -> int:
+        return self._query("SELECT COUNT(*) FROM runs WHERE status='running'")[0][0]
+
     def epoch_seconds(self, model: str, data_source: str, batch_size: int, train_limit: int = 0) -> list[float]:
         """Seconds per epoch of this model's most recent epochs on this server, same data and batch size."""
         sql = (

@@ -469,6 +469,7 @@ class Training:
                 "seconds": seconds,
                 "train_only_seconds": train_s,
                 "lr": lr,
+                "threads": torch.get_num_threads(),  # at the epoch's end (a worker shares the cores out)
                 "alphas": self.model.alphas(),
                 "loss_weights": self.weighting.epoch_weights(),  # the mean of the weights this epoch used
                 "conflict": self._conflict_record(),

@@ -315,3 +315,22 @@ def test_runs_take_turns_across_students_on_either_backend(store, executor):
         assert started[a1] < started[b1] < started[a2], started
     finally:
         runner.shutdown()
+
+
+def test_a_run_alone_takes_every_core_and_shares_them_when_others_train():
+    from mtl_core.worker import threads_for
+
+    assert [threads_for(n, cores=2, base=1) for n in (0, 1, 2, 3, 30)] == [2, 2, 1, 1, 1]
+    assert [threads_for(n, cores=8, base=1) for n in (1, 2, 3, 4, 9)] == [8, 4, 2, 2, 1]
+    assert threads_for(5, cores=8, base=2) == 2  # never below the worker's own setting
+
+
+def test_a_worker_gives_a_lone_run_its_max_threads(tmp_path, synthetic):
+    """Through the real worker process: one run on its own trains with --max-threads threads."""
+    store = RunStore(tmp_path / "runs.db")
+    run_id = store.create_run(TrainConfig.preset("hard", epochs=2, data="synthetic").to_dict())
+    cmd = [sys.executable, "-m", "mtl_core.worker", "--db", str(store.path), "--once", "--threads", "1",
+           "--max-threads", "2"]  # fmt: skip
+    subprocess.run(cmd, check=True, timeout=180, cwd=Path(__file__).resolve().parent.parent, capture_output=True)
+    assert store.get_run(run_id)["status"] == "finished"
+    assert [r["threads"] for r in store.epochs(run_id)] == [2, 2]
