@@ -214,6 +214,25 @@ def affinity_ui(run: dict, records: list[dict]) -> None:
                 st.success(f"Queued {len(configs)} runs; compare them with this one on the **Compare** page.")
 
 
+def gates_ui(run_id: str, records: list[dict]) -> None:
+    """MMoE: how much of each shared expert every task's head reads, epoch by epoch."""
+    epochs = [r["epoch"] for r in records if r.get("gates")]
+    series = {
+        f"{task}: expert {e + 1}": (epochs, [r["gates"][task][e] for r in records if r.get("gates")])
+        for task, weights in records[-1]["gates"].items()
+        for e in range(len(weights))
+    }
+    st.plotly_chart(
+        overlay(series, "Gate weights per task (mean over test digits)", "share of the expert", y_max=1.01),
+        key=f"gates_{run_id}",
+        width="stretch",
+    )
+    st.caption(
+        "Each task's gate decides how much of each shared expert its head reads. Tasks that lean on different "
+        "experts share little; tasks that read the same expert share it, as hard sharing would."
+    )
+
+
 def monitor_ui(run_id: str, projector: bool = False) -> None:
     """The watched run, live. `projector`: the curves come right under the status line, before the
     numbers and buttons, so they fit a 1280 x 720 projector without scrolling."""
@@ -274,6 +293,8 @@ def monitor_ui(run_id: str, projector: bool = False) -> None:
                    if norms else "")
             )  # fmt: skip
         affinity_ui(run, records)
+        if records and records[-1].get("gates"):
+            gates_ui(run_id, records)
         method = run["config"].get("loss_weighting", "static")
         if records and method != "static" and records[0].get("loss_weights"):
             epochs = [r["epoch"] for r in records]

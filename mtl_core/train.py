@@ -284,6 +284,16 @@ class Training:
             "probes": len(probes),
         }
 
+    @torch.no_grad()
+    def _gate_record(self) -> dict[str, list[float]] | None:
+        """For a gated model (MMoE): each task's mean gate weight per expert over the first test digits,
+        i.e. how much of each shared expert its head reads. None for models without gates."""
+        gate_weights = getattr(self.model, "gate_weights", None)
+        if gate_weights is None:
+            return None
+        weights = gate_weights(self._inputs(self._test_x[:EVAL_BATCH]))
+        return {t: w.float().mean(0).tolist() for t, w in weights.items()}
+
     def _autocast(self):
         # Autocast for bf16 runs on autograd; the fast step casts its first layer itself and is
         # evaluated in fp32, as the Compare and Draw pages score it later.
@@ -472,6 +482,7 @@ class Training:
                 "threads": torch.get_num_threads(),  # at the epoch's end (a worker shares the cores out)
                 "alphas": self.model.alphas(),
                 "loss_weights": self.weighting.epoch_weights(),  # the mean of the weights this epoch used
+                "gates": self._gate_record(),
                 "conflict": self._conflict_record(),
             }
             score = selection_score(metrics)

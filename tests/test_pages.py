@@ -583,3 +583,14 @@ def test_a_run_with_a_validation_split_says_where_its_epoch_was_picked(synthetic
     assert "Average acc (validation)" in [m.label for m in at.metric]
     subplot_titles = [a["text"] for spec in plotly_specs(at) for a in spec["layout"].get("annotations", [])]
     assert "Validation metric per task" in subplot_titles
+
+
+def test_an_mmoe_run_shows_how_much_of_each_expert_every_task_reads(synthetic):
+    run_id = stored_run("mmoe", synthetic)
+    at = open_page("views/train.py")
+    at.selectbox(key="watch_select").set_value(run_id).run()
+    assert_ok(at)
+    gates = [s for s in plotly_specs(at) if "Gate weights per task" in json.dumps(s["layout"].get("title", ""))]
+    assert len(gates) == 1
+    names = {t["name"] for t in gates[0]["data"]}
+    assert names == {"even: expert 1", "even: expert 2", "mult3: expert 1", "mult3: expert 2"}

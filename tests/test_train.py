@@ -316,3 +316,16 @@ def test_a_validation_split_that_leaves_no_batch_is_refused_with_the_numbers(syn
         Training(tiny("hard", val_split=500), synthetic)
     with pytest.raises(ConfigError, match="val_split must be a whole number"):
         tiny("hard", val_split=-1)
+
+
+def test_a_gated_model_records_each_tasks_gate_weights_per_expert(synthetic):
+    training = Training(tiny("mmoe", epochs=2), synthetic)
+    for r in training.records():
+        assert set(r["gates"]) == {"even", "mult3"}
+        for weights in r["gates"].values():
+            assert len(weights) == 2 and sum(weights) == pytest.approx(1.0, abs=1e-5)
+        # The mean over the test digits, of the model as it is at the end of this epoch.
+        with torch.no_grad():
+            expected = training.model.gate_weights(synthetic.test_x[:2048])["mult3"].mean(0)
+        assert r["gates"]["mult3"] == pytest.approx(expected.tolist(), abs=1e-6)
+    assert list(iter_train(tiny("hard", epochs=1), synthetic))[0]["gates"] is None
