@@ -303,18 +303,35 @@ class ColumnsStep(_HeadsStep):
         torch.mm(flat_d, h.reshape(t, b * width).t(), out=self.g_alphas[unit])
         return (self.alphas[unit].t() @ flat_d).view(t, b, width)
 
+    def _columns_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The columns up to their second hidden layer: (x as the first layer reads it, r1 (T, B, 64),
+        m1 (r1 mixed by the first unit), r2 (T, B, 32))."""
+        t, h1 = self.n, self.w1.shape[1]
+        x = x.reshape(x.shape[0], -1).to(self.input_dtype)
+        a1 = self._first_layer(x, self.w1.reshape(t * h1, -1), self.b1.reshape(-1))
+        r1 = a1.clamp_min_(0).view(x.shape[0], t, h1).transpose(0, 1)  # (T, B, 64), a view
+        m1 = self._mix(0, r1)
+        r2 = torch.baddbmm(self.b2.unsqueeze(1), m1, self.w2.transpose(1, 2)).clamp_min_(0)  # (T, B, 32)
+        return x, r1, m1, r2
+
+    def _columns_backward(self, x: torch.Tensor, r1: torch.Tensor, m1: torch.Tensor, d2: torch.Tensor) -> None:
+        """From the gradient at the second layer's output (T, B, 32, through its ReLU) down: W2, b2, the
+        first unit's alphas, W1 and b1."""
+        t, h1 = self.n, self.w1.shape[1]
+        torch.bmm(d2.transpose(1, 2), m1, out=self.g_w2)
+        torch.sum(d2, 1, out=self.g_b2)
+        d1 = torch.ops.aten.threshold_backward(self._unmix(0, r1, torch.bmm(d2, self.w2)), r1, 0)  # (T, B, 64)
+        d1 = d1.transpose(0, 1).reshape(x.shape[0], t * h1)  # back to the first layer's (B, T*64) layout
+        self._first_layer_grad(d1, x, self.g_w1.view(t * h1, -1))
+        torch.sum(d1, 0, out=self.g_b1.view(-1))
+
     def __call__(self, x: torch.Tensor, targets) -> torch.Tensor:
         """One step's gradients for inputs `x` and `targets` (from `select`, or a dict per task). As in
         `HardSharingStep`, everything is `.data` or an input: autograd records nothing."""
         if isinstance(targets, dict) and self.all_binary:
             targets = self.prepare_targets(targets)
-        t, h1 = self.n, self.w1.shape[1]
-        x = x.reshape(x.shape[0], -1).to(self.input_dtype)
+        x, r1, m1, r2 = self._columns_forward(x)
         n = x.shape[0]
-        a1 = self._first_layer(x, self.w1.reshape(t * h1, -1), self.b1.reshape(-1))
-        r1 = a1.clamp_min_(0).view(n, t, h1).transpose(0, 1)  # (T, B, 64), a view
-        m1 = self._mix(0, r1)
-        r2 = torch.baddbmm(self.b2.unsqueeze(1), m1, self.w2.transpose(1, 2)).clamp_min_(0)  # (T, B, 32)
         m2 = self._mix(1, r2)
         z = torch.cat([torch.addmm(b, m2[i], w.t()) for i, (w, b) in enumerate(zip(self.wh, self.bh))], dim=1)
         losses, dz = self._loss_grad(z, targets, n)
@@ -325,12 +342,7 @@ class ColumnsStep(_HeadsStep):
             torch.sum(d, 0, out=self.g_bh[i])
             torch.mm(d, self.wh[i], out=dm2[i])
         d2 = torch.ops.aten.threshold_backward(self._unmix(1, r2, dm2), r2, 0)  # (T, B, 32)
-        torch.bmm(d2.transpose(1, 2), m1, out=self.g_w2)
-        torch.sum(d2, 1, out=self.g_b2)
-        d1 = torch.ops.aten.threshold_backward(self._unmix(0, r1, torch.bmm(d2, self.w2)), r1, 0)  # (T, B, 64)
-        d1 = d1.transpose(0, 1).reshape(n, t * h1)  # back to the first layer's (B, T*64) layout
-        self._first_layer_grad(d1, x, self.g_w1.view(t * h1, -1))
-        torch.sum(d1, 0, out=self.g_b1.view(-1))
+        self._columns_backward(x, r1, m1, d2)
         return losses
 
 
@@ -345,13 +357,8 @@ class CrossStitchStep(ColumnsStep):
     def __call__(self, x: torch.Tensor, targets) -> torch.Tensor:
         if isinstance(targets, dict) and self.all_binary:
             targets = self.prepare_targets(targets)
-        t, h1, h2 = self.n, self.w1.shape[1], self.w2.shape[1]
-        x = x.reshape(x.shape[0], -1).to(self.input_dtype)
-        n = x.shape[0]
-        a1 = self._first_layer(x, self.w1.view(t * h1, -1), self.b1.view(-1))
-        r1 = a1.clamp_min_(0).view(n, t, h1).transpose(0, 1)  # (T, B, 64), a view
-        m1 = self._mix(0, r1)
-        r2 = torch.baddbmm(self.b2.unsqueeze(1), m1, self.w2.transpose(1, 2)).clamp_min_(0)  # (T, B, 32)
+        x, r1, m1, r2 = self._columns_forward(x)
+        n, t, h2 = x.shape[0], self.n, self.w2.shape[1]
         r2_wide = r2.transpose(0, 1).reshape(n, t * h2)  # (B, T*32): what the folded heads read
         whm = self._folded_heads(self.alphas[1])  # (K, T*32)
         z = torch.addmm(self.bh_all, r2_wide, whm.t())
@@ -359,12 +366,7 @@ class CrossStitchStep(ColumnsStep):
         g_whm = dz.t() @ r2_wide
         torch.sum(dz, 0, out=self.g_bh_all)
         d2 = torch.ops.aten.threshold_backward((dz @ whm).view(n, t, h2).transpose(0, 1), r2, 0)  # (T, B, 32)
-        torch.bmm(d2.transpose(1, 2), m1, out=self.g_w2)
-        torch.sum(d2, 1, out=self.g_b2)
-        d1 = torch.ops.aten.threshold_backward(self._unmix(0, r1, torch.bmm(d2, self.w2)), r1, 0)  # (T, B, 64)
-        d1 = d1.transpose(0, 1).reshape(n, t * h1)  # back to the first layer's (B, T*64) layout
-        self._first_layer_grad(d1, x, self.g_w1.view(t * h1, -1))
-        torch.sum(d1, 0, out=self.g_b1.view(-1))
+        self._columns_backward(x, r1, m1, d2)
         self._unfold_heads(self.alphas[1], g_whm)
         return losses
 

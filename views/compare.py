@@ -251,40 +251,26 @@ if bars_tab.open:
         # One row of charts per task set: a run answering other tasks is never ranked beside these.
         for i, (tasks, group) in enumerate(task_sets.items()):
             names = [unit_label(u) for u in group]
-            stats = {
-                "params": [unit_stat(u, lambda r: r["params"]) for u in group],
-                "time": [unit_stat(u, lambda r: r["train_seconds"]) for u in group],
-                "acc": [unit_stat(u, lambda r: None if r["best_avg"] is None else 100 * r["best_avg"]) for u in group],
-            }
-            b1, b2, b3 = st.columns(3)
-            b1.plotly_chart(
-                bars(names, [m for m, _ in stats["params"]], set_title("Parameters", tasks), "{:,.0f}"),
-                key=f"bar_params_{i}",
-                width="stretch",
-            )
-            b2.plotly_chart(
-                bars(
-                    names,
-                    [m for m, _ in stats["time"]],
-                    set_title("Training time (s)", tasks),
-                    "{:.1f}",
-                    errors=[sd for _, sd in stats["time"]],
-                ),
-                key=f"bar_time_{i}",
-                width="stretch",
-            )
-            b3.plotly_chart(
-                bars(
-                    names,
-                    [m for m, _ in stats["acc"]],
-                    set_title("Best average accuracy (%)", tasks),
-                    "{:.2f}",
-                    zoom=True,
-                    errors=[sd for _, sd in stats["acc"]],
-                ),
-                key=f"bar_acc_{i}",
-                width="stretch",
-            )
+            # (key, title, value of one run, number format, axis cut near the values)
+            charts = [
+                ("params", "Parameters", lambda r: r["params"], "{:,.0f}", False),
+                ("time", "Training time (s)", lambda r: r["train_seconds"], "{:.1f}", False),
+                ("acc", "Best average accuracy (%)", lambda r: r["best_avg"] and 100 * r["best_avg"], "{:.2f}", True),
+            ]
+            for col, (key, title, value, fmt, zoom) in zip(st.columns(3), charts):
+                stats = [unit_stat(u, value) for u in group]
+                col.plotly_chart(
+                    bars(
+                        names,
+                        [m for m, _ in stats],
+                        set_title(title, tasks),
+                        fmt,
+                        zoom=zoom,
+                        errors=None if key == "params" else [sd for _, sd in stats],  # params: the same every seed
+                    ),
+                    key=f"bar_{key}_{i}",
+                    width="stretch",
+                )
         st.caption(
             "Look for: the same accuracy with fewer parameters is sharing paying off. Time is wall time on this "
             "server (other jobs ran beside), so compare it only between runs trained at the same moment."
