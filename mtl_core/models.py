@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .batchfold import can_fold, folded_conv_bn
 from .tasks import get_task
 
 MLP_HIDDEN = (64, 32)  # SPEC.md: the study's parameter counts imply [64, 32], not [256, 128]
@@ -233,6 +234,22 @@ class MMoEMLP(MultiTaskModel):
         return [self.w1, self.b1, self.w2, self.b2]  # the gates and heads are each task's own
 
 
+PatchMoments = tuple[torch.Tensor, torch.Tensor]  # this batch's rows of mtl_core/batchfold.patch_moments
+
+
+def _run_first_stage(layers: nn.Sequential, x: torch.Tensor, patch_moments: PatchMoments | None) -> torch.Tensor:
+    """`layers(x)`; in training, given the batch's patch moments, the leading conv + BatchNorm run as one
+    convolution with the batch statistics folded in (mtl_core/batchfold.py: the same result, without
+    BatchNorm's passes over the largest activation)."""
+    conv, bn = layers[0], layers[1]
+    if patch_moments is None or not (bn.training and torch.is_grad_enabled()) or not can_fold(conv, bn):
+        return layers(x)
+    h = folded_conv_bn(conv, bn, x, *patch_moments)
+    for layer in layers[2:]:
+        h = layer(h)
+    return h
+
+
 def _run_cnn_heads(heads: nn.ModuleDict, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Each task's head on its 128 features, in float32 even under bf16 autocast: the heads are a few
     thousand multiply-adds a digit, and casting their weights, inputs and gradients each step cost more
@@ -301,10 +318,16 @@ class _ColumnsCNN(MultiTaskModel):
             init = alpha_matrix(alpha_init, len(self.tasks))
             self.alpha = nn.ParameterList([nn.Parameter(init.clone()) for _ in range(3)])
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def first_conv(self) -> nn.Conv2d:
+        return self.columns[0][0][0]
+
+    def forward(self, x: torch.Tensor, patch_moments: PatchMoments | None = None) -> dict[str, torch.Tensor]:
         hs = [x] * len(self.tasks)
         for stage in range(3):
-            hs = [column[stage](h) for column, h in zip(self.columns, hs)]
+            if stage == 0:
+                hs = [_run_first_stage(column[0], h, patch_moments) for column, h in zip(self.columns, hs)]
+            else:
+                hs = [column[stage](h) for column, h in zip(self.columns, hs)]
             if self.mixing:  # h_i <- sum_j alpha[i, j] h_j, after each stage
                 stacked = torch.stack(hs)
                 hs = list(torch.einsum("ij,j...->i...", self.alpha[stage].to(stacked.dtype), stacked).unbind(0))
@@ -338,8 +361,11 @@ class MultiTaskCNN(MultiTaskModel):
 
         self.heads = nn.ModuleDict({name: _cnn_head(name) for name in self.tasks})
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        z = self.trunk(x)
+    def first_conv(self) -> nn.Conv2d:
+        return self.trunk[0]
+
+    def forward(self, x: torch.Tensor, patch_moments: PatchMoments | None = None) -> dict[str, torch.Tensor]:
+        z = _run_first_stage(self.trunk, x, patch_moments)
         return _run_cnn_heads(self.heads, {name: z for name in self.tasks})
 
     def shared_parameters(self) -> list[nn.Parameter]:

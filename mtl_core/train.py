@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
+from .batchfold import patch_moments
 from .config import ConfigError, TrainConfig
 from .data import MTLData, batch_indices
 from .fastpath import FlatAdam, FlatParameters, fast_path_refusal, make_step
@@ -199,6 +200,10 @@ class Training:
         if self.fast is not None:
             self._fast_targets = self.fast.prepare_targets(self._train_t)
             self._fast_x = self.fast.prepare_inputs(self._train_x)
+        # The CNNs' first block folds BatchNorm into its convolution from the images' patch moments
+        # (mtl_core/batchfold.py): computed here once, about a second for 60,000 digits.
+        first_conv = getattr(self.model, "first_conv", None)
+        self._patch_moments = None if first_conv is None else patch_moments(self._train_x, first_conv())
 
     def _probe_batches(self) -> set[int]:
         """Which batches of this epoch the gradient-conflict probe looks at: evenly spread."""
@@ -323,8 +328,11 @@ class Training:
                 self._probe_conflict(idx)
             idx = idx.to(self.device)
             xb = self._inputs(self._train_x.index_select(0, idx))
+            extra = {}
+            if self._patch_moments is not None:  # the first conv + BatchNorm as one convolution
+                extra["patch_moments"] = tuple(m.index_select(0, idx) for m in self._patch_moments)
             with self._autocast():
-                out = model(xb)
+                out = model(xb, **extra)
             targets = {t: self._train_t[t].index_select(0, idx) for t in cfg.tasks}
             losses = {t: task_loss(t, out[t].float(), targets[t]) for t in cfg.tasks}
             if not math.isfinite(torch.stack([v.detach() for v in losses.values()]).sum().item()):

@@ -205,3 +205,62 @@ def test_the_cnn_trunk_pools_before_its_relu_with_the_tutorials_outputs_and_grad
     h.register_hook(lambda grad: seen.append(grad.is_contiguous(memory_format=torch.channels_last)))
     ours.trunk[8](h).sum().backward()
     assert seen == [True]
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_the_first_conv_and_batchnorm_fold_into_one_convolution_with_batchnorms_numbers(momentum):
+    """mtl_core/batchfold.py against Conv2d then BatchNorm2d in training mode, in float64: the output,
+    every parameter's gradient and the running statistics (two steps, so the momentum shows)."""
+    import copy
+
+    from torch import nn
+
+    from mtl_core.batchfold import folded_conv_bn, patch_moments
+
+    torch.manual_seed(0)
+    conv, bn = nn.Conv2d(1, 8, 3, padding=1).double(), nn.BatchNorm2d(8, momentum=momentum).double()
+    nn.init.uniform_(bn.weight, 0.5, 1.5)
+    nn.init.uniform_(bn.bias, -0.5, 0.5)
+    conv2, bn2 = copy.deepcopy(conv), copy.deepcopy(bn)
+    images = torch.randn(40, 1, 28, 28).double()
+    sums, grams = patch_moments(images, conv)
+    for batch in (slice(0, 16), slice(16, 40)):
+        x = images[batch]
+        expected = bn(conv(x))
+        got = folded_conv_bn(conv2, bn2, x, sums[batch], grams[batch])
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
+        g = torch.randn_like(expected)
+        expected.backward(g)
+        got.backward(g)
+    for (name, a), b in zip(
+        [*conv.named_parameters(), *bn.named_parameters()], [*conv2.parameters(), *bn2.parameters()]
+    ):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-7, atol=1e-9, msg=name)
+    torch.testing.assert_close(bn2.running_mean, bn.running_mean, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(bn2.running_var, bn.running_var, rtol=1e-9, atol=1e-12)
+    assert int(bn2.num_batches_tracked) == int(bn.num_batches_tracked) == 2
+
+
+def test_a_cnn_trains_the_same_with_its_first_block_folded(synthetic):
+    """A whole CNN run in float32, folded (the default) against conv + BatchNorm: the same losses to
+    float precision and the same outputs after a few dozen steps."""
+    from mtl_core.config import TrainConfig
+    from mtl_core.train import Training
+
+    cfg = TrainConfig.preset("cnn", epochs=2, batch_size=32, max_batches=12, data="synthetic", precision="fp32")
+    folded = Training(cfg, synthetic)
+    assert folded._patch_moments is not None
+    folded_records = list(folded.records())
+    plain = Training(cfg, synthetic)
+    plain._patch_moments = None
+    for a, b in zip(folded_records, plain.records(), strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        for task, m in a["metrics"].items():
+            assert m == pytest.approx(b["metrics"][task], abs=0.02), task
+    # Weights are not compared one by one: where a gradient is float noise (a bias BatchNorm cancels, a
+    # weight reading an always-zero feature), Adam scales the noise up to full-size steps either way.
+    folded.model.eval(), plain.model.eval()
+    with torch.no_grad():
+        ours, theirs = folded.model(synthetic.test_x[:256]), plain.model(synthetic.test_x[:256])
+    for task in ours:
+        torch.testing.assert_close(ours[task], theirs[task], rtol=0.0, atol=0.01, msg=task)
