@@ -342,8 +342,11 @@ class Training:
             total = weighting.backward(losses, self._shared, self._others)
             self.optimizer.step()
             if weighting.needs_losses_after_step:  # FAMO: how much each loss fell on this batch
+                saved = [buf.clone() for buf in model.buffers()]  # a look, not a second training step:
                 with torch.no_grad(), self._autocast():
                     again = model(xb)
+                    for buf, value in zip(model.buffers(), saved):  # BatchNorm's statistics are put back
+                        buf.copy_(value)
                 weighting.after_step({t: task_loss(t, again[t].float(), targets[t]) for t in cfg.tasks})
             else:
                 weighting.after_step()

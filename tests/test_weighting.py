@@ -216,3 +216,17 @@ def test_two_tasks_asking_the_same_of_the_shared_layers_have_cosine_one(syntheti
 def test_a_model_that_shares_nothing_records_no_conflict(synthetic):
     (record,) = Training(TrainConfig.preset("stl", epochs=1, data="synthetic"), synthetic).records()
     assert record["conflict"] is None
+
+
+def test_famos_second_look_at_the_batch_leaves_batchnorm_statistics_alone(synthetic):
+    """FAMO measures each loss again after the step; that forward must not count as a training step
+    for BatchNorm (its running statistics and batch count move once a step, as without FAMO)."""
+    from mtl_core.config import TrainConfig
+    from mtl_core.train import Training
+
+    cfg = TrainConfig.preset("cnn", epochs=1, batch_size=32, max_batches=5, data="synthetic", precision="fp32")
+    famo = Training(cfg.replace(loss_weighting="famo"), synthetic, conflict_probes=0)
+    list(famo.records())
+    static = Training(cfg, synthetic, conflict_probes=0)
+    list(static.records())
+    assert int(famo.model.trunk[5].num_batches_tracked) == int(static.model.trunk[5].num_batches_tracked) == 5
