@@ -209,6 +209,36 @@ def test_train_watching_label_never_shows_a_stale_status(app: Page):
     expect(picker).to_have_value(re.compile(r"^hard · even\+mult3 · [0-9a-f]{6}$"), timeout=5_000)
 
 
+def test_a_stopped_run_downloads_as_onnx_and_torchscript_that_run_without_this_code(app: Page, tmp_path):
+    """The watched (stopped) run's model through the real browser: the ONNX file runs in onnxruntime and
+    the TorchScript file in torch.jit, each answering both of the run's tasks for a batch of digits."""
+    import numpy as np
+    import onnxruntime
+    import torch
+
+    expect(app.get_by_text(re.compile(r"^Stopped"))).to_be_visible(timeout=T)
+    app.get_by_role("button", name="⬇ Model", exact=True).click()
+    images = np.random.default_rng(0).standard_normal((3, 1, 28, 28)).astype(np.float32)
+    for label, suffix in (("⬇ ONNX (.onnx)", ".onnx"), ("⬇ TorchScript (.pt)", ".pt")):
+        button = app.get_by_role("button", name=label)
+        expect(button).to_be_visible(timeout=T)
+        with app.expect_download(timeout=T) as info:
+            button.click()
+        download = info.value
+        assert download.suggested_filename.startswith("hard-") and download.suggested_filename.endswith(suffix)
+        path = tmp_path / download.suggested_filename
+        download.save_as(path)
+        if suffix == ".onnx":
+            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            assert [o.name for o in session.get_outputs()] == ["even", "mult3"]
+            outputs = session.run(None, {"image": images})
+        else:
+            with torch.no_grad():
+                outputs = [o.numpy() for o in torch.jit.load(str(path))(torch.from_numpy(images))]
+        assert [o.shape for o in outputs] == [(3,), (3,)] and all(np.isfinite(o).all() for o in outputs)
+    app.keyboard.press("Escape")
+
+
 def test_draw_predicts_with_trained_models(app: Page, screenshot_dir):
     nav(app, "Draw", "Draw a digit")
     models = app.get_by_test_id("stMultiSelect")
