@@ -205,13 +205,15 @@ def train_form_ui(model: str) -> dict | None:
             )
             c1, c2, c3 = st.columns(3)
             seed = show("seed", lambda: c1.number_input("Seed", 0, 2**31 - 1, key=f"f_seed{k}"))
+            most = max(1, min(MAX_SEEDS, get_runner().limits.per_owner))  # a student's cap on queued runs
             n_seeds = c2.number_input(
                 "Runs (seeds)",
                 1,
-                MAX_SEEDS,
+                most,
                 key=f"f_nseeds{k}",
                 help="Queue one run per seed (seed, seed + 1, ...). Compare then shows the mean ± std over "
-                "them and the curves with a band: a difference smaller than the spread between seeds is noise.",
+                "them and the curves with a band: a difference smaller than the spread between seeds is noise. "
+                f"At most {most} at once on this server.",
             )
             val_split = show(
                 "val",

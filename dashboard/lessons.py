@@ -57,6 +57,21 @@ LESSONS = (
         "allowed: they amplify or subtract features.",
     ),
     Lesson(
+        "noise",
+        "Is a difference real? The same comparison over two seeds, picked on held-out digits.",
+        tuple(
+            (f"lesson: {title} · seed {seed}", TrainConfig.preset(model, seed=seed, val_split=500, **QUICK))
+            for model, title in (("stl", "no sharing (STL)"), ("hard", "hard sharing"))
+            for seed in (0, 1)
+        ),
+        "**Compare** with *Combine seeds* on: each model is one row of mean ± std, its curve a band, its bar "
+        "an error bar; Δm is paired seed by seed. Each run picked its best epoch on 500 held-out training "
+        "digits and was scored on the test set once.",
+        "A gap between the two rows that is smaller than their ± spread could flip with another seed: it is "
+        "noise, not a finding. Only a gap larger than the spread says one model is better; more seeds (More "
+        "settings → Runs) make the spread a better estimate.",
+    ),
+    Lesson(
         "four",
         "What does one network learn for four tasks at once?",
         (("lesson: 4-task CNN", TrainConfig.preset("cnn", data="mnist-subset", epochs=3)),),

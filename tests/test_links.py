@@ -133,3 +133,20 @@ def test_a_lesson_opens_in_the_train_form_with_its_settings():
     assert at.selectbox(key="f_ainit_cross_stitch").value == "convex-0.9"
     assert at.number_input(key="f_amult_cross_stitch").value == pytest.approx(500.0)
     assert RunStore().list_runs() == []  # nothing queued until Start
+
+
+def test_the_noise_lesson_queues_two_seeds_of_each_model_that_compare_pairs_up():
+    from mtl_core.analysis import group_label, missing_baselines, seed_groups
+
+    at = open_page()
+    at.button(key="lesson_queue_noise").click().run()
+    assert_ok(at)
+    runs = RunStore().list_runs(owner=OWNER)
+    assert len(runs) == 4  # within a student's cap of queued runs
+    assert all(r["config"]["val_split"] == 500 and r["config"]["data"] == "mnist-subset" for r in runs)
+    groups = seed_groups(sorted(runs, key=lambda r: r["model"]))
+    assert [(g[0]["model"], [r["config"]["seed"] for r in g]) for g in groups] == [("hard", [0, 1]), ("stl", [0, 1])]
+    assert group_label(groups[0]).startswith("lesson: hard sharing · even+mult3 · 2 seeds")
+    # The STL runs are the hard-sharing runs' baselines (same tasks, data, seeds and budget), on their way.
+    hard = [dict(r, best={"even": {"acc": 0.9}, "mult3": {"acc": 0.9}}) for r in groups[0]]
+    assert missing_baselines(hard, runs) == []
