@@ -110,6 +110,8 @@ def estimate_ui(model: str) -> None:
         "epochs": int(state.get(f"f_epochs{k}", preset.epochs)),
         "batch_size": int(state.get(f"f_batch{k}", preset.batch_size)),
         "train_limit": int(state.get(f"f_limit{k}", 0)),
+        "val_split": int(state.get(f"f_val{k}", 0)),
+        "loss_weighting": state.get(f"f_weighting{k}", preset.loss_weighting),
     }
     try:
         data = get_data(state.get(f"f_data{k}", "auto"))

@@ -574,14 +574,19 @@ class RunStore:
     def count_running(self) -> int:
         return self._query("SELECT COUNT(*) FROM runs WHERE status='running'")[0][0]
 
-    def epoch_seconds(self, model: str, data_source: str, batch_size: int, train_limit: int = 0) -> list[float]:
-        """Seconds per epoch of this model's most recent epochs on this server, same data and batch size."""
+    def epoch_seconds(
+        self, model: str, data_source: str, batch_size: int, train_limit: int = 0, loss_weighting: str = "static"
+    ) -> list[float]:
+        """Seconds per epoch of this model's most recent epochs on this server, same data, batch size and
+        loss weighting (a gradient method costs several times a static run's epoch)."""
         sql = (
             "SELECT json_extract(e.record, '$.seconds') FROM epochs e JOIN runs r ON r.id = e.run_id "
             "WHERE r.model=? AND r.data_source=? AND json_extract(r.config, '$.batch_size')=? "
-            "AND json_extract(r.config, '$.train_limit')=? ORDER BY r.created DESC, e.epoch LIMIT 200"
+            "AND json_extract(r.config, '$.train_limit')=? "
+            "AND COALESCE(json_extract(r.config, '$.loss_weighting'), 'static')=? "
+            "ORDER BY r.created DESC, e.epoch LIMIT 200"
         )
-        rows = self._query(sql, (model, data_source, batch_size, train_limit))
+        rows = self._query(sql, (model, data_source, batch_size, train_limit, loss_weighting))
         return [float(r[0]) for r in rows if r[0] is not None]
 
     def epoch_progress(self, run_ids: list[str]) -> dict[str, tuple[int, float]]:

@@ -73,3 +73,22 @@ def test_runs_queued_together_share_the_workers():
     assert parallel_seconds([5, 10, 5], workers=3) == 10
     assert parallel_seconds([4, 4, 4, 4], workers=2) == 8
     assert parallel_seconds([], workers=2) == 0
+
+
+def test_estimates_know_what_a_loss_weighting_and_a_validation_split_cost(store):
+    """A gradient method is never timed by static runs, and its guess is several times theirs; learned
+    loss weights cost more than static ones on the MLPs; held-out digits are not trained on."""
+    static = TrainConfig.preset("hard").to_dict()
+    pcgrad = {**static, "loss_weighting": "pcgrad"}
+    uncertainty = {**static, "loss_weighting": "uncertainty"}
+    base = epoch_estimate(store, static, "mnist", 60_000).seconds
+    assert epoch_estimate(store, pcgrad, "mnist", 60_000).seconds == pytest.approx(5.0 * base)
+    assert epoch_estimate(store, uncertainty, "mnist", 60_000).seconds == pytest.approx(2.6 * base)
+    cnn = TrainConfig.preset("cnn").to_dict()
+    cnn_base = epoch_estimate(store, cnn, "mnist", 60_000).seconds
+    assert epoch_estimate(store, {**cnn, "loss_weighting": "uncertainty"}, "mnist", 60_000).seconds == cnn_base
+    held_out = epoch_estimate(store, {**static, "val_split": 15_000}, "mnist", 60_000).seconds
+    assert held_out == pytest.approx(0.75 * base)
+    _finished(store, seconds=(2.0, 2.0))  # static hard-sharing epochs measured here
+    assert epoch_estimate(store, static, "mnist", 60_000).measured
+    assert not epoch_estimate(store, pcgrad, "mnist", 60_000).measured
