@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from .models import STLMLP, CrossStitchMLP, HardSharingMLP, MultiTaskModel
+from .models import STLMLP, CrossStitchMLP, HardSharingMLP, MMoEMLP, MultiTaskModel
 from .tasks import get_task
 
 
@@ -121,7 +121,7 @@ class FlatAdam(torch.optim.Optimizer):
 
 def fast_path_refusal(model: MultiTaskModel, loss_weighting: str, optimizer: str) -> str:
     """Why this run cannot take the fast path ("" when it can)."""
-    if not isinstance(model, (HardSharingMLP, STLMLP, CrossStitchMLP)):
+    if not isinstance(model, (HardSharingMLP, STLMLP, CrossStitchMLP, MMoEMLP)):
         return f"no hand-written step for the {type(model).__name__} yet"
     if loss_weighting != "static":
         return f"{loss_weighting} loss weighting learns its weights through autograd"
@@ -402,8 +402,70 @@ class CrossStitchStep(ColumnsStep):
         self.g_bh_all = grad[start + k * width : start + k * width + k]
 
 
+class MMoEStep(_HeadsStep):
+    """Forward, loss and backward of `MMoEMLP` (E experts, a softmax gate per task) with static loss
+    weights, into the flat gradient buffer; `__call__` returns the task losses in task order.
+
+    The experts' first layers and every task's gate read the same image: their weights sit next to each
+    other in the flat buffer (and so do their biases), so they are one (B, 784) x (784, E*64 + T*E)
+    product forward and one weight-gradient product back (in bf16 with `bf16`, as in `HardSharingStep`).
+    Head t reads sum_e gate_t[e] * expert_e; the gates' gradient goes back through their softmax."""
+
+    def __init__(self, model: MMoEMLP, weights: dict[str, float], bf16: bool = False):
+        heads = [model.heads[t] for t in model.tasks]
+        gates = [model.gates[t] for t in model.tasks]
+        order = [model.w1, *(g.weight for g in gates), model.b1, *(g.bias for g in gates), model.w2, model.b2]
+        self.params = FlatParameters([*order, *(h.weight for h in heads), *(h.bias for h in heads)])
+        self.n_experts, self.h1 = model.w1.shape[:2]
+        rows = self.n_experts * self.h1 + len(gates) * self.n_experts  # expert units, then gate logits
+        flat, grad = self.params.flat.data, self.params.flat.grad
+        w_end = rows * model.w1.shape[2]
+        self.w_in, self.g_w_in = flat[:w_end].view(rows, -1), grad[:w_end].view(rows, -1)
+        self.b_in, self.g_b_in = flat[w_end : w_end + rows], grad[w_end : w_end + rows]
+        self.w2, self.b2 = model.w2.data, model.b2.data
+        self.g_w2, self.g_b2 = self.params.grad_of(model.w2), self.params.grad_of(model.b2)
+        self.wh = [h.weight.data for h in heads]
+        self.bh = [h.bias.data for h in heads]
+        self.g_wh = [self.params.grad_of(h.weight) for h in heads]
+        self.g_bh = [self.params.grad_of(h.bias) for h in heads]
+        self._init_heads(model, heads, weights, bf16)
+
+    def __call__(self, x: torch.Tensor, targets) -> torch.Tensor:
+        if isinstance(targets, dict) and self.all_binary:
+            targets = self.prepare_targets(targets)
+        e, h1, t = self.n_experts, self.h1, len(self.tasks)
+        x = x.reshape(x.shape[0], -1).to(self.input_dtype)
+        n = x.shape[0]
+        a = self._first_layer(x, self.w_in, self.b_in)  # (B, E*64 + T*E)
+        r1 = a[:, : e * h1].clamp_min(0).view(n, e, h1).transpose(0, 1)  # (E, B, 64)
+        gate = torch.softmax(a[:, e * h1 :].view(n, t, e), dim=2)  # (B, T, E)
+        r2 = torch.baddbmm(self.b2.unsqueeze(1), r1, self.w2.transpose(1, 2)).clamp_min_(0)  # (E, B, 32)
+        r2_b = r2.transpose(0, 1)  # (B, E, 32), a view
+        mixed = torch.bmm(gate, r2_b)  # (B, T, 32): head t reads sum_e gate_t[e] * expert_e
+        z = torch.cat([torch.addmm(b, mixed[:, i], w.t()) for i, (w, b) in enumerate(zip(self.wh, self.bh))], 1)
+        losses, dz = self._loss_grad(z, targets, n)
+        d_mixed = torch.empty_like(mixed)
+        for i, (_, lo, hi, _, _) in enumerate(self.slices):
+            d = dz[:, lo:hi]
+            torch.mm(d.t(), mixed[:, i], out=self.g_wh[i])
+            torch.sum(d, 0, out=self.g_bh[i])
+            torch.mm(d, self.wh[i], out=d_mixed[:, i])
+        d_gate = torch.bmm(d_mixed, r2_b.transpose(1, 2))  # (B, T, E)
+        d_logits = gate * (d_gate - (gate * d_gate).sum(2, keepdim=True))  # through the softmax
+        d2 = torch.ops.aten.threshold_backward(torch.bmm(gate.transpose(1, 2), d_mixed).transpose(0, 1), r2, 0)
+        torch.bmm(d2.transpose(1, 2), r1, out=self.g_w2)
+        torch.sum(d2, 1, out=self.g_b2)
+        d1 = torch.ops.aten.threshold_backward(torch.bmm(d2, self.w2), r1, 0)  # (E, B, 64)
+        d_a = torch.cat([d1.transpose(0, 1).reshape(n, e * h1), d_logits.reshape(n, t * e)], 1)
+        self._first_layer_grad(d_a, x, self.g_w_in)
+        torch.sum(d_a, 0, out=self.g_b_in)
+        return losses
+
+
 def make_step(model: MultiTaskModel, weights: dict[str, float], bf16: bool = False) -> _HeadsStep:
     """The hand-written step for `model` (only where `fast_path_refusal` says there is one)."""
     if isinstance(model, HardSharingMLP):
         return HardSharingStep(model, weights, bf16)
+    if isinstance(model, MMoEMLP):
+        return MMoEStep(model, weights, bf16)
     return (CrossStitchStep if isinstance(model, CrossStitchMLP) else ColumnsStep)(model, weights, bf16)

@@ -21,7 +21,7 @@ TASK_SETS = {
 }
 
 
-@pytest.mark.parametrize("model_name", ["hard", "stl", "cross_stitch"])
+@pytest.mark.parametrize("model_name", ["hard", "stl", "cross_stitch", "mmoe"])
 @pytest.mark.parametrize("case", list(TASK_SETS))
 def test_gradients_equal_autograd(case, model_name, synthetic):
     tasks, weights = TASK_SETS[case]
@@ -70,7 +70,7 @@ def test_flat_adam_takes_exactly_torchs_fused_steps(optimizer):
     assert torch.equal(ours, theirs)
 
 
-@pytest.mark.parametrize("model_name", ["hard", "stl", "cross_stitch"])
+@pytest.mark.parametrize("model_name", ["hard", "stl", "cross_stitch", "mmoe"])
 def test_hundreds_of_steps_match_the_autograd_path(synthetic, model_name):
     cfg = TrainConfig.preset(
         model_name, epochs=4, batch_size=8, data="synthetic", loss_weights={"even": 2.0}, precision="fp32"
@@ -105,7 +105,7 @@ def test_a_long_run_on_real_digits_matches_too(real_data, precision):
         assert a["train_loss"][t] == pytest.approx(b["train_loss"][t], rel=0.02 if precision == "fp32" else 0.06)
 
 
-@pytest.mark.parametrize("model_name", ["hard", "stl", "cross_stitch"])
+@pytest.mark.parametrize("model_name", ["hard", "stl", "cross_stitch", "mmoe"])
 @pytest.mark.parametrize("case", list(TASK_SETS))
 def test_the_bf16_first_layer_gives_autograds_gradients_to_bf16_precision(case, model_name, synthetic):
     tasks, weights = TASK_SETS[case]
@@ -123,7 +123,8 @@ def test_the_bf16_first_layer_gives_autograds_gradients_to_bf16_precision(case, 
     for name, p in model.named_parameters():
         got, want = step.params.grad_of(dict(twin.named_parameters())[name]), p.grad
         # bf16 keeps 8 bits (~0.4 % per value); inputs, activations and the backward signal each round.
-        assert (got - want).norm() <= 3e-2 * want.norm(), name
+        # MMoE's gates come out of the same bf16 product, and their softmax passes the rounding on.
+        assert (got - want).norm() <= (5e-2 if model_name == "mmoe" else 3e-2) * want.norm(), name
         assert torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0) > 0.999, name
     assert step.params.flat.dtype == torch.float32  # the optimiser still updates fp32 weights
 
@@ -137,6 +138,8 @@ def test_the_bf16_first_layer_gives_autograds_gradients_to_bf16_precision(case, 
         ("hard", {"path": "autograd"}, True, ("autograd", "fp32")),  # autocast would cost more than it saves
         ("hard", {"loss_weighting": "uncertainty"}, True, ("autograd", "fp32")),
         ("stl", {}, True, ("fast", "bf16")),
+        ("mmoe", {}, True, ("fast", "bf16")),
+        ("mmoe", {"loss_weighting": "pcgrad"}, True, ("autograd", "fp32")),
         ("stl", {}, False, ("fast", "fp32")),
         ("cross_stitch", {}, True, ("fast", "bf16")),
         ("cnn", {}, True, ("autograd", "bf16")),
@@ -230,7 +233,7 @@ def test_the_autograd_path_on_one_flat_adam_trains_as_torchs_adam(model_name, sy
 
     cfg = TrainConfig.preset(
         model_name, epochs=2, batch_size=32, max_batches=6, data="synthetic", precision="fp32", weight_decay=0.01
-    )
+    ).replace(path="autograd")  # MMoE has a hand-written step too; this is about the autograd path
     if model_name == "cross_stitch_cnn":
         cfg = cfg.replace(alpha_lr_mult=50.0, alpha_init="convex-0.9", scheduler="none")
     ours = Training(cfg, synthetic)
