@@ -89,3 +89,15 @@ def test_quick_run_prints_every_section_and_a_verdict(capsys):
         assert sum(line.startswith(f"  {m} ") and line.rstrip().endswith(("PASS", "MISS")) for line in out.splitlines())
     assert "seed table: not run" in out and "cnn: not measured" in out
     assert torch.get_num_threads() == before
+
+
+def test_the_seed_table_on_the_worker_pool_trains_all_three_side_by_side(tmp_path, monkeypatch):
+    """The dashboard's way: the three seed-table runs queued at once on the pool of worker processes."""
+    from mtl_core.bench import pool_seed_table
+
+    monkeypatch.setenv("MTL_HOME", str(tmp_path))
+    wall, runs = pool_seed_table("synthetic", epochs=1, workers=2)
+    assert wall > 0
+    assert [r["model"] for r in runs] == ["stl", "hard", "cross_stitch"]
+    assert all(r["status"] == "finished" and r["best_avg"] is not None for r in runs)
+    assert all(r["label"] == f"seed table {r['model']}" for r in runs)
