@@ -399,9 +399,11 @@ def test_the_projector_view_fits_the_live_curves_on_a_1280x720_screen(
         expect(sidebar.get_by_text("Projector view")).to_be_visible(timeout=T)
         sidebar.get_by_text("All students' runs").click()
         sidebar.get_by_text("Projector view").click()
-        # While the page switches layout, the old selector can linger for a moment beside the new one.
-        expect(page.get_by_role("combobox", name="Watching")).to_have_count(1, timeout=T)
-        expect(page.get_by_role("combobox", name="Watching")).to_be_visible(timeout=T)
+        # While the page switches layout, the old selector can linger for a moment beside the new one
+        # (and come back for one more frame): look at the newest, then wait until it is the only one.
+        watching = page.get_by_role("combobox", name="Watching")
+        expect(watching.last).to_be_visible(timeout=T)
+        expect(watching).to_have_count(1, timeout=T)
         plot = page.locator(".js-plotly-plot").first
         expect(plot).to_be_visible(timeout=T)
         box = plot.bounding_box()
