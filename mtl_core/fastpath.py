@@ -258,7 +258,33 @@ class HardSharingStep(_HeadsStep):
         return losses
 
 
-class ColumnsStep(_HeadsStep):
+class _PerTaskHeads(_HeadsStep):
+    """Steps whose heads each read their own features (a column's, or a task's gated mixture): every
+    head's weight and bias, and their gradients, one entry per task, and the heads' forward and backward."""
+
+    def _init_heads(self, model: MultiTaskModel, heads: list, weights: dict[str, float], bf16: bool) -> None:
+        super()._init_heads(model, heads, weights, bf16)
+        self.wh = [h.weight.data for h in heads]
+        self.bh = [h.bias.data for h in heads]
+        self.g_wh = [self.params.grad_of(h.weight) for h in heads]
+        self.g_bh = [self.params.grad_of(h.bias) for h in heads]
+
+    def _heads_forward(self, features) -> torch.Tensor:
+        """All heads' outputs side by side, (B, K): head i on `features[i]` (B, width)."""
+        return torch.cat([torch.addmm(b, f, w.t()) for f, w, b in zip(features, self.wh, self.bh)], dim=1)
+
+    def _heads_backward(self, dz: torch.Tensor, features, d_features) -> None:
+        """The heads' gradients from dz (B, K), and the gradient at `features[i]` into `d_features[i]`."""
+        for (_, lo, hi, _, _), f, w, g_w, g_b, d_f in zip(
+            self.slices, features, self.wh, self.g_wh, self.g_bh, d_features
+        ):
+            d = dz[:, lo:hi]
+            torch.mm(d.t(), f, out=g_w)
+            torch.sum(d, 0, out=g_b)
+            torch.mm(d, w, out=d_f)
+
+
+class ColumnsStep(_PerTaskHeads):
     """Forward, loss and backward of the stacked-column MLPs with static loss weights, into the flat
     gradient buffer; `__call__` returns the task losses in task order. STL: T independent columns.
     Cross-stitch: the same columns, mixed after each hidden ReLU by a T x T alpha matrix (their
@@ -279,10 +305,6 @@ class ColumnsStep(_HeadsStep):
         self.w1, self.b1, self.w2, self.b2 = model.w1.data, model.b1.data, model.w2.data, model.b2.data
         self.g_w1, self.g_b1 = self.params.grad_of(model.w1), self.params.grad_of(model.b1)
         self.g_w2, self.g_b2 = self.params.grad_of(model.w2), self.params.grad_of(model.b2)
-        self.wh = [h.weight.data for h in heads]
-        self.bh = [h.bias.data for h in heads]
-        self.g_wh = [self.params.grad_of(h.weight) for h in heads]
-        self.g_bh = [self.params.grad_of(h.bias) for h in heads]
         self.alphas = [a.data for a in alphas]  # [] for STL
         self.g_alphas = [self.params.grad_of(a) for a in alphas]
         self._init_heads(model, heads, weights, bf16)
@@ -333,14 +355,9 @@ class ColumnsStep(_HeadsStep):
         x, r1, m1, r2 = self._columns_forward(x)
         n = x.shape[0]
         m2 = self._mix(1, r2)
-        z = torch.cat([torch.addmm(b, m2[i], w.t()) for i, (w, b) in enumerate(zip(self.wh, self.bh))], dim=1)
-        losses, dz = self._loss_grad(z, targets, n)
+        losses, dz = self._loss_grad(self._heads_forward(m2), targets, n)
         dm2 = torch.empty_like(r2)
-        for i, (_, lo, hi, _, _) in enumerate(self.slices):
-            d = dz[:, lo:hi]
-            torch.mm(d.t(), m2[i], out=self.g_wh[i])
-            torch.sum(d, 0, out=self.g_bh[i])
-            torch.mm(d, self.wh[i], out=dm2[i])
+        self._heads_backward(dz, m2, dm2)
         d2 = torch.ops.aten.threshold_backward(self._unmix(1, r2, dm2), r2, 0)  # (T, B, 32)
         self._columns_backward(x, r1, m1, d2)
         return losses
@@ -402,7 +419,7 @@ class CrossStitchStep(ColumnsStep):
         self.g_bh_all = grad[start + k * width : start + k * width + k]
 
 
-class MMoEStep(_HeadsStep):
+class MMoEStep(_PerTaskHeads):
     """Forward, loss and backward of `MMoEMLP` (E experts, a softmax gate per task) with static loss
     weights, into the flat gradient buffer; `__call__` returns the task losses in task order.
 
@@ -420,14 +437,11 @@ class MMoEStep(_HeadsStep):
         rows = self.n_experts * self.h1 + len(gates) * self.n_experts  # expert units, then gate logits
         flat, grad = self.params.flat.data, self.params.flat.grad
         w_end = rows * model.w1.shape[2]
-        self.w_in, self.g_w_in = flat[:w_end].view(rows, -1), grad[:w_end].view(rows, -1)
-        self.b_in, self.g_b_in = flat[w_end : w_end + rows], grad[w_end : w_end + rows]
+        # w1: the first layer as the step runs it, the experts' units and the gates in one matrix.
+        self.w1, self.g_w1 = flat[:w_end].view(rows, -1), grad[:w_end].view(rows, -1)
+        self.b1, self.g_b1 = flat[w_end : w_end + rows], grad[w_end : w_end + rows]
         self.w2, self.b2 = model.w2.data, model.b2.data
         self.g_w2, self.g_b2 = self.params.grad_of(model.w2), self.params.grad_of(model.b2)
-        self.wh = [h.weight.data for h in heads]
-        self.bh = [h.bias.data for h in heads]
-        self.g_wh = [self.params.grad_of(h.weight) for h in heads]
-        self.g_bh = [self.params.grad_of(h.bias) for h in heads]
         self._init_heads(model, heads, weights, bf16)
 
     def __call__(self, x: torch.Tensor, targets) -> torch.Tensor:
@@ -436,20 +450,15 @@ class MMoEStep(_HeadsStep):
         e, h1, t = self.n_experts, self.h1, len(self.tasks)
         x = x.reshape(x.shape[0], -1).to(self.input_dtype)
         n = x.shape[0]
-        a = self._first_layer(x, self.w_in, self.b_in)  # (B, E*64 + T*E)
+        a = self._first_layer(x, self.w1, self.b1)  # (B, E*64 + T*E)
         r1 = a[:, : e * h1].clamp_min(0).view(n, e, h1).transpose(0, 1)  # (E, B, 64)
         gate = torch.softmax(a[:, e * h1 :].view(n, t, e), dim=2)  # (B, T, E)
         r2 = torch.baddbmm(self.b2.unsqueeze(1), r1, self.w2.transpose(1, 2)).clamp_min_(0)  # (E, B, 32)
         r2_b = r2.transpose(0, 1)  # (B, E, 32), a view
         mixed = torch.bmm(gate, r2_b)  # (B, T, 32): head t reads sum_e gate_t[e] * expert_e
-        z = torch.cat([torch.addmm(b, mixed[:, i], w.t()) for i, (w, b) in enumerate(zip(self.wh, self.bh))], 1)
-        losses, dz = self._loss_grad(z, targets, n)
+        losses, dz = self._loss_grad(self._heads_forward(mixed.unbind(1)), targets, n)
         d_mixed = torch.empty_like(mixed)
-        for i, (_, lo, hi, _, _) in enumerate(self.slices):
-            d = dz[:, lo:hi]
-            torch.mm(d.t(), mixed[:, i], out=self.g_wh[i])
-            torch.sum(d, 0, out=self.g_bh[i])
-            torch.mm(d, self.wh[i], out=d_mixed[:, i])
+        self._heads_backward(dz, mixed.unbind(1), d_mixed.unbind(1))
         d_gate = torch.bmm(d_mixed, r2_b.transpose(1, 2))  # (B, T, E)
         d_logits = gate * (d_gate - (gate * d_gate).sum(2, keepdim=True))  # through the softmax
         d2 = torch.ops.aten.threshold_backward(torch.bmm(gate.transpose(1, 2), d_mixed).transpose(0, 1), r2, 0)
@@ -457,8 +466,8 @@ class MMoEStep(_HeadsStep):
         torch.sum(d2, 1, out=self.g_b2)
         d1 = torch.ops.aten.threshold_backward(torch.bmm(d2, self.w2), r1, 0)  # (E, B, 64)
         d_a = torch.cat([d1.transpose(0, 1).reshape(n, e * h1), d_logits.reshape(n, t * e)], 1)
-        self._first_layer_grad(d_a, x, self.g_w_in)
-        torch.sum(d_a, 0, out=self.g_b_in)
+        self._first_layer_grad(d_a, x, self.g_w1)
+        torch.sum(d_a, 0, out=self.g_b1)
         return losses
 
 
