@@ -25,7 +25,7 @@ from dashboard.text import md_escape
 from mtl_core.analysis import data_source, run_affinity, run_label, suggest_grouping
 from mtl_core.config import TrainConfig
 from mtl_core.estimate import duration_words, queue_spot, run_estimate
-from mtl_core.export import export_file_bytes
+from mtl_core.export import SUFFIXES, export_file_bytes
 from mtl_core.runs import ACTIVE, QueueFull, StoreUnavailable
 from mtl_core.weighting import WEIGHTINGS
 
@@ -126,17 +126,17 @@ def model_downloads_ui(run: dict) -> None:
         st.download_button(
             "⬇ Model (.safetensors)",
             f.read(),
-            f"{stem}.safetensors",
+            f"{stem}{SUFFIXES['safetensors']}",
             "application/octet-stream",
             key=f"dl_model_{run['id']}",
             width="stretch",
         )
     mtime = os.path.getmtime(path)
-    for fmt, label, suffix in (("torchscript", "⬇ TorchScript (.pt)", ".pt"), ("onnx", "⬇ ONNX (.onnx)", ".onnx")):
+    for fmt, name in (("torchscript", "TorchScript"), ("onnx", "ONNX")):
         st.download_button(
-            label,
+            f"⬇ {name} ({SUFFIXES[fmt]})",
             functools.partial(_exported, path, mtime, fmt),
-            f"{stem}{suffix}",
+            f"{stem}{SUFFIXES[fmt]}",
             "application/octet-stream",
             key=f"dl_{fmt}_{run['id']}",
             width="stretch",

@@ -13,7 +13,7 @@ import torch
 
 from .config import TrainConfig
 from .data import SOURCES, MTLData
-from .metrics import mean_by_key
+from .metrics import mean_by_key, mean_std
 from .models import MODELS, MultiTaskModel
 from .predict import predict
 from .reference import SEED_MODELS, SEED_STUDY
@@ -61,9 +61,10 @@ def _budget(run: dict) -> tuple:
     return (data_source(run), c.get("seed", 0), *(c.get(f, 20 if f == "epochs" else 0) for f in BUDGET_FIELDS))
 
 
-def _budget_words(run: dict) -> str:
+def _budget_words(run: dict, seed: bool = True) -> str:
     c = run["config"]
-    words = [f"seed {c.get('seed', 0)}", f"{c.get('epochs', 20)} epochs", data_source(run)]
+    words = [f"seed {c.get('seed', 0)}"] if seed else []
+    words += [f"{c.get('epochs', 20)} epochs", data_source(run)]
     if c.get("train_limit"):
         words.append(f"first {c['train_limit']:,} digits")
     if c.get("max_batches"):
@@ -180,16 +181,6 @@ def seed_groups(runs: list[dict]) -> list[list[dict]]:
     return [sorted(g, key=lambda r: r["config"].get("seed", 0)) for g in groups.values()]
 
 
-def mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation (n - 1); std is None for fewer than two values."""
-    if not values:
-        return None, None
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, None
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-
-
 def seeds_text(group: list[dict]) -> str:
     return ", ".join(str(r["config"].get("seed", 0)) for r in group)
 
@@ -206,10 +197,15 @@ def group_label(group: list[dict]) -> str:
     return f"{name} · {'+'.join(r['config']['tasks'])} · {seeds}"
 
 
+def _finished(group: list[dict]) -> list[dict]:
+    """The runs of a group that count in its mean ± std: finished, with a best epoch."""
+    return [r for r in group if r["status"] == "finished" and r["best"]]
+
+
 def group_delta_m(group: list[dict], pool: list[dict]) -> tuple[list[float], str]:
     """Δm of each finished run of the group against the single-task run with its own seed and budget
     (paired by seed), and why there is none ("" when every finished run has its baseline)."""
-    finished = [r for r in group if r["status"] == "finished" and r["best"]]
+    finished = _finished(group)
     if not finished:
         return [], "no finished run yet"
     if finished[0]["model"] == _baseline_model(finished[0]):
@@ -225,10 +221,9 @@ def group_delta_m(group: list[dict], pool: list[dict]) -> tuple[list[float], str
             values.append(dm)
     if missing:
         r = finished[0]
-        budget = _budget_words(r).split(", ", 1)[1]  # the seed is named apart
         why = (
             f"no finished {_baseline_title(r)} run on {'+'.join(r['config']['tasks'])} with seed "
-            f"{', '.join(missing)} and the same {budget} (train them)"
+            f"{', '.join(missing)} and the same {_budget_words(r, seed=False)} (train them)"
         )
         return [], why
     return values, ""
@@ -265,7 +260,7 @@ def group_rows(groups: list[list[dict]], pool: list[dict], rounded: bool = True)
 
     rows = []
     for group in groups:
-        done = [r for r in group if r["status"] == "finished" and r["best"]]
+        done = _finished(group)
         first = group[0]
         row: dict[str, Any] = {"configuration": group_label(group), "seeds": len(group), "finished": len(done)}
         cell(row, "best avg acc %", [r["best_avg"] for r in done], 100)

@@ -15,6 +15,7 @@ from .data import SOURCES, DataUnavailable, load_data
 from .export import FORMATS as EXPORT_FORMATS
 from .export import export_file
 from .jobs import EXECUTORS, JobRunner, RunnerSettings
+from .metrics import mean_std
 from .models import ALPHA_INITS, MODELS
 from .reference import SEED_MODELS, SEED_STUDY
 from .runs import RunStore
@@ -84,8 +85,6 @@ def json_record(record: dict, conflict: bool = False, affinity: bool = False) ->
 
 def aggregate(summaries: list[dict]) -> dict:
     """Mean and sample std over seeds of the best average accuracy and of each task's best number."""
-    from .analysis import mean_std  # analysis pulls in prediction code the other commands never need
-
     done = [s for s in summaries if s["best_metrics"]]
 
     def stat(values: list[float]) -> dict:
@@ -169,10 +168,11 @@ def cmd_submit(a: argparse.Namespace) -> int:
         summaries = [_wait_and_report(runner.store, run_id, len(run_ids) > 1) for run_id in run_ids]
     finally:
         runner.shutdown()
+    agg = aggregate(summaries)
     if len(summaries) > 1:
-        print_aggregate(aggregate(summaries))
+        print_aggregate(agg)
     if a.json:
-        payload = summaries[0] if len(summaries) == 1 else {"runs": summaries, "aggregate": aggregate(summaries)}
+        payload = summaries[0] if len(summaries) == 1 else {"runs": summaries, "aggregate": agg}
         Path(a.json).write_text(json.dumps(payload, indent=2))
         print(f"wrote {a.json}")
     return 0 if all(s["status"] == "finished" for s in summaries) else 1

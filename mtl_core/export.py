@@ -58,12 +58,16 @@ def _quiet():
         yield
 
 
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+
+
 def export_bytes(model: MultiTaskModel, config: TrainConfig, fmt: str, extra: dict | None = None) -> bytes:
     """The model as a file in format `fmt` (one of FORMATS): evaluation mode, on the CPU, in fp32.
 
     Works on a copy, so the caller's model keeps its device, mode and memory format."""
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+    _check_format(fmt)
     tasks = tuple(config.tasks)
     if set(tasks) != set(model.tasks):
         raise ValueError(f"the config's tasks {list(tasks)} are not the model's {list(model.tasks)}")
@@ -100,8 +104,7 @@ def export_bytes(model: MultiTaskModel, config: TrainConfig, fmt: str, extra: di
 def export_file_bytes(model_path: str | Path, fmt: str) -> bytes:
     """A model file of this project in format `fmt`. An unreadable or foreign model file raises the
     checkpoint's ModelFileError with the reason."""
-    if fmt not in FORMATS:  # before reading the model: the cheaper mistake to report
-        raise ValueError(f"unknown export format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+    _check_format(fmt)  # before reading the model: the cheaper mistake to report
     model, config, extra = load_model(model_path)
     return export_bytes(model, config, fmt, extra)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.nn import functional as F
 
@@ -87,6 +89,16 @@ def selection_score(metrics: dict[str, dict[str, float]]) -> float:
         return avg
     maes = [m["mae"] for m in metrics.values()]
     return -sum(maes) / len(maes)
+
+
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (n - 1); std is None for fewer than two values."""
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 def mean_by_key(dicts: list[dict[str, float]] | tuple[dict[str, float], ...]) -> dict[str, float]:

@@ -179,7 +179,8 @@ def test_a_baseline_must_share_the_seed_and_the_budget():
 
 
 def test_runs_that_differ_only_in_their_seed_are_one_configuration_with_mean_and_std():
-    from mtl_core.analysis import group_rows, mean_std, seed_groups
+    from mtl_core.analysis import group_rows, seed_groups
+    from mtl_core.metrics import mean_std
 
     def hard(seed, acc, created, **kw):
         r = run("hard", {"even": {"acc": acc}, "mult3": {"acc": acc}}, created=created, seed=seed, **kw)

@@ -18,7 +18,6 @@ from mtl_core.analysis import (
     group_delta_m,
     group_label,
     group_rows,
-    mean_std,
     missing_baselines,
     ordered_columns,
     run_label,
@@ -28,6 +27,7 @@ from mtl_core.analysis import (
 from mtl_core.config import TrainConfig
 from mtl_core.data import SOURCES
 from mtl_core.jobs import QueueFull
+from mtl_core.metrics import mean_std
 from mtl_core.reference import SEED_MODELS, SEED_STUDY
 from mtl_core.runs import StoreUnavailable
 
