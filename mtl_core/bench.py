@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import statistics
 import time
@@ -30,8 +31,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .config import TrainConfig
 from .data import MEAN, STD, MTLData, load_data
-from .metrics import task_loss
-from .models import HardSharingMLP, MultiTaskCNN, PlainCrossStitch, PlainSTL, build_model
+from .metrics import MetricAccumulator, average_accuracy, mean_std, selection_score, task_loss
+from .models import HardSharingMLP, MultiTaskCNN, MultiTaskModel, PlainCrossStitch, PlainSTL, build_model
 from .predict import predict
 from .reference import SEED_MODELS
 from .tasks import make_targets
@@ -41,6 +42,7 @@ from .train import Training, bf16_is_native
 MLP_GOAL = 25.0  # x the seed-faithful s/epoch, every MLP
 CNN_GOAL = 3.0  # x the seed-faithful s/epoch
 TABLE_GOAL_S = 30.0  # STL pair + hard + cross-stitch, 20 epochs each
+ACCURACY_GOAL = 0.992  # the CNN's digit accuracy after its 10 epochs, mean over seeds (issue 10, item 3)
 
 # GEMM shapes (m, k, n) for the probe: the MLPs' first layer forward for hard (64 wide) and for two
 # columns at once (128 wide), its weight gradient (64 x B) @ (B x 784), and a large square product
@@ -73,34 +75,50 @@ def _u8(data: MTLData) -> tuple[np.ndarray, np.ndarray]:
     return images, data.train_y.numpy()
 
 
+def _seed_faithful_nets(model_name: str) -> list[MultiTaskModel]:
+    """The plain modules the reference pipelines train (seeded as ours are)."""
+    tasks = TrainConfig.preset(model_name).tasks
+    if model_name == "stl":
+        return [PlainSTL((t,)) for t in tasks]  # two separate models, trained one after the other
+    if model_name == "hard":
+        return [HardSharingMLP(tasks)]
+    if model_name == "cross_stitch":
+        return [PlainCrossStitch(tasks)]
+    return [MultiTaskCNN(tasks)]
+
+
+def _seed_faithful_loader(net: MultiTaskModel, data: MTLData, seed: int = 0) -> torch.utils.data.DataLoader:
+    images, digits = _u8(data)
+    return torch.utils.data.DataLoader(
+        SeedFaithfulMNIST(images, digits, net.tasks),
+        batch_size=128,
+        shuffle=True,
+        num_workers=0,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def _seed_faithful_step(net: MultiTaskModel, opt: torch.optim.Optimizer, x, y, weights: dict[str, float]) -> None:
+    out = net(x)
+    loss = sum(weights.get(t, 1.0) * task_loss(t, out[t], y[t]) for t in net.tasks)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
 def seed_faithful_seconds(model_name: str, data: MTLData, max_batches: int | None) -> tuple[float, int]:
     """Seconds for one seed-faithful epoch (extrapolated when max_batches cuts it) and batches timed."""
-    tasks = TrainConfig.preset(model_name).tasks
-    images, digits = _u8(data)
     torch.manual_seed(0)
-    if model_name == "stl":
-        nets = [PlainSTL((t,)) for t in tasks]  # two separate models, trained one after the other
-    elif model_name == "hard":
-        nets = [HardSharingMLP(tasks)]
-    elif model_name == "cross_stitch":
-        nets = [PlainCrossStitch(tasks)]
-    else:
-        nets = [MultiTaskCNN(tasks)]
     total, timed = 0.0, 0
-    n_batches = (len(images) + 127) // 128
-    for net in nets:
-        loader = torch.utils.data.DataLoader(
-            SeedFaithfulMNIST(images, digits, net.tasks), batch_size=128, shuffle=True, num_workers=0
-        )
+    n_batches = (data.n_train + 127) // 128
+    weights = TrainConfig.preset(model_name).loss_weights
+    for net in _seed_faithful_nets(model_name):
+        loader = _seed_faithful_loader(net, data)
         opt = torch.optim.Adam(net.parameters(), lr=1e-3)
         net.train()
         t0, seen = time.perf_counter(), 0
         for x, y in loader:
-            out = net(x)
-            loss = sum(task_loss(t, out[t], y[t]) for t in net.tasks)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            _seed_faithful_step(net, opt, x, y, weights)
             seen += 1
             if max_batches and seen >= max_batches:
                 break
@@ -109,9 +127,41 @@ def seed_faithful_seconds(model_name: str, data: MTLData, max_batches: int | Non
     return total, timed
 
 
+def seed_faithful_best(model_name: str, data: MTLData, seed: int, epochs: int | None = None) -> dict:
+    """The seed-faithful pipeline trained as the reference recipe says (its epochs, loss weights and step
+    schedule), scored on the test set after every epoch: the best epoch's test metrics (picked, as the
+    references pick, on `selection_score`), with "epoch" and "avg_acc". One-network models only."""
+    cfg = TrainConfig.preset(model_name, seed=seed, **({"epochs": epochs} if epochs else {}))
+    torch.manual_seed(seed)
+    (net,) = _seed_faithful_nets(model_name)
+    loader = _seed_faithful_loader(net, data, seed)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.StepLR(opt, cfg.step_size, cfg.gamma) if cfg.scheduler == "step" else None
+    test_x, test_t = data.test_x, make_targets(data.test_y, cfg.tasks)  # normalised as the transform would
+    best: dict | None = None
+    for epoch in range(1, cfg.epochs + 1):
+        net.train()
+        for x, y in loader:
+            _seed_faithful_step(net, opt, x, y, cfg.loss_weights)
+        if sched is not None:
+            sched.step()
+        net.eval()
+        acc = MetricAccumulator(cfg.tasks)
+        with torch.no_grad():
+            for start in range(0, len(test_x), 1000):
+                sl = slice(start, start + 1000)
+                acc.add(net(test_x[sl]), {t: v[sl] for t, v in test_t.items()})
+        metrics, _ = acc.result()
+        if best is None or selection_score(metrics) > selection_score(best["metrics"]):
+            best = {"epoch": epoch, "metrics": metrics, "avg_acc": average_accuracy(metrics)}
+    return best
+
+
 def ours_seconds(model_name: str, data: MTLData, epochs: int = 1, **overrides) -> tuple[float, Training]:
-    """Mean seconds per training epoch (evaluation excluded, as in the seed-faithful timing)."""
-    training = Training(TrainConfig.preset(model_name, epochs=epochs, **overrides), data)
+    """Mean seconds per training epoch (evaluation excluded, as in the seed-faithful timing), training
+    alone as `train` on the command line runs it: without the gradient-conflict probes the dashboard's
+    runs add (`benchmarks/conflict_cost.py` times those), since the seed-faithful pipeline has none."""
+    training = Training(TrainConfig.preset(model_name, epochs=epochs, **overrides), data, conflict_probes=0)
     records = list(training.records())
     return statistics.mean(r["train_only_seconds"] for r in records), training
 
@@ -242,8 +292,8 @@ def verdict(best: dict[str, tuple[str, float]], table_seconds: float | None) -> 
         variant, ratio = best["cnn"]
         lines.append(
             f"cnn {variant}: {ratio:.1f}x (goal >= {CNN_GOAL:g}x) {_mark(ratio >= CNN_GOAL)} - speed only; the "
-            "accuracy goal (digit >= 99.2 % after 10 epochs, over seeds) is not checked here, it needs full "
-            "10-epoch runs"
+            f"accuracy goal (digit >= {ACCURACY_GOAL * 100:.1f} % after 10 epochs, over seeds) takes full runs: "
+            "bench --accuracy SEEDS"
         )
     else:
         lines.append("cnn: not measured (--no-cnn)")
@@ -281,24 +331,36 @@ def _variants(model_name: str) -> list[tuple[str, dict]]:
     ]
 
 
-def _speed_table(models: list[str], data: MTLData, limit: int | None, peak: dict) -> list[Row]:
+def _speed_table(models: list[str], data: MTLData, limit: int | None, peak: dict, repeats: int = 2) -> list[Row]:
+    """Each model's seed-faithful epoch and ours, measured in turn `repeats` times; each keeps its best
+    (fastest) time. The machine's noise only ever slows a measurement down, and it comes and goes over
+    minutes: alternating the two and taking each one's best compares them at the same quiet moments."""
     print(
         f"{'model':<24}{'seed s/epoch':>13}{'ours s/epoch':>13}{'speed-up':>10}"
         f"{'GFLOP/epoch':>13}{'floor s':>9}{'x floor':>9}"
     )
     rows = []
     for m in models:
-        seed_s, timed = seed_faithful_seconds(m, data, limit)
-        note = "" if limit is None else f", seed-faithful from {timed} batches"
         flops = flops_per_epoch(m, data.n_train)
+        seed_s, ours = math.inf, {}
+        for _ in range(repeats):
+            seconds, timed = seed_faithful_seconds(m, data, limit)
+            seed_s = min(seed_s, seconds)
+            for variant, over in _variants(m):
+                seconds, training = ours_seconds(m, data, **over)
+                if variant not in ours or seconds < ours[variant][0]:
+                    ours[variant] = (seconds, training)
+        note = "" if limit is None else f", seed-faithful from {timed} batches"
         for variant, over in _variants(m):
-            ours, training = ours_seconds(m, data, **over)
-            row = Row(m, variant, over, seed_s, ours, flops, bf16_flops_per_epoch(training, flops))
+            seconds, training = ours[variant]
+            row = Row(m, variant, over, seed_s, seconds, flops, bf16_flops_per_epoch(training, flops))
             floor = floor_seconds(row.flops, row.bf16_flops, peak)
+            kernel = f" ({training.kernel})" if training.kernel else ""
             print(
-                f"{m + ' ' + variant:<24}{seed_s:>13.2f}{ours:>13.3f}{row.speedup:>9.1f}x{flops / 1e9:>13.1f}"
-                f"{floor:>9.3f}{ours / floor:>8.1f}x  avg acc after 1 epoch "
-                f"{training.history[-1]['avg_acc'] * 100:.2f}% ({training.precision}, {training.path} path{note})",
+                f"{m + ' ' + variant:<24}{seed_s:>13.2f}{seconds:>13.3f}{row.speedup:>9.1f}x{flops / 1e9:>13.1f}"
+                f"{floor:>9.3f}{seconds / floor:>8.1f}x  avg acc after 1 epoch "
+                f"{training.history[-1]['avg_acc'] * 100:.2f}% ({training.precision}, {training.path} path{kernel}"
+                f"{note})",
                 flush=True,
             )
             rows.append(row)
@@ -306,7 +368,9 @@ def _speed_table(models: list[str], data: MTLData, limit: int | None, peak: dict
         f"  floor: the counted matrix-product FLOPs over the GEMM probe's peak at {torch.get_num_threads()} threads;\n"
         "  bf16 products (the MLPs' first layer under auto, all of a bf16 CNN) at the bf16 peak, the rest at fp32's.\n"
         "  Element-wise work (activations, BatchNorm, pooling, losses, Adam) and memory traffic are not in it,\n"
-        "  so no run reaches 1.0x."
+        f"  so no run reaches 1.0x. Each time is the best of {repeats} alternating measurements. Ours is training\n"
+        "  alone, as `train` runs it; the dashboard's runs also probe gradient conflict 4 times an epoch\n"
+        "  (benchmarks/conflict_cost.py times that), the seed pipeline never."
     )
     return rows
 
@@ -339,7 +403,7 @@ def _seed_table(data: MTLData) -> float:
             pass
         total += training.train_seconds
         print(
-            f"seed table: {m} 20 epochs {training.train_seconds:.1f} s (incl. per-epoch test), "
+            f"seed table: {m} 20 epochs {training.train_seconds:.1f} s (incl. per-epoch test and conflict probes), "
             f"best avg {training.summary()['best_avg'] * 100:.2f}% ({training.precision}, {training.path} path)",
             flush=True,
         )
@@ -373,6 +437,61 @@ def pool_seed_table(source: str, epochs: int = 20, workers: int | None = None) -
             runner.shutdown()
 
 
+ACCURACY_PIPELINES = (("seed-faithful", None), ("ours fp32", "fp32"), ("ours auto", "auto"))
+
+
+def accuracy_check(data: MTLData, seeds: int, model_name: str = "cnn", epochs: int | None = None) -> dict:
+    """Item 3's other half: does our fast CNN keep the tutorial's accuracy? The seed-faithful pipeline
+    and ours (fp32, and auto: bf16 where native) trained by the full recipe over `seeds` seeds; per
+    pipeline, each seed's best-epoch digit accuracy and average accuracy, both on the test set (the
+    references pick the epoch there). Returns {pipeline: {"digit": [...], "avg": [...]}}."""
+    results: dict[str, dict[str, list[float]]] = {name: {"digit": [], "avg": []} for name, _ in ACCURACY_PIPELINES}
+    for seed in range(seeds):
+        for name, precision in ACCURACY_PIPELINES:
+            if precision is None:
+                best = seed_faithful_best(model_name, data, seed, epochs)
+                metrics, avg, epoch = best["metrics"], best["avg_acc"], best["epoch"]
+            else:
+                over = {"epochs": epochs} if epochs else {}
+                cfg = TrainConfig.preset(model_name, seed=seed, precision=precision, **over)
+                training = Training(cfg, data, conflict_probes=0)
+                for _ in training.records():
+                    pass
+                s = training.summary()
+                metrics, avg, epoch = s["best_metrics"], s["best_avg"], s["best_epoch"]
+            results[name]["digit"].append(metrics["digit"]["acc"])
+            results[name]["avg"].append(avg)
+            print(
+                f"  seed {seed} {name:<14} best epoch {epoch:>2}: digit {metrics['digit']['acc'] * 100:.2f}%, "
+                f"avg {avg * 100:.2f}%",
+                flush=True,
+            )
+    return results
+
+
+def _pm(std: float | None) -> str:
+    return "" if std is None else f" ± {std * 100:.2f}"
+
+
+def accuracy_lines(results: dict) -> list[str]:
+    """Mean ± std per pipeline, then the verdict on the digit goal for ours, next to what the
+    seed-faithful pipeline itself reaches on the same seeds."""
+    lines = []
+    for name, r in results.items():
+        (dm, ds), (am, as_) = mean_std(r["digit"]), mean_std(r["avg"])
+        lines.append(
+            f"{name:<14} digit {dm * 100:.2f}{_pm(ds)}%, avg {am * 100:.2f}{_pm(as_)}% ({len(r['digit'])} seeds)"
+        )
+    seed_mean = mean_std(results["seed-faithful"]["digit"])[0]
+    for name in (n for n in results if n != "seed-faithful"):
+        mean = mean_std(results[name]["digit"])[0]
+        lines.append(
+            f"{name}: digit {mean * 100:.2f}% (goal >= {ACCURACY_GOAL * 100:.1f}%) {_mark(mean >= ACCURACY_GOAL)}; "
+            f"{(mean - seed_mean) * 100:+.2f} pp against the seed-faithful pipeline on the same seeds"
+        )
+    return lines
+
+
 def _peaks_line(peaks: dict) -> str:
     def cell(n: int, p: dict) -> str:
         bf16 = f"{p['bf16']:.0f}" if p["bf16"] else "bf16 not native"
@@ -386,6 +505,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default="auto")
     ap.add_argument("--seed-batches", type=int, default=150, help="seed-faithful batches timed per model")
     ap.add_argument("--full", action="store_true", help="time whole seed-faithful epochs")
+    ap.add_argument(
+        "--repeats", type=int, default=2, help="alternating measurements of each pipeline; each keeps its best"
+    )
     ap.add_argument("--no-table", action="store_true", help="skip the 20-epoch seed table")
     ap.add_argument("--no-cnn", action="store_true")
     ap.add_argument(
@@ -400,15 +522,29 @@ def main(argv: list[str] | None = None) -> int:
         default=True,
         help="also time the seed table as the dashboard trains it (three jobs on the worker pool at once)",
     )
+    ap.add_argument(
+        "--accuracy",
+        type=int,
+        metavar="SEEDS",
+        default=0,
+        help="instead of the speed benchmark, check the CNN's accuracy goal: the seed-faithful pipeline and "
+        "ours (fp32 and auto), the full 10-epoch recipe over SEEDS seeds (about 6 minutes per seed here)",
+    )
     a = ap.parse_args(argv)
     data = load_data(a.data)
+    if a.accuracy:
+        print(f"data: {data.describe()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+        print(f"CNN accuracy, best epoch of the tutorial recipe (picked on the test set), {a.accuracy} seeds:")
+        for line in accuracy_lines(accuracy_check(data, a.accuracy)):
+            print("  " + line)
+        return 0
     limit = None if a.full else a.seed_batches
     threads = torch.get_num_threads()
     peaks = probe_peaks(sorted({1, 2, threads}))
     print(f"data: {data.describe()}; torch {torch.__version__}, {threads} threads")
     print(_peaks_line(peaks))
     models = [*SEED_MODELS] + ([] if a.no_cnn else ["cnn"])
-    rows = _speed_table(models, data, limit, peaks[threads])
+    rows = _speed_table(models, data, limit, peaks[threads], a.repeats)
     best = {m: max((r for r in rows if r.model == m), key=lambda r: r.speedup) for m in models}
     if a.threads_compare:
         _thread_compare(list(best.values()), data, peaks)

@@ -73,6 +73,7 @@ class FlatAdam(torch.optim.Optimizer):
         state["step"] = torch.zeros((), dtype=torch.float32, device=flat.device)
         state["exp_avg"] = torch.zeros_like(flat.data)
         state["exp_avg_sq"] = torch.zeros_like(flat.data)
+        self.decoupled = decoupled
         self._kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
 
     @torch.no_grad()
@@ -83,6 +84,19 @@ class FlatAdam(torch.optim.Optimizer):
         """Zero the flat gradient in place: the parameters' `.grad` views (`bind_grads`) stay bound."""
         self.param_groups[0]["params"][0].grad.zero_()
 
+    def parts(self) -> list[tuple[slice, float, float]]:
+        """(part of the flat buffer, learning rate, weight decay) for each kernel call of one update."""
+        group = self.param_groups[0]
+        # One kernel call where the tail would get the same update anyway (no decay, the same rate).
+        if self.tail and (group["weight_decay"] != 0.0 or self.tail_lr_mult != 1.0):
+            # The alphas are mixing weights, not network weights: no decay pulls them toward 0.
+            k = self.param_groups[0]["params"][0].numel() - self.tail
+            return [
+                (slice(0, k), group["lr"], group["weight_decay"]),
+                (slice(k, None), group["lr"] * self.tail_lr_mult, 0.0),
+            ]
+        return [(slice(None), group["lr"], group["weight_decay"])]
+
     def update(self) -> None:
         """The update itself, for the training loop to call directly: `step` goes through the
         Optimizer wrapper's profiling and hook bookkeeping, about a tenth of the step's cost here."""
@@ -91,16 +105,7 @@ class FlatAdam(torch.optim.Optimizer):
         state = self.state[p]
         state["step"].add_(1)
         beta1, beta2 = group["betas"]
-        parts = [(slice(None), group["lr"], group["weight_decay"])]
-        # One kernel call where the tail would get the same update anyway (no decay, the same rate).
-        if self.tail and (group["weight_decay"] != 0.0 or self.tail_lr_mult != 1.0):
-            # The alphas are mixing weights, not network weights: no decay pulls them toward 0.
-            k = p.numel() - self.tail
-            parts = [
-                (slice(0, k), group["lr"], group["weight_decay"]),
-                (slice(k, None), group["lr"] * self.tail_lr_mult, 0.0),
-            ]
-        for part, lr, decay in parts:
+        for part, lr, decay in self.parts():
             self._kernel(
                 [p.data[part]],
                 [p.grad[part]],
@@ -130,6 +135,10 @@ def fast_path_refusal(model: MultiTaskModel, loss_weighting: str, optimizer: str
     return ""
 
 
+# The model kinds of native_steps.cpp.
+NATIVE_HARD, NATIVE_STL, NATIVE_CROSS_STITCH = 0, 1, 2
+
+
 class _HeadsStep:
     """What the hand-written steps share: the task heads' slices of the logits, the loss weights, the
     targets in the form a batch is sliced from, and the losses with their gradient d(sum_t w_t L_t)/dz.
@@ -148,6 +157,10 @@ class _HeadsStep:
         self.weights = torch.tensor([w for *_, w in self.slices], dtype=flat.dtype, device=flat.device)
         self.bf16 = bf16
         self.input_dtype = torch.bfloat16 if bf16 else flat.dtype
+
+    def native_args(self) -> tuple[int, list[torch.Tensor], list[torch.Tensor]] | None:
+        """(kind, parameters, gradients) for `native_steps.cpp`; None: no C++ step for this one."""
+        return None
 
     def prepare_inputs(self, images: torch.Tensor) -> torch.Tensor:
         """The whole training set's images, flattened to (N, 784) in `input_dtype`, ready for `select`."""
@@ -236,6 +249,16 @@ class HardSharingStep(_HeadsStep):
         self.g_bh = g[start + k * width : start + k * width + k]
         self._init_heads(model, heads, weights, bf16)
 
+    def native_args(self) -> tuple[int, list[torch.Tensor], list[torch.Tensor]] | None:
+        """(kind, parameters, gradients) as `native_steps.cpp` takes them (one column, feature-major
+        shapes: views of the same buffers); None where it has no step."""
+        if not self.all_binary:
+            return None
+        h1, h2, k = self.w1.shape[0], self.w2.shape[0], self.wh.shape[0]
+        p = [self.w1, self.b1.view(h1, 1), self.w2.view(1, h2, h1), self.b2.view(1, h2, 1), self.wh, self.bh.view(k, 1)]
+        g = [self.g_w1, self.g_b1.view(h1, 1), self.g_w2.view(1, h2, h1), self.g_b2.view(1, h2, 1), self.g_wh]
+        return NATIVE_HARD, p, [*g, self.g_bh.view(k, 1)]
+
     def __call__(self, x: torch.Tensor, targets) -> torch.Tensor:
         """One step's gradients for inputs `x` and `targets` (from `select`, or a dict per task).
         Every tensor here is a parameter's `.data` or an input, so autograd records nothing without a
@@ -291,9 +314,15 @@ class ColumnsStep(_PerTaskHeads):
     gradients too; the alphas sit last in the flat buffer, so the optimiser can give them their own
     learning rate).
 
-    All columns' first layers are one (B, 784) x (784, T*64) product, forward and weight gradient alike,
-    as in the model's own forward; the second layers are one batched product. `bf16` as in
-    `HardSharingStep`."""
+    The step runs feature-major: activations are (T, width, B), so the first layer is one
+    (T*64, 784) x (784, B) product, the second one batched product, and the mixing a (T, T) x
+    (T, width*B) product, all on contiguous memory with no transposed copies (a batch-major layout
+    needs five). The heads read the second unit's mixed features through one folded (K, T*32) matrix
+    whose block (i, j) is alpha2[i, j] * head_i (block-diagonal for STL): one product forward and two
+    back instead of per-head products and the mixing's own. (Folding the first unit into the second
+    layer the same way doubles that layer's arithmetic, which costs more than the mixing it saves.)
+    The heads' and alpha2's gradients come from the folded matrix's gradient by the product rule;
+    `tests/test_fastpath.py` checks every gradient against autograd. `bf16` as in `HardSharingStep`."""
 
     def __init__(self, model: STLMLP | CrossStitchMLP, weights: dict[str, float], bf16: bool = False):
         heads = [model.heads[t] for t in model.tasks]
@@ -302,121 +331,108 @@ class ColumnsStep(_PerTaskHeads):
         self.params = FlatParameters([*order, *alphas])
         self.n = len(model.tasks)
         self.alpha_numel = sum(a.numel() for a in alphas)  # the tail of the flat buffer
-        self.w1, self.b1, self.w2, self.b2 = model.w1.data, model.b1.data, model.w2.data, model.b2.data
-        self.g_w1, self.g_b1 = self.params.grad_of(model.w1), self.params.grad_of(model.b1)
-        self.g_w2, self.g_b2 = self.params.grad_of(model.w2), self.params.grad_of(model.b2)
+        t, h1, width = model.w1.shape
+        self.h2 = model.w2.shape[1]
+        # The stacked layers as the step runs them: first layers as one (T*64, 784) matrix, biases as columns.
+        self.w1, self.g_w1 = model.w1.data.view(t * h1, width), self.params.grad_of(model.w1).view(t * h1, width)
+        self.b1, self.g_b1 = model.b1.data.view(t * h1, 1), self.params.grad_of(model.b1).view(t * h1, 1)
+        self.w2, self.g_w2 = model.w2.data, self.params.grad_of(model.w2)
+        self.b2, self.g_b2 = model.b2.data.unsqueeze(2), self.params.grad_of(model.b2).unsqueeze(2)
         self.alphas = [a.data for a in alphas]  # [] for STL
         self.g_alphas = [self.params.grad_of(a) for a in alphas]
         self._init_heads(model, heads, weights, bf16)
+        # The heads' weights side by side, then their biases: what the folded heads are built from.
+        k = sum(hi - lo for _, lo, hi, _, _ in self.slices)
+        start = sum(p.numel() for p in (model.w1, model.b1, model.w2, model.b2))
+        flat, grad = self.params.flat.data, self.params.flat.grad
+        self.wh_all = flat[start : start + k * self.h2].view(k, self.h2)
+        self.g_wh_all = grad[start : start + k * self.h2].view(k, self.h2)
+        self.bh_all = flat[start + k * self.h2 : start + k * self.h2 + k].view(k, 1)
+        self.g_bh_all = grad[start + k * self.h2 : start + k * self.h2 + k].view(k, 1)
+        self.no_mixing = torch.eye(t, dtype=flat.dtype, device=flat.device)  # STL's "alphas"
+
+    def _first_layer_t(self, x: torch.Tensor) -> torch.Tensor:
+        """(w1 @ x.T + b1) as (T*64, B) in fp32: with `bf16` the product in bf16 (fp32 accumulation, the
+        result rounded once), the bias added in fp32, as the C++ step does it."""
+        if self.bf16:
+            return torch.add(self.b1, torch.mm(self.w1.to(torch.bfloat16), x.t()))
+        return torch.addmm(self.b1, self.w1, x.t())
+
+    def native_args(self) -> tuple[int, list[torch.Tensor], list[torch.Tensor]] | None:
+        """(kind, parameters, gradients) as `native_steps.cpp` takes them; None where it has no step."""
+        if not self.all_binary:
+            return None
+        p = [self.w1, self.b1, self.w2, self.b2, self.wh_all, self.bh_all, *self.alphas]
+        g = [self.g_w1, self.g_b1, self.g_w2, self.g_b2, self.g_wh_all, self.g_bh_all, *self.g_alphas]
+        return (NATIVE_CROSS_STITCH if self.alphas else NATIVE_STL), p, g
 
     def _mix(self, unit: int, h: torch.Tensor) -> torch.Tensor:
-        """Column i reads sum_j alpha[i, j] h_j (no-op for STL)."""
+        """Column i reads sum_j alpha[i, j] h_j; h is (T, ...) contiguous (no-op for STL)."""
         if not self.alphas:
             return h
-        t, b, width = h.shape
-        return (self.alphas[unit] @ h.reshape(t, b * width)).view(t, b, width)
+        return (self.alphas[unit] @ h.view(self.n, -1)).view(h.shape)
 
     def _unmix(self, unit: int, h: torch.Tensor, d_mixed: torch.Tensor) -> torch.Tensor:
         """The gradient through `_mix`: writes d/d alpha and returns d/dh (no-op for STL)."""
         if not self.alphas:
             return d_mixed
-        t, b, width = h.shape
-        flat_d = d_mixed.reshape(t, b * width)
-        torch.mm(flat_d, h.reshape(t, b * width).t(), out=self.g_alphas[unit])
-        return (self.alphas[unit].t() @ flat_d).view(t, b, width)
-
-    def _columns_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The columns up to their second hidden layer: (x as the first layer reads it, r1 (T, B, 64),
-        m1 (r1 mixed by the first unit), r2 (T, B, 32))."""
-        t, h1 = self.n, self.w1.shape[1]
-        x = x.reshape(x.shape[0], -1).to(self.input_dtype)
-        a1 = self._first_layer(x, self.w1.reshape(t * h1, -1), self.b1.reshape(-1))
-        r1 = a1.clamp_min_(0).view(x.shape[0], t, h1).transpose(0, 1)  # (T, B, 64), a view
-        m1 = self._mix(0, r1)
-        r2 = torch.baddbmm(self.b2.unsqueeze(1), m1, self.w2.transpose(1, 2)).clamp_min_(0)  # (T, B, 32)
-        return x, r1, m1, r2
-
-    def _columns_backward(self, x: torch.Tensor, r1: torch.Tensor, m1: torch.Tensor, d2: torch.Tensor) -> None:
-        """From the gradient at the second layer's output (T, B, 32, through its ReLU) down: W2, b2, the
-        first unit's alphas, W1 and b1."""
-        t, h1 = self.n, self.w1.shape[1]
-        torch.bmm(d2.transpose(1, 2), m1, out=self.g_w2)
-        torch.sum(d2, 1, out=self.g_b2)
-        d1 = torch.ops.aten.threshold_backward(self._unmix(0, r1, torch.bmm(d2, self.w2)), r1, 0)  # (T, B, 64)
-        d1 = d1.transpose(0, 1).reshape(x.shape[0], t * h1)  # back to the first layer's (B, T*64) layout
-        self._first_layer_grad(d1, x, self.g_w1.view(t * h1, -1))
-        torch.sum(d1, 0, out=self.g_b1.view(-1))
+        flat_d = d_mixed.view(self.n, -1)
+        torch.mm(flat_d, h.view(self.n, -1).t(), out=self.g_alphas[unit])
+        return (self.alphas[unit].t() @ flat_d).view(h.shape)
 
     def __call__(self, x: torch.Tensor, targets) -> torch.Tensor:
         """One step's gradients for inputs `x` and `targets` (from `select`, or a dict per task). As in
         `HardSharingStep`, everything is `.data` or an input: autograd records nothing."""
         if isinstance(targets, dict) and self.all_binary:
             targets = self.prepare_targets(targets)
-        x, r1, m1, r2 = self._columns_forward(x)
+        t, h2 = self.n, self.h2
+        x = x.reshape(x.shape[0], -1).to(self.input_dtype)
         n = x.shape[0]
-        m2 = self._mix(1, r2)
-        losses, dz = self._loss_grad(self._heads_forward(m2), targets, n)
-        dm2 = torch.empty_like(r2)
-        self._heads_backward(dz, m2, dm2)
-        d2 = torch.ops.aten.threshold_backward(self._unmix(1, r2, dm2), r2, 0)  # (T, B, 32)
-        self._columns_backward(x, r1, m1, d2)
-        return losses
-
-
-class CrossStitchStep(ColumnsStep):
-    """`ColumnsStep` for cross-stitch with the second unit's mixing folded into the heads: head i reads
-    sum_j alpha1[i, j] r2_j, so all heads are one (K, T*32) matrix whose block (i, j) is alpha1[i, j] *
-    head_i, one product forward and two back instead of per-head products and two mixing products each
-    way. (Folding the first unit into the second layer the same way doubles that layer's arithmetic,
-    which costs more than the mixing it saves.) The heads' and alpha1's gradients come from the folded
-    matrix's gradient by the product rule; `tests/test_fastpath.py` checks them against autograd."""
-
-    def __call__(self, x: torch.Tensor, targets) -> torch.Tensor:
-        if isinstance(targets, dict) and self.all_binary:
-            targets = self.prepare_targets(targets)
-        x, r1, m1, r2 = self._columns_forward(x)
-        n, t, h2 = x.shape[0], self.n, self.w2.shape[1]
-        r2_wide = r2.transpose(0, 1).reshape(n, t * h2)  # (B, T*32): what the folded heads read
-        whm = self._folded_heads(self.alphas[1])  # (K, T*32)
-        z = torch.addmm(self.bh_all, r2_wide, whm.t())
+        r1 = self._first_layer_t(x).clamp_min_(0).view(t, -1, n)  # (T, 64, B)
+        m1 = self._mix(0, r1)
+        r2 = torch.baddbmm(self.b2, self.w2, m1).clamp_min_(0)  # (T, 32, B)
+        r2_all = r2.view(t * h2, n)
+        a2 = self.alphas[1] if self.alphas else self.no_mixing
+        whm = self._folded_heads(a2)  # (K, T*32)
+        z = torch.addmm(self.bh_all, whm, r2_all).t()  # (B, K), a view
         losses, dz = self._loss_grad(z, targets, n)
-        g_whm = dz.t() @ r2_wide
-        torch.sum(dz, 0, out=self.g_bh_all)
-        d2 = torch.ops.aten.threshold_backward((dz @ whm).view(n, t, h2).transpose(0, 1), r2, 0)  # (T, B, 32)
-        self._columns_backward(x, r1, m1, d2)
-        self._unfold_heads(self.alphas[1], g_whm)
+        dz_t = dz.t()  # (K, B)
+        g_whm = dz_t @ r2_all.t()
+        torch.sum(dz_t, 1, keepdim=True, out=self.g_bh_all)
+        d2 = torch.ops.aten.threshold_backward((whm.t() @ dz_t).view(t, h2, n), r2, 0)  # (T, 32, B)
+        torch.bmm(d2, m1.transpose(1, 2), out=self.g_w2)
+        torch.sum(d2, 2, keepdim=True, out=self.g_b2)
+        d1 = torch.ops.aten.threshold_backward(self._unmix(0, r1, torch.bmm(self.w2.transpose(1, 2), d2)), r1, 0)
+        d1 = d1.view(-1, n)  # (T*64, B)
+        if self.bf16:  # the weight gradient in the forward's precision
+            self.g_w1.copy_(torch.mm(d1.to(torch.bfloat16), x))
+        else:
+            torch.mm(d1, x, out=self.g_w1)
+        torch.sum(d1, 1, keepdim=True, out=self.g_b1)
+        self._unfold_heads(a2, g_whm)
         return losses
 
-    def _folded_heads(self, a1: torch.Tensor) -> torch.Tensor:
-        """The heads reading the mixed features: task i's rows, block j, are alpha1[i, j] * head_i."""
+    def _folded_heads(self, a2: torch.Tensor) -> torch.Tensor:
+        """The heads reading the mixed features: task i's rows, block j, are alpha2[i, j] * head_i."""
         if self.all_binary:  # one row per task: all heads at once
-            return (a1[:, :, None] * self.wh_all[:, None, :]).view(self.n, -1)
-        return torch.cat([(a1[i][:, None, None] * w[None]).transpose(0, 1).reshape(w.shape[0], -1)
+            return (a2[:, :, None] * self.wh_all[:, None, :]).view(self.n, -1)
+        return torch.cat([(a2[i][:, None, None] * w[None]).transpose(0, 1).reshape(w.shape[0], -1)
                           for i, w in enumerate(self.wh)])  # fmt: skip
 
-    def _unfold_heads(self, a1: torch.Tensor, g_whm: torch.Tensor) -> None:
-        """The heads' and alpha1's gradients from the folded heads' gradient."""
+    def _unfold_heads(self, a2: torch.Tensor, g_whm: torch.Tensor) -> None:
+        """The heads' and (cross-stitch) alpha2's gradients from the folded heads' gradient."""
+        mixing = bool(self.alphas)
         if self.all_binary:
             g = g_whm.view(self.n, self.n, -1)  # (task i, column j, feature)
-            torch.sum(g * a1[:, :, None], 1, out=self.g_wh_all)
-            torch.sum(g * self.wh_all[:, None, :], 2, out=self.g_alphas[1])
+            torch.sum(g * a2[:, :, None], 1, out=self.g_wh_all)
+            if mixing:
+                torch.sum(g * self.wh_all[:, None, :], 2, out=self.g_alphas[1])
             return
         for i, (_, lo, hi, _, _) in enumerate(self.slices):
             g = g_whm[lo:hi].view(hi - lo, self.n, -1)  # (output, column j, feature)
-            torch.sum(g * a1[i][None, :, None], 1, out=self.g_wh[i])
-            torch.sum(g * self.wh[i][:, None, :], (0, 2), out=self.g_alphas[1][i])
-
-    def __init__(self, model: CrossStitchMLP, weights: dict[str, float], bf16: bool = False):
-        super().__init__(model, weights, bf16)
-        # The heads' weights (then their biases) are consecutive in the flat buffer: one view each.
-        k = sum(hi - lo for _, lo, hi, _, _ in self.slices)
-        start = sum(p.numel() for p in (self.w1, self.b1, self.w2, self.b2))
-        width = self.w2.shape[1]
-        flat, grad = self.params.flat.data, self.params.flat.grad
-        self.wh_all = flat[start : start + k * width].view(k, width)
-        self.g_wh_all = grad[start : start + k * width].view(k, width)
-        self.bh_all = flat[start + k * width : start + k * width + k]
-        self.g_bh_all = grad[start + k * width : start + k * width + k]
+            torch.sum(g * a2[i][None, :, None], 1, out=self.g_wh[i])
+            if mixing:
+                torch.sum(g * self.wh[i][:, None, :], (0, 2), out=self.g_alphas[1][i])
 
 
 class MMoEStep(_PerTaskHeads):
@@ -477,4 +493,45 @@ def make_step(model: MultiTaskModel, weights: dict[str, float], bf16: bool = Fal
         return HardSharingStep(model, weights, bf16)
     if isinstance(model, MMoEMLP):
         return MMoEStep(model, weights, bf16)
-    return (CrossStitchStep if isinstance(model, CrossStitchMLP) else ColumnsStep)(model, weights, bf16)
+    return ColumnsStep(model, weights, bf16)
+
+
+class NativeLoop:
+    """An epoch's batches run by the C++ loop (`native_steps.cpp`, built by `native.py`): for each batch
+    the same gather, step, non-finite check and fused Adam update as `Training`'s Python loop, with no
+    Python between a step's ~40 operations. Only for steps with `native_args` (every task binary)."""
+
+    def __init__(self, module, step: _HeadsStep, optimizer: FlatAdam):
+        self.module, self.optimizer = module, optimizer
+        self.kind, self.p, self.g = step.native_args()
+        self.weights, self.bf16 = step.weights, step.bf16
+
+    def run(self, x_all, y_all, batches: list[torch.Tensor], begin: int, end: int, sums: torch.Tensor):
+        """Batches [begin, end): (the last losses, the first batch whose loss is not finite or -1).
+        `sums` accumulates each batch's losses times its size."""
+        opt = self.optimizer
+        group = opt.param_groups[0]
+        p = group["params"][0]
+        state = opt.state[p]
+        parts = opt.parts()
+        out = self.module.train_batches(
+            self.kind, x_all, y_all, batches, begin, end, self.p, self.g, self.weights, self.bf16,
+            [p.data[s] for s, _, _ in parts], [p.grad[s] for s, _, _ in parts],
+            [state["exp_avg"][s] for s, _, _ in parts], [state["exp_avg_sq"][s] for s, _, _ in parts],
+            state["step"], [lr for _, lr, _ in parts], [decay for _, _, decay in parts], opt.decoupled,
+            *group["betas"], group["eps"], sums,
+        )  # fmt: skip
+        opt._opt_called = True  # what the Optimizer wrapper would record; LR schedulers check it
+        return out
+
+
+def native_loop(step: _HeadsStep, optimizer: FlatAdam) -> tuple[NativeLoop | None, str]:
+    """The C++ loop for `step` where there is one, else (None, why not)."""
+    from . import native
+
+    if step.native_args() is None:
+        return None, "no C++ step for this model or task mix"
+    module = native.get()
+    if module is None:
+        return None, native.reason()
+    return NativeLoop(module, step, optimizer), ""

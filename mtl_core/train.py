@@ -17,12 +17,14 @@ import torch
 from .batchfold import patch_moments
 from .config import ConfigError, TrainConfig
 from .data import MTLData, batch_indices
-from .fastpath import FlatAdam, FlatParameters, fast_path_refusal, make_step
+from .fastpath import FlatAdam, FlatParameters, fast_path_refusal, make_step, native_loop
 from .metrics import MetricAccumulator, average_accuracy, mean_by_key, probabilities, selection_score, task_loss
 from .models import MultiTaskModel, build_model, count_parameters
 from .tasks import make_targets
 from .weighting import build_weighting, split_like, task_gradient_rows
 
+# Batches the C++ loop runs between two looks at Stop and progress (about 5-10 ms).
+NATIVE_CHUNK = 16
 # Gradient-conflict probes per epoch: each costs one forward and one backward per task on one batch.
 CONFLICT_PROBES = 4
 
@@ -174,6 +176,13 @@ class Training:
             if config.scheduler == "step"
             else None
         )
+        # The fast path's batch loop in C++ where it is built (mtl_core/native.py), else in Python; the
+        # record's `kernel` says which ran. Only on the CPU: that is where Python's per-op cost shows.
+        self.native, self.kernel = None, None
+        if self.fast is not None:
+            self.native, why = native_loop(self.fast, self.optimizer) if self.device.type == "cpu" else (None, "")
+            self.kernel = "C++" if self.native else "Python"
+            self.path_note = "" if self.native else why
         self.generator = torch.Generator().manual_seed(config.seed)
         self.status = "running"
         self.reason = ""
@@ -368,9 +377,33 @@ class Training:
         self.batches_per_epoch = len(batches)
         return batches
 
+    def _native_epoch(self, epoch: int) -> dict[str, float] | None:
+        """`_fast_epoch` with the batches run by the C++ loop, a chunk at a time: between chunks (a few ms)
+        this loop checks Stop, reports progress and runs the conflict probes before their batch."""
+        cfg, stop = self.config, self.stop
+        sums = torch.zeros(len(cfg.tasks), device=self.device)
+        batches = self._epoch_batches()
+        probes = sorted(self._probe_batches())
+        b, n_seen = 0, 0
+        while b < len(batches):
+            self.batch_done = b
+            if stop is not None and stop():
+                return self._cancelled(epoch)
+            if b in probes:
+                self._probe_conflict(batches[b])
+            end = min([len(batches), b + NATIVE_CHUNK, *(q for q in probes if q > b)])
+            losses, bad = self.native.run(self._fast_x, self._fast_targets, batches, b, end, sums)
+            if bad >= 0:
+                return self._diverged(dict(zip(cfg.tasks, losses)), epoch, bad)
+            n_seen += sum(len(idx) for idx in batches[b:end])
+            b = end
+        return dict(zip(cfg.tasks, (sums / max(n_seen, 1)).tolist()))
+
     def _fast_epoch(self, epoch: int) -> dict[str, float] | None:
         """`_train_epoch` on the hand-written step. The loop is kept bare on purpose: at about 0.4 ms
         a step, each extra Python call or tensor operation per batch costs a percent or more."""
+        if self.native is not None:
+            return self._native_epoch(epoch)
         cfg, fast, stop, update = self.config, self.fast, self.stop, self.optimizer.update
         x_all, targets, weights, select = self._fast_x, self._fast_targets, fast.weights, fast.select
         on_cpu = self.device.type == "cpu"
@@ -532,6 +565,7 @@ class Training:
             "device": str(self.device),
             "precision": self.precision,
             "path": self.path,
+            "kernel": self.kernel,  # the fast path's loop: "C++" or "Python" (None on autograd)
             "data": self.data.source,
         }
 

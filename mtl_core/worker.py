@@ -179,6 +179,8 @@ def train_run(
         if beat is not None:
             beat.training = training  # the heartbeat reports how far the epoch is
         how = f"{training.device} · {training.precision} · {training.path} path"
+        if training.kernel:
+            how += f" ({training.kernel})"  # the fast path's loop: C++ where it was built, else Python
         link.started(training.params, dataset.source, how)
         run_id = link.run_id
         saved_epoch, save_error = 0, ""

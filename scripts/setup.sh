@@ -27,3 +27,7 @@ if [ "$mode" = test ] && { [ ! -x /usr/bin/chromium ] || ! dpkg -s fonts-noto-co
     $SUDO apt-get update -q
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium fonts-noto-color-emoji
 fi
+
+# The MLPs' training loop in C++ (mtl_core/native.py): built once per machine and torch version (about
+# 20 s), loaded from the cache after that. Without a compiler the Python loop trains instead.
+.venv/bin/python -m mtl_core.native || echo "setup: the C++ training loop was not built; the Python loop runs instead"

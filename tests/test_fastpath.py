@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+from native_kernel import use_kernel  # tests/native_kernel.py
 
 from mtl_core.config import TrainConfig
 from mtl_core.fastpath import make_step
@@ -70,8 +71,10 @@ def test_flat_adam_takes_exactly_torchs_fused_steps(optimizer):
     assert torch.equal(ours, theirs)
 
 
+@pytest.mark.parametrize("kernel", ["C++", "Python"])
 @pytest.mark.parametrize("model_name", ["hard", "stl", "cross_stitch", "mmoe"])
-def test_hundreds_of_steps_match_the_autograd_path(synthetic, model_name):
+def test_hundreds_of_steps_match_the_autograd_path(synthetic, model_name, kernel, monkeypatch):
+    use_kernel(kernel, monkeypatch)
     cfg = TrainConfig.preset(
         model_name, epochs=4, batch_size=8, data="synthetic", loss_weights={"even": 2.0}, precision="fp32"
     )
@@ -81,6 +84,7 @@ def test_hundreds_of_steps_match_the_autograd_path(synthetic, model_name):
     fast = Training(cfg, synthetic)
     slow = Training(cfg.replace(path="autograd"), synthetic)
     assert (fast.path, slow.path) == ("fast", "autograd")
+    assert fast.kernel == ("Python" if model_name == "mmoe" else kernel)  # MMoE has no C++ step
     for a, b in zip(fast.records(), slow.records(), strict=True):
         for t in cfg.tasks:
             assert a["train_loss"][t] == pytest.approx(b["train_loss"][t], rel=1e-4, abs=1e-6)
@@ -173,17 +177,22 @@ def test_runs_that_need_autograd_say_why(changes, reason, synthetic):
     assert training.summary()["path"] == "autograd"
 
 
-def test_a_diverging_fast_run_stops_at_the_first_bad_loss_and_keeps_its_last_good_state(synthetic):
+@pytest.mark.parametrize("kernel", ["C++", "Python"])
+def test_a_diverging_fast_run_stops_at_the_first_bad_loss_and_keeps_its_last_good_state(synthetic, kernel, monkeypatch):
     from dataclasses import replace
 
+    use_kernel(kernel, monkeypatch)
     bad = replace(synthetic, train_x=synthetic.train_x.clone())
     bad.train_x[300] = float("nan")  # one poisoned digit: its batch gives a NaN loss
     cfg = TrainConfig.preset("hard", epochs=3, data="synthetic")
     training = Training(cfg, bad)
     start = {k: v.clone() for k, v in training.model.state_dict().items()}
     records = list(training.records())
-    assert training.path == "fast" and training.status == "diverged" and records == []
-    assert "non-finite loss" in training.reason and "epoch 1" in training.reason
+    assert training.path == "fast" and training.kernel == kernel
+    assert training.status == "diverged" and records == []
+    order = torch.randperm(bad.n_train, generator=torch.Generator().manual_seed(cfg.seed))  # epoch 1's shuffle
+    first_bad = (order == 300).nonzero().item() // cfg.batch_size + 1
+    assert "non-finite loss" in training.reason and f"epoch 1, batch {first_bad};" in training.reason
     for k, v in training.model.state_dict().items():
         torch.testing.assert_close(v, start[k])  # the last good state: before any step of epoch 1
 

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from native_kernel import use_kernel  # tests/native_kernel.py
 
 from mtl_core.config import ConfigError, TrainConfig
 from mtl_core.models import MODELS
@@ -137,7 +138,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_state(synthetic):
         assert torch.isfinite(v.float()).all()
 
 
-def test_stop_flag_is_checked_every_batch(synthetic):
+def test_stop_flag_is_checked_every_batch(synthetic, monkeypatch):
+    """On the Python loop and autograd; the C++ loop looks between chunks (tests/test_native.py)."""
+    use_kernel("Python", monkeypatch)
     calls = []
 
     def stop():
@@ -205,9 +208,14 @@ def test_best_checkpoint_can_be_an_earlier_epoch(synthetic):
     assert not all(torch.equal(final[k], states[2][k]) for k in final)
 
 
-@pytest.mark.parametrize("path", ["auto", "autograd"])
-def test_how_far_the_epoch_is_can_be_read_while_it_trains(synthetic, path):
-    """The worker's heartbeat reports `epoch_done`: it must move through each epoch, on either path."""
+@pytest.mark.parametrize("kernel", ["C++", "Python", "autograd"])
+def test_how_far_the_epoch_is_can_be_read_while_it_trains(synthetic, kernel, monkeypatch):
+    """The worker's heartbeat reports `epoch_done`: it must move through each epoch, on every loop (the
+    C++ one reports between its chunks of batches)."""
+    from mtl_core.train import NATIVE_CHUNK
+
+    if kernel != "autograd":
+        use_kernel(kernel, monkeypatch)
     seen = []
     training = None
 
@@ -215,13 +223,15 @@ def test_how_far_the_epoch_is_can_be_read_while_it_trains(synthetic, path):
         seen.append(training.epoch_done)
         return False
 
-    training = Training(tiny("hard", epochs=2, batch_size=64, path=path), synthetic, stop=stop)
+    path = "autograd" if kernel == "autograd" else "auto"
+    training = Training(tiny("hard", epochs=2, batch_size=8, path=path), synthetic, stop=stop, conflict_probes=0)
     list(training.records())
-    per_epoch = synthetic.n_train // 64
+    per_epoch = synthetic.n_train // 8
     assert training.batches_per_epoch == per_epoch
-    first = seen[:per_epoch]
-    assert first == sorted(first) and first[0] == 0 and first[-1] == pytest.approx((per_epoch - 1) / per_epoch)
-    assert seen[per_epoch] == 0  # the next epoch starts again from the beginning
+    every = NATIVE_CHUNK if kernel == "C++" else 1
+    looks = per_epoch // every
+    assert seen[:looks] == [b / per_epoch for b in range(0, per_epoch, every)]
+    assert seen[looks] == 0  # the next epoch starts again from the beginning
 
 
 @pytest.mark.parametrize("model, precision", [("cnn", "bf16"), ("cnn", "fp32"), ("hard", "bf16")])
