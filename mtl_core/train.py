@@ -323,6 +323,8 @@ class Training:
         if self.fast is not None:
             return self._fast_epoch(epoch)
         cfg, model, weighting = self.config, self.model, self.weighting
+        # FlatAdam's update without the Optimizer wrapper's bookkeeping (about 0.15 ms a CNN step).
+        update = self.optimizer.update if isinstance(self.optimizer, FlatAdam) else self.optimizer.step
         model.train()
         sums = {t: torch.zeros((), device=self.device) for t in cfg.tasks}
         objective = torch.zeros((), device=self.device)
@@ -349,7 +351,7 @@ class Training:
             self.optimizer.zero_grad(set_to_none=True)
             # The weighting method owns the backward (mtl_core/weighting.py) and says what it minimised.
             total = weighting.backward(losses, self._shared, self._others)
-            self.optimizer.step()
+            update()
             if weighting.needs_losses_after_step:  # FAMO: how much each loss fell on this batch
                 saved = [buf.clone() for buf in model.buffers()]  # a look, not a second training step:
                 with torch.no_grad(), self._autocast():
