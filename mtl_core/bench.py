@@ -333,7 +333,7 @@ def _variants(model_name: str) -> list[tuple[str, dict]]:
     ]
 
 
-def _speed_table(models: list[str], data: MTLData, limit: int | None, peak: dict, repeats: int = 2) -> list[Row]:
+def _speed_table(models: list[str], data: MTLData, limit: int | None, peak: dict, repeats: int = 3) -> list[Row]:
     """Each model's seed-faithful epoch and ours, measured in turn `repeats` times; each keeps its best
     (fastest) time. The machine's noise only ever slows a measurement down, and it comes and goes over
     minutes: alternating the two and taking each one's best compares them at the same quiet moments."""
@@ -512,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed-batches", type=int, default=150, help="seed-faithful batches timed per model")
     ap.add_argument("--full", action="store_true", help="time whole seed-faithful epochs")
     ap.add_argument(
-        "--repeats", type=int, default=2, help="alternating measurements of each pipeline; each keeps its best"
+        "--repeats", type=int, default=3, help="alternating measurements of each pipeline; each keeps its best"
     )
     ap.add_argument("--no-table", action="store_true", help="skip the 20-epoch seed table")
     ap.add_argument("--no-cnn", action="store_true")
