@@ -27,12 +27,14 @@ _tried = False
 
 
 def build_dir() -> Path:
-    """Where the build lives: `MTL_NATIVE_DIR`, else the user's cache, one folder per torch version."""
+    """Where the build lives: `MTL_NATIVE_DIR`, else the user's cache, one folder per Python and torch
+    version (an extension is built against both)."""
     env = os.environ.get("MTL_NATIVE_DIR")
     if env:
         return Path(env)
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache) / "mtl-playground" / f"native-torch-{torch.__version__}"
+    python = f"py{sys.version_info.major}{sys.version_info.minor}"
+    return Path(cache) / "mtl-playground" / f"native-{python}-torch-{torch.__version__}"
 
 
 def module_name() -> str:

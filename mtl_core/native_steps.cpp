@@ -8,10 +8,12 @@
 // Layout: feature-major, as the Python ColumnsStep. C columns (1 for hard sharing, T for STL and
 // cross-stitch), every task binary with one logit:
 //   w1 (C*64, 784)  b1 (C*64, 1)  w2 (C, 32, 64)  b2 (C, 32, 1)  wh (T, 32)  bh (T, 1)  [a1, a2 (T, T)]
-// Gradients come in the same order and shapes; all are views of one flat buffer.
+// Gradients come in the same order and shapes; all are views of one flat buffer, each contiguous (the
+// loops below read and write them through plain pointers).
 
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <cmath>
 #include <tuple>
 #include <vector>
@@ -22,50 +24,142 @@ namespace {
 
 enum Kind : int64_t { HARD = 0, STL = 1, CROSS_STITCH = 2 };
 
-// One step: the task losses (T,), and every gradient of sum_t weight_t * loss_t written into `g`.
-// x (B, 784) in the first layer's dtype (bfloat16 when `bf16`), y (T, B) the 0/1 targets.
-Tensor step(int64_t kind, const Tensor& x, const Tensor& y, const std::vector<Tensor>& p,
-            std::vector<Tensor>& g, const Tensor& weights, bool bf16) {
+// The step's small element-wise work as plain loops over its (rows, B) blocks: at batch 128 these are a
+// few thousand values each, and one ATen call per operation (dispatch, an allocation, a pass) cost more
+// than the arithmetic.
+
+// out = max(a + bias[row], 0): the first layer's bias and ReLU on its product (bf16 or fp32) at once.
+template <typename scalar_t, typename in_t>
+void bias_relu(const in_t* a, const scalar_t* bias, scalar_t* out, int64_t rows, int64_t n) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const scalar_t b = bias[r];
+    for (int64_t i = r * n; i < (r + 1) * n; ++i) {
+      const scalar_t v = static_cast<scalar_t>(a[i]) + b;
+      out[i] = v <= 0 ? scalar_t(0) : v;  // a NaN stays NaN, as in torch's ReLU, so a bad input shows
+    }
+  }
+}
+
+// ReLU's backward in place (d = 0 where the ReLU's output r was not positive) and the bias gradient,
+// the sum of d over the batch, per row.
+template <typename scalar_t>
+void relu_back_bias(scalar_t* d, const scalar_t* r, scalar_t* g_bias, int64_t rows, int64_t n) {
+  for (int64_t row = 0; row < rows; ++row) {
+    scalar_t sum = 0;
+    for (int64_t i = row * n; i < (row + 1) * n; ++i) {
+      d[i] = r[i] <= 0 ? scalar_t(0) : d[i];  // torch's threshold_backward: a NaN output lets it through
+      sum += d[i];
+    }
+    g_bias[row] = sum;
+  }
+}
+
+// Binary cross-entropy with logits per task (the batch mean) for z (T, B) and targets y (B, T); dz =
+// (sigmoid(z) - y) * w_t / B, the heads' bias gradient (dz summed over the batch). Returns sum_t w_t L_t.
+template <typename scalar_t>
+double binary_losses(const scalar_t* z, const scalar_t* y, const scalar_t* w, scalar_t* losses, scalar_t* dz,
+                     scalar_t* g_bias, int64_t t, int64_t n) {
+  double total = 0;
+  for (int64_t task = 0; task < t; ++task) {
+    double loss = 0;
+    scalar_t bias_sum = 0;
+    const scalar_t scale = w[task] / static_cast<scalar_t>(n);
+    for (int64_t b = 0; b < n; ++b) {
+      const scalar_t v = z[task * n + b], target = y[b * t + task];
+      // max(v, 0) - v * y + log(1 + exp(-|v|)): the stable form of the loss
+      loss += std::max(v, scalar_t(0)) - v * target + std::log1p(std::exp(-std::abs(v)));
+      const scalar_t d = (scalar_t(1) / (scalar_t(1) + std::exp(-v)) - target) * scale;
+      dz[task * n + b] = d;
+      bias_sum += d;
+    }
+    losses[task] = static_cast<scalar_t>(loss / n);
+    g_bias[task] = bias_sum;
+    total += static_cast<double>(w[task]) * losses[task];
+  }
+  return total;
+}
+
+// One step: the task losses (T,), and every gradient of sum_t weight_t * loss_t written into `g`;
+// `total` gets that weighted sum. x (B, 784) in the first layer's dtype (bfloat16 when `bf16`), y (B, T)
+// the 0/1 targets in the parameters' dtype.
+Tensor step(int64_t kind, const Tensor& x, const Tensor& y, const std::vector<Tensor>& p, std::vector<Tensor>& g,
+            const Tensor& weights, bool bf16, double& total) {
   const Tensor &w1 = p[0], &b1 = p[1], &w2 = p[2], &b2 = p[3], &wh = p[4], &bh = p[5];
-  const int64_t n = x.size(0), c = w2.size(0), h2 = w2.size(1), t = wh.size(0);
+  const int64_t n = x.size(0), c = w2.size(0), h1 = w2.size(2), h2 = w2.size(1), t = wh.size(0);
   const bool mixing = kind == CROSS_STITCH;
-  // First layer: (C*64, 784) x (784, B); in bf16 the product is rounded once, the bias added in fp32.
-  Tensor a1 = bf16 ? at::add(b1, at::mm(w1.to(at::kBFloat16), x.t())) : at::addmm(b1, w1, x.t());
-  Tensor r1 = a1.clamp_min_(0).view({c, -1, n});  // (C, 64, B)
-  Tensor m1 = mixing ? at::mm(p[6], r1.view({c, -1})).view(r1.sizes()) : r1;
-  Tensor r2 = at::baddbmm(b2, w2, m1).clamp_min_(0);  // (C, 32, B)
-  Tensor r2_all = r2.view({c * h2, n});
-  // The heads over all columns' features: hard sharing's own; for the columns, head i reads
-  // sum_j a2[i, j] * column j (a2 the identity for STL), folded into one (T, C*32) matrix.
-  Tensor a2 = kind == HARD ? Tensor() : (mixing ? p[7] : at::eye(t, wh.options()));
-  Tensor heads = kind == HARD ? wh : (a2.unsqueeze(2) * wh.unsqueeze(1)).view({t, -1});
-  Tensor z = at::addmm(bh, heads, r2_all);  // (T, B)
-  Tensor losses = at::binary_cross_entropy_with_logits(z, y, {}, {}, at::Reduction::None).mean(1);
-  Tensor dz = (at::sigmoid(z) - y).mul_(weights.view({t, 1}) / n);
-  Tensor g_heads = kind == HARD ? g[4] : at::empty({t, c * h2}, wh.options());
-  at::mm_out(g_heads, dz, r2_all.t());
-  at::sum_out(g[5], dz, {1}, true);
-  Tensor d2 = at::threshold_backward(at::mm(heads.t(), dz).view({c, h2, n}), r2, 0);
-  at::bmm_out(g[2], d2, m1.transpose(1, 2));
-  at::sum_out(g[3], d2, {2}, true);
-  Tensor d1 = at::bmm(w2.transpose(1, 2), d2);  // (C, 64, B), at the mixed features
-  if (mixing) {
-    Tensor d_mixed = d1.view({c, -1});
-    at::mm_out(g[6], d_mixed, r1.view({c, -1}).t());
-    d1 = at::mm(p[6].t(), d_mixed).view(r1.sizes());
-  }
-  d1 = at::threshold_backward(d1, r1, 0).view({-1, n});  // (C*64, B)
-  if (bf16) {
-    g[0].copy_(at::mm(d1.to(at::kBFloat16), x));  // the weight gradient in the forward's precision
-  } else {
-    at::mm_out(g[0], d1, x);
-  }
-  at::sum_out(g[1], d1, {1}, true);
-  if (kind != HARD) {  // the folded heads' gradient, back to the heads and a2 (product rule)
-    Tensor gh = g_heads.view({t, c, -1});
-    at::sum_out(g[4], gh * a2.unsqueeze(2), {1});
-    if (mixing) at::sum_out(g[7], gh * wh.unsqueeze(1), {2});
-  }
+  const Tensor yc = y.contiguous();
+  Tensor losses = at::empty({t}, wh.options());
+  AT_DISPATCH_FLOATING_TYPES(wh.scalar_type(), "mlp_step", [&] {
+    // First layer: (C*64, 784) x (784, B); in bf16 the product is rounded once, the bias added in fp32.
+    Tensor a1 = bf16 ? at::mm(w1.to(at::kBFloat16), x.t()) : at::mm(w1, x.t());
+    Tensor r1 = at::empty({c, h1, n}, wh.options());  // (C, 64, B)
+    if (bf16) {
+      bias_relu(a1.const_data_ptr<at::BFloat16>(), b1.const_data_ptr<scalar_t>(), r1.mutable_data_ptr<scalar_t>(),
+                c * h1, n);
+    } else {
+      bias_relu(a1.const_data_ptr<scalar_t>(), b1.const_data_ptr<scalar_t>(), r1.mutable_data_ptr<scalar_t>(),
+                c * h1, n);
+    }
+    Tensor m1 = mixing ? at::mm(p[6], r1.view({c, -1})).view(r1.sizes()) : r1;
+    Tensor r2 = at::baddbmm(b2, w2, m1).clamp_min_(0);  // (C, 32, B)
+    Tensor r2_all = r2.view({c * h2, n});
+    // The heads over all columns' features: hard sharing's own; for the columns, head i reads
+    // sum_j a2[i, j] * column j (a2 the identity for STL), folded into one (T, C*32) matrix.
+    Tensor heads = wh, mix2;
+    const scalar_t* a2 = nullptr;
+    if (kind != HARD) {
+      mix2 = mixing ? p[7] : at::eye(t, wh.options());
+      a2 = mix2.const_data_ptr<scalar_t>();
+      heads = at::empty({t, c * h2}, wh.options());
+      const scalar_t* hw = wh.const_data_ptr<scalar_t>();
+      scalar_t* hm = heads.mutable_data_ptr<scalar_t>();
+      for (int64_t i = 0; i < t; ++i)
+        for (int64_t j = 0; j < c; ++j)
+          for (int64_t f = 0; f < h2; ++f) hm[(i * c + j) * h2 + f] = a2[i * c + j] * hw[i * h2 + f];
+    }
+    Tensor z = at::addmm(bh, heads, r2_all);  // (T, B)
+    Tensor dz = at::empty({t, n}, wh.options());
+    total = binary_losses(z.const_data_ptr<scalar_t>(), yc.const_data_ptr<scalar_t>(),
+                          weights.const_data_ptr<scalar_t>(), losses.mutable_data_ptr<scalar_t>(),
+                          dz.mutable_data_ptr<scalar_t>(), g[5].mutable_data_ptr<scalar_t>(), t, n);
+    Tensor g_heads = kind == HARD ? g[4] : at::empty({t, c * h2}, wh.options());
+    at::mm_out(g_heads, dz, r2_all.t());
+    Tensor d2 = at::mm(heads.t(), dz).view({c, h2, n});
+    relu_back_bias(d2.mutable_data_ptr<scalar_t>(), r2.const_data_ptr<scalar_t>(), g[3].mutable_data_ptr<scalar_t>(),
+                   c * h2, n);
+    at::bmm_out(g[2], d2, m1.transpose(1, 2));
+    Tensor d1 = at::bmm(w2.transpose(1, 2), d2);  // (C, 64, B), at the mixed features
+    if (mixing) {
+      Tensor d_mixed = d1.view({c, -1});
+      at::mm_out(g[6], d_mixed, r1.view({c, -1}).t());
+      d1 = at::mm(p[6].t(), d_mixed).view(r1.sizes());
+    }
+    relu_back_bias(d1.mutable_data_ptr<scalar_t>(), r1.const_data_ptr<scalar_t>(), g[1].mutable_data_ptr<scalar_t>(),
+                   c * h1, n);
+    d1 = d1.view({-1, n});  // (C*64, B)
+    if (bf16) {
+      g[0].copy_(at::mm(d1.to(at::kBFloat16), x));  // the weight gradient in the forward's precision
+    } else {
+      at::mm_out(g[0], d1, x);
+    }
+    if (kind != HARD) {  // the folded heads' gradient, back to the heads and a2 (product rule)
+      const scalar_t* gh = g_heads.const_data_ptr<scalar_t>();
+      const scalar_t* hw = wh.const_data_ptr<scalar_t>();
+      scalar_t* g_wh = g[4].mutable_data_ptr<scalar_t>();
+      for (int64_t i = 0; i < t; ++i) {
+        for (int64_t f = 0; f < h2; ++f) {
+          scalar_t sum = 0;
+          for (int64_t j = 0; j < c; ++j) sum += gh[(i * c + j) * h2 + f] * a2[i * c + j];
+          g_wh[i * h2 + f] = sum;
+        }
+        for (int64_t j = 0; mixing && j < c; ++j) {
+          scalar_t sum = 0;
+          for (int64_t f = 0; f < h2; ++f) sum += gh[(i * c + j) * h2 + f] * hw[i * h2 + f];
+          g[7].mutable_data_ptr<scalar_t>()[i * c + j] = sum;
+        }
+      }
+    }
+  });
   return losses;
 }
 
@@ -81,14 +175,13 @@ std::tuple<Tensor, int64_t> train_batches(
     const std::vector<double>& decays, bool decoupled, double beta1, double beta2, double eps, Tensor sums) {
   Tensor losses;
   const std::vector<Tensor> steps{step_count};
+  double total = 0;
   for (int64_t b = begin; b < end; ++b) {
     const Tensor& idx = batches[b];
-    losses = step(kind, x_all.index_select(0, idx), y_all.index_select(0, idx).t(), p, g, weights, bf16);
-    if (!std::isfinite(at::dot(losses, weights).item<double>())) {
-          return {losses, b};
-    }
+    losses = step(kind, x_all.index_select(0, idx), y_all.index_select(0, idx), p, g, weights, bf16, total);
+    if (!std::isfinite(total)) return {losses, b};
     step_count.add_(1);
-      for (size_t i = 0; i < params.size(); ++i) {
+    for (size_t i = 0; i < params.size(); ++i) {
       if (decoupled) {
         at::_fused_adamw_({params[i]}, {grads[i]}, {exp_avgs[i]}, {exp_avg_sqs[i]}, {}, steps, lrs[i], beta1, beta2,
                           decays[i], eps, false, false);
@@ -97,7 +190,7 @@ std::tuple<Tensor, int64_t> train_batches(
                          decays[i], eps, false, false);
       }
     }
-      sums.add_(losses, idx.size(0));
+    sums.add_(losses, idx.size(0));
   }
   return {losses, -1};
 }
@@ -105,6 +198,13 @@ std::tuple<Tensor, int64_t> train_batches(
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("step", &step, "one training step's losses and gradients (see mtl_core/native_steps.cpp)");
+  m.def(
+      "step",
+      [](int64_t kind, const Tensor& x, const Tensor& y, const std::vector<Tensor>& p, std::vector<Tensor>& g,
+         const Tensor& weights, bool bf16) {
+        double total = 0;
+        return step(kind, x, y, p, g, weights, bf16, total);
+      },
+      "one training step's losses and gradients (see mtl_core/native_steps.cpp)");
   m.def("train_batches", &train_batches, "batches [begin, end) of an epoch: step and fused Adam each");
 }

@@ -41,7 +41,7 @@ def test_the_cpp_step_gives_autograds_gradients(module, model_name, synthetic):
 
     step = make_step(twin, weights)
     kind, params, grads = step.native_args()
-    losses = module.step(kind, x, step.prepare_targets(y).t(), params, grads, step.weights, False)
+    losses = module.step(kind, x, step.prepare_targets(y), params, grads, step.weights, False)
     for i, t in enumerate(BINARY):
         assert losses[i].item() == pytest.approx(task_loss(t, out[t], y[t]).item(), rel=1e-12)
     for (name, p), q in zip(twin.named_parameters(), model.parameters()):
@@ -58,22 +58,23 @@ def test_the_cpp_step_gives_autograds_gradients(module, model_name, synthetic):
     ],
 )
 def test_the_cpp_loop_trains_as_the_python_loop(model_name, changes, synthetic, monkeypatch):
-    """The same operations in the same order: the columns' loops agree to float rounding over hundreds
-    of steps (hard sharing's Python step is batch-major, the C++ one feature-major: close, not equal)."""
-    cfg = TrainConfig.preset(model_name, epochs=3, batch_size=8, data="synthetic", precision="fp32").replace(**changes)
+    """The same maths: an epoch of 64 steps agrees to float rounding, parameters and optimiser state
+    alike (the C++ loop computes the losses and sums in its own loops and order; hard sharing's Python
+    step is batch-major besides). Longer runs drift apart as any two roundings do."""
+    cfg = TrainConfig.preset(model_name, epochs=1, batch_size=8, data="synthetic", precision="fp32").replace(**changes)
     runs = {}
     for kernel in ("C++", "Python"):
         use_kernel(kernel, monkeypatch)
         training = Training(cfg, synthetic)
         assert training.kernel == kernel
-        runs[kernel] = (list(training.records()), training.optimizer.state[training.fast.params.flat])
-    (fast, fast_state), (slow, slow_state) = runs["C++"], runs["Python"]
-    assert len(fast) == len(slow) == 3
-    for a, b in zip(fast, slow):
-        for t in cfg.tasks:
-            assert a["train_loss"][t] == pytest.approx(b["train_loss"][t], rel=1e-4)
-    assert fast_state["step"].item() == slow_state["step"].item() == 3 * synthetic.n_train // 8
-    torch.testing.assert_close(fast_state["exp_avg_sq"], slow_state["exp_avg_sq"], rtol=1e-3, atol=1e-9)
+        (record,) = training.records()
+        runs[kernel] = (record, training.fast.params.flat.detach(), training.optimizer.state[training.fast.params.flat])
+    (fast, fast_flat, fast_state), (slow, slow_flat, slow_state) = runs["C++"], runs["Python"]
+    for t in cfg.tasks:
+        assert fast["train_loss"][t] == pytest.approx(slow["train_loss"][t], rel=1e-4)
+    assert fast_state["step"].item() == slow_state["step"].item() == synthetic.n_train // 8
+    torch.testing.assert_close(fast_flat, slow_flat, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fast_state["exp_avg_sq"], slow_state["exp_avg_sq"], rtol=1e-3, atol=1e-12)
 
 
 def test_stop_is_seen_within_a_chunk_of_batches(module, synthetic):
