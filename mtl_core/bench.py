@@ -165,11 +165,14 @@ def seed_faithful_run(model_name: str, data: MTLData, seed: int, epochs: int | N
     return {"best": best, "last": last}
 
 
-def ours_seconds(model_name: str, data: MTLData, epochs: int = 1, **overrides) -> tuple[float, Training]:
+def ours_seconds(
+    model_name: str, data: MTLData, epochs: int = 1, pick_threads: bool = True, **overrides
+) -> tuple[float, Training]:
     """Mean seconds per training epoch (evaluation excluded, as in the seed-faithful timing), training
     alone as `train` on the command line runs it: without the gradient-conflict probes the dashboard's
     runs add (`benchmarks/conflict_cost.py` times those), since the seed-faithful pipeline has none."""
-    training = Training(TrainConfig.preset(model_name, epochs=epochs, **overrides), data, conflict_probes=0)
+    cfg = TrainConfig.preset(model_name, epochs=epochs, **overrides)
+    training = Training(cfg, data, conflict_probes=0, pick_threads=pick_threads)
     records = list(training.records())
     return statistics.mean(r["train_only_seconds"] for r in records), training
 
@@ -388,18 +391,25 @@ def _threads(n: int) -> str:
 
 
 def _thread_compare(best: list[Row], data: MTLData, peaks: dict) -> None:
-    """Ours with one and two threads: which pays depends on the model and on what else runs."""
+    """Ours with one and two threads: which pays depends on the model and on what else runs. The C++ loop
+    also picks between them per chunk of batches, as a run alone does (`fastpath.ThreadPicker`)."""
     print("one vs two threads (ours, each model's fastest variant, one epoch each; x floor at that thread count):")
     for row in best:
         seconds, cells = {}, []
         for n in (1, 2):
             with num_threads(n):
-                seconds[n], _ = ours_seconds(row.model, data, **row.overrides)
+                seconds[n], training = ours_seconds(row.model, data, pick_threads=False, **row.overrides)
             floor = floor_seconds(row.flops, row.bf16_flops, peaks[n])
             cells.append(f"{_threads(n):<9} {seconds[n]:6.3f} s ({seconds[n] / floor:4.1f}x floor)")
         pick = min(seconds, key=seconds.get)
         gain = max(seconds.values()) / seconds[pick]
         cells.append(f"faster: {_threads(pick)} ({gain:.2f}x)")
+        if training.native is not None:
+            with num_threads(2):
+                picked, training = ours_seconds(row.model, data, **row.overrides)
+            ran = training.history[-1]["thread_batches"]
+            split = ", ".join(f"{v} on {_threads(int(k))}" for k, v in ran.items())
+            cells.append(f"picked per chunk {picked:6.3f} s (batches: {split})")
         print(f"  {row.model + ' ' + row.variant:<24}" + "   ".join(cells))
 
 

@@ -163,16 +163,31 @@ Tensor step(int64_t kind, const Tensor& x, const Tensor& y, const std::vector<Te
   return losses;
 }
 
+// torch's intra-op threads set for a scope and put back after it (the caller's count is what the worker
+// shares out; the training loop picks, per chunk of batches, one thread or all of them).
+struct ThreadsFor {
+  const int before;
+  explicit ThreadsFor(int64_t n) : before(at::get_num_threads()) {
+    if (n > 0 && n != before) at::set_num_threads(static_cast<int>(n));
+  }
+  ~ThreadsFor() {
+    if (at::get_num_threads() != before) at::set_num_threads(before);
+  }
+};
+
 // Batches [begin, end) of an epoch: for each, gather the batch, step, and update every parameter with
 // the fused Adam (or AdamW) kernel, one call per part of the flat buffer (the cross-stitch alphas may
 // have their own rate). Returns (the last batch's losses, the index of the first batch whose weighted
 // loss is not finite, or -1); a non-finite batch is not applied. `sums` accumulates losses x batch size.
+// `threads`: torch's intra-op threads for these batches (0: as they are).
 std::tuple<Tensor, int64_t> train_batches(
     int64_t kind, const Tensor& x_all, const Tensor& y_all, const std::vector<Tensor>& batches, int64_t begin,
     int64_t end, const std::vector<Tensor>& p, std::vector<Tensor>& g, const Tensor& weights, bool bf16,
     const std::vector<Tensor>& params, const std::vector<Tensor>& grads, const std::vector<Tensor>& exp_avgs,
     const std::vector<Tensor>& exp_avg_sqs, const Tensor& step_count, const std::vector<double>& lrs,
-    const std::vector<double>& decays, bool decoupled, double beta1, double beta2, double eps, Tensor sums) {
+    const std::vector<double>& decays, bool decoupled, double beta1, double beta2, double eps, Tensor sums,
+    int64_t threads) {
+  const ThreadsFor use(threads);
   Tensor losses;
   const std::vector<Tensor> steps{step_count};
   double total = 0;

@@ -17,7 +17,7 @@ import torch
 from .batchfold import patch_moments
 from .config import ConfigError, TrainConfig
 from .data import MTLData, batch_indices
-from .fastpath import FlatAdam, FlatParameters, fast_path_refusal, make_step, native_loop
+from .fastpath import FlatAdam, FlatParameters, ThreadPicker, fast_path_refusal, make_step, native_loop
 from .metrics import MetricAccumulator, average_accuracy, mean_by_key, probabilities, selection_score, task_loss
 from .models import MultiTaskModel, build_model, count_parameters
 from .tasks import make_targets
@@ -95,8 +95,12 @@ class Training:
         data: MTLData,
         stop: Callable[[], bool] | None = None,
         conflict_probes: int = CONFLICT_PROBES,
+        pick_threads: bool = True,
     ):
+        """`pick_threads`: the C++ loop picks one thread or all allowed per chunk of batches (ThreadPicker);
+        False keeps torch's count (the benchmark's fixed-thread timings)."""
         self.config = config
+        self.pick_threads = pick_threads
         self.conflict_probes = conflict_probes  # per epoch; 0: no gradient-conflict record
         self._conflict: list[tuple[dict[str, float], dict[str, float], dict[str, float]]] = []
         self.device = resolve_device(config.device)
@@ -179,6 +183,7 @@ class Training:
         # The fast path's batch loop in C++ where it is built (mtl_core/native.py), else in Python; the
         # record's `kernel` says which ran. Only on the CPU: that is where Python's per-op cost shows.
         self.native, self.kernel = None, None
+        self._thread_picker, self._epoch_threads = ThreadPicker(), None
         if self.fast is not None:
             self.native, why = native_loop(self.fast, self.optimizer) if self.device.type == "cpu" else (None, "")
             self.kernel = "C++" if self.native else "Python"
@@ -382,23 +387,28 @@ class Training:
     def _native_epoch(self, epoch: int) -> dict[str, float] | None:
         """`_fast_epoch` with the batches run by the C++ loop, a chunk at a time: between chunks (a few ms)
         this loop checks Stop, reports progress and runs the conflict probes before their batch."""
-        cfg, stop = self.config, self.stop
+        cfg, stop, picker = self.config, self.stop, self._thread_picker
         sums = torch.zeros(len(cfg.tasks), device=self.device)
         batches = self._epoch_batches()
         probes = sorted(self._probe_batches())
-        b, n_seen = 0, 0
+        b, n_seen, used = 0, 0, {}
         while b < len(batches):
             self.batch_done = b
-            if stop is not None and stop():
+            if stop is not None and stop():  # (a worker's stop check also sets the threads it may use)
                 return self._cancelled(epoch)
             if b in probes:
                 self._probe_conflict(batches[b])
             end = min([len(batches), b + NATIVE_CHUNK, *(q for q in probes if q > b)])
-            losses, bad = self.native.run(self._fast_x, self._fast_targets, batches, b, end, sums)
+            threads = picker.choose(torch.get_num_threads()) if self.pick_threads else torch.get_num_threads()
+            t0 = time.perf_counter()
+            losses, bad = self.native.run(self._fast_x, self._fast_targets, batches, b, end, sums, threads)
+            picker.record(threads, (time.perf_counter() - t0) / (end - b))
             if bad >= 0:
                 return self._diverged(dict(zip(cfg.tasks, losses)), epoch, bad)
+            used[threads] = used.get(threads, 0) + end - b
             n_seen += sum(len(idx) for idx in batches[b:end])
             b = end
+        self._epoch_threads = {str(n): k for n, k in sorted(used.items())}
         return dict(zip(cfg.tasks, (sums / max(n_seen, 1)).tolist()))
 
     def _fast_epoch(self, epoch: int) -> dict[str, float] | None:
@@ -489,6 +499,7 @@ class Training:
         for epoch in range(1, cfg.epochs + 1):
             t0 = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]
+            self._epoch_threads = None
             train_loss = self._train_epoch(epoch)
             if train_loss is None:
                 # Diverged or cancelled: go back to the end of the last complete epoch.
@@ -526,6 +537,8 @@ class Training:
                 "train_only_seconds": train_s,
                 "lr": lr,
                 "threads": torch.get_num_threads(),  # at the epoch's end (a worker shares the cores out)
+                # The C++ loop: how many batches ran on each thread count it picked (ThreadPicker).
+                "thread_batches": self._epoch_threads,
                 "alphas": self.model.alphas(),
                 "loss_weights": self.weighting.epoch_weights(),  # the mean of the weights this epoch used
                 "gates": self._gate_record(),

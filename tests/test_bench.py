@@ -84,7 +84,7 @@ def test_quick_run_prints_every_section_and_a_verdict(capsys):
     assert bench.main(["--data", "synthetic", "--seed-batches", "2", "--no-table", "--no-cnn"]) == 0
     out = capsys.readouterr().out
     assert "GEMM probe peak" in out and "x floor" in out
-    assert "one vs two threads" in out
+    assert "one vs two threads" in out and "picked per chunk" in out
     for m in ("stl", "hard", "cross_stitch"):
         assert sum(line.startswith(f"  {m} ") and line.rstrip().endswith(("PASS", "MISS")) for line in out.splitlines())
     assert "seed table: not run" in out and "cnn: not measured" in out

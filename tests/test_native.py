@@ -108,3 +108,53 @@ def test_an_edited_source_builds_under_a_new_name(tmp_path, monkeypatch):
     edited.write_bytes(native.SOURCE.read_bytes() + b"\n// edited\n")
     monkeypatch.setattr(native, "SOURCE", edited)
     assert native.module_name() != before and native.module_name().startswith("mtl_native_")
+
+
+def test_where_it_cannot_be_built_the_python_loop_trains_and_says_why(tmp_path, synthetic, monkeypatch):
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the build folder should go")
+    monkeypatch.setenv("MTL_NATIVE", "1")
+    monkeypatch.setenv("MTL_NATIVE_DIR", str(blocked))
+    monkeypatch.setattr(native, "_tried", False)  # forget this process's loaded module for the test
+    monkeypatch.setattr(native, "_module", None)
+    assert native.get() is None and "could not be built" in native.reason()
+    training = Training(TrainConfig.preset("cross_stitch", epochs=1, data="synthetic"), synthetic)
+    assert training.kernel == "Python" and "could not be built" in training.path_note
+    assert list(training.records())[0]["avg_acc"] > 0.5  # and it trains
+
+
+def test_the_thread_picker_runs_the_cheaper_count_and_retries_the_other():
+    from mtl_core.fastpath import ThreadPicker
+
+    picker = ThreadPicker(retry=3)
+    for _ in range(2):  # each count is tried first; its first chunk (start-up) is not counted
+        assert picker.choose(2) == 2
+        picker.record(2, 2.0 if picker.warm else 50.0)
+    for _ in range(2):
+        assert picker.choose(2) == 1
+        picker.record(1, 1.0 if 1 in picker.warm else 50.0)
+    runs = []
+    for _ in range(8):
+        n = picker.choose(2)
+        runs.append(n)
+        picker.record(n, 1.0 if n == 1 else 2.0)
+    assert runs == [1, 2, 1, 1, 1, 2, 1, 1]  # the cheaper one; the other once it has sat out 3 chunks
+    picker.record(2, 0.1)  # the load changed: two threads got cheap (smoothed: (2 + 0.1) / 2 > 1)
+    picker.record(2, 0.1)
+    assert picker.choose(2) == 2
+    assert ThreadPicker().choose(1) == 1  # a run allowed one thread has nothing to pick
+
+
+def test_a_chunk_on_its_own_thread_count_gives_the_count_back(module, synthetic):
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        training = Training(TrainConfig.preset("hard", epochs=1, batch_size=8, data="synthetic"), synthetic)
+        batches = training._epoch_batches()
+        _, bad = training.native.run(training._fast_x, training._fast_targets, batches, 0, 4, torch.zeros(2), 1)
+        assert bad == -1 and torch.get_num_threads() == 2
+        (record,) = training.records()
+        assert record["threads"] == 2 and sum(record["thread_batches"].values()) == len(batches)
+        assert set(record["thread_batches"]) == {"1", "2"}  # both were tried
+    finally:
+        torch.set_num_threads(before)
