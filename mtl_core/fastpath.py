@@ -10,6 +10,8 @@ against autograd and a few hundred steps against the autograd path.
 
 from __future__ import annotations
 
+import statistics
+
 import torch
 from torch.nn import functional as F
 
@@ -543,21 +545,27 @@ class ThreadPicker:
     On this 2-core machine the answer changes with the load: measured on the same code, two threads
     were 1.2-1.35x faster per MLP epoch while the machine was quiet and one thread 1.05-1.26x faster
     while something else ran (a second thread then waits on a busy core at every parallel operation).
-    So each count's recent cost per batch is tracked, the cheaper one runs, and every `retry` chunks
-    the other gets one chunk, to notice when the load changes."""
+    So each count's cost per batch over its last few chunks is tracked (the median: one chunk is a few
+    milliseconds, and noisy), the cheaper one runs, and every `retry` chunks the other gets one chunk,
+    to notice when the load changes. One thread must be `margin` cheaper to be picked: all the cores
+    are what the run was given, and a wrong switch to one costs more than a missed one."""
 
-    def __init__(self, retry: int = 12):
-        self.retry = retry
-        self.cost: dict[int, float] = {}  # seconds per batch, smoothed
+    def __init__(self, retry: int = 24, window: int = 3, margin: float = 0.05):
+        self.retry, self.window, self.margin = retry, window, margin
+        self.costs: dict[int, list[float]] = {}  # seconds per batch, the last `window` chunks
         self.since: dict[int, int] = {}  # chunks since each count last ran
         self.warm: set[int] = set()  # counts whose first chunk (thread start-up, kernel set-up) is behind them
 
+    def cost(self, threads: int) -> float:
+        return statistics.median(self.costs[threads])
+
     def choose(self, allowed: int) -> int:
-        options = [allowed, 1] if allowed > 1 else [max(allowed, 1)]
-        for n in options:  # never measured, or not for a while
-            if n not in self.cost or self.since[n] >= self.retry:
+        if allowed <= 1:
+            return 1
+        for n in (allowed, 1):  # never measured, or not for a while
+            if n not in self.costs or self.since[n] >= self.retry:
                 return n
-        return min(options, key=self.cost.__getitem__)
+        return 1 if self.cost(1) < (1 - self.margin) * self.cost(allowed) else allowed
 
     def record(self, threads: int, seconds_per_batch: float) -> None:
         for n in self.since:
@@ -566,5 +574,6 @@ class ThreadPicker:
         if threads not in self.warm:  # a count's first chunk pays its start-up: not a fair measurement
             self.warm.add(threads)
             return
-        old = self.cost.get(threads)
-        self.cost[threads] = seconds_per_batch if old is None else 0.5 * (old + seconds_per_batch)
+        recent = self.costs.setdefault(threads, [])
+        recent.append(seconds_per_batch)
+        del recent[: -self.window]

@@ -126,21 +126,21 @@ def test_where_it_cannot_be_built_the_python_loop_trains_and_says_why(tmp_path, 
 def test_the_thread_picker_runs_the_cheaper_count_and_retries_the_other():
     from mtl_core.fastpath import ThreadPicker
 
-    picker = ThreadPicker(retry=3)
-    for _ in range(2):  # each count is tried first; its first chunk (start-up) is not counted
-        assert picker.choose(2) == 2
-        picker.record(2, 2.0 if picker.warm else 50.0)
-    for _ in range(2):
-        assert picker.choose(2) == 1
-        picker.record(1, 1.0 if 1 in picker.warm else 50.0)
+    picker = ThreadPicker(retry=3, window=3, margin=0.05)
+    for n in (2, 2, 1, 1):  # each count is tried first; its first chunk (start-up) is not counted
+        assert picker.choose(2) == n
+        picker.record(n, (2.0 if n == 2 else 1.0) if n in picker.warm else 50.0)
     runs = []
     for _ in range(8):
         n = picker.choose(2)
         runs.append(n)
         picker.record(n, 1.0 if n == 1 else 2.0)
     assert runs == [1, 2, 1, 1, 1, 2, 1, 1]  # the cheaper one; the other once it has sat out 3 chunks
-    picker.record(2, 0.1)  # the load changed: two threads got cheap (smoothed: (2 + 0.1) / 2 > 1)
+    picker.record(2, 0.1)  # the load changed: two threads got cheap (the median of the last 3 moves after 2)
+    assert picker.choose(2) == 1
     picker.record(2, 0.1)
+    assert picker.choose(2) == 2
+    picker.costs[1] = [0.097]  # cheaper, but by less than the margin: the run keeps its cores
     assert picker.choose(2) == 2
     assert ThreadPicker().choose(1) == 1  # a run allowed one thread has nothing to pick
 
