@@ -24,35 +24,9 @@ namespace {
 
 enum Kind : int64_t { HARD = 0, STL = 1, CROSS_STITCH = 2 };
 
-// The step's small element-wise work as plain loops over its (rows, B) blocks: at batch 128 these are a
-// few thousand values each, and one ATen call per operation (dispatch, an allocation, a pass) cost more
-// than the arithmetic.
-
-// out = max(a + bias[row], 0): the first layer's bias and ReLU on its product (bf16 or fp32) at once.
-template <typename scalar_t, typename in_t>
-void bias_relu(const in_t* a, const scalar_t* bias, scalar_t* out, int64_t rows, int64_t n) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const scalar_t b = bias[r];
-    for (int64_t i = r * n; i < (r + 1) * n; ++i) {
-      const scalar_t v = static_cast<scalar_t>(a[i]) + b;
-      out[i] = v <= 0 ? scalar_t(0) : v;  // a NaN stays NaN, as in torch's ReLU, so a bad input shows
-    }
-  }
-}
-
-// ReLU's backward in place (d = 0 where the ReLU's output r was not positive) and the bias gradient,
-// the sum of d over the batch, per row.
-template <typename scalar_t>
-void relu_back_bias(scalar_t* d, const scalar_t* r, scalar_t* g_bias, int64_t rows, int64_t n) {
-  for (int64_t row = 0; row < rows; ++row) {
-    scalar_t sum = 0;
-    for (int64_t i = row * n; i < (row + 1) * n; ++i) {
-      d[i] = r[i] <= 0 ? scalar_t(0) : d[i];  // torch's threshold_backward: a NaN output lets it through
-      sum += d[i];
-    }
-    g_bias[row] = sum;
-  }
-}
+// The step's element-wise work on the heads (T x B logits, T x T x 32 folded weights: a few hundred
+// values) as plain loops: there one ATen call per operation (dispatch, an allocation) cost more than the
+// arithmetic. The (rows, B) activations stay with ATen's vectorised kernels, which beat a plain loop.
 
 // Binary cross-entropy with logits per task (the batch mean) for z (T, B) and targets y (B, T); dz =
 // (sigmoid(z) - y) * w_t / B, the heads' bias gradient (dz summed over the batch). Returns sum_t w_t L_t.
@@ -91,15 +65,8 @@ Tensor step(int64_t kind, const Tensor& x, const Tensor& y, const std::vector<Te
   Tensor losses = at::empty({t}, wh.options());
   AT_DISPATCH_FLOATING_TYPES(wh.scalar_type(), "mlp_step", [&] {
     // First layer: (C*64, 784) x (784, B); in bf16 the product is rounded once, the bias added in fp32.
-    Tensor a1 = bf16 ? at::mm(w1.to(at::kBFloat16), x.t()) : at::mm(w1, x.t());
-    Tensor r1 = at::empty({c, h1, n}, wh.options());  // (C, 64, B)
-    if (bf16) {
-      bias_relu(a1.const_data_ptr<at::BFloat16>(), b1.const_data_ptr<scalar_t>(), r1.mutable_data_ptr<scalar_t>(),
-                c * h1, n);
-    } else {
-      bias_relu(a1.const_data_ptr<scalar_t>(), b1.const_data_ptr<scalar_t>(), r1.mutable_data_ptr<scalar_t>(),
-                c * h1, n);
-    }
+    Tensor a1 = bf16 ? at::add(b1, at::mm(w1.to(at::kBFloat16), x.t())) : at::addmm(b1, w1, x.t());
+    Tensor r1 = a1.clamp_min_(0).view({c, h1, n});  // (C, 64, B)
     Tensor m1 = mixing ? at::mm(p[6], r1.view({c, -1})).view(r1.sizes()) : r1;
     Tensor r2 = at::baddbmm(b2, w2, m1).clamp_min_(0);  // (C, 32, B)
     Tensor r2_all = r2.view({c * h2, n});
@@ -124,9 +91,8 @@ Tensor step(int64_t kind, const Tensor& x, const Tensor& y, const std::vector<Te
                           dz.mutable_data_ptr<scalar_t>(), g[5].mutable_data_ptr<scalar_t>(), t, n);
     Tensor g_heads = kind == HARD ? g[4] : at::empty({t, c * h2}, wh.options());
     at::mm_out(g_heads, dz, r2_all.t());
-    Tensor d2 = at::mm(heads.t(), dz).view({c, h2, n});
-    relu_back_bias(d2.mutable_data_ptr<scalar_t>(), r2.const_data_ptr<scalar_t>(), g[3].mutable_data_ptr<scalar_t>(),
-                   c * h2, n);
+    Tensor d2 = at::threshold_backward(at::mm(heads.t(), dz).view({c, h2, n}), r2, 0);
+    at::sum_out(g[3], d2, {2}, true);
     at::bmm_out(g[2], d2, m1.transpose(1, 2));
     Tensor d1 = at::bmm(w2.transpose(1, 2), d2);  // (C, 64, B), at the mixed features
     if (mixing) {
@@ -134,9 +100,8 @@ Tensor step(int64_t kind, const Tensor& x, const Tensor& y, const std::vector<Te
       at::mm_out(g[6], d_mixed, r1.view({c, -1}).t());
       d1 = at::mm(p[6].t(), d_mixed).view(r1.sizes());
     }
-    relu_back_bias(d1.mutable_data_ptr<scalar_t>(), r1.const_data_ptr<scalar_t>(), g[1].mutable_data_ptr<scalar_t>(),
-                   c * h1, n);
-    d1 = d1.view({-1, n});  // (C*64, B)
+    d1 = at::threshold_backward(d1, r1, 0).view({-1, n});  // (C*64, B)
+    at::sum_out(g[1], d1, {1}, true);
     if (bf16) {
       g[0].copy_(at::mm(d1.to(at::kBFloat16), x));  // the weight gradient in the forward's precision
     } else {
