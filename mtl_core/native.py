@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 from types import ModuleType
 
@@ -35,6 +36,21 @@ def build_dir() -> Path:
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     python = f"py{sys.version_info.major}{sys.version_info.minor}"
     return Path(cache) / "mtl-playground" / f"native-{python}-torch-{torch.__version__}"
+
+
+def _writable_folder() -> Path:
+    """The build folder for this source: under `build_dir()`, or the temp folder where that cannot be
+    made (a read-only home): a build there lasts until the machine clears it."""
+    try:
+        folder = build_dir() / module_name()
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+    except OSError:
+        if os.environ.get("MTL_NATIVE_DIR"):
+            raise  # a folder the user chose: say it failed rather than build elsewhere
+        folder = Path(tempfile.gettempdir()) / f"mtl-playground-native-{os.getuid()}" / module_name()
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
 
 
 def module_name() -> str:
@@ -61,8 +77,7 @@ def get() -> ModuleType | None:
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         from torch.utils import cpp_extension
 
-        folder = build_dir() / module_name()
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = _writable_folder()
         _module = cpp_extension.load(
             name=module_name(),
             sources=[str(SOURCE)],
