@@ -96,7 +96,7 @@ class FlatAdam(torch.optim.Optimizer):
         # One kernel call where the tail would get the same update anyway (no decay, the same rate).
         if self.tail and (group["weight_decay"] != 0.0 or self.tail_lr_mult != 1.0):
             # The alphas are mixing weights, not network weights: no decay pulls them toward 0.
-            k = self.param_groups[0]["params"][0].numel() - self.tail
+            k = group["params"][0].numel() - self.tail
             return [
                 (slice(0, k), group["lr"], group["weight_decay"]),
                 (slice(k, None), group["lr"] * self.tail_lr_mult, 0.0),
@@ -410,10 +410,7 @@ class ColumnsStep(_PerTaskHeads):
         torch.sum(d2, 2, keepdim=True, out=self.g_b2)
         d1 = torch.ops.aten.threshold_backward(self._unmix(0, r1, torch.bmm(self.w2.transpose(1, 2), d2)), r1, 0)
         d1 = d1.view(-1, n)  # (T*64, B)
-        if self.bf16:  # the weight gradient in the forward's precision
-            self.g_w1.copy_(torch.mm(d1.to(torch.bfloat16), x))
-        else:
-            torch.mm(d1, x, out=self.g_w1)
+        self._first_layer_grad(d1.t(), x, self.g_w1)
         torch.sum(d1, 1, keepdim=True, out=self.g_b1)
         self._unfold_heads(a2, g_whm)
         return losses
