@@ -289,6 +289,74 @@ class _Flatten(nn.Flatten):
         return super().forward(x)
 
 
+class _NativeMaxPool(torch.autograd.Function):
+    """2x2 max-pooling by the C++ kernel (mtl_core/native_pool.cpp): torch's values and gradient bit for
+    bit, with a byte per output for which position won instead of an int64 index, and a backward that
+    writes each input position once instead of zero-filling the gradient and scattering into it."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, kernels) -> torch.Tensor:
+        out, arg = kernels.max_pool2x2(x)
+        ctx.save_for_backward(arg)
+        ctx.kernels, ctx.size = kernels, x.shape[2:]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (arg,) = ctx.saved_tensors
+        return ctx.kernels.max_pool2x2_backward(grad, arg, *ctx.size), None
+
+
+def _native_pool_fits(x: torch.Tensor) -> bool:
+    """What the C++ max-pool takes: a channels_last float32/bf16 CPU batch, channels a multiple of 16, even
+    height and width; never while tracing (an export records torch's own pooling)."""
+    return (
+        not torch.jit.is_tracing()
+        and x.device.type == "cpu"
+        and x.dim() == 4
+        and x.dtype in (torch.float32, torch.bfloat16)
+        and x.shape[1] % 16 == 0
+        and x.shape[2] % 2 == 0
+        and x.shape[3] % 2 == 0
+        and x.is_contiguous(memory_format=torch.channels_last)
+    )
+
+
+class _MaxPool2x2(nn.MaxPool2d):
+    """`nn.MaxPool2d(2)`. Where `use_native_pooling` switched it on, a batch the C++ kernel takes is pooled
+    by it instead: the same values and gradients, about 1.5 ms less a CNN step on this project's machine."""
+
+    def __init__(self):
+        super().__init__(2)
+        self.native = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.native and _native_pool_fits(x):
+            from . import native  # built and loaded already: use_native_pooling switched it on
+
+            kernels = native.get()
+            if torch.is_grad_enabled() and x.requires_grad:
+                return _NativeMaxPool.apply(x, kernels)
+            return kernels.max_pool2x2(x)[0]
+        return super().forward(x)
+
+
+def use_native_pooling(model: nn.Module) -> bool:
+    """Switch every CNN max-pool of `model` to the C++ kernel where this machine has it (built, and an
+    AVX-512 CPU); False (and nothing changed) where it does not."""
+    pools = [m for m in model.modules() if isinstance(m, _MaxPool2x2)]
+    if not pools:
+        return False
+    from . import native
+
+    kernels = native.get()
+    if kernels is None or not kernels.pool_supported():
+        return False
+    for pool in pools:
+        pool.native = True
+    return True
+
+
 def _cnn_stages() -> nn.ModuleList:
     """The tutorial CNN's trunk as the three stages a cross-stitch unit can follow: conv block 1, conv
     block 2, and the 3136 -> 128 fully connected layer (the same layers as MultiTaskCNN.trunk).
@@ -297,8 +365,8 @@ def _cnn_stages() -> nn.ModuleList:
     value), forward and backward, and the ReLU then works on a quarter of the values."""
     return nn.ModuleList(
         [
-            nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.MaxPool2d(2), nn.ReLU()),
-            nn.Sequential(nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.MaxPool2d(2), nn.ReLU()),
+            nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), _MaxPool2x2(), nn.ReLU()),
+            nn.Sequential(nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), _MaxPool2x2(), nn.ReLU()),
             nn.Sequential(_Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Dropout(0.5)),
         ]
     )

@@ -1,9 +1,10 @@
-"""The MLPs' training step and batch loop in C++ (`native_steps.cpp`), built once per machine with
-torch's extension builder and loaded from its cache afterwards (about 20 s to build on 2 cores, 0.05 s
-to load). `scripts/setup.sh` builds it, so neither the app nor the tests wait for a compiler.
+"""The C++ kernels, built once per machine with torch's extension builder and loaded from its cache
+afterwards (about 25 s to build on 2 cores, 0.05 s to load): the MLPs' training step and batch loop
+(`native_steps.cpp`) and the CNNs' max-pooling (`native_pool.cpp`). `scripts/setup.sh` builds them, so
+neither the app nor the tests wait for a compiler.
 
-Optional by design: where it cannot be built (no C++ compiler) or `MTL_NATIVE=0` is set, the Python
-step in `fastpath.py` runs the same maths, and the run's record says which one trained it.
+Optional by design: where they cannot be built (no C++ compiler) or `MTL_NATIVE=0` is set, the Python
+step in `fastpath.py` and torch's pooling run the same maths, and the run's record says which trained it.
 
     python -m mtl_core.native    # build (or find) it and say where it is
 """
@@ -20,7 +21,7 @@ from types import ModuleType
 
 import torch
 
-SOURCE = Path(__file__).with_name("native_steps.cpp")
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("native_steps.cpp", "native_pool.cpp"))
 
 _module: ModuleType | None = None
 _reason = ""  # why there is no module ("" when there is one or no load was tried)
@@ -54,8 +55,9 @@ def _writable_folder() -> Path:
 
 
 def module_name() -> str:
-    """The extension's name carries the source's hash: an edited source builds anew, never a stale .so."""
-    return "mtl_native_" + hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+    """The extension's name carries its sources' hash: an edited source builds anew, never a stale .so."""
+    digest = hashlib.sha256(b"".join(source.read_bytes() for source in SOURCES))
+    return "mtl_native_" + digest.hexdigest()[:12]
 
 
 def disabled() -> bool:
@@ -80,9 +82,11 @@ def get() -> ModuleType | None:
         folder = _writable_folder()
         _module = cpp_extension.load(
             name=module_name(),
-            sources=[str(SOURCE)],
+            sources=[str(source) for source in SOURCES],
             build_directory=str(folder),
-            extra_cflags=["-O2"],
+            # OpenMP for the pooling's at::parallel_for (it then runs on torch's own OpenMP threads, the
+            # library libtorch loads); without it (other compilers) the pooling runs on one thread.
+            extra_cflags=["-O2", "-fopenmp"] if sys.platform.startswith("linux") else ["-O2"],
             verbose=False,
         )
     except Exception as exc:  # no compiler, no headers, a read-only cache: the Python step runs instead

@@ -177,6 +177,11 @@ std::tuple<Tensor, int64_t> train_batches(
 
 }  // namespace
 
+// The CNNs' max-pooling, from native_pool.cpp (built into this module).
+bool pool_supported();
+std::vector<Tensor> max_pool2x2(const Tensor& x);
+Tensor max_pool2x2_backward(const Tensor& grad_out, const Tensor& arg, int64_t h, int64_t w);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def(
       "step",
@@ -187,4 +192,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       },
       "one training step's losses and gradients (see mtl_core/native_steps.cpp)");
   m.def("train_batches", &train_batches, "batches [begin, end) of an epoch: step and fused Adam each");
+  m.def("pool_supported", &pool_supported, "whether this CPU runs the C++ max-pool (x86-64 with AVX-512)");
+  m.def("max_pool2x2", &max_pool2x2, "2x2 max-pool of a channels_last batch: (out, which of the 4 won)");
+  m.def("max_pool2x2_backward", &max_pool2x2_backward, "the input's gradient from the output's and `arg`");
 }

@@ -19,7 +19,7 @@ from .config import ConfigError, TrainConfig
 from .data import MTLData, batch_indices
 from .fastpath import FlatAdam, FlatParameters, ThreadPicker, fast_path_refusal, make_step, native_loop
 from .metrics import MetricAccumulator, average_accuracy, mean_by_key, probabilities, selection_score, task_loss
-from .models import MultiTaskModel, build_model, count_parameters
+from .models import MultiTaskModel, build_model, count_parameters, use_native_pooling
 from .tasks import make_targets
 from .weighting import build_weighting, split_like, task_gradient_rows
 
@@ -188,6 +188,10 @@ class Training:
             self.native, why = native_loop(self.fast, self.optimizer) if self.device.type == "cpu" else (None, "")
             self.kernel = "C++" if self.native else "Python"
             self.path_note = "" if self.native else why
+        elif self.model.family == "cnn" and self.channels_last and self.device.type == "cpu":
+            # The CNNs' max-pooling in C++ where this machine has it (mtl_core/native_pool.cpp): the same
+            # values and gradients as torch's, without its int64 indices and zero-filled gradient.
+            self.kernel = "C++ max-pool" if use_native_pooling(self.model) else None
         self.generator = torch.Generator().manual_seed(config.seed)
         self.status = "running"
         self.reason = ""
@@ -580,7 +584,8 @@ class Training:
             "device": str(self.device),
             "precision": self.precision,
             "path": self.path,
-            "kernel": self.kernel,  # the fast path's loop: "C++" or "Python" (None on autograd)
+            # the fast path's loop, "C++" or "Python"; on the CNNs "C++ max-pool" where pooling ran in C++
+            "kernel": self.kernel,
             "data": self.data.source,
         }
 

@@ -184,7 +184,8 @@ def test_the_cnn_trunk_pools_before_its_relu_with_the_tutorials_outputs_and_grad
     for block in (0, 4):  # conv, BN, ReLU, pool
         tutorial.trunk[block + 2], tutorial.trunk[block + 3] = nn.ReLU(), nn.MaxPool2d(2)
     tutorial.trunk[8] = nn.Flatten()
-    assert [type(m).__name__ for m in ours.trunk[:4]] == ["Conv2d", "BatchNorm2d", "MaxPool2d", "ReLU"]
+    kinds = (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.ReLU)
+    assert all(isinstance(m, kind) for m, kind in zip(ours.trunk[:4], kinds, strict=True))
     x = torch.randn(16, 1, 28, 28).contiguous(memory_format=torch.channels_last)
     outputs = []
     for model in (ours, tutorial):

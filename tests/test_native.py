@@ -102,11 +102,14 @@ def test_a_run_says_which_loop_trained_it(synthetic, monkeypatch):
     assert Training(TrainConfig.preset("hard", path="autograd", data="synthetic"), synthetic).kernel is None
 
 
-def test_an_edited_source_builds_under_a_new_name(tmp_path, monkeypatch):
+@pytest.mark.parametrize("which", [0, 1])
+def test_an_edited_source_builds_under_a_new_name(tmp_path, monkeypatch, which):
     before = native.module_name()
-    edited = tmp_path / "native_steps.cpp"
-    edited.write_bytes(native.SOURCE.read_bytes() + b"\n// edited\n")
-    monkeypatch.setattr(native, "SOURCE", edited)
+    sources = list(native.SOURCES)
+    edited = tmp_path / sources[which].name
+    edited.write_bytes(sources[which].read_bytes() + b"\n// edited\n")
+    sources[which] = edited
+    monkeypatch.setattr(native, "SOURCES", tuple(sources))
     assert native.module_name() != before and native.module_name().startswith("mtl_native_")
 
 

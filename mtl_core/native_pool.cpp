@@ -1,0 +1,214 @@
+// The CNNs' 2x2 max-pooling (stride 2) on channels_last batches, forward and backward, in AVX-512
+// (built by mtl_core/native.py into the same module as native_steps.cpp; used by models._MaxPool2x2).
+//
+// Why: torch's CPU pooling keeps the position of each maximum as an int64 index (8 bytes per output,
+// as large as a bf16 input) and its backward zero-fills the whole input gradient before scattering into
+// it: about 3 ms of a 12 ms CNN step here. This one keeps which of the four positions won as one byte,
+// and its backward writes every input position once (the gradient where it won, 0 elsewhere), so it
+// needs no fill. Results equal torch's bit for bit, ties and NaN included (tests/test_native.py):
+// torch scans the window in row order and takes a value when `v > max || isnan(v)`, and so does this.
+//
+// Only on x86-64 CPUs with AVX-512 (F, BW, VL), picked at run time; elsewhere `pool_supported()` is false
+// and torch's pooling runs. The channel count must be a multiple of 16 (32 and 64 here), the height and
+// width even (28 and 14).
+
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <cstdint>
+#include <vector>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define MTL_POOL_X86 1
+#include <immintrin.h>
+#define MTL_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
+#endif
+
+using at::Tensor;
+
+namespace {
+
+#ifdef MTL_POOL_X86
+
+// 16 channels at a time. A bf16 value is the upper half of a float: widened for the comparison, and the
+// winner's own 16 bits are kept (a maximum is one of its inputs, never rounded).
+MTL_AVX512 inline __m512 widen_bf16(__m256i v) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+}
+
+MTL_AVX512 inline __mmask16 takes(__m512 v, __m512 best) {
+  return _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+}
+
+// One output row (y) of image `img` at a time: rows [begin, end) of the n * h/2 output rows. `win[q]` is
+// the window's q-th position in torch's scan order: (0, 0), (0, 1), (1, 0), (1, 1).
+MTL_AVX512 void forward_rows_bf16(const uint16_t* in, uint16_t* out, uint8_t* arg, int64_t h, int64_t w, int64_t c,
+                                  int64_t begin, int64_t end) {
+  const int64_t oh = h / 2, ow = w / 2;
+  for (int64_t row = begin; row < end; ++row) {
+    const int64_t img = row / oh, y = row % oh;
+    for (int64_t x = 0; x < ow; ++x) {
+      const uint16_t* first = in + ((img * h + 2 * y) * w + 2 * x) * c;
+      const uint16_t* win[4] = {first, first + c, first + w * c, first + w * c + c};
+      const int64_t o = (row * ow + x) * c;
+      for (int64_t ch = 0; ch < c; ch += 16) {
+        __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(win[0] + ch));
+        __m512 best = widen_bf16(bits);
+        __m128i which = _mm_setzero_si128();
+        for (int q = 1; q < 4; ++q) {
+          const __m256i vb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(win[q] + ch));
+          const __m512 v = widen_bf16(vb);
+          const __mmask16 t = takes(v, best);
+          best = _mm512_mask_blend_ps(t, best, v);
+          bits = _mm256_mask_blend_epi16(t, bits, vb);
+          which = _mm_mask_blend_epi8(t, which, _mm_set1_epi8(static_cast<char>(q)));
+        }
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + o + ch), bits);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(arg + o + ch), which);
+      }
+    }
+  }
+}
+
+MTL_AVX512 void forward_rows_f32(const float* in, float* out, uint8_t* arg, int64_t h, int64_t w, int64_t c,
+                                 int64_t begin, int64_t end) {
+  const int64_t oh = h / 2, ow = w / 2;
+  for (int64_t row = begin; row < end; ++row) {
+    const int64_t img = row / oh, y = row % oh;
+    for (int64_t x = 0; x < ow; ++x) {
+      const float* first = in + ((img * h + 2 * y) * w + 2 * x) * c;
+      const float* win[4] = {first, first + c, first + w * c, first + w * c + c};
+      const int64_t o = (row * ow + x) * c;
+      for (int64_t ch = 0; ch < c; ch += 16) {
+        __m512 best = _mm512_loadu_ps(win[0] + ch);
+        __m128i which = _mm_setzero_si128();
+        for (int q = 1; q < 4; ++q) {
+          const __m512 v = _mm512_loadu_ps(win[q] + ch);
+          const __mmask16 t = takes(v, best);
+          best = _mm512_mask_blend_ps(t, best, v);
+          which = _mm_mask_blend_epi8(t, which, _mm_set1_epi8(static_cast<char>(q)));
+        }
+        _mm512_storeu_ps(out + o + ch, best);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(arg + o + ch), which);
+      }
+    }
+  }
+}
+
+// The gradient of each output goes to the position that won; the other three get 0.
+MTL_AVX512 void backward_rows_16bit(const uint16_t* grad, const uint8_t* arg, uint16_t* grad_in, int64_t h,
+                                    int64_t w, int64_t c, int64_t begin, int64_t end) {
+  const int64_t oh = h / 2, ow = w / 2;
+  for (int64_t row = begin; row < end; ++row) {
+    const int64_t img = row / oh, y = row % oh;
+    for (int64_t x = 0; x < ow; ++x) {
+      uint16_t* first = grad_in + ((img * h + 2 * y) * w + 2 * x) * c;
+      uint16_t* win[4] = {first, first + c, first + w * c, first + w * c + c};
+      const int64_t o = (row * ow + x) * c;
+      for (int64_t ch = 0; ch < c; ch += 16) {
+        const __m256i g = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(grad + o + ch));
+        const __m128i which = _mm_loadu_si128(reinterpret_cast<const __m128i*>(arg + o + ch));
+        for (int q = 0; q < 4; ++q) {
+          const __mmask16 won = _mm_cmpeq_epi8_mask(which, _mm_set1_epi8(static_cast<char>(q)));
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(win[q] + ch), _mm256_maskz_mov_epi16(won, g));
+        }
+      }
+    }
+  }
+}
+
+MTL_AVX512 void backward_rows_f32(const float* grad, const uint8_t* arg, float* grad_in, int64_t h, int64_t w,
+                                  int64_t c, int64_t begin, int64_t end) {
+  const int64_t oh = h / 2, ow = w / 2;
+  for (int64_t row = begin; row < end; ++row) {
+    const int64_t img = row / oh, y = row % oh;
+    for (int64_t x = 0; x < ow; ++x) {
+      float* first = grad_in + ((img * h + 2 * y) * w + 2 * x) * c;
+      float* win[4] = {first, first + c, first + w * c, first + w * c + c};
+      const int64_t o = (row * ow + x) * c;
+      for (int64_t ch = 0; ch < c; ch += 16) {
+        const __m512 g = _mm512_loadu_ps(grad + o + ch);
+        const __m128i which = _mm_loadu_si128(reinterpret_cast<const __m128i*>(arg + o + ch));
+        for (int q = 0; q < 4; ++q) {
+          const __mmask16 won = _mm_cmpeq_epi8_mask(which, _mm_set1_epi8(static_cast<char>(q)));
+          _mm512_storeu_ps(win[q] + ch, _mm512_maskz_mov_ps(won, g));
+        }
+      }
+    }
+  }
+}
+
+#endif  // MTL_POOL_X86
+
+bool supported() {
+#ifdef MTL_POOL_X86
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl");
+#else
+  return false;
+#endif
+}
+
+void check_input(const Tensor& x, const char* what) {
+  TORCH_CHECK(supported(), "the C++ max-pool needs an x86-64 CPU with AVX-512 (F, BW, VL)");
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 4, what, " must be a 4-D CPU tensor");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, what, " must be float32 or bfloat16");
+  TORCH_CHECK(x.size(1) % 16 == 0, what, " needs a channel count that is a multiple of 16");
+}
+
+// Rows of work per thread at least: a row is h/2 outputs x c channels (a few KiB).
+constexpr int64_t GRAIN = 8;
+
+}  // namespace
+
+bool pool_supported() { return supported(); }
+
+// (out, which position won as 0..3 in a byte), both (n, c, h/2, w/2) channels_last.
+std::vector<Tensor> max_pool2x2(const Tensor& x) {
+  check_input(x, "the input");
+  TORCH_CHECK(x.is_contiguous(at::MemoryFormat::ChannelsLast), "the input must be channels_last");
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+  TORCH_CHECK(h % 2 == 0 && w % 2 == 0, "the input's height and width must be even");
+  const auto layout = at::MemoryFormat::ChannelsLast;
+  Tensor out = at::empty({n, c, h / 2, w / 2}, x.options().memory_format(layout));
+  Tensor arg = at::empty({n, c, h / 2, w / 2}, x.options().dtype(at::kByte).memory_format(layout));
+#ifdef MTL_POOL_X86
+  uint8_t* a = arg.mutable_data_ptr<uint8_t>();
+  if (x.scalar_type() == at::kBFloat16) {
+    const auto* in = reinterpret_cast<const uint16_t*>(x.const_data_ptr());
+    auto* o = reinterpret_cast<uint16_t*>(out.mutable_data_ptr());
+    at::parallel_for(0, n * (h / 2), GRAIN, [&](int64_t b, int64_t e) { forward_rows_bf16(in, o, a, h, w, c, b, e); });
+  } else {
+    const float* in = x.const_data_ptr<float>();
+    float* o = out.mutable_data_ptr<float>();
+    at::parallel_for(0, n * (h / 2), GRAIN, [&](int64_t b, int64_t e) { forward_rows_f32(in, o, a, h, w, c, b, e); });
+  }
+#endif
+  return {out, arg};
+}
+
+// The input's gradient (n, c, h, w) channels_last from the output's and `arg` of the forward.
+Tensor max_pool2x2_backward(const Tensor& grad_out, const Tensor& arg, int64_t h, int64_t w) {
+  check_input(grad_out, "the gradient");
+  const auto layout = at::MemoryFormat::ChannelsLast;
+  const Tensor g = grad_out.contiguous(layout);
+  const int64_t n = g.size(0), c = g.size(1);
+  TORCH_CHECK(arg.scalar_type() == at::kByte && arg.sizes() == g.sizes() && arg.is_contiguous(layout),
+              "`arg` must be the forward's (same shape as the gradient, uint8, channels_last)");
+  TORCH_CHECK(h == 2 * g.size(2) && w == 2 * g.size(3), "the input was not twice the output's size");
+  Tensor grad_in = at::empty({n, c, h, w}, g.options().memory_format(layout));
+#ifdef MTL_POOL_X86
+  const uint8_t* a = arg.const_data_ptr<uint8_t>();
+  if (g.scalar_type() == at::kBFloat16) {
+    const auto* go = reinterpret_cast<const uint16_t*>(g.const_data_ptr());
+    auto* gi = reinterpret_cast<uint16_t*>(grad_in.mutable_data_ptr());
+    at::parallel_for(0, n * (h / 2), GRAIN, [&](int64_t b, int64_t e) { backward_rows_16bit(go, a, gi, h, w, c, b, e); });
+  } else {
+    const float* go = g.const_data_ptr<float>();
+    float* gi = grad_in.mutable_data_ptr<float>();
+    at::parallel_for(0, n * (h / 2), GRAIN, [&](int64_t b, int64_t e) { backward_rows_f32(go, a, gi, h, w, c, b, e); });
+  }
+#endif
+  return grad_in;
+}
