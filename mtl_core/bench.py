@@ -458,15 +458,24 @@ def pool_seed_table(source: str, epochs: int = 20, workers: int | None = None) -
 ACCURACY_PIPELINES = (("seed-faithful", None), ("ours fp32", "fp32"), ("ours auto", "auto"))
 
 
-def accuracy_check(data: MTLData, seeds: int, model_name: str = "cnn", epochs: int | None = None) -> dict:
+def accuracy_check(
+    data: MTLData,
+    seeds: int,
+    model_name: str = "cnn",
+    epochs: int | None = None,
+    first_seed: int = 0,
+    pipelines: tuple[str, ...] | None = None,
+) -> dict:
     """Item 3's other half: does our fast CNN keep the tutorial's accuracy? The seed-faithful pipeline
     and ours (fp32, and auto: bf16 where native) trained by the full recipe over `seeds` seeds; per
     pipeline and seed, the digit accuracy after the last epoch ("final") and at the best epoch (picked on
     the test set as the references pick it, "best"), and the best epoch's average accuracy ("avg").
-    Returns {pipeline: {"final": [...], "best": [...], "avg": [...]}}."""
-    results = {name: {"final": [], "best": [], "avg": []} for name, _ in ACCURACY_PIPELINES}
-    for seed in range(seeds):
-        for name, precision in ACCURACY_PIPELINES:
+    Seeds `first_seed` onwards; `pipelines`: names from ACCURACY_PIPELINES (None: all, seed-faithful
+    always among them). Returns {pipeline: {"final": [...], "best": [...], "avg": [...]}}."""
+    chosen = [(n, p) for n, p in ACCURACY_PIPELINES if pipelines is None or n in pipelines or p is None]
+    results = {name: {"final": [], "best": [], "avg": []} for name, _ in chosen}
+    for seed in range(first_seed, first_seed + seeds):
+        for name, precision in chosen:
             if precision is None:
                 run = seed_faithful_run(model_name, data, seed, epochs)
                 best, last = run["best"], run["last"]
@@ -552,6 +561,13 @@ def main(argv: list[str] | None = None) -> int:
         help="instead of the speed benchmark, check the CNN's accuracy goal: the seed-faithful pipeline and "
         "ours (fp32 and auto), the full 10-epoch recipe over SEEDS seeds (about 6 minutes per seed here)",
     )
+    ap.add_argument("--first-seed", type=int, default=0, help="with --accuracy: the seeds start here")
+    ap.add_argument(
+        "--pipelines",
+        nargs="+",
+        choices=[name.split()[-1] for name, p in ACCURACY_PIPELINES if p],
+        help="with --accuracy: only these of ours (fp32, auto) beside the seed-faithful pipeline",
+    )
     a = ap.parse_args(argv)
     data = load_data(a.data)
     if a.accuracy:
@@ -560,7 +576,9 @@ def main(argv: list[str] | None = None) -> int:
             f"CNN accuracy, the tutorial recipe ({TrainConfig.preset('cnn').epochs} epochs), {a.accuracy} seeds; "
             "the best epoch picked on the test set, as the references pick it:"
         )
-        for line in accuracy_lines(accuracy_check(data, a.accuracy)):
+        pipelines = None if a.pipelines is None else tuple(f"ours {p}" for p in a.pipelines)
+        results = accuracy_check(data, a.accuracy, first_seed=a.first_seed, pipelines=pipelines)
+        for line in accuracy_lines(results):
             print("  " + line)
         return 0
     limit = None if a.full else a.seed_batches

@@ -115,6 +115,15 @@ def test_the_accuracy_check_trains_both_pipelines_by_the_recipe(real_data):
         assert r["best"][0] >= 0.85 and 0.85 < r["avg"][0] <= 1.0
 
 
+def test_the_accuracy_check_takes_a_seed_range_and_a_choice_of_our_pipelines(real_data, capsys):
+    data = real_data.limited(n_train=1000, n_test=300)
+    results = bench.accuracy_check(data, seeds=2, epochs=1, first_seed=5, pipelines=("ours auto",))
+    assert list(results) == ["seed-faithful", "ours auto"]  # the seed-faithful pipeline always runs
+    assert all(len(r["final"]) == 2 for r in results.values())
+    printed = capsys.readouterr().out
+    assert "seed 5 ours auto" in printed and "seed 6 seed-faithful" in printed and "seed 4" not in printed
+
+
 def test_the_seed_faithful_run_keeps_its_best_and_last_epochs(real_data):
     run = bench.seed_faithful_run("hard", real_data.limited(n_train=2000, n_test=500), seed=0, epochs=3)
     assert run["last"]["epoch"] == 3 and 1 <= run["best"]["epoch"] <= 3
