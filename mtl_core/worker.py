@@ -180,7 +180,7 @@ def train_run(
             beat.training = training  # the heartbeat reports how far the epoch is
         how = f"{training.device} · {training.precision} · {training.path} path"
         if training.kernel:
-            how += f" ({training.kernel})"  # the fast path's loop: C++ where it was built, else Python
+            how += f" ({training.kernel})"  # the MLPs' loop (C++ or Python); the CNNs' C++ max-pool
         link.started(training.params, dataset.source, how)
         run_id = link.run_id
         saved_epoch, save_error = 0, ""
