@@ -131,4 +131,3 @@ def test_a_model_pooled_in_cpp_exports_with_torchs_pooling(kernels, synthetic, f
         training.model.trunk[:4], synthetic.train_x[:2].contiguous(memory_format=torch.channels_last)
     )
     assert "max_pool2d" in str(traced.inlined_graph)
-
