@@ -512,15 +512,28 @@ def accuracy_lines(results: dict) -> list[str]:
             mean, std = mean_std(r[key])
             cells.append(f"{what} {mean * 100:.2f}{_pm(std)}%")
         lines.append(f"{name:<14} " + ", ".join(cells) + f" ({len(r['final'])} seeds)")
-    seed_mean = mean_std(results["seed-faithful"]["final"])[0]
+    seed = results["seed-faithful"]
     for name in (n for n in results if n != "seed-faithful"):
-        mean = mean_std(results[name]["final"])[0]
+        r = results[name]
+        mean = mean_std(r["final"])[0]
         lines.append(
             f"{name}: digit {mean * 100:.2f}% after the last epoch (goal >= {ACCURACY_GOAL * 100:.1f}%) "
-            f"{_mark(mean >= ACCURACY_GOAL)}; {(mean - seed_mean) * 100:+.2f} pp against the seed-faithful "
-            "pipeline on the same seeds"
+            f"{_mark(mean >= ACCURACY_GOAL)}; against the seed-faithful pipeline on the same seeds (difference "
+            f"± two standard errors): after the last epoch {_difference(r['final'], seed['final'])}, at the "
+            f"best epoch {_difference(r['best'], seed['best'])}, best avg {_difference(r['avg'], seed['avg'])}"
         )
     return lines
+
+
+def _difference(ours: list[float], seed: list[float]) -> str:
+    """Our mean minus the seed-faithful one in pp, ± two standard errors of that difference (Welch) where
+    both have two runs or more, and whether it lies within them: inside, the runs' own spread explains it."""
+    (m_ours, s_ours), (m_seed, s_seed) = mean_std(ours), mean_std(seed)
+    diff = (m_ours - m_seed) * 100
+    if s_ours is None or s_seed is None:
+        return f"{diff:+.2f} pp"
+    two_se = 2 * math.sqrt(s_ours**2 / len(ours) + s_seed**2 / len(seed)) * 100
+    return f"{diff:+.2f} ± {two_se:.2f} pp ({'within' if abs(diff) <= two_se else 'beyond'})"
 
 
 def _peaks_line(peaks: dict) -> str:
