@@ -29,6 +29,9 @@ using at::Tensor;
 
 namespace {
 
+// Rows of work per thread at least: a row is w/2 outputs x c channels (a few KiB).
+constexpr int64_t GRAIN = 8;
+
 #ifdef MTL_POOL_X86
 
 // 16 channels at a time. A bf16 value is the upper half of a float: widened for the comparison, and the
@@ -41,102 +44,99 @@ MTL_AVX512 inline __mmask16 takes(__m512 v, __m512 best) {
   return _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
 }
 
-// One output row (y) of image `img` at a time: rows [begin, end) of the n * h/2 output rows. `win[q]` is
-// the window's q-th position in torch's scan order: (0, 0), (0, 1), (1, 0), (1, 1).
-MTL_AVX512 void forward_rows_bf16(const uint16_t* in, uint16_t* out, uint8_t* arg, int64_t h, int64_t w, int64_t c,
-                                  int64_t begin, int64_t end) {
+// Calls body(win, o) for every 16 channels of every output position in output rows [begin, end) of the
+// n * h/2: `o` is the output's offset, win[q] the input's at the window's q-th position in torch's scan
+// order, (0, 0), (0, 1), (1, 0), (1, 1) (the same offsets serve the gradients).
+template <typename Body>
+MTL_AVX512 void each_window(int64_t h, int64_t w, int64_t c, int64_t begin, int64_t end, const Body& body) {
   const int64_t oh = h / 2, ow = w / 2;
   for (int64_t row = begin; row < end; ++row) {
     const int64_t img = row / oh, y = row % oh;
     for (int64_t x = 0; x < ow; ++x) {
-      const uint16_t* first = in + ((img * h + 2 * y) * w + 2 * x) * c;
-      const uint16_t* win[4] = {first, first + c, first + w * c, first + w * c + c};
+      const int64_t first = ((img * h + 2 * y) * w + 2 * x) * c;
       const int64_t o = (row * ow + x) * c;
       for (int64_t ch = 0; ch < c; ch += 16) {
-        __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(win[0] + ch));
-        __m512 best = widen_bf16(bits);
-        __m128i which = _mm_setzero_si128();
-        for (int q = 1; q < 4; ++q) {
-          const __m256i vb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(win[q] + ch));
-          const __m512 v = widen_bf16(vb);
-          const __mmask16 t = takes(v, best);
-          best = _mm512_mask_blend_ps(t, best, v);
-          bits = _mm256_mask_blend_epi16(t, bits, vb);
-          which = _mm_mask_blend_epi8(t, which, _mm_set1_epi8(static_cast<char>(q)));
-        }
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + o + ch), bits);
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(arg + o + ch), which);
+        const int64_t win[4] = {first + ch, first + c + ch, first + w * c + ch, first + w * c + c + ch};
+        body(win, o + ch);
       }
     }
   }
 }
 
-MTL_AVX512 void forward_rows_f32(const float* in, float* out, uint8_t* arg, int64_t h, int64_t w, int64_t c,
-                                 int64_t begin, int64_t end) {
-  const int64_t oh = h / 2, ow = w / 2;
-  for (int64_t row = begin; row < end; ++row) {
-    const int64_t img = row / oh, y = row % oh;
-    for (int64_t x = 0; x < ow; ++x) {
-      const float* first = in + ((img * h + 2 * y) * w + 2 * x) * c;
-      const float* win[4] = {first, first + c, first + w * c, first + w * c + c};
-      const int64_t o = (row * ow + x) * c;
-      for (int64_t ch = 0; ch < c; ch += 16) {
-        __m512 best = _mm512_loadu_ps(win[0] + ch);
-        __m128i which = _mm_setzero_si128();
-        for (int q = 1; q < 4; ++q) {
-          const __m512 v = _mm512_loadu_ps(win[q] + ch);
-          const __mmask16 t = takes(v, best);
-          best = _mm512_mask_blend_ps(t, best, v);
-          which = _mm_mask_blend_epi8(t, which, _mm_set1_epi8(static_cast<char>(q)));
-        }
-        _mm512_storeu_ps(out + o + ch, best);
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(arg + o + ch), which);
-      }
+// The maximum of each window and which position held it (0..3 in a byte).
+struct ForwardBf16 {
+  const uint16_t* in;
+  uint16_t* out;
+  uint8_t* arg;
+  MTL_AVX512 void operator()(const int64_t* win, int64_t o) const {
+    __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + win[0]));
+    __m512 best = widen_bf16(bits);
+    __m128i which = _mm_setzero_si128();
+    for (int q = 1; q < 4; ++q) {
+      const __m256i vb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + win[q]));
+      const __m512 v = widen_bf16(vb);
+      const __mmask16 t = takes(v, best);
+      best = _mm512_mask_blend_ps(t, best, v);
+      bits = _mm256_mask_blend_epi16(t, bits, vb);
+      which = _mm_mask_blend_epi8(t, which, _mm_set1_epi8(static_cast<char>(q)));
     }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + o), bits);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(arg + o), which);
   }
-}
+};
+
+struct ForwardF32 {
+  const float* in;
+  float* out;
+  uint8_t* arg;
+  MTL_AVX512 void operator()(const int64_t* win, int64_t o) const {
+    __m512 best = _mm512_loadu_ps(in + win[0]);
+    __m128i which = _mm_setzero_si128();
+    for (int q = 1; q < 4; ++q) {
+      const __m512 v = _mm512_loadu_ps(in + win[q]);
+      const __mmask16 t = takes(v, best);
+      best = _mm512_mask_blend_ps(t, best, v);
+      which = _mm_mask_blend_epi8(t, which, _mm_set1_epi8(static_cast<char>(q)));
+    }
+    _mm512_storeu_ps(out + o, best);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(arg + o), which);
+  }
+};
 
 // The gradient of each output goes to the position that won; the other three get 0.
-MTL_AVX512 void backward_rows_16bit(const uint16_t* grad, const uint8_t* arg, uint16_t* grad_in, int64_t h,
-                                    int64_t w, int64_t c, int64_t begin, int64_t end) {
-  const int64_t oh = h / 2, ow = w / 2;
-  for (int64_t row = begin; row < end; ++row) {
-    const int64_t img = row / oh, y = row % oh;
-    for (int64_t x = 0; x < ow; ++x) {
-      uint16_t* first = grad_in + ((img * h + 2 * y) * w + 2 * x) * c;
-      uint16_t* win[4] = {first, first + c, first + w * c, first + w * c + c};
-      const int64_t o = (row * ow + x) * c;
-      for (int64_t ch = 0; ch < c; ch += 16) {
-        const __m256i g = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(grad + o + ch));
-        const __m128i which = _mm_loadu_si128(reinterpret_cast<const __m128i*>(arg + o + ch));
-        for (int q = 0; q < 4; ++q) {
-          const __mmask16 won = _mm_cmpeq_epi8_mask(which, _mm_set1_epi8(static_cast<char>(q)));
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(win[q] + ch), _mm256_maskz_mov_epi16(won, g));
-        }
-      }
+struct Backward16Bit {
+  const uint16_t* grad;
+  const uint8_t* arg;
+  uint16_t* grad_in;
+  MTL_AVX512 void operator()(const int64_t* win, int64_t o) const {
+    const __m256i g = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(grad + o));
+    const __m128i which = _mm_loadu_si128(reinterpret_cast<const __m128i*>(arg + o));
+    for (int q = 0; q < 4; ++q) {
+      const __mmask16 won = _mm_cmpeq_epi8_mask(which, _mm_set1_epi8(static_cast<char>(q)));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(grad_in + win[q]), _mm256_maskz_mov_epi16(won, g));
     }
   }
-}
+};
 
-MTL_AVX512 void backward_rows_f32(const float* grad, const uint8_t* arg, float* grad_in, int64_t h, int64_t w,
-                                  int64_t c, int64_t begin, int64_t end) {
-  const int64_t oh = h / 2, ow = w / 2;
-  for (int64_t row = begin; row < end; ++row) {
-    const int64_t img = row / oh, y = row % oh;
-    for (int64_t x = 0; x < ow; ++x) {
-      float* first = grad_in + ((img * h + 2 * y) * w + 2 * x) * c;
-      float* win[4] = {first, first + c, first + w * c, first + w * c + c};
-      const int64_t o = (row * ow + x) * c;
-      for (int64_t ch = 0; ch < c; ch += 16) {
-        const __m512 g = _mm512_loadu_ps(grad + o + ch);
-        const __m128i which = _mm_loadu_si128(reinterpret_cast<const __m128i*>(arg + o + ch));
-        for (int q = 0; q < 4; ++q) {
-          const __mmask16 won = _mm_cmpeq_epi8_mask(which, _mm_set1_epi8(static_cast<char>(q)));
-          _mm512_storeu_ps(win[q] + ch, _mm512_maskz_mov_ps(won, g));
-        }
-      }
+struct BackwardF32 {
+  const float* grad;
+  const uint8_t* arg;
+  float* grad_in;
+  MTL_AVX512 void operator()(const int64_t* win, int64_t o) const {
+    const __m512 g = _mm512_loadu_ps(grad + o);
+    const __m128i which = _mm_loadu_si128(reinterpret_cast<const __m128i*>(arg + o));
+    for (int q = 0; q < 4; ++q) {
+      const __mmask16 won = _mm_cmpeq_epi8_mask(which, _mm_set1_epi8(static_cast<char>(q)));
+      _mm512_storeu_ps(grad_in + win[q], _mm512_maskz_mov_ps(won, g));
     }
   }
+};
+
+// All n * h/2 output rows on torch's threads. (The lambda calls each_window rather than holding the loop:
+// a lambda does not inherit the AVX-512 target.)
+template <typename Body>
+void on_all_rows(int64_t n, int64_t h, int64_t w, int64_t c, const Body& body) {
+  at::parallel_for(0, n * (h / 2), GRAIN, [&](int64_t b, int64_t e) { each_window(h, w, c, b, e, body); });
 }
 
 #endif  // MTL_POOL_X86
@@ -157,9 +157,6 @@ void check_input(const Tensor& x, const char* what) {
   TORCH_CHECK(x.size(1) % 16 == 0, what, " needs a channel count that is a multiple of 16");
 }
 
-// Rows of work per thread at least: a row is h/2 outputs x c channels (a few KiB).
-constexpr int64_t GRAIN = 8;
-
 }  // namespace
 
 bool pool_supported() { return supported(); }
@@ -177,12 +174,9 @@ std::vector<Tensor> max_pool2x2(const Tensor& x) {
   uint8_t* a = arg.mutable_data_ptr<uint8_t>();
   if (x.scalar_type() == at::kBFloat16) {
     const auto* in = reinterpret_cast<const uint16_t*>(x.const_data_ptr());
-    auto* o = reinterpret_cast<uint16_t*>(out.mutable_data_ptr());
-    at::parallel_for(0, n * (h / 2), GRAIN, [&](int64_t b, int64_t e) { forward_rows_bf16(in, o, a, h, w, c, b, e); });
+    on_all_rows(n, h, w, c, ForwardBf16{in, reinterpret_cast<uint16_t*>(out.mutable_data_ptr()), a});
   } else {
-    const float* in = x.const_data_ptr<float>();
-    float* o = out.mutable_data_ptr<float>();
-    at::parallel_for(0, n * (h / 2), GRAIN, [&](int64_t b, int64_t e) { forward_rows_f32(in, o, a, h, w, c, b, e); });
+    on_all_rows(n, h, w, c, ForwardF32{x.const_data_ptr<float>(), out.mutable_data_ptr<float>(), a});
   }
 #endif
   return {out, arg};
@@ -202,12 +196,9 @@ Tensor max_pool2x2_backward(const Tensor& grad_out, const Tensor& arg, int64_t h
   const uint8_t* a = arg.const_data_ptr<uint8_t>();
   if (g.scalar_type() == at::kBFloat16) {
     const auto* go = reinterpret_cast<const uint16_t*>(g.const_data_ptr());
-    auto* gi = reinterpret_cast<uint16_t*>(grad_in.mutable_data_ptr());
-    at::parallel_for(0, n * (h / 2), GRAIN, [&](int64_t b, int64_t e) { backward_rows_16bit(go, a, gi, h, w, c, b, e); });
+    on_all_rows(n, h, w, c, Backward16Bit{go, a, reinterpret_cast<uint16_t*>(grad_in.mutable_data_ptr())});
   } else {
-    const float* go = g.const_data_ptr<float>();
-    float* gi = grad_in.mutable_data_ptr<float>();
-    at::parallel_for(0, n * (h / 2), GRAIN, [&](int64_t b, int64_t e) { backward_rows_f32(go, a, gi, h, w, c, b, e); });
+    on_all_rows(n, h, w, c, BackwardF32{g.const_data_ptr<float>(), a, grad_in.mutable_data_ptr<float>()});
   }
 #endif
   return grad_in;
