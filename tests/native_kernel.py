@@ -7,6 +7,12 @@ import shutil
 import pytest
 
 
+def kernel_device(kernel: str) -> str:
+    """The device a test of `kernel` trains on: the C++ loop is the CPU's (on a GPU machine "auto" would
+    train on CUDA, with the Python step); the others follow "auto"."""
+    return "cpu" if kernel == "C++" else "auto"
+
+
 def use_kernel(kernel: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """ "Python": switch the C++ loop off for this test. "C++": require it (skipped, with the reason, only
     where this machine has no C++ compiler; `scripts/setup.sh` builds it everywhere else)."""

@@ -61,7 +61,9 @@ def test_the_cpp_loop_trains_as_the_python_loop(model_name, changes, synthetic, 
     """The same maths: an epoch of 64 steps agrees to float rounding, parameters and optimiser state
     alike (the C++ loop computes the losses and sums in its own loops and order; hard sharing's Python
     step is batch-major besides). Longer runs drift apart as any two roundings do."""
-    cfg = TrainConfig.preset(model_name, epochs=1, batch_size=8, data="synthetic", precision="fp32").replace(**changes)
+    cfg = TrainConfig.preset(
+        model_name, epochs=1, batch_size=8, data="synthetic", device="cpu", precision="fp32"
+    ).replace(**changes)
     runs = {}
     for kernel in ("C++", "Python"):
         use_kernel(kernel, monkeypatch)
@@ -85,7 +87,9 @@ def test_stop_is_seen_within_a_chunk_of_batches(module, synthetic):
         calls.append(1)
         return len(calls) > 2
 
-    training = Training(TrainConfig.preset("hard", epochs=2, batch_size=8, data="synthetic"), synthetic, stop=stop)
+    training = Training(
+        TrainConfig.preset("hard", epochs=2, batch_size=8, data="synthetic", device="cpu"), synthetic, stop=stop
+    )
     assert training.kernel == "C++"
     assert list(training.records()) == []
     assert training.status == "cancelled" and len(calls) == 3
@@ -93,13 +97,15 @@ def test_stop_is_seen_within_a_chunk_of_batches(module, synthetic):
 
 def test_a_run_says_which_loop_trained_it(synthetic, monkeypatch):
     use_kernel("Python", monkeypatch)
-    training = Training(TrainConfig.preset("cross_stitch", data="synthetic"), synthetic)
+    training = Training(TrainConfig.preset("cross_stitch", data="synthetic", device="cpu"), synthetic)
     assert training.summary()["kernel"] == "Python" and "MTL_NATIVE=0" in training.path_note
     use_kernel("C++", monkeypatch)
-    mixed = Training(TrainConfig.preset("hard", tasks=("even", "digit"), data="synthetic"), synthetic)
+    mixed = Training(TrainConfig.preset("hard", tasks=("even", "digit"), data="synthetic", device="cpu"), synthetic)
     assert mixed.kernel == "Python" and mixed.path == "fast"  # a 10-class head: no C++ step yet
     assert "no C++ step" in mixed.path_note
-    assert Training(TrainConfig.preset("hard", path="autograd", data="synthetic"), synthetic).kernel is None
+    assert (
+        Training(TrainConfig.preset("hard", path="autograd", data="synthetic", device="cpu"), synthetic).kernel is None
+    )
 
 
 @pytest.mark.parametrize("which", [0, 1])
@@ -121,7 +127,7 @@ def test_where_it_cannot_be_built_the_python_loop_trains_and_says_why(tmp_path, 
     monkeypatch.setattr(native, "_tried", False)  # forget this process's loaded module for the test
     monkeypatch.setattr(native, "_module", None)
     assert native.get() is None and "could not be built" in native.reason()
-    training = Training(TrainConfig.preset("cross_stitch", epochs=1, data="synthetic"), synthetic)
+    training = Training(TrainConfig.preset("cross_stitch", epochs=1, data="synthetic", device="cpu"), synthetic)
     assert training.kernel == "Python" and "could not be built" in training.path_note
     assert list(training.records())[0]["avg_acc"] > 0.5  # and it trains
 
@@ -152,7 +158,9 @@ def test_a_chunk_on_its_own_thread_count_gives_the_count_back(module, synthetic)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        training = Training(TrainConfig.preset("hard", epochs=1, batch_size=8, data="synthetic"), synthetic)
+        training = Training(
+            TrainConfig.preset("hard", epochs=1, batch_size=8, data="synthetic", device="cpu"), synthetic
+        )
         batches = training._epoch_batches()
         _, bad = training.native.run(training._fast_x, training._fast_targets, batches, 0, 4, torch.zeros(2), 1)
         assert bad == -1 and torch.get_num_threads() == 2

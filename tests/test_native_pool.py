@@ -104,11 +104,11 @@ def test_a_cnn_step_is_the_same_with_either_pooling(kernels, synthetic, bf16, mo
 
 
 def test_a_cnn_run_says_its_pooling_ran_in_cpp(kernels, synthetic, monkeypatch):
-    cfg = TrainConfig.preset("cnn", epochs=1, max_batches=2, data="synthetic")
+    cfg = TrainConfig.preset("cnn", epochs=1, max_batches=2, data="synthetic", device="cpu")
     training = Training(cfg, synthetic)
     assert training.kernel == "C++ max-pool" and training.summary()["kernel"] == "C++ max-pool"
     assert list(training.records())[0]["epoch"] == 1
-    nchw = Training(TrainConfig.preset("cnn", epochs=1, channels_last=False, data="synthetic"), synthetic)
+    nchw = Training(TrainConfig.preset("cnn", epochs=1, channels_last=False, data="synthetic", device="cpu"), synthetic)
     assert nchw.kernel is None  # the kernel takes channels_last batches only
     use_kernel("Python", monkeypatch)  # MTL_NATIVE=0: torch's pooling
     assert Training(cfg, synthetic).kernel is None
@@ -116,14 +116,14 @@ def test_a_cnn_run_says_its_pooling_ran_in_cpp(kernels, synthetic, monkeypatch):
 
 def test_without_avx512_torchs_pooling_runs(kernels, synthetic, monkeypatch):
     monkeypatch.setattr(kernels, "pool_supported", lambda: False)
-    training = Training(TrainConfig.preset("cnn", epochs=1, max_batches=1, data="synthetic"), synthetic)
+    training = Training(TrainConfig.preset("cnn", epochs=1, max_batches=1, data="synthetic", device="cpu"), synthetic)
     assert training.kernel is None
     assert not any(m.native for m in training.model.modules() if isinstance(m, _MaxPool2x2))
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_a_model_pooled_in_cpp_exports_with_torchs_pooling(kernels, synthetic, fmt):
-    cfg = TrainConfig.preset("cnn", epochs=1, max_batches=1, data="synthetic")
+    cfg = TrainConfig.preset("cnn", epochs=1, max_batches=1, data="synthetic", device="cpu")
     training = Training(cfg, synthetic)
     list(training.records())
     assert export_bytes(training.model, cfg, fmt)  # a Python kernel in the trace would fail the export

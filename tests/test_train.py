@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from native_kernel import use_kernel  # tests/native_kernel.py
+from native_kernel import kernel_device, use_kernel  # tests/native_kernel.py
 
 from mtl_core.config import ConfigError, TrainConfig
 from mtl_core.models import MODELS
@@ -124,7 +124,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_state(synthetic):
     data.train_x = data.train_x.clone()
     # fp32: the data are poisoned in place after epoch 1, and the bf16 step trains on its own copy
     # made at the start (tests/test_fastpath.py poisons a digit before the start for that one).
-    training = Training(tiny("hard", epochs=5, precision="fp32"), data)
+    training = Training(tiny("hard", epochs=5, precision="fp32", device="cpu"), data)  # poisons the CPU copy
     records = []
     for r in training.records():
         records.append(r)
@@ -224,7 +224,8 @@ def test_how_far_the_epoch_is_can_be_read_while_it_trains(synthetic, kernel, mon
         return False
 
     path = "autograd" if kernel == "autograd" else "auto"
-    training = Training(tiny("hard", epochs=2, batch_size=8, path=path), synthetic, stop=stop, conflict_probes=0)
+    cfg = tiny("hard", epochs=2, batch_size=8, path=path, device=kernel_device(kernel))
+    training = Training(cfg, synthetic, stop=stop, conflict_probes=0)
     list(training.records())
     per_epoch = synthetic.n_train // 8
     assert training.batches_per_epoch == per_epoch
@@ -288,7 +289,7 @@ def test_with_a_validation_split_epochs_are_picked_on_it_and_the_test_set_is_sco
             looked_at.append(split or self.selection_split)
             return super().evaluate(split)
 
-    training = Watched(tiny("hard", epochs=3, val_split=200), synthetic)
+    training = Watched(tiny("hard", epochs=3, val_split=200, device="cpu"), synthetic)  # scored below on the CPU
     records = list(training.records())
     assert looked_at == ["validation"] * 3 + ["test"]  # the test set once, after the best epoch was picked
     assert {r["split"] for r in records} == {"validation"} and all("val_loss" in r for r in records)
@@ -329,7 +330,7 @@ def test_a_validation_split_that_leaves_no_batch_is_refused_with_the_numbers(syn
 
 
 def test_a_gated_model_records_each_tasks_gate_weights_per_expert(synthetic):
-    training = Training(tiny("mmoe", epochs=2), synthetic)
+    training = Training(tiny("mmoe", epochs=2, device="cpu"), synthetic)  # compared below on the CPU
     for r in training.records():
         assert set(r["gates"]) == {"even", "mult3"}
         for weights in r["gates"].values():
