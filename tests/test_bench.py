@@ -150,3 +150,17 @@ def test_the_accuracy_lines_give_mean_std_and_the_verdict():
     assert "after the last epoch -0.10 ± 0.14 pp (within)" in lines[4]
     one_seed = {name: {k: v[:1] for k, v in r.items()} for name, r in results.items()}
     assert "after the last epoch -0.10 pp, at the best" in bench.accuracy_lines(one_seed)[4]  # no spread: no error
+
+
+def test_the_gpu_check_says_so_where_there_is_no_gpu(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: benchmarks/gpu_check.py would train on it")
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main([]) == 0
+    assert "no CUDA GPU" in capsys.readouterr().out
