@@ -143,6 +143,7 @@ def fast_path_refusal(model: MultiTaskModel, loss_weighting: str, optimizer: str
 
 # The model kinds of native_steps.cpp.
 NATIVE_HARD, NATIVE_STL, NATIVE_CROSS_STITCH = 0, 1, 2
+NATIVE_HEAD_KINDS = {"binary": 0, "multiclass": 1, "regression": 2}  # native_steps.cpp's HeadKind
 
 
 class _HeadsStep:
@@ -160,6 +161,9 @@ class _HeadsStep:
             self.slices.append((t, lo, lo + h.out_features, kind, float(weights.get(t, 1.0))))
             lo += h.out_features
         self.all_binary = all(kind == "binary" and hi - lo == 1 for _, lo, hi, kind, _ in self.slices)
+        # The heads as native_steps.cpp takes them: each task's kind and where its logits start (and end).
+        self.native_kinds = [NATIVE_HEAD_KINDS[kind] for *_, kind, _ in self.slices]
+        self.native_offsets = [lo for _, lo, *_ in self.slices] + [self.slices[-1][2]]
         self.weights = torch.tensor([w for *_, w in self.slices], dtype=flat.dtype, device=flat.device)
         self.bf16 = bf16
         self.input_dtype = torch.bfloat16 if bf16 else flat.dtype
@@ -186,11 +190,10 @@ class _HeadsStep:
         else:
             torch.mm(d.t(), x, out=out)
 
-    def prepare_targets(self, targets: dict[str, torch.Tensor]):
-        """The whole training set's targets, in the form `select` slices a batch from."""
-        if self.all_binary:
-            return torch.stack([targets[t].to(self.weights.dtype) for t in self.tasks], dim=1)
-        return targets
+    def prepare_targets(self, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The whole training set's targets as (N, T) floats in task order (a class as its index), the
+        form `select` slices a batch from and the C++ step reads."""
+        return torch.stack([targets[t].to(self.weights.dtype) for t in self.tasks], dim=1)
 
     @staticmethod
     def select(prepared, idx: torch.Tensor):
@@ -205,21 +208,22 @@ class _HeadsStep:
             return losses, (torch.sigmoid(z) - targets).mul_(self.weights / n)
         dz = torch.empty_like(z)
         losses = []
-        for t, lo, hi, kind, w in self.slices:
-            y = targets[t]
+        for i, (_, lo, hi, kind, w) in enumerate(self.slices):
+            y = targets[:, i]
             if kind == "multiclass":
                 zt = z[:, lo:hi]
+                y = y.long()
                 losses.append(F.cross_entropy(zt, y))
                 d = torch.softmax(zt, dim=1)
                 d[torch.arange(n, device=d.device), y] -= 1.0
                 dz[:, lo:hi] = d.mul_(w / n)
             elif kind == "binary":
-                zt, yf = z[:, lo], y.to(z.dtype)
+                zt, yf = z[:, lo], y
                 losses.append(F.binary_cross_entropy_with_logits(zt, yf))
                 dz[:, lo] = (torch.sigmoid(zt) - yf).mul_(w / n)
             else:  # regression: MSE on sigmoid(z)
                 s = torch.sigmoid(z[:, lo])
-                diff = s - y.to(z.dtype)
+                diff = s - y
                 losses.append(diff.square().mean())
                 dz[:, lo] = diff * s * (1 - s) * (2 * w / n)
         return torch.stack(losses), dz
@@ -257,9 +261,7 @@ class HardSharingStep(_HeadsStep):
 
     def native_args(self) -> tuple[int, list[torch.Tensor], list[torch.Tensor]] | None:
         """(kind, parameters, gradients) as `native_steps.cpp` takes them (one column, feature-major
-        shapes: views of the same buffers); None where it has no step."""
-        if not self.all_binary:
-            return None
+        shapes: views of the same buffers)."""
         h1, h2, k = self.w1.shape[0], self.w2.shape[0], self.wh.shape[0]
         p = [self.w1, self.b1.view(h1, 1), self.w2.view(1, h2, h1), self.b2.view(1, h2, 1), self.wh, self.bh.view(k, 1)]
         g = [self.g_w1, self.g_b1.view(h1, 1), self.g_w2.view(1, h2, h1), self.g_b2.view(1, h2, 1), self.g_wh]
@@ -269,7 +271,7 @@ class HardSharingStep(_HeadsStep):
         """One step's gradients for inputs `x` and `targets` (from `select`, or a dict per task).
         Every tensor here is a parameter's `.data` or an input, so autograd records nothing without a
         `no_grad` context (entering one each step costs a few microseconds)."""
-        if isinstance(targets, dict) and self.all_binary:
+        if isinstance(targets, dict):
             targets = self.prepare_targets(targets)
         x = x.reshape(x.shape[0], -1).to(self.input_dtype)
         r1 = self._first_layer(x, self.w1, self.b1).clamp_min_(0)
@@ -365,9 +367,7 @@ class ColumnsStep(_PerTaskHeads):
         return torch.addmm(self.b1, self.w1, x.t())
 
     def native_args(self) -> tuple[int, list[torch.Tensor], list[torch.Tensor]] | None:
-        """(kind, parameters, gradients) as `native_steps.cpp` takes them; None where it has no step."""
-        if not self.all_binary:
-            return None
+        """(kind, parameters, gradients) as `native_steps.cpp` takes them."""
         p = [self.w1, self.b1, self.w2, self.b2, self.wh_all, self.bh_all, *self.alphas]
         g = [self.g_w1, self.g_b1, self.g_w2, self.g_b2, self.g_wh_all, self.g_bh_all, *self.g_alphas]
         return (NATIVE_CROSS_STITCH if self.alphas else NATIVE_STL), p, g
@@ -389,7 +389,7 @@ class ColumnsStep(_PerTaskHeads):
     def __call__(self, x: torch.Tensor, targets) -> torch.Tensor:
         """One step's gradients for inputs `x` and `targets` (from `select`, or a dict per task). As in
         `HardSharingStep`, everything is `.data` or an input: autograd records nothing."""
-        if isinstance(targets, dict) and self.all_binary:
+        if isinstance(targets, dict):
             targets = self.prepare_targets(targets)
         t, h2 = self.n, self.h2
         x = x.reshape(x.shape[0], -1).to(self.input_dtype)
@@ -464,7 +464,7 @@ class MMoEStep(_PerTaskHeads):
         self._init_heads(model, heads, weights, bf16)
 
     def __call__(self, x: torch.Tensor, targets) -> torch.Tensor:
-        if isinstance(targets, dict) and self.all_binary:
+        if isinstance(targets, dict):
             targets = self.prepare_targets(targets)
         e, h1, t = self.n_experts, self.h1, len(self.tasks)
         x = x.reshape(x.shape[0], -1).to(self.input_dtype)
@@ -502,12 +502,14 @@ def make_step(model: MultiTaskModel, weights: dict[str, float], bf16: bool = Fal
 class NativeLoop:
     """An epoch's batches run by the C++ loop (`native_steps.cpp`, built by `native.py`): for each batch
     the same gather, step, non-finite check and fused Adam update as `Training`'s Python loop, with no
-    Python between a step's ~40 operations. Only for steps with `native_args` (every task binary)."""
+    Python between a step's ~40 operations. For the steps with `native_args`: hard sharing, STL and
+    cross-stitch, with any mix of tasks."""
 
     def __init__(self, module, step: _HeadsStep, optimizer: FlatAdam):
         self.module, self.optimizer = module, optimizer
         self.kind, self.p, self.g = step.native_args()
         self.weights, self.bf16 = step.weights, step.bf16
+        self.kinds, self.offsets = step.native_kinds, step.native_offsets
 
     def run(self, x_all, y_all, batches: list[torch.Tensor], begin: int, end: int, sums: torch.Tensor, threads=0):
         """Batches [begin, end) on `threads` threads (0: torch's current count): (the last losses, the
@@ -518,7 +520,8 @@ class NativeLoop:
         state = opt.state[p]
         parts = opt.parts()
         out = self.module.train_batches(
-            self.kind, x_all, y_all, batches, begin, end, self.p, self.g, self.weights, self.bf16,
+            self.kind, x_all, y_all, batches, begin, end, self.p, self.g, self.weights, self.kinds, self.offsets,
+            self.bf16,
             [p.data[s] for s, _, _ in parts], [p.grad[s] for s, _, _ in parts],
             [state["exp_avg"][s] for s, _, _ in parts], [state["exp_avg_sq"][s] for s, _, _ in parts],
             state["step"], [lr for _, lr, _ in parts], [decay for _, _, decay in parts], opt.decoupled,
@@ -533,7 +536,7 @@ def native_loop(step: _HeadsStep, optimizer: FlatAdam) -> tuple[NativeLoop | Non
     from . import native
 
     if step.native_args() is None:
-        return None, "no C++ step for this model or task mix"
+        return None, "no C++ step for this model"
     module = native.get()
     if module is None:
         return None, native.reason()

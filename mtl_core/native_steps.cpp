@@ -6,10 +6,12 @@
 // against autograd and whole epochs against the Python loop.
 //
 // Layout: feature-major, as the Python ColumnsStep. C columns (1 for hard sharing, T for STL and
-// cross-stitch), every task binary with one logit:
-//   w1 (C*64, 784)  b1 (C*64, 1)  w2 (C, 32, 64)  b2 (C, 32, 1)  wh (T, 32)  bh (T, 1)  [a1, a2 (T, T)]
+// cross-stitch); the T tasks' heads have K logits in all, task i's rows [offsets[i], offsets[i+1]):
+//   w1 (C*64, 784)  b1 (C*64, 1)  w2 (C, 32, 64)  b2 (C, 32, 1)  wh (K, 32)  bh (K, 1)  [a1, a2 (T, T)]
 // Gradients come in the same order and shapes; all are views of one flat buffer, each contiguous (the
-// loops below read and write them through plain pointers).
+// loops below read and write them through plain pointers). A task is binary (one logit, BCE), multiclass
+// (softmax cross-entropy over its logits) or regression (MSE on the sigmoid of its one logit), as
+// fastpath._HeadsStep._loss_grad; targets come as (B, T) floats, a class as its index.
 
 #include <torch/extension.h>
 
@@ -24,30 +26,55 @@ namespace {
 
 enum Kind : int64_t { HARD = 0, STL = 1, CROSS_STITCH = 2 };
 
-// The step's element-wise work on the heads (T x B logits, T x T x 32 folded weights: a few hundred
-// values) as plain loops: there one ATen call per operation (dispatch, an allocation) cost more than the
+// The step's element-wise work on the heads (K x B logits, K x C x 32 folded weights: a few hundred to a
+// few thousand values) as plain loops: there one ATen call per operation (dispatch, an allocation) cost more than the
 // arithmetic. The (rows, B) activations stay with ATen's vectorised kernels, which beat a plain loop.
 
-// Binary cross-entropy with logits per task (the batch mean) for z (T, B) and targets y (B, T); dz =
-// (sigmoid(z) - y) * w_t / B, the heads' bias gradient (dz summed over the batch). Returns sum_t w_t L_t.
+enum HeadKind : int64_t { BINARY = 0, MULTICLASS = 1, REGRESSION = 2 };
+
+// The task losses (each the batch mean) for logits z (K, B) and targets y (B, T), their gradient dz =
+// d(sum_t w_t L_t)/dz, and the heads' bias gradient (dz summed over the batch). Returns sum_t w_t L_t.
 template <typename scalar_t>
-double binary_losses(const scalar_t* z, const scalar_t* y, const scalar_t* w, scalar_t* losses, scalar_t* dz,
-                     scalar_t* g_bias, int64_t t, int64_t n) {
+double head_losses(const scalar_t* z, const scalar_t* y, const scalar_t* w, const std::vector<int64_t>& kinds,
+                   const std::vector<int64_t>& offsets, scalar_t* losses, scalar_t* dz, scalar_t* g_bias, int64_t n) {
+  const int64_t t = static_cast<int64_t>(kinds.size());
   double total = 0;
   for (int64_t task = 0; task < t; ++task) {
-    double loss = 0;
-    scalar_t bias_sum = 0;
+    const int64_t lo = offsets[task], hi = offsets[task + 1];
     const scalar_t scale = w[task] / static_cast<scalar_t>(n);
-    for (int64_t b = 0; b < n; ++b) {
-      const scalar_t v = z[task * n + b], target = y[b * t + task];
-      // max(v, 0) - v * y + log(1 + exp(-|v|)): the stable form of the loss
-      loss += std::max(v, scalar_t(0)) - v * target + std::log1p(std::exp(-std::abs(v)));
-      const scalar_t d = (scalar_t(1) / (scalar_t(1) + std::exp(-v)) - target) * scale;
-      dz[task * n + b] = d;
-      bias_sum += d;
+    double loss = 0;
+    if (kinds[task] == MULTICLASS) {
+      for (int64_t b = 0; b < n; ++b) {
+        scalar_t top = z[lo * n + b];
+        for (int64_t r = lo + 1; r < hi; ++r) top = std::max(top, z[r * n + b]);
+        scalar_t sum = 0;
+        for (int64_t r = lo; r < hi; ++r) sum += std::exp(z[r * n + b] - top);
+        const int64_t target = lo + static_cast<int64_t>(y[b * t + task]);
+        loss += std::log(sum) + top - z[target * n + b];  // -log softmax at the target
+        for (int64_t r = lo; r < hi; ++r)
+          dz[r * n + b] = (std::exp(z[r * n + b] - top) / sum - (r == target ? scalar_t(1) : scalar_t(0))) * scale;
+      }
+    } else {  // one logit
+      for (int64_t b = 0; b < n; ++b) {
+        const scalar_t v = z[lo * n + b], target = y[b * t + task];
+        const scalar_t s = scalar_t(1) / (scalar_t(1) + std::exp(-v));
+        if (kinds[task] == BINARY) {
+          // max(v, 0) - v * y + log(1 + exp(-|v|)): the stable form of the loss
+          loss += std::max(v, scalar_t(0)) - v * target + std::log1p(std::exp(-std::abs(v)));
+          dz[lo * n + b] = (s - target) * scale;
+        } else {  // regression: (sigmoid(v) - y)^2
+          const scalar_t diff = s - target;
+          loss += diff * diff;
+          dz[lo * n + b] = diff * s * (scalar_t(1) - s) * 2 * scale;
+        }
+      }
+    }
+    for (int64_t r = lo; r < hi; ++r) {
+      scalar_t bias_sum = 0;
+      for (int64_t b = 0; b < n; ++b) bias_sum += dz[r * n + b];
+      g_bias[r] = bias_sum;
     }
     losses[task] = static_cast<scalar_t>(loss / n);
-    g_bias[task] = bias_sum;
     total += static_cast<double>(w[task]) * losses[task];
   }
   return total;
@@ -55,11 +82,17 @@ double binary_losses(const scalar_t* z, const scalar_t* y, const scalar_t* w, sc
 
 // One step: the task losses (T,), and every gradient of sum_t weight_t * loss_t written into `g`;
 // `total` gets that weighted sum. x (B, 784) in the first layer's dtype (bfloat16 when `bf16`), y (B, T)
-// the 0/1 targets in the parameters' dtype.
+// the targets in the parameters' dtype; `kinds` (T,) each task's HeadKind, `offsets` (T + 1) its logits.
 Tensor step(int64_t kind, const Tensor& x, const Tensor& y, const std::vector<Tensor>& p, std::vector<Tensor>& g,
-            const Tensor& weights, bool bf16, double& total) {
+            const Tensor& weights, const std::vector<int64_t>& kinds, const std::vector<int64_t>& offsets, bool bf16,
+            double& total) {
   const Tensor &w1 = p[0], &b1 = p[1], &w2 = p[2], &b2 = p[3], &wh = p[4], &bh = p[5];
-  const int64_t n = x.size(0), c = w2.size(0), h1 = w2.size(2), h2 = w2.size(1), t = wh.size(0);
+  const int64_t n = x.size(0), c = w2.size(0), h1 = w2.size(2), h2 = w2.size(1);
+  const int64_t k = wh.size(0), t = static_cast<int64_t>(kinds.size());  // logits, tasks
+  TORCH_CHECK(static_cast<int64_t>(offsets.size()) == t + 1 && offsets[t] == k, "the heads' offsets do not fit");
+  std::vector<int64_t> task_of(k);  // which task each logit (head row) belongs to
+  for (int64_t i = 0; i < t; ++i)
+    for (int64_t r = offsets[i]; r < offsets[i + 1]; ++r) task_of[r] = i;
   const bool mixing = kind == CROSS_STITCH;
   const Tensor yc = y.contiguous();
   Tensor losses = at::empty({t}, wh.options());
@@ -70,26 +103,26 @@ Tensor step(int64_t kind, const Tensor& x, const Tensor& y, const std::vector<Te
     Tensor m1 = mixing ? at::mm(p[6], r1.view({c, -1})).view(r1.sizes()) : r1;
     Tensor r2 = at::baddbmm(b2, w2, m1).clamp_min_(0);  // (C, 32, B)
     Tensor r2_all = r2.view({c * h2, n});
-    // The heads over all columns' features: hard sharing's own; for the columns, head i reads
-    // sum_j a2[i, j] * column j (a2 the identity for STL), folded into one (T, C*32) matrix.
+    // The heads over all columns' features: hard sharing's own; for the columns, the head of task i reads
+    // sum_j a2[i, j] * column j (a2 the identity for STL), folded into one (K, C*32) matrix.
     Tensor heads = wh, mix2;
     const scalar_t* a2 = nullptr;
     if (kind != HARD) {
       mix2 = mixing ? p[7] : at::eye(t, wh.options());
       a2 = mix2.const_data_ptr<scalar_t>();
-      heads = at::empty({t, c * h2}, wh.options());
+      heads = at::empty({k, c * h2}, wh.options());
       const scalar_t* hw = wh.const_data_ptr<scalar_t>();
       scalar_t* hm = heads.mutable_data_ptr<scalar_t>();
-      for (int64_t i = 0; i < t; ++i)
+      for (int64_t r = 0; r < k; ++r)
         for (int64_t j = 0; j < c; ++j)
-          for (int64_t f = 0; f < h2; ++f) hm[(i * c + j) * h2 + f] = a2[i * c + j] * hw[i * h2 + f];
+          for (int64_t f = 0; f < h2; ++f) hm[(r * c + j) * h2 + f] = a2[task_of[r] * c + j] * hw[r * h2 + f];
     }
-    Tensor z = at::addmm(bh, heads, r2_all);  // (T, B)
-    Tensor dz = at::empty({t, n}, wh.options());
-    total = binary_losses(z.const_data_ptr<scalar_t>(), yc.const_data_ptr<scalar_t>(),
-                          weights.const_data_ptr<scalar_t>(), losses.mutable_data_ptr<scalar_t>(),
-                          dz.mutable_data_ptr<scalar_t>(), g[5].mutable_data_ptr<scalar_t>(), t, n);
-    Tensor g_heads = kind == HARD ? g[4] : at::empty({t, c * h2}, wh.options());
+    Tensor z = at::addmm(bh, heads, r2_all);  // (K, B)
+    Tensor dz = at::empty({k, n}, wh.options());
+    total = head_losses(z.const_data_ptr<scalar_t>(), yc.const_data_ptr<scalar_t>(),
+                        weights.const_data_ptr<scalar_t>(), kinds, offsets, losses.mutable_data_ptr<scalar_t>(),
+                        dz.mutable_data_ptr<scalar_t>(), g[5].mutable_data_ptr<scalar_t>(), n);
+    Tensor g_heads = kind == HARD ? g[4] : at::empty({k, c * h2}, wh.options());
     at::mm_out(g_heads, dz, r2_all.t());
     Tensor d2 = at::threshold_backward(at::mm(heads.t(), dz).view({c, h2, n}), r2, 0);
     at::sum_out(g[3], d2, {2}, true);
@@ -111,16 +144,19 @@ Tensor step(int64_t kind, const Tensor& x, const Tensor& y, const std::vector<Te
       const scalar_t* gh = g_heads.const_data_ptr<scalar_t>();
       const scalar_t* hw = wh.const_data_ptr<scalar_t>();
       scalar_t* g_wh = g[4].mutable_data_ptr<scalar_t>();
-      for (int64_t i = 0; i < t; ++i) {
+      scalar_t* g_a2 = mixing ? g[7].mutable_data_ptr<scalar_t>() : nullptr;
+      for (int64_t i = 0; mixing && i < t * c; ++i) g_a2[i] = 0;
+      for (int64_t r = 0; r < k; ++r) {
+        const int64_t i = task_of[r];
         for (int64_t f = 0; f < h2; ++f) {
           scalar_t sum = 0;
-          for (int64_t j = 0; j < c; ++j) sum += gh[(i * c + j) * h2 + f] * a2[i * c + j];
-          g_wh[i * h2 + f] = sum;
+          for (int64_t j = 0; j < c; ++j) sum += gh[(r * c + j) * h2 + f] * a2[i * c + j];
+          g_wh[r * h2 + f] = sum;
         }
         for (int64_t j = 0; mixing && j < c; ++j) {
           scalar_t sum = 0;
-          for (int64_t f = 0; f < h2; ++f) sum += gh[(i * c + j) * h2 + f] * hw[i * h2 + f];
-          g[7].mutable_data_ptr<scalar_t>()[i * c + j] = sum;
+          for (int64_t f = 0; f < h2; ++f) sum += gh[(r * c + j) * h2 + f] * hw[r * h2 + f];
+          g_a2[i * c + j] += sum;
         }
       }
     }
@@ -147,7 +183,8 @@ struct ThreadsFor {
 // `threads`: torch's intra-op threads for these batches (0: as they are).
 std::tuple<Tensor, int64_t> train_batches(
     int64_t kind, const Tensor& x_all, const Tensor& y_all, const std::vector<Tensor>& batches, int64_t begin,
-    int64_t end, const std::vector<Tensor>& p, std::vector<Tensor>& g, const Tensor& weights, bool bf16,
+    int64_t end, const std::vector<Tensor>& p, std::vector<Tensor>& g, const Tensor& weights,
+    const std::vector<int64_t>& kinds, const std::vector<int64_t>& offsets, bool bf16,
     const std::vector<Tensor>& params, const std::vector<Tensor>& grads, const std::vector<Tensor>& exp_avgs,
     const std::vector<Tensor>& exp_avg_sqs, const Tensor& step_count, const std::vector<double>& lrs,
     const std::vector<double>& decays, bool decoupled, double beta1, double beta2, double eps, Tensor sums,
@@ -158,7 +195,7 @@ std::tuple<Tensor, int64_t> train_batches(
   double total = 0;
   for (int64_t b = begin; b < end; ++b) {
     const Tensor& idx = batches[b];
-    losses = step(kind, x_all.index_select(0, idx), y_all.index_select(0, idx), p, g, weights, bf16, total);
+    losses = step(kind, x_all.index_select(0, idx), y_all.index_select(0, idx), p, g, weights, kinds, offsets, bf16, total);
     if (!std::isfinite(total)) return {losses, b};
     step_count.add_(1);
     for (size_t i = 0; i < params.size(); ++i) {
@@ -186,9 +223,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def(
       "step",
       [](int64_t kind, const Tensor& x, const Tensor& y, const std::vector<Tensor>& p, std::vector<Tensor>& g,
-         const Tensor& weights, bool bf16) {
+         const Tensor& weights, const std::vector<int64_t>& kinds, const std::vector<int64_t>& offsets, bool bf16) {
         double total = 0;
-        return step(kind, x, y, p, g, weights, bf16, total);
+        return step(kind, x, y, p, g, weights, kinds, offsets, bf16, total);
       },
       "one training step's losses and gradients (see mtl_core/native_steps.cpp)");
   m.def("train_batches", &train_batches, "batches [begin, end) of an epoch: step and fused Adam each");

@@ -17,7 +17,8 @@ from mtl_core.models import build_model
 from mtl_core.tasks import make_targets
 from mtl_core.train import Training
 
-BINARY = ("even", "mult3", "gt4")  # the C++ step takes one-logit tasks only
+BINARY = ("even", "mult3", "gt4")  # the study's kind of task: one logit each
+MIXED = ("digit", "even", "value")  # ten logits (softmax), one (BCE), one (MSE on the sigmoid)
 
 
 @pytest.fixture
@@ -26,23 +27,25 @@ def module(monkeypatch):
     return native.get()
 
 
+@pytest.mark.parametrize("tasks", [BINARY, MIXED])
 @pytest.mark.parametrize("model_name", ["hard", "stl", "cross_stitch"])
-def test_the_cpp_step_gives_autograds_gradients(module, model_name, synthetic):
-    weights = {"even": 2.5, "gt4": 0.5}
+def test_the_cpp_step_gives_autograds_gradients(module, model_name, tasks, synthetic):
+    weights = {"even": 2.5, "gt4": 0.5, "value": 10.0}
     torch.manual_seed(0)
-    model = build_model(model_name, BINARY).double()
+    model = build_model(model_name, tasks).double()
     for a in model.alpha_parameters():  # lopsided alphas: a transposed mixing gradient shows
         a.data = torch.eye(3, dtype=torch.float64) + 0.3 * torch.rand(3, 3).double()
     twin = copy.deepcopy(model)
     x = synthetic.train_x[:64].double().flatten(1)
-    y = {t: v.double() for t, v in make_targets(synthetic.train_y[:64], BINARY).items()}
+    y = {t: v.double() if v.is_floating_point() else v for t, v in make_targets(synthetic.train_y[:64], tasks).items()}
     out = model(x)
-    sum(weights.get(t, 1.0) * task_loss(t, out[t], y[t]) for t in BINARY).backward()
+    sum(weights.get(t, 1.0) * task_loss(t, out[t], y[t]) for t in tasks).backward()
 
     step = make_step(twin, weights)
     kind, params, grads = step.native_args()
-    losses = module.step(kind, x, step.prepare_targets(y), params, grads, step.weights, False)
-    for i, t in enumerate(BINARY):
+    args = (step.weights, step.native_kinds, step.native_offsets, False)
+    losses = module.step(kind, x, step.prepare_targets(y), params, grads, *args)
+    for i, t in enumerate(tasks):
         assert losses[i].item() == pytest.approx(task_loss(t, out[t], y[t]).item(), rel=1e-12)
     for (name, p), q in zip(twin.named_parameters(), model.parameters()):
         torch.testing.assert_close(step.params.grad_of(p), q.grad, rtol=1e-6, atol=1e-9, msg=f"gradient of {name}")
@@ -55,6 +58,9 @@ def test_the_cpp_step_gives_autograds_gradients(module, model_name, synthetic):
         ("cross_stitch", {"alpha_init": "convex-0.9", "alpha_lr_mult": 100.0}),  # two Adam calls per step
         ("cross_stitch", {"optimizer": "adamw", "weight_decay": 0.01, "precision": "bf16"}),
         ("hard", {"loss_weights": {"mult3": 3.0}}),
+        ("hard", {"tasks": MIXED, "loss_weights": {"value": 10.0}}),
+        ("cross_stitch", {"tasks": MIXED, "alpha_init": "convex-0.9", "alpha_lr_mult": 100.0}),
+        ("stl", {"tasks": ("digit", "value")}),
     ],
 )
 def test_the_cpp_loop_trains_as_the_python_loop(model_name, changes, synthetic, monkeypatch):
@@ -101,8 +107,9 @@ def test_a_run_says_which_loop_trained_it(synthetic, monkeypatch):
     assert training.summary()["kernel"] == "Python" and "MTL_NATIVE=0" in training.path_note
     use_kernel("C++", monkeypatch)
     mixed = Training(TrainConfig.preset("hard", tasks=("even", "digit"), data="synthetic", device="cpu"), synthetic)
-    assert mixed.kernel == "Python" and mixed.path == "fast"  # a 10-class head: no C++ step yet
-    assert "no C++ step" in mixed.path_note
+    assert mixed.kernel == "C++" and mixed.path == "fast"  # a 10-class head too
+    gated = Training(TrainConfig.preset("mmoe", data="synthetic", device="cpu"), synthetic)
+    assert gated.kernel == "Python" and gated.path == "fast" and "no C++ step" in gated.path_note
     assert (
         Training(TrainConfig.preset("hard", path="autograd", data="synthetic", device="cpu"), synthetic).kernel is None
     )
