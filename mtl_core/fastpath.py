@@ -7,9 +7,10 @@ with no autograd graph halves the step. The model's own parameters become views 
 so evaluation, saving and loading see the same weights. `tests/test_fastpath.py` checks the gradients
 against autograd and a few hundred steps against the autograd path.
 
-Where every task has one logit (the study's pairs), the same step and its batch loop also run in C++
-(`native_steps.cpp`, through `NativeLoop`; built by `native.py`), 1.3-1.4x faster per epoch again:
-there Python's own cost per operation was a quarter of the step. `ThreadPicker` chooses its threads.
+For STL, hard sharing and cross-stitch the same step and its batch loop also run in C++
+(`native_steps.cpp`, through `NativeLoop`; built by `native.py`): 1.3-1.4x faster per epoch again for
+the study's one-logit pairs, where Python's own cost per operation was a quarter of the step, and about
+1.7x with a softmax or regression head among the tasks. `ThreadPicker` chooses its threads.
 """
 
 from __future__ import annotations
