@@ -1,4 +1,4 @@
-"""Fast training steps for the MLPs (STL, hard sharing, cross-stitch): the forward and backward written out by
+"""Fast training steps for the MLPs (STL, hard sharing, cross-stitch, MMoE): the forward and backward written out by
 hand, all parameters in one flat buffer, one fused optimiser call per step.
 
 At batch 128 these models are tiny (about 0.1 ms of arithmetic per step) and autograd's per-operation
@@ -7,10 +7,10 @@ with no autograd graph halves the step. The model's own parameters become views 
 so evaluation, saving and loading see the same weights. `tests/test_fastpath.py` checks the gradients
 against autograd and a few hundred steps against the autograd path.
 
-For STL, hard sharing and cross-stitch the same step and its batch loop also run in C++
-(`native_steps.cpp`, through `NativeLoop`; built by `native.py`): 1.3-1.4x faster per epoch again for
-the study's one-logit pairs, where Python's own cost per operation was a quarter of the step, and about
-1.7x with a softmax or regression head among the tasks. `ThreadPicker` chooses its threads.
+The same steps and their batch loop also run in C++ (`native_steps.cpp`, through `NativeLoop`; built by
+`native.py`): 1.3-1.4x faster per epoch again for the study's one-logit pairs, where Python's own cost per
+operation was a quarter of the step, and about 1.7x with a softmax or regression head among the tasks.
+`ThreadPicker` chooses its threads.
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def fast_path_refusal(model: MultiTaskModel, loss_weighting: str, optimizer: str
 
 
 # The model kinds of native_steps.cpp.
-NATIVE_HARD, NATIVE_STL, NATIVE_CROSS_STITCH = 0, 1, 2
+NATIVE_HARD, NATIVE_STL, NATIVE_CROSS_STITCH, NATIVE_MMOE = 0, 1, 2, 3
 NATIVE_HEAD_KINDS = {"binary": 0, "multiclass": 1, "regression": 2}  # native_steps.cpp's HeadKind
 
 
@@ -178,10 +178,10 @@ class _HeadsStep:
         return images.reshape(images.shape[0], -1).to(self.input_dtype)
 
     def _first_layer(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """x @ w.T + b for the 784-wide first layer, in bf16 with fp32 accumulation when `bf16` (then
-        rounded back to fp32 for the rest of the step), else in fp32."""
+        """x @ w.T + b for the 784-wide first layer: with `bf16` the product in bf16 (fp32 accumulation,
+        the result rounded once) and the bias added in fp32, as the C++ step does it; else in fp32."""
         if self.bf16:
-            return torch.addmm(b.to(torch.bfloat16), x, w.to(torch.bfloat16).t()).float()
+            return torch.add(b, torch.mm(x, w.to(torch.bfloat16).t()))
         return torch.addmm(b, x, w.t())
 
     def _first_layer_grad(self, d: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> None:
@@ -463,6 +463,24 @@ class MMoEStep(_PerTaskHeads):
         self.w2, self.b2 = model.w2.data, model.b2.data
         self.g_w2, self.g_b2 = self.params.grad_of(model.w2), self.params.grad_of(model.b2)
         self._init_heads(model, heads, weights, bf16)
+        # The heads' weights side by side, then their biases (as in ColumnsStep).
+        k, width = sum(h.out_features for h in heads), model.w2.shape[1]
+        start = w_end + rows + model.w2.numel() + model.b2.numel()
+        self.wh_all, self.g_wh_all = (
+            flat[start : start + k * width].view(k, width),
+            grad[start : start + k * width].view(k, width),
+        )
+        self.bh_all, self.g_bh_all = (
+            flat[start + k * width : start + k * width + k],
+            grad[start + k * width : start + k * width + k],
+        )
+
+    def native_args(self) -> tuple[int, list[torch.Tensor], list[torch.Tensor]] | None:
+        """(kind, parameters, gradients) as `native_steps.cpp` takes them (feature-major: biases as columns)."""
+        e, h2 = self.w2.shape[:2]
+        p = [self.w1, self.b1.view(-1, 1), self.w2, self.b2.view(e, h2, 1), self.wh_all, self.bh_all.view(-1, 1)]
+        g = [self.g_w1, self.g_b1.view(-1, 1), self.g_w2, self.g_b2.view(e, h2, 1), self.g_wh_all]
+        return NATIVE_MMOE, p, [*g, self.g_bh_all.view(-1, 1)]
 
     def __call__(self, x: torch.Tensor, targets) -> torch.Tensor:
         if isinstance(targets, dict):
@@ -503,8 +521,8 @@ def make_step(model: MultiTaskModel, weights: dict[str, float], bf16: bool = Fal
 class NativeLoop:
     """An epoch's batches run by the C++ loop (`native_steps.cpp`, built by `native.py`): for each batch
     the same gather, step, non-finite check and fused Adam update as `Training`'s Python loop, with no
-    Python between a step's ~40 operations. For the steps with `native_args`: hard sharing, STL and
-    cross-stitch, with any mix of tasks."""
+    Python between a step's ~40 operations. For the steps with `native_args`: hard sharing, STL,
+    cross-stitch and MMoE, with any mix of tasks."""
 
     def __init__(self, module, step: _HeadsStep, optimizer: FlatAdam):
         self.module, self.optimizer = module, optimizer

@@ -5,7 +5,7 @@
 // was a quarter of the step. The maths is not changed; tests/test_native.py checks the gradients
 // against autograd and whole epochs against the Python loop.
 //
-// Layout: feature-major, as the Python ColumnsStep. C columns (1 for hard sharing, T for STL and
+// Layout: feature-major, as the Python ColumnsStep (MMoE: see mmoe_step). C columns (1 for hard sharing, T for STL and
 // cross-stitch); the T tasks' heads have K logits in all, task i's rows [offsets[i], offsets[i+1]):
 //   w1 (C*64, 784)  b1 (C*64, 1)  w2 (C, 32, 64)  b2 (C, 32, 1)  wh (K, 32)  bh (K, 1)  [a1, a2 (T, T)]
 // Gradients come in the same order and shapes; all are views of one flat buffer, each contiguous (the
@@ -24,7 +24,7 @@ using at::Tensor;
 
 namespace {
 
-enum Kind : int64_t { HARD = 0, STL = 1, CROSS_STITCH = 2 };
+enum Kind : int64_t { HARD = 0, STL = 1, CROSS_STITCH = 2, MMOE = 3 };
 
 // The step's element-wise work on the heads (K x B logits, K x C x 32 folded weights: a few hundred to a
 // few thousand values) as plain loops: there one ATen call per operation (dispatch, an allocation) cost more than the
@@ -80,12 +80,66 @@ double head_losses(const scalar_t* z, const scalar_t* y, const scalar_t* w, cons
   return total;
 }
 
+// MMoE (E experts, a softmax gate per task), as fastpath.MMoEStep but feature-major:
+//   w1 (E*64 + T*E, 784): the experts' first layers, then every task's gate   b1 (E*64 + T*E, 1)
+//   w2 (E, 32, 64)  b2 (E, 32, 1)  wh (K, 32)  bh (K, 1)
+// Head t reads mixed_t = sum_e gate_t[e] * expert_e; the gates' gradient goes back through their softmax.
+Tensor mmoe_step(const Tensor& x, const Tensor& y, const std::vector<Tensor>& p, std::vector<Tensor>& g,
+                 const Tensor& weights, const std::vector<int64_t>& kinds, const std::vector<int64_t>& offsets,
+                 bool bf16, double& total) {
+  const Tensor &w1 = p[0], &b1 = p[1], &w2 = p[2], &b2 = p[3], &wh = p[4], &bh = p[5];
+  const int64_t n = x.size(0), e = w2.size(0), h1 = w2.size(2), h2 = w2.size(1);
+  const int64_t k = wh.size(0), t = static_cast<int64_t>(kinds.size());
+  TORCH_CHECK(static_cast<int64_t>(offsets.size()) == t + 1 && offsets[t] == k, "the heads' offsets do not fit");
+  const Tensor yc = y.contiguous();
+  Tensor losses = at::empty({t}, wh.options());
+  AT_DISPATCH_FLOATING_TYPES(wh.scalar_type(), "mmoe_step", [&] {
+    Tensor a = bf16 ? at::add(b1, at::mm(w1.to(at::kBFloat16), x.t())) : at::addmm(b1, w1, x.t());
+    Tensor r1 = a.narrow(0, 0, e * h1).clamp_min(0).view({e, h1, n});                // (E, 64, B)
+    Tensor gate = at::softmax(a.narrow(0, e * h1, t * e).view({t, e, n}), 1);         // (T, E, B)
+    Tensor r2 = at::baddbmm(b2, w2, r1).clamp_min_(0);                                 // (E, 32, B)
+    Tensor mixed = (gate.unsqueeze(2) * r2.unsqueeze(0)).sum(1);                        // (T, 32, B)
+    Tensor z = at::empty({k, n}, wh.options());
+    for (int64_t i = 0; i < t; ++i) {
+      const int64_t lo = offsets[i], rows = offsets[i + 1] - lo;
+      Tensor zi = z.narrow(0, lo, rows);
+      at::addmm_out(zi, bh.narrow(0, lo, rows), wh.narrow(0, lo, rows), mixed[i]);
+    }
+    Tensor dz = at::empty({k, n}, wh.options());
+    total = head_losses(z.const_data_ptr<scalar_t>(), yc.const_data_ptr<scalar_t>(),
+                        weights.const_data_ptr<scalar_t>(), kinds, offsets, losses.mutable_data_ptr<scalar_t>(),
+                        dz.mutable_data_ptr<scalar_t>(), g[5].mutable_data_ptr<scalar_t>(), n);
+    Tensor d_mixed = at::empty_like(mixed);
+    for (int64_t i = 0; i < t; ++i) {
+      const int64_t lo = offsets[i], rows = offsets[i + 1] - lo;
+      Tensor g_wh = g[4].narrow(0, lo, rows), d_mi = d_mixed[i];
+      at::mm_out(g_wh, dz.narrow(0, lo, rows), mixed[i].t());
+      at::mm_out(d_mi, wh.narrow(0, lo, rows).t(), dz.narrow(0, lo, rows));
+    }
+    Tensor d_gate = (d_mixed.unsqueeze(1) * r2.unsqueeze(0)).sum(2);                   // (T, E, B)
+    Tensor d_logits = gate * (d_gate - (gate * d_gate).sum(1, true));                  // through the softmax
+    Tensor d2 = at::threshold_backward((gate.unsqueeze(2) * d_mixed.unsqueeze(1)).sum(0), r2, 0);  // (E, 32, B)
+    at::bmm_out(g[2], d2, r1.transpose(1, 2));
+    at::sum_out(g[3], d2, {2}, true);
+    Tensor d1 = at::threshold_backward(at::bmm(w2.transpose(1, 2), d2), r1, 0);        // (E, 64, B)
+    Tensor d_a = at::cat({d1.view({e * h1, n}), d_logits.view({t * e, n})}, 0);       // (E*64 + T*E, B)
+    at::sum_out(g[1], d_a, {1}, true);
+    if (bf16) {
+      g[0].copy_(at::mm(d_a.to(at::kBFloat16), x));  // the weight gradient in the forward's precision
+    } else {
+      at::mm_out(g[0], d_a, x);
+    }
+  });
+  return losses;
+}
+
 // One step: the task losses (T,), and every gradient of sum_t weight_t * loss_t written into `g`;
 // `total` gets that weighted sum. x (B, 784) in the first layer's dtype (bfloat16 when `bf16`), y (B, T)
 // the targets in the parameters' dtype; `kinds` (T,) each task's HeadKind, `offsets` (T + 1) its logits.
 Tensor step(int64_t kind, const Tensor& x, const Tensor& y, const std::vector<Tensor>& p, std::vector<Tensor>& g,
             const Tensor& weights, const std::vector<int64_t>& kinds, const std::vector<int64_t>& offsets, bool bf16,
             double& total) {
+  if (kind == MMOE) return mmoe_step(x, y, p, g, weights, kinds, offsets, bf16, total);
   const Tensor &w1 = p[0], &b1 = p[1], &w2 = p[2], &b2 = p[3], &wh = p[4], &bh = p[5];
   const int64_t n = x.size(0), c = w2.size(0), h1 = w2.size(2), h2 = w2.size(1);
   const int64_t k = wh.size(0), t = static_cast<int64_t>(kinds.size());  // logits, tasks

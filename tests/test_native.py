@@ -28,7 +28,7 @@ def module(monkeypatch):
 
 
 @pytest.mark.parametrize("tasks", [BINARY, MIXED])
-@pytest.mark.parametrize("model_name", ["hard", "stl", "cross_stitch"])
+@pytest.mark.parametrize("model_name", ["hard", "stl", "cross_stitch", "mmoe"])
 def test_the_cpp_step_gives_autograds_gradients(module, model_name, tasks, synthetic):
     weights = {"even": 2.5, "gt4": 0.5, "value": 10.0}
     torch.manual_seed(0)
@@ -61,6 +61,8 @@ def test_the_cpp_step_gives_autograds_gradients(module, model_name, tasks, synth
         ("hard", {"tasks": MIXED, "loss_weights": {"value": 10.0}}),
         ("cross_stitch", {"tasks": MIXED, "alpha_init": "convex-0.9", "alpha_lr_mult": 100.0}),
         ("stl", {"tasks": ("digit", "value")}),
+        ("mmoe", {}),
+        ("mmoe", {"tasks": MIXED, "loss_weights": {"value": 10.0}}),
     ],
 )
 def test_the_cpp_loop_trains_as_the_python_loop(model_name, changes, synthetic, monkeypatch):
@@ -106,10 +108,11 @@ def test_a_run_says_which_loop_trained_it(synthetic, monkeypatch):
     training = Training(TrainConfig.preset("cross_stitch", data="synthetic", device="cpu"), synthetic)
     assert training.summary()["kernel"] == "Python" and "MTL_NATIVE=0" in training.path_note
     use_kernel("C++", monkeypatch)
-    mixed = Training(TrainConfig.preset("hard", tasks=("even", "digit"), data="synthetic", device="cpu"), synthetic)
-    assert mixed.kernel == "C++" and mixed.path == "fast"  # a 10-class head too
-    gated = Training(TrainConfig.preset("mmoe", data="synthetic", device="cpu"), synthetic)
-    assert gated.kernel == "Python" and gated.path == "fast" and "no C++ step" in gated.path_note
+    for model in ("stl", "hard", "cross_stitch", "mmoe"):
+        for tasks in (None, ("even", "digit")):  # the study's pair; a 10-class head too
+            cfg = TrainConfig.preset(model, tasks=tasks, data="synthetic", device="cpu")
+            training = Training(cfg, synthetic)
+            assert (training.kernel, training.path, training.path_note) == ("C++", "fast", "")
     assert (
         Training(TrainConfig.preset("hard", path="autograd", data="synthetic", device="cpu"), synthetic).kernel is None
     )
