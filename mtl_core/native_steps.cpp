@@ -5,8 +5,9 @@
 // was a quarter of the step. The maths is not changed; tests/test_native.py checks the gradients
 // against autograd and whole epochs against the Python loop.
 //
-// Layout: feature-major, as the Python ColumnsStep (MMoE: see mmoe_step). C columns (1 for hard sharing, T for STL and
-// cross-stitch); the T tasks' heads have K logits in all, task i's rows [offsets[i], offsets[i+1]):
+// Layout: feature-major, as the Python ColumnsStep (MMoE: see mmoe_step). C columns (1 for hard sharing,
+// T for STL and cross-stitch); the T tasks' heads have K logits in all, task i's rows [offsets[i],
+// offsets[i+1]):
 //   w1 (C*64, 784)  b1 (C*64, 1)  w2 (C, 32, 64)  b2 (C, 32, 1)  wh (K, 32)  bh (K, 1)  [a1, a2 (T, T)]
 // Gradients come in the same order and shapes; all are views of one flat buffer, each contiguous (the
 // loops below read and write them through plain pointers). A task is binary (one logit, BCE), multiclass
@@ -27,8 +28,8 @@ namespace {
 enum Kind : int64_t { HARD = 0, STL = 1, CROSS_STITCH = 2, MMOE = 3 };
 
 // The step's element-wise work on the heads (K x B logits, K x C x 32 folded weights: a few hundred to a
-// few thousand values) as plain loops: there one ATen call per operation (dispatch, an allocation) cost more than the
-// arithmetic. The (rows, B) activations stay with ATen's vectorised kernels, which beat a plain loop.
+// few thousand values) as plain loops: there one ATen call per operation (dispatch, an allocation) cost
+// more than the arithmetic. The (rows, B) activations stay with ATen's vectorised kernels, which beat a plain loop.
 
 enum HeadKind : int64_t { BINARY = 0, MULTICLASS = 1, REGRESSION = 2 };
 
@@ -49,7 +50,9 @@ double head_losses(const scalar_t* z, const scalar_t* y, const scalar_t* w, cons
         for (int64_t r = lo + 1; r < hi; ++r) top = std::max(top, z[r * n + b]);
         scalar_t sum = 0;
         for (int64_t r = lo; r < hi; ++r) sum += std::exp(z[r * n + b] - top);
-        const int64_t target = lo + static_cast<int64_t>(y[b * t + task]);
+        const scalar_t label = y[b * t + task];
+        TORCH_CHECK(label >= 0 && label < hi - lo, "a class target outside the head's ", hi - lo, " classes");
+        const int64_t target = lo + static_cast<int64_t>(label);
         loss += std::log(sum) + top - z[target * n + b];  // -log softmax at the target
         for (int64_t r = lo; r < hi; ++r)
           dz[r * n + b] = (std::exp(z[r * n + b] - top) / sum - (r == target ? scalar_t(1) : scalar_t(0))) * scale;

@@ -51,6 +51,15 @@ def test_the_cpp_step_gives_autograds_gradients(module, model_name, tasks, synth
         torch.testing.assert_close(step.params.grad_of(p), q.grad, rtol=1e-6, atol=1e-9, msg=f"gradient of {name}")
 
 
+def test_a_class_target_outside_the_head_is_refused_not_read_past(module):
+    step = make_step(build_model("hard", ("digit", "even")), {})
+    kind, params, grads = step.native_args()
+    targets = torch.tensor([[3.0, 1.0], [10.0, 0.0]])  # class 10 of a 10-class head
+    with pytest.raises(RuntimeError, match="outside the head's 10 classes"):
+        heads = (step.native_kinds, step.native_offsets)
+        module.step(kind, torch.randn(2, 784), targets, params, grads, step.weights, *heads, False)
+
+
 @pytest.mark.parametrize(
     "model_name, changes",
     [
