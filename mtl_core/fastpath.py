@@ -34,6 +34,7 @@ class FlatParameters:
         self.flat = torch.nn.Parameter(torch.empty(n, dtype=first.dtype, device=first.device))
         self.flat.grad = torch.zeros_like(self.flat)
         self.grads: dict[int, torch.Tensor] = {}
+        self.offsets: dict[int, int] = {}  # where each parameter starts in the flat buffer
         self.params = list(params)
         offset = 0
         for p in params:
@@ -44,10 +45,17 @@ class FlatParameters:
             view.copy_(p.data)
             p.data = view
             self.grads[id(p)] = self.flat.grad[offset : offset + k].as_strided(p.shape, p.stride())
+            self.offsets[id(p)] = offset
             offset += k
 
     def grad_of(self, p: torch.nn.Parameter) -> torch.Tensor:
         return self.grads[id(p)]
+
+    def span(self, first: torch.nn.Parameter, numel: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`numel` values of the flat parameter and of its gradient from where `first` starts: parameters
+        placed next to each other, viewed as one."""
+        start = self.offsets[id(first)]
+        return self.flat.data[start : start + numel], self.flat.grad[start : start + numel]
 
     def bind_grads(self) -> None:
         """Make each parameter's `.grad` its view of the flat gradient: autograd then adds every
@@ -169,9 +177,13 @@ class _HeadsStep:
         self.bf16 = bf16
         self.input_dtype = torch.bfloat16 if bf16 else flat.dtype
 
-    def native_args(self) -> tuple[int, list[torch.Tensor], list[torch.Tensor]] | None:
-        """(kind, parameters, gradients) for `native_steps.cpp`; None: no C++ step for this one."""
-        return None
+    def _stacked_heads(self, heads: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """All heads' weights as one (K, width) view and their biases as one (K,) view, each with its
+        gradient: every step places the head weights next to each other, then the head biases."""
+        k, width = sum(h.out_features for h in heads), heads[0].in_features
+        w, g_w = self.params.span(heads[0].weight, k * width)
+        b, g_b = self.params.span(heads[0].bias, k)
+        return w.view(k, width), g_w.view(k, width), b, g_b
 
     def prepare_inputs(self, images: torch.Tensor) -> torch.Tensor:
         """The whole training set's images, flattened to (N, 784) in `input_dtype`, ready for `select`."""
@@ -247,20 +259,13 @@ class HardSharingStep(_HeadsStep):
         # Head weights next to each other (then head biases), so all heads are one (K, 32) matmul.
         order = [lin1.weight, lin1.bias, lin2.weight, lin2.bias, *(h.weight for h in heads), *(h.bias for h in heads)]
         self.params = FlatParameters(order)
-        flat, g = self.params.flat.data, self.params.flat.grad
-        k = sum(h.out_features for h in heads)
-        width = lin2.out_features
-        start = lin1.weight.numel() + lin1.bias.numel() + lin2.weight.numel() + lin2.bias.numel()
         self.w1, self.b1, self.w2, self.b2 = lin1.weight.data, lin1.bias.data, lin2.weight.data, lin2.bias.data
-        self.wh = flat[start : start + k * width].view(k, width)
-        self.bh = flat[start + k * width : start + k * width + k]
         self.g_w1, self.g_b1 = self.params.grad_of(lin1.weight), self.params.grad_of(lin1.bias)
         self.g_w2, self.g_b2 = self.params.grad_of(lin2.weight), self.params.grad_of(lin2.bias)
-        self.g_wh = g[start : start + k * width].view(k, width)
-        self.g_bh = g[start + k * width : start + k * width + k]
+        self.wh, self.g_wh, self.bh, self.g_bh = self._stacked_heads(heads)
         self._init_heads(model, heads, weights, bf16)
 
-    def native_args(self) -> tuple[int, list[torch.Tensor], list[torch.Tensor]] | None:
+    def native_args(self) -> tuple[int, list[torch.Tensor], list[torch.Tensor]]:
         """(kind, parameters, gradients) as `native_steps.cpp` takes them (one column, feature-major
         shapes: views of the same buffers)."""
         h1, h2, k = self.w1.shape[0], self.w2.shape[0], self.wh.shape[0]
@@ -350,14 +355,10 @@ class ColumnsStep(_PerTaskHeads):
         self.alphas = [a.data for a in alphas]  # [] for STL
         self.g_alphas = [self.params.grad_of(a) for a in alphas]
         self._init_heads(model, heads, weights, bf16)
-        # The heads' weights side by side, then their biases: what the folded heads are built from.
-        k = sum(hi - lo for _, lo, hi, _, _ in self.slices)
-        start = sum(p.numel() for p in (model.w1, model.b1, model.w2, model.b2))
-        flat, grad = self.params.flat.data, self.params.flat.grad
-        self.wh_all = flat[start : start + k * self.h2].view(k, self.h2)
-        self.g_wh_all = grad[start : start + k * self.h2].view(k, self.h2)
-        self.bh_all = flat[start + k * self.h2 : start + k * self.h2 + k].view(k, 1)
-        self.g_bh_all = grad[start + k * self.h2 : start + k * self.h2 + k].view(k, 1)
+        # The heads' weights side by side, then their biases (as columns): what the folded heads are built from.
+        self.wh_all, self.g_wh_all, bh, g_bh = self._stacked_heads(heads)
+        self.bh_all, self.g_bh_all = bh.view(-1, 1), g_bh.view(-1, 1)
+        flat = self.params.flat.data
         self.no_mixing = torch.eye(t, dtype=flat.dtype, device=flat.device)  # STL's "alphas"
 
     def _first_layer_t(self, x: torch.Tensor) -> torch.Tensor:
@@ -367,7 +368,7 @@ class ColumnsStep(_PerTaskHeads):
             return torch.add(self.b1, torch.mm(self.w1.to(torch.bfloat16), x.t()))
         return torch.addmm(self.b1, self.w1, x.t())
 
-    def native_args(self) -> tuple[int, list[torch.Tensor], list[torch.Tensor]] | None:
+    def native_args(self) -> tuple[int, list[torch.Tensor], list[torch.Tensor]]:
         """(kind, parameters, gradients) as `native_steps.cpp` takes them."""
         p = [self.w1, self.b1, self.w2, self.b2, self.wh_all, self.bh_all, *self.alphas]
         g = [self.g_w1, self.g_b1, self.g_w2, self.g_b2, self.g_wh_all, self.g_bh_all, *self.g_alphas]
@@ -455,27 +456,16 @@ class MMoEStep(_PerTaskHeads):
         self.params = FlatParameters([*order, *(h.weight for h in heads), *(h.bias for h in heads)])
         self.n_experts, self.h1 = model.w1.shape[:2]
         rows = self.n_experts * self.h1 + len(gates) * self.n_experts  # expert units, then gate logits
-        flat, grad = self.params.flat.data, self.params.flat.grad
-        w_end = rows * model.w1.shape[2]
         # w1: the first layer as the step runs it, the experts' units and the gates in one matrix.
-        self.w1, self.g_w1 = flat[:w_end].view(rows, -1), grad[:w_end].view(rows, -1)
-        self.b1, self.g_b1 = flat[w_end : w_end + rows], grad[w_end : w_end + rows]
+        w1, g_w1 = self.params.span(model.w1, rows * model.w1.shape[2])
+        self.w1, self.g_w1 = w1.view(rows, -1), g_w1.view(rows, -1)
+        self.b1, self.g_b1 = self.params.span(model.b1, rows)
         self.w2, self.b2 = model.w2.data, model.b2.data
         self.g_w2, self.g_b2 = self.params.grad_of(model.w2), self.params.grad_of(model.b2)
         self._init_heads(model, heads, weights, bf16)
-        # The heads' weights side by side, then their biases (as in ColumnsStep).
-        k, width = sum(h.out_features for h in heads), model.w2.shape[1]
-        start = w_end + rows + model.w2.numel() + model.b2.numel()
-        self.wh_all, self.g_wh_all = (
-            flat[start : start + k * width].view(k, width),
-            grad[start : start + k * width].view(k, width),
-        )
-        self.bh_all, self.g_bh_all = (
-            flat[start + k * width : start + k * width + k],
-            grad[start + k * width : start + k * width + k],
-        )
+        self.wh_all, self.g_wh_all, self.bh_all, self.g_bh_all = self._stacked_heads(heads)
 
-    def native_args(self) -> tuple[int, list[torch.Tensor], list[torch.Tensor]] | None:
+    def native_args(self) -> tuple[int, list[torch.Tensor], list[torch.Tensor]]:
         """(kind, parameters, gradients) as `native_steps.cpp` takes them (feature-major: biases as columns)."""
         e, h2 = self.w2.shape[:2]
         p = [self.w1, self.b1.view(-1, 1), self.w2, self.b2.view(e, h2, 1), self.wh_all, self.bh_all.view(-1, 1)]
@@ -551,11 +541,9 @@ class NativeLoop:
 
 
 def native_loop(step: _HeadsStep, optimizer: FlatAdam) -> tuple[NativeLoop | None, str]:
-    """The C++ loop for `step` where there is one, else (None, why not)."""
+    """The C++ loop for `step` where it is built, else (None, why not)."""
     from . import native
 
-    if step.native_args() is None:
-        return None, "no C++ step for this model"
     module = native.get()
     if module is None:
         return None, native.reason()
