@@ -83,6 +83,21 @@ double head_losses(const scalar_t* z, const scalar_t* y, const scalar_t* w, cons
   return total;
 }
 
+// The 784-wide first layer, (rows, 784) x (784, B): in bf16 the product is rounded once and the bias added in
+// fp32; else all in fp32.
+Tensor first_layer(const Tensor& w1, const Tensor& b1, const Tensor& x, bool bf16) {
+  return bf16 ? at::add(b1, at::mm(w1.to(at::kBFloat16), x.t())) : at::addmm(b1, w1, x.t());
+}
+
+// Its weight gradient d (rows, B) x x (B, 784) into `out`, in the forward's precision.
+void first_layer_grad(Tensor& out, const Tensor& d, const Tensor& x, bool bf16) {
+  if (bf16) {
+    out.copy_(at::mm(d.to(at::kBFloat16), x));
+  } else {
+    at::mm_out(out, d, x);
+  }
+}
+
 // MMoE (E experts, a softmax gate per task), as fastpath.MMoEStep but feature-major:
 //   w1 (E*64 + T*E, 784): the experts' first layers, then every task's gate   b1 (E*64 + T*E, 1)
 //   w2 (E, 32, 64)  b2 (E, 32, 1)  wh (K, 32)  bh (K, 1)
@@ -97,7 +112,7 @@ Tensor mmoe_step(const Tensor& x, const Tensor& y, const std::vector<Tensor>& p,
   const Tensor yc = y.contiguous();
   Tensor losses = at::empty({t}, wh.options());
   AT_DISPATCH_FLOATING_TYPES(wh.scalar_type(), "mmoe_step", [&] {
-    Tensor a = bf16 ? at::add(b1, at::mm(w1.to(at::kBFloat16), x.t())) : at::addmm(b1, w1, x.t());
+    Tensor a = first_layer(w1, b1, x, bf16);
     Tensor r1 = a.narrow(0, 0, e * h1).clamp_min(0).view({e, h1, n});                // (E, 64, B)
     Tensor gate = at::softmax(a.narrow(0, e * h1, t * e).view({t, e, n}), 1);         // (T, E, B)
     Tensor r2 = at::baddbmm(b2, w2, r1).clamp_min_(0);                                 // (E, 32, B)
@@ -127,11 +142,7 @@ Tensor mmoe_step(const Tensor& x, const Tensor& y, const std::vector<Tensor>& p,
     Tensor d1 = at::threshold_backward(at::bmm(w2.transpose(1, 2), d2), r1, 0);        // (E, 64, B)
     Tensor d_a = at::cat({d1.view({e * h1, n}), d_logits.view({t * e, n})}, 0);       // (E*64 + T*E, B)
     at::sum_out(g[1], d_a, {1}, true);
-    if (bf16) {
-      g[0].copy_(at::mm(d_a.to(at::kBFloat16), x));  // the weight gradient in the forward's precision
-    } else {
-      at::mm_out(g[0], d_a, x);
-    }
+    first_layer_grad(g[0], d_a, x, bf16);
   });
   return losses;
 }
@@ -154,8 +165,7 @@ Tensor step(int64_t kind, const Tensor& x, const Tensor& y, const std::vector<Te
   const Tensor yc = y.contiguous();
   Tensor losses = at::empty({t}, wh.options());
   AT_DISPATCH_FLOATING_TYPES(wh.scalar_type(), "mlp_step", [&] {
-    // First layer: (C*64, 784) x (784, B); in bf16 the product is rounded once, the bias added in fp32.
-    Tensor a1 = bf16 ? at::add(b1, at::mm(w1.to(at::kBFloat16), x.t())) : at::addmm(b1, w1, x.t());
+    Tensor a1 = first_layer(w1, b1, x, bf16);  // (C*64, B)
     Tensor r1 = a1.clamp_min_(0).view({c, h1, n});  // (C, 64, B)
     Tensor m1 = mixing ? at::mm(p[6], r1.view({c, -1})).view(r1.sizes()) : r1;
     Tensor r2 = at::baddbmm(b2, w2, m1).clamp_min_(0);  // (C, 32, B)
@@ -192,11 +202,7 @@ Tensor step(int64_t kind, const Tensor& x, const Tensor& y, const std::vector<Te
     }
     d1 = at::threshold_backward(d1, r1, 0).view({-1, n});  // (C*64, B)
     at::sum_out(g[1], d1, {1}, true);
-    if (bf16) {
-      g[0].copy_(at::mm(d1.to(at::kBFloat16), x));  // the weight gradient in the forward's precision
-    } else {
-      at::mm_out(g[0], d1, x);
-    }
+    first_layer_grad(g[0], d1, x, bf16);
     if (kind != HARD) {  // the folded heads' gradient, back to the heads and a2 (product rule)
       const scalar_t* gh = g_heads.const_data_ptr<scalar_t>();
       const scalar_t* hw = wh.const_data_ptr<scalar_t>();
