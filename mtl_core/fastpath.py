@@ -10,11 +10,13 @@ against autograd and a few hundred steps against the autograd path.
 The same steps and their batch loop also run in C++ (`native_steps.cpp`, through `NativeLoop`; built by
 `native.py`): 1.3-1.4x faster per epoch again for the study's one-logit pairs, where Python's own cost per
 operation was a quarter of the step, and about 1.7x with a softmax or regression head among the tasks.
-`ThreadPicker` chooses its threads.
+Its Adam update is its own on AVX-512 CPUs (`native_adam.cpp`: torch's arithmetic, fused with the bf16
+first layer's cast). `ThreadPicker` chooses its threads.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 
 import torch
@@ -519,6 +521,9 @@ class NativeLoop:
         self.kind, self.p, self.g = step.native_args()
         self.weights, self.bf16 = step.weights, step.bf16
         self.kinds, self.offsets = step.native_kinds, step.native_offsets
+        # The loop's own Adam update (native_adam.cpp) where the CPU has AVX-512; MTL_NATIVE_ADAM=0 makes it
+        # call torch's fused kernel, as it does on other CPUs (tests/test_native.py runs both).
+        self.own_adam = os.environ.get("MTL_NATIVE_ADAM", "1").strip().lower() not in ("0", "false", "no", "off")
 
     def run(self, x_all, y_all, batches: list[torch.Tensor], begin: int, end: int, sums: torch.Tensor, threads=0):
         """Batches [begin, end) on `threads` threads (0: torch's current count): (the last losses, the
@@ -534,7 +539,7 @@ class NativeLoop:
             [p.data[s] for s, _, _ in parts], [p.grad[s] for s, _, _ in parts],
             [state["exp_avg"][s] for s, _, _ in parts], [state["exp_avg_sq"][s] for s, _, _ in parts],
             state["step"], [lr for _, lr, _ in parts], [decay for _, _, decay in parts], opt.decoupled,
-            *group["betas"], group["eps"], sums, threads,
+            *group["betas"], group["eps"], self.own_adam, sums, threads,
         )  # fmt: skip
         opt._opt_called = True  # what the Optimizer wrapper would record; LR schedulers check it
         return out

@@ -21,6 +21,8 @@
 #include <tuple>
 #include <vector>
 
+#include "native_adam.h"
+
 using at::Tensor;
 
 namespace {
@@ -83,18 +85,30 @@ double head_losses(const scalar_t* z, const scalar_t* y, const scalar_t* w, cons
   return total;
 }
 
+// The first layer's bf16 forms, kept across a chunk of steps by the batch loop when its Adam update is
+// native_adam.cpp's: the weights' bf16 copy that update writes (so no step casts them), and the last
+// step's weight gradient as the bf16 product gave it (that update reads it; the loop copies it into the
+// fp32 gradient buffer when the chunk ends).
+struct Bf16FirstLayer {
+  Tensor weights, grad;
+};
+
 // The 784-wide first layer, (rows, 784) x (784, B): in bf16 the product is rounded once and the bias added in
-// fp32; else all in fp32.
-Tensor first_layer(const Tensor& w1, const Tensor& b1, const Tensor& x, bool bf16) {
-  return bf16 ? at::add(b1, at::mm(w1.to(at::kBFloat16), x.t())) : at::addmm(b1, w1, x.t());
+// fp32; else all in fp32. `kept`: the bf16 forms above, or null (the weights cast here).
+Tensor first_layer(const Tensor& w1, const Tensor& b1, const Tensor& x, bool bf16, const Bf16FirstLayer* kept) {
+  if (!bf16) return at::addmm(b1, w1, x.t());
+  return at::add(b1, at::mm(kept ? kept->weights : w1.to(at::kBFloat16), x.t()));
 }
 
-// Its weight gradient d (rows, B) x x (B, 784) into `out`, in the forward's precision.
-void first_layer_grad(Tensor& out, const Tensor& d, const Tensor& x, bool bf16) {
-  if (bf16) {
-    out.copy_(at::mm(d.to(at::kBFloat16), x));
-  } else {
+// Its weight gradient d (rows, B) x x (B, 784) into `out`, in the forward's precision (into `kept->grad`
+// instead, in bf16, where the loop keeps it).
+void first_layer_grad(Tensor& out, const Tensor& d, const Tensor& x, bool bf16, Bf16FirstLayer* kept) {
+  if (!bf16) {
     at::mm_out(out, d, x);
+  } else if (kept) {
+    kept->grad = at::mm(d.to(at::kBFloat16), x);
+  } else {
+    out.copy_(at::mm(d.to(at::kBFloat16), x));
   }
 }
 
@@ -104,7 +118,7 @@ void first_layer_grad(Tensor& out, const Tensor& d, const Tensor& x, bool bf16) 
 // Head t reads mixed_t = sum_e gate_t[e] * expert_e; the gates' gradient goes back through their softmax.
 Tensor mmoe_step(const Tensor& x, const Tensor& y, const std::vector<Tensor>& p, std::vector<Tensor>& g,
                  const Tensor& weights, const std::vector<int64_t>& kinds, const std::vector<int64_t>& offsets,
-                 bool bf16, double& total) {
+                 bool bf16, Bf16FirstLayer* kept, double& total) {
   const Tensor &w1 = p[0], &b1 = p[1], &w2 = p[2], &b2 = p[3], &wh = p[4], &bh = p[5];
   const int64_t n = x.size(0), e = w2.size(0), h1 = w2.size(2), h2 = w2.size(1);
   const int64_t k = wh.size(0), t = static_cast<int64_t>(kinds.size());
@@ -112,7 +126,7 @@ Tensor mmoe_step(const Tensor& x, const Tensor& y, const std::vector<Tensor>& p,
   const Tensor yc = y.contiguous();
   Tensor losses = at::empty({t}, wh.options());
   AT_DISPATCH_FLOATING_TYPES(wh.scalar_type(), "mmoe_step", [&] {
-    Tensor a = first_layer(w1, b1, x, bf16);
+    Tensor a = first_layer(w1, b1, x, bf16, kept);
     Tensor r1 = a.narrow(0, 0, e * h1).clamp_min(0).view({e, h1, n});                // (E, 64, B)
     Tensor gate = at::softmax(a.narrow(0, e * h1, t * e).view({t, e, n}), 1);         // (T, E, B)
     Tensor r2 = at::baddbmm(b2, w2, r1).clamp_min_(0);                                 // (E, 32, B)
@@ -142,7 +156,7 @@ Tensor mmoe_step(const Tensor& x, const Tensor& y, const std::vector<Tensor>& p,
     Tensor d1 = at::threshold_backward(at::bmm(w2.transpose(1, 2), d2), r1, 0);        // (E, 64, B)
     Tensor d_a = at::cat({d1.view({e * h1, n}), d_logits.view({t * e, n})}, 0);       // (E*64 + T*E, B)
     at::sum_out(g[1], d_a, {1}, true);
-    first_layer_grad(g[0], d_a, x, bf16);
+    first_layer_grad(g[0], d_a, x, bf16, kept);
   });
   return losses;
 }
@@ -152,8 +166,8 @@ Tensor mmoe_step(const Tensor& x, const Tensor& y, const std::vector<Tensor>& p,
 // the targets in the parameters' dtype; `kinds` (T,) each task's HeadKind, `offsets` (T + 1) its logits.
 Tensor step(int64_t kind, const Tensor& x, const Tensor& y, const std::vector<Tensor>& p, std::vector<Tensor>& g,
             const Tensor& weights, const std::vector<int64_t>& kinds, const std::vector<int64_t>& offsets, bool bf16,
-            double& total) {
-  if (kind == MMOE) return mmoe_step(x, y, p, g, weights, kinds, offsets, bf16, total);
+            Bf16FirstLayer* kept, double& total) {
+  if (kind == MMOE) return mmoe_step(x, y, p, g, weights, kinds, offsets, bf16, kept, total);
   const Tensor &w1 = p[0], &b1 = p[1], &w2 = p[2], &b2 = p[3], &wh = p[4], &bh = p[5];
   const int64_t n = x.size(0), c = w2.size(0), h1 = w2.size(2), h2 = w2.size(1);
   const int64_t k = wh.size(0), t = static_cast<int64_t>(kinds.size());  // logits, tasks
@@ -165,7 +179,7 @@ Tensor step(int64_t kind, const Tensor& x, const Tensor& y, const std::vector<Te
   const Tensor yc = y.contiguous();
   Tensor losses = at::empty({t}, wh.options());
   AT_DISPATCH_FLOATING_TYPES(wh.scalar_type(), "mlp_step", [&] {
-    Tensor a1 = first_layer(w1, b1, x, bf16);  // (C*64, B)
+    Tensor a1 = first_layer(w1, b1, x, bf16, kept);  // (C*64, B)
     Tensor r1 = a1.clamp_min_(0).view({c, h1, n});  // (C, 64, B)
     Tensor m1 = mixing ? at::mm(p[6], r1.view({c, -1})).view(r1.sizes()) : r1;
     Tensor r2 = at::baddbmm(b2, w2, m1).clamp_min_(0);  // (C, 32, B)
@@ -202,7 +216,7 @@ Tensor step(int64_t kind, const Tensor& x, const Tensor& y, const std::vector<Te
     }
     d1 = at::threshold_backward(d1, r1, 0).view({-1, n});  // (C*64, B)
     at::sum_out(g[1], d1, {1}, true);
-    first_layer_grad(g[0], d1, x, bf16);
+    first_layer_grad(g[0], d1, x, bf16, kept);
     if (kind != HARD) {  // the folded heads' gradient, back to the heads and a2 (product rule)
       const scalar_t* gh = g_heads.const_data_ptr<scalar_t>();
       const scalar_t* hw = wh.const_data_ptr<scalar_t>();
@@ -239,39 +253,114 @@ struct ThreadsFor {
   }
 };
 
+// The Adam state of the flat buffer, one entry per part (the cross-stitch alphas may have their own rate).
+struct AdamParts {
+  const std::vector<Tensor>&params, &grads, &exp_avgs, &exp_avg_sqs;
+  const std::vector<double>&lrs, &decays;
+  bool decoupled;
+  double beta1, beta2, eps;
+};
+
+// One update with native_adam.cpp's kernel on `threads` threads, step number `step`. Where a part holds
+// the first layer's weights and `kept` is given, that stretch reads its bf16 gradient and writes its bf16 copy.
+void native_update(const AdamParts& a, double step, const Tensor& w1, Bf16FirstLayer* kept, int threads) {
+  const float* w_lo = w1.const_data_ptr<float>();
+  const float* w_hi = w_lo + w1.numel();
+  for (size_t i = 0; i < a.params.size(); ++i) {
+    const mtl::AdamCoefficients c =
+        mtl::adam_coefficients(step, a.lrs[i], a.beta1, a.beta2, a.decays[i], a.eps, a.decoupled);
+    float* p = a.params[i].mutable_data_ptr<float>();
+    float* g = a.grads[i].mutable_data_ptr<float>();
+    float* m = a.exp_avgs[i].mutable_data_ptr<float>();
+    float* v = a.exp_avg_sqs[i].mutable_data_ptr<float>();
+    const int64_t n = a.params[i].numel();
+    // [0, lo) and [hi, n) with the fp32 gradient; [lo, hi), the first layer's stretch, with the bf16 one.
+    int64_t lo = n, hi = n;
+    if (kept) {
+      lo = std::clamp<int64_t>(w_lo - p, 0, n);
+      hi = std::clamp<int64_t>(w_hi - p, 0, n);
+    }
+    if (lo > 0) mtl::adam_update(p, g, false, m, v, nullptr, lo, c, threads);
+    if (hi > lo) {
+      const auto* g16 = static_cast<const uint16_t*>(kept->grad.const_data_ptr()) + (p + lo - w_lo);
+      auto* copy = static_cast<uint16_t*>(kept->weights.mutable_data_ptr()) + (p + lo - w_lo);
+      mtl::adam_update(p + lo, g16, true, m + lo, v + lo, copy, hi - lo, c, threads);
+    }
+    if (n > hi) mtl::adam_update(p + hi, g + hi, false, m + hi, v + hi, nullptr, n - hi, c, threads);
+  }
+}
+
+// The same update with torch's fused kernel, one call per part.
+void torch_update(const AdamParts& a, const Tensor& step_count) {
+  const std::vector<Tensor> steps{step_count};
+  for (size_t i = 0; i < a.params.size(); ++i) {
+    if (a.decoupled) {
+      at::_fused_adamw_({a.params[i]}, {a.grads[i]}, {a.exp_avgs[i]}, {a.exp_avg_sqs[i]}, {}, steps, a.lrs[i],
+                        a.beta1, a.beta2, a.decays[i], a.eps, false, false);
+    } else {
+      at::_fused_adam_({a.params[i]}, {a.grads[i]}, {a.exp_avgs[i]}, {a.exp_avg_sqs[i]}, {}, steps, a.lrs[i],
+                       a.beta1, a.beta2, a.decays[i], a.eps, false, false);
+    }
+  }
+}
+
+// Whether the update can be native_adam.cpp's: the CPU has it, and every part is contiguous float32.
+bool native_update_fits(const AdamParts& a, const Tensor& w1) {
+  if (!mtl::adam_supported() || w1.scalar_type() != at::kFloat || !w1.is_contiguous()) return false;
+  for (const auto* list : {&a.params, &a.grads, &a.exp_avgs, &a.exp_avg_sqs})
+    for (const Tensor& t : *list)
+      if (t.scalar_type() != at::kFloat || !t.is_contiguous()) return false;
+  return true;
+}
+
 // Batches [begin, end) of an epoch: for each, gather the batch, step, and update every parameter with
-// the fused Adam (or AdamW) kernel, one call per part of the flat buffer (the cross-stitch alphas may
-// have their own rate). Returns (the last batch's losses, the index of the first batch whose weighted
-// loss is not finite, or -1); a non-finite batch is not applied. `sums` accumulates losses x batch size.
-// `threads`: torch's intra-op threads for these batches (0: as they are).
+// Adam (or AdamW): native_adam.cpp's kernel where `own_adam` and `native_update_fits`, else torch's fused
+// one. Returns
+// (the last batch's losses, the index of the first batch whose weighted loss is not finite, or -1); a
+// non-finite batch is not applied. `sums` accumulates losses x batch size. `threads`: torch's intra-op
+// threads for the step's products (0: as they are); the update, a memory-bound stream, runs on all the
+// threads the caller has.
 std::tuple<Tensor, int64_t> train_batches(
     int64_t kind, const Tensor& x_all, const Tensor& y_all, const std::vector<Tensor>& batches, int64_t begin,
     int64_t end, const std::vector<Tensor>& p, std::vector<Tensor>& g, const Tensor& weights,
     const std::vector<int64_t>& kinds, const std::vector<int64_t>& offsets, bool bf16,
     const std::vector<Tensor>& params, const std::vector<Tensor>& grads, const std::vector<Tensor>& exp_avgs,
     const std::vector<Tensor>& exp_avg_sqs, const Tensor& step_count, const std::vector<double>& lrs,
-    const std::vector<double>& decays, bool decoupled, double beta1, double beta2, double eps, Tensor sums,
-    int64_t threads) {
+    const std::vector<double>& decays, bool decoupled, double beta1, double beta2, double eps, bool own_adam,
+    Tensor sums, int64_t threads) {
   const ThreadsFor use(threads);
+  const AdamParts adam{params, grads, exp_avgs, exp_avg_sqs, lrs, decays, decoupled, beta1, beta2, eps};
+  const bool native = own_adam && native_update_fits(adam, p[0]);
+  Bf16FirstLayer bf16_layer;
+  Bf16FirstLayer* kept = nullptr;
+  if (native && bf16) {
+    bf16_layer.weights = p[0].to(at::kBFloat16);
+    kept = &bf16_layer;
+  }
+  // The kept gradient into the fp32 buffer, where the Python side (and a diverged run's report) reads it.
+  const auto flush = [&] {
+    if (kept && kept->grad.defined()) g[0].copy_(kept->grad);
+  };
+  double step_number = native ? step_count.item<double>() : 0;
   Tensor losses;
-  const std::vector<Tensor> steps{step_count};
   double total = 0;
   for (int64_t b = begin; b < end; ++b) {
     const Tensor& idx = batches[b];
-    losses = step(kind, x_all.index_select(0, idx), y_all.index_select(0, idx), p, g, weights, kinds, offsets, bf16, total);
-    if (!std::isfinite(total)) return {losses, b};
+    losses = step(kind, x_all.index_select(0, idx), y_all.index_select(0, idx), p, g, weights, kinds, offsets, bf16,
+                  kept, total);
+    if (!std::isfinite(total)) {
+      flush();
+      return {losses, b};
+    }
     step_count.add_(1);
-    for (size_t i = 0; i < params.size(); ++i) {
-      if (decoupled) {
-        at::_fused_adamw_({params[i]}, {grads[i]}, {exp_avgs[i]}, {exp_avg_sqs[i]}, {}, steps, lrs[i], beta1, beta2,
-                          decays[i], eps, false, false);
-      } else {
-        at::_fused_adam_({params[i]}, {grads[i]}, {exp_avgs[i]}, {exp_avg_sqs[i]}, {}, steps, lrs[i], beta1, beta2,
-                         decays[i], eps, false, false);
-      }
+    if (native) {
+      native_update(adam, ++step_number, p[0], kept, use.before);
+    } else {
+      torch_update(adam, step_count);
     }
     sums.add_(losses, idx.size(0));
   }
+  flush();
   return {losses, -1};
 }
 
@@ -282,16 +371,24 @@ bool pool_supported();
 std::vector<Tensor> max_pool2x2(const Tensor& x);
 Tensor max_pool2x2_backward(const Tensor& grad_out, const Tensor& arg, int64_t h, int64_t w);
 
+// The loop's Adam update on tensors, from native_adam.cpp (for tests).
+namespace mtl {
+void adam_step(Tensor p, const Tensor& g, Tensor m, Tensor v, const c10::optional<Tensor>& copy, double step,
+               double lr, double beta1, double beta2, double weight_decay, double eps, bool decoupled, int64_t threads);
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def(
       "step",
       [](int64_t kind, const Tensor& x, const Tensor& y, const std::vector<Tensor>& p, std::vector<Tensor>& g,
          const Tensor& weights, const std::vector<int64_t>& kinds, const std::vector<int64_t>& offsets, bool bf16) {
         double total = 0;
-        return step(kind, x, y, p, g, weights, kinds, offsets, bf16, total);
+        return step(kind, x, y, p, g, weights, kinds, offsets, bf16, nullptr, total);
       },
       "one training step's losses and gradients (see mtl_core/native_steps.cpp)");
   m.def("train_batches", &train_batches, "batches [begin, end) of an epoch: step and fused Adam each");
+  m.def("adam_supported", &mtl::adam_supported, "whether this CPU runs the loop's own Adam update (AVX-512)");
+  m.def("adam_step", &mtl::adam_step, "one Adam (decoupled: AdamW) update as the C++ loop makes it");
   m.def("pool_supported", &pool_supported, "whether this CPU runs the C++ max-pool (x86-64 with AVX-512)");
   m.def("max_pool2x2", &max_pool2x2, "2x2 max-pool of a channels_last batch: (out, which of the 4 won)");
   m.def("max_pool2x2_backward", &max_pool2x2_backward, "the input's gradient from the output's and `arg`");
