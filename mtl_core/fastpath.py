@@ -524,6 +524,9 @@ class NativeLoop:
         # The loop's own Adam update (native_adam.cpp) where the CPU has AVX-512; MTL_NATIVE_ADAM=0 makes it
         # call torch's fused kernel, as it does on other CPUs (tests/test_native.py runs both).
         self.own_adam = os.environ.get("MTL_NATIVE_ADAM", "1").strip().lower() not in ("0", "false", "no", "off")
+        # Its bf16 first layer's weights and gradient (native_steps.cpp's Bf16FirstLayer), made once per run.
+        first = self.p[0]
+        self.first_layer_bf16 = [torch.empty_like(first, dtype=torch.bfloat16) for _ in range(2)] if self.bf16 else []
 
     def run(self, x_all, y_all, batches: list[torch.Tensor], begin: int, end: int, sums: torch.Tensor, threads=0):
         """Batches [begin, end) on `threads` threads (0: torch's current count): (the last losses, the
@@ -539,7 +542,7 @@ class NativeLoop:
             [p.data[s] for s, _, _ in parts], [p.grad[s] for s, _, _ in parts],
             [state["exp_avg"][s] for s, _, _ in parts], [state["exp_avg_sq"][s] for s, _, _ in parts],
             state["step"], [lr for _, lr, _ in parts], [decay for _, _, decay in parts], opt.decoupled,
-            *group["betas"], group["eps"], self.own_adam, sums, threads,
+            *group["betas"], group["eps"], self.own_adam, self.first_layer_bf16, sums, threads,
         )  # fmt: skip
         opt._opt_called = True  # what the Optimizer wrapper would record; LR schedulers check it
         return out
