@@ -512,9 +512,10 @@ def make_step(model: MultiTaskModel, weights: dict[str, float], bf16: bool = Fal
 
 class NativeLoop:
     """An epoch's batches run by the C++ loop (`native_steps.cpp`, built by `native.py`): for each batch
-    the same gather, step, non-finite check and fused Adam update as `Training`'s Python loop, with no
-    Python between a step's ~40 operations. For the steps with `native_args`: hard sharing, STL,
-    cross-stitch and MMoE, with any mix of tasks."""
+    the same gather, step, non-finite check and Adam update as `Training`'s Python loop (torch's fused
+    arithmetic, in `native_adam.cpp` where the CPU has AVX-512), with no Python between a step's ~40
+    operations. For the steps with `native_args`: hard sharing, STL, cross-stitch and MMoE, with any mix
+    of tasks."""
 
     def __init__(self, module, step: _HeadsStep, optimizer: FlatAdam):
         self.module, self.optimizer = module, optimizer

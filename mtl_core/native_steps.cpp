@@ -88,8 +88,8 @@ double head_losses(const scalar_t* z, const scalar_t* y, const scalar_t* w, cons
 // The first layer's bf16 forms, kept across a chunk of steps by the batch loop when its Adam update is
 // native_adam.cpp's: the weights' bf16 copy that update writes (so no step casts them), and the last
 // step's weight gradient as the bf16 product gave it (that update reads it; the loop copies it into the
-// fp32 gradient buffer when the chunk ends). Both buffers come from the caller, made once per run: a
-// fresh 200 KB tensor per chunk or step costs its page faults each time (the chunk's setup was 0.1 ms).
+// fp32 gradient buffer when the chunk ends). Both buffers come from the caller, made once per run, so no
+// chunk or step allocates them anew.
 struct Bf16FirstLayer {
   Tensor weights, grad;
   bool has_grad = false;
@@ -258,8 +258,12 @@ struct ThreadsFor {
 
 // The Adam state of the flat buffer, one entry per part (the cross-stitch alphas may have their own rate).
 struct AdamParts {
-  const std::vector<Tensor>&params, &grads, &exp_avgs, &exp_avg_sqs;
-  const std::vector<double>&lrs, &decays;
+  const std::vector<Tensor>& params;
+  const std::vector<Tensor>& grads;
+  const std::vector<Tensor>& exp_avgs;
+  const std::vector<Tensor>& exp_avg_sqs;
+  const std::vector<double>& lrs;
+  const std::vector<double>& decays;
   bool decoupled;
   double beta1, beta2, eps;
 };
@@ -319,9 +323,8 @@ bool native_update_fits(const AdamParts& a, const Tensor& w1) {
 // Batches [begin, end) of an epoch: for each, gather the batch, step, and update every parameter with
 // Adam (or AdamW): native_adam.cpp's kernel where `own_adam` and `native_update_fits` (then, under bf16,
 // with `first_layer_bf16`: two bf16 buffers of the first layer's shape, see Bf16FirstLayer), else torch's
-// fused one. Returns
-// (the last batch's losses, the index of the first batch whose weighted loss is not finite, or -1); a
-// non-finite batch is not applied. `sums` accumulates losses x batch size. `threads`: torch's intra-op
+// fused one. Returns (the last batch's losses, the index of the first batch whose weighted loss is not
+// finite, or -1); a non-finite batch is not applied. `sums` accumulates losses x batch size. `threads`: torch's intra-op
 // threads for these batches, the update's included (0: as they are). (The update alone on two threads
 // while the products ran on one was 4 % faster in the machine's quiet spells and 4 % slower in its busy
 // ones, when the other core is shared: it follows the loop's pick instead.)
