@@ -19,7 +19,7 @@ from .config import ConfigError, TrainConfig
 from .data import MTLData, batch_indices
 from .fastpath import FlatAdam, FlatParameters, ThreadPicker, fast_path_refusal, make_step, native_loop
 from .metrics import MetricAccumulator, average_accuracy, mean_by_key, probabilities, selection_score, task_loss
-from .models import MultiTaskModel, build_model, count_parameters, use_native_pooling
+from .models import MODELS, MultiTaskModel, build_model, count_parameters, use_native_pooling
 from .tasks import make_targets
 from .weighting import build_weighting, split_like, task_gradient_rows
 
@@ -32,9 +32,13 @@ EVAL_BATCH = 2048
 DIVERGED_HINT = "kept the last good weights (try a smaller learning rate)"
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, family: str = "cnn") -> torch.device:
+    """ "auto": a CUDA GPU, where there is one, for the CNNs; the CPU for the MLPs (`family` "mlp")
+    everywhere. An MLP step is a few dozen tiny kernels, too small to keep a GPU busy: on an H200 machine
+    (benchmarks/gpu_check.py) hard sharing took 0.63 ms a step on CUDA against 0.32 ms on that machine's
+    CPU. "cuda" puts any model on the GPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if family == "cnn" and torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device 'cuda' was asked for, but no CUDA GPU is available on this machine")
     return torch.device(name)
@@ -103,7 +107,8 @@ class Training:
         self.pick_threads = pick_threads
         self.conflict_probes = conflict_probes  # per epoch; 0: no gradient-conflict record
         self._conflict: list[tuple[dict[str, float], dict[str, float], dict[str, float]]] = []
-        self.device = resolve_device(config.device)
+        spec = MODELS.get(config.model)
+        self.device = resolve_device(config.device, spec.family if spec else "cnn")
         if config.train_limit:
             data = data.limited(n_train=config.train_limit)
         val_data = None

@@ -8,8 +8,8 @@ import pytest
 
 
 def kernel_device(kernel: str) -> str:
-    """The device a test of `kernel` trains on: the C++ loop is the CPU's (on a GPU machine "auto" would
-    train on CUDA, with the Python step); the others follow "auto"."""
+    """The device a test of `kernel` trains on: the C++ loop is the CPU's, pinned (device "auto" keeps the
+    MLPs on the CPU anyway; a test must not depend on that); the others follow "auto"."""
     return "cpu" if kernel == "C++" else "auto"
 
 

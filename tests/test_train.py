@@ -8,7 +8,7 @@ from native_kernel import kernel_device, use_kernel  # tests/native_kernel.py
 
 from mtl_core.config import ConfigError, TrainConfig
 from mtl_core.models import MODELS
-from mtl_core.train import Training, iter_train, state_copy
+from mtl_core.train import Training, iter_train, resolve_device, state_copy
 
 
 def tiny(model="hard", **kw):
@@ -117,6 +117,22 @@ def test_cuda_without_gpu_is_a_clear_error(synthetic):
         pytest.skip("this machine has a GPU")
     with pytest.raises(ConfigError, match="no CUDA GPU"):
         Training(tiny(device="cuda"), synthetic)
+
+
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_device_auto_gives_a_gpu_to_the_cnns_only(model_name, synthetic, monkeypatch):
+    """Where there is a GPU (faked here: the device chosen, nothing run on it), "auto" puts the CNNs on it
+    and keeps the MLPs, whose steps are too small for it, on the CPU; without one, everything on the CPU."""
+    family = MODELS[model_name].family
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto", family).type == ("cuda" if family == "cnn" else "cpu")
+    assert resolve_device("cuda", family).type == "cuda"  # asked for: any model
+    if family == "mlp":  # a whole run: it trains on the CPU, and its record says so
+        training = Training(TrainConfig.preset(model_name, epochs=1, max_batches=2, data="synthetic"), synthetic)
+        (record,) = training.records()
+        assert training.device.type == "cpu" and training.summary()["device"] == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto", family).type == "cpu"
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_state(synthetic):
