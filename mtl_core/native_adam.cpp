@@ -13,14 +13,14 @@
 // the same order (its vector body, fused multiply-adds where it has them), so the result is the same
 // bit for bit; only a part's last (numel % 16) elements, which torch runs through a scalar loop, can
 // differ in the last bit (tests/test_native.py checks both). Only on x86-64 CPUs with AVX-512 (F, BW,
-// VL), picked at run time; elsewhere `adam_supported()` is false and the loop calls torch's kernel.
+// VL), picked at run time; elsewhere `avx512_supported()` is false and the loop calls torch's kernel.
 
 #include <torch/extension.h>
 
 #include <cmath>
 #include <cstdint>
 
-#include "native_adam.h"
+#include "native_kernels.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define MTL_ADAM_X86 1
@@ -102,19 +102,10 @@ MTL_AVX512F void adam_span(float* p, const void* grad, float* m, float* v, uint1
 }  // namespace
 #endif  // MTL_ADAM_X86
 
-bool adam_supported() {
-#ifdef MTL_ADAM_X86
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl");
-#else
-  return false;
-#endif
-}
-
 void adam_update(float* p, const void* grad, bool bf16_grad, float* m, float* v, uint16_t* bf16_copy, int64_t n,
                  const AdamCoefficients& c, int threads) {
 #ifdef MTL_ADAM_X86
-  TORCH_CHECK(adam_supported(), "adam_update needs AVX-512");
+  TORCH_CHECK(avx512_supported(), "adam_update needs AVX-512");
   // The work split into whole 16-element blocks, one share per thread (a share of 100k elements is
   // far more work than waking a thread costs).
   const int64_t blocks = (n + 15) / 16;

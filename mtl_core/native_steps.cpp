@@ -19,9 +19,10 @@
 #include <algorithm>
 #include <cmath>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
-#include "native_adam.h"
+#include "native_kernels.h"
 
 using at::Tensor;
 
@@ -115,6 +116,40 @@ void first_layer_grad(Tensor& out, const Tensor& d, const Tensor& x, bool bf16, 
   }
 }
 
+// The first layer and its ReLU. With `simd` (AVX-512, float parameters) the bf16 product's bias and ReLU are
+// one pass (native_elementwise.cpp), the same values as first_layer then clamp_min_.
+Tensor first_layer_relu(const Tensor& w1, const Tensor& b1, const Tensor& x, bool bf16, const Bf16FirstLayer* kept,
+                        bool simd) {
+  if (!bf16 || !simd || !b1.is_contiguous()) return first_layer(w1, b1, x, bf16, kept).clamp_min_(0);
+  const Tensor product = at::mm(kept ? kept->weights : w1.to(at::kBFloat16), x.t()).contiguous();
+  Tensor out = at::empty(product.sizes(), b1.options());
+  mtl::bias_relu(static_cast<const uint16_t*>(product.const_data_ptr()), b1.const_data_ptr<float>(),
+                 out.mutable_data_ptr<float>(), product.size(0), product.size(1));
+  return out;
+}
+
+// The cross-stitch mixing of the columns' activations h (C, width, B) by a (C, C), or by a^T where
+// `transpose`: a product, or with `simd` native_elementwise.cpp's loop.
+Tensor mix(const Tensor& a, const Tensor& h, bool transpose, bool simd) {
+  const int64_t c = h.size(0);
+  if (!simd || !a.is_contiguous() || !h.is_contiguous()) return at::mm(transpose ? a.t() : a, h.view({c, -1})).view(h.sizes());
+  Tensor out = at::empty(h.sizes(), h.options());
+  mtl::mix_columns(a.const_data_ptr<float>(), h.const_data_ptr<float>(), out.mutable_data_ptr<float>(), c,
+                   h.numel() / c, transpose);
+  return out;
+}
+
+// The mixing matrix's gradient from the mixed activations' gradient d and the activations h, into g (C, C).
+void mix_grad(Tensor& g, const Tensor& d, const Tensor& h, bool simd) {
+  const int64_t c = h.size(0);
+  if (!simd || !g.is_contiguous() || !d.is_contiguous() || !h.is_contiguous()) {
+    at::mm_out(g, d.view({c, -1}), h.view({c, -1}).t());
+    return;
+  }
+  mtl::mix_gradient(d.const_data_ptr<float>(), h.const_data_ptr<float>(), g.mutable_data_ptr<float>(), c,
+                    h.numel() / c);
+}
+
 // MMoE (E experts, a softmax gate per task), as fastpath.MMoEStep but feature-major:
 //   w1 (E*64 + T*E, 784): the experts' first layers, then every task's gate   b1 (E*64 + T*E, 1)
 //   w2 (E, 32, 64)  b2 (E, 32, 1)  wh (K, 32)  bh (K, 1)
@@ -182,9 +217,9 @@ Tensor step(int64_t kind, const Tensor& x, const Tensor& y, const std::vector<Te
   const Tensor yc = y.contiguous();
   Tensor losses = at::empty({t}, wh.options());
   AT_DISPATCH_FLOATING_TYPES(wh.scalar_type(), "mlp_step", [&] {
-    Tensor a1 = first_layer(w1, b1, x, bf16, kept);  // (C*64, B)
-    Tensor r1 = a1.clamp_min_(0).view({c, h1, n});  // (C, 64, B)
-    Tensor m1 = mixing ? at::mm(p[6], r1.view({c, -1})).view(r1.sizes()) : r1;
+    const bool simd = std::is_same_v<scalar_t, float> && mtl::avx512_supported();
+    Tensor r1 = first_layer_relu(w1, b1, x, bf16, kept, simd).view({c, h1, n});  // (C, 64, B)
+    Tensor m1 = mixing ? mix(p[6], r1, false, simd) : r1;
     Tensor r2 = at::baddbmm(b2, w2, m1).clamp_min_(0);  // (C, 32, B)
     Tensor r2_all = r2.view({c * h2, n});
     // The heads over all columns' features: hard sharing's own; for the columns, the head of task i reads
@@ -212,10 +247,9 @@ Tensor step(int64_t kind, const Tensor& x, const Tensor& y, const std::vector<Te
     at::sum_out(g[3], d2, {2}, true);
     at::bmm_out(g[2], d2, m1.transpose(1, 2));
     Tensor d1 = at::bmm(w2.transpose(1, 2), d2);  // (C, 64, B), at the mixed features
-    if (mixing) {
-      Tensor d_mixed = d1.view({c, -1});
-      at::mm_out(g[6], d_mixed, r1.view({c, -1}).t());
-      d1 = at::mm(p[6].t(), d_mixed).view(r1.sizes());
+    if (mixing) {  // d1 is the mixed features' gradient: to a1's and to the unmixed features'
+      mix_grad(g[6], d1, r1, simd);
+      d1 = mix(p[6], d1, true, simd);
     }
     d1 = at::threshold_backward(d1, r1, 0).view({-1, n});  // (C*64, B)
     at::sum_out(g[1], d1, {1}, true);
@@ -313,7 +347,7 @@ void torch_update(const AdamParts& a, const Tensor& step_count) {
 
 // Whether the update can be native_adam.cpp's: the CPU has it, and every part is contiguous float32.
 bool native_update_fits(const AdamParts& a, const Tensor& w1) {
-  if (!mtl::adam_supported() || w1.scalar_type() != at::kFloat || !w1.is_contiguous()) return false;
+  if (!mtl::avx512_supported() || w1.scalar_type() != at::kFloat || !w1.is_contiguous()) return false;
   for (const auto* list : {&a.params, &a.grads, &a.exp_avgs, &a.exp_avg_sqs})
     for (const Tensor& t : *list)
       if (t.scalar_type() != at::kFloat || !t.is_contiguous()) return false;
@@ -401,7 +435,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       },
       "one training step's losses and gradients (see mtl_core/native_steps.cpp)");
   m.def("train_batches", &train_batches, "batches [begin, end) of an epoch: step and fused Adam each");
-  m.def("adam_supported", &mtl::adam_supported, "whether this CPU runs the loop's own Adam update (AVX-512)");
+  m.def("avx512_supported", &mtl::avx512_supported, "whether this CPU runs the loop's own kernels (AVX-512)");
   m.def("adam_step", &mtl::adam_step, "one Adam (decoupled: AdamW) update as the C++ loop makes it");
   m.def("pool_supported", &pool_supported, "whether this CPU runs the C++ max-pool (x86-64 with AVX-512)");
   m.def("max_pool2x2", &max_pool2x2, "2x2 max-pool of a channels_last batch: (out, which of the 4 won)");

@@ -124,7 +124,7 @@ def _gradient(n: int, step: int) -> torch.Tensor:
 
 @pytest.fixture
 def own_adam(module):
-    if not module.adam_supported():
+    if not module.avx512_supported():
         pytest.skip("this CPU has no AVX-512: the C++ loop calls torch's fused Adam instead")
     return module
 

@@ -1,4 +1,5 @@
-// The Adam update of native_adam.cpp, for the batch loop in native_steps.cpp.
+// The AVX-512 kernels of the MLPs' C++ step and loop (native_steps.cpp): the Adam update
+// (native_adam.cpp) and the step's element-wise work (native_elementwise.cpp).
 #pragma once
 
 #include <cstdint>
@@ -14,13 +15,24 @@ struct AdamCoefficients {
 AdamCoefficients adam_coefficients(double step, double lr, double beta1, double beta2, double weight_decay,
                                    double eps, bool decoupled);
 
-// Whether this CPU runs adam_update (x86-64 with AVX-512 F, BW and VL).
-bool adam_supported();
+// Whether this CPU runs the kernels below (x86-64 with AVX-512 F, BW and VL), checked at run time.
+bool avx512_supported();
 
 // Adam on n elements: parameters p, gradient `grad` (float, or bf16 when bf16_grad), moments m and v,
 // updated in place; where bf16_copy is not null the updated parameters are also written there in bf16.
 // On up to `threads` threads.
 void adam_update(float* p, const void* grad, bool bf16_grad, float* m, float* v, uint16_t* bf16_copy, int64_t n,
                  const AdamCoefficients& c, int threads);
+
+// relu(bias[r] + prod[r, i]) into out (rows, n) float, prod (rows, n) bf16: at::add then clamp_min_(0),
+// value for value (NaN kept), in one pass.
+void bias_relu(const uint16_t* prod, const float* bias, float* out, int64_t rows, int64_t n);
+
+// out (c, e) = a (c, c) x in (c, e), or a^T x in where `transpose_a`: the cross-stitch mixing (c columns,
+// e = width x batch values each).
+void mix_columns(const float* a, const float* in, float* out, int64_t c, int64_t e, bool transpose_a);
+
+// g (c, c) = d (c, e) x r (c, e)^T: the mixing matrix's gradient.
+void mix_gradient(const float* d, const float* r, float* g, int64_t c, int64_t e);
 
 }  // namespace mtl
