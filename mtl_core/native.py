@@ -1,7 +1,8 @@
-"""The C++ kernels, built once per machine with torch's extension builder and loaded from its cache
-afterwards (about 30 s to build on 2 cores, 0.05 s to load): the MLPs' training step and batch loop
-(`native_steps.cpp`) with its Adam update (`native_adam.cpp`) and element-wise kernels
-(`native_elementwise.cpp`), and the CNNs' max-pooling (`native_pool.cpp`). `scripts/setup.sh` builds them, so neither the app nor the tests wait for a compiler.
+"""The C++ kernels, built once per machine with torch's extension builder and loaded from its cache afterwards
+(about 30 s to build on 2 cores, 0.05 s to load): the MLPs' training step and batch loop (`native_steps.cpp`)
+with its Adam update (`native_adam.cpp`) and element-wise kernels (`native_elementwise.cpp`), and the CNNs'
+max-pooling (`native_pool.cpp`). `scripts/setup.sh` builds them, so neither the app nor the tests wait for a
+compiler.
 
 Optional by design: where they cannot be built (no C++ compiler) or `MTL_NATIVE=0` is set, the Python
 step in `fastpath.py` and torch's pooling run the same maths, and the run's record says which trained it.
