@@ -77,7 +77,8 @@ MTL_AVX512 void mix_gradient_x86(const float* d, const float* r, float* g, int64
       __m512 sum = _mm512_setzero_ps();
       for (int64_t k = 0; k < e; k += 16) {
         const __mmask16 mask = lanes(e - k);
-        sum = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, d + i * e + k), _mm512_maskz_loadu_ps(mask, r + j * e + k), sum);
+        const __m512 dv = _mm512_maskz_loadu_ps(mask, d + i * e + k);
+        sum = _mm512_fmadd_ps(dv, _mm512_maskz_loadu_ps(mask, r + j * e + k), sum);
       }
       g[i * c + j] = _mm512_reduce_add_ps(sum);
     }

@@ -132,7 +132,8 @@ Tensor first_layer_relu(const Tensor& w1, const Tensor& b1, const Tensor& x, boo
 // `transpose`: a product, or with `simd` native_elementwise.cpp's loop.
 Tensor mix(const Tensor& a, const Tensor& h, bool transpose, bool simd) {
   const int64_t c = h.size(0);
-  if (!simd || !a.is_contiguous() || !h.is_contiguous()) return at::mm(transpose ? a.t() : a, h.view({c, -1})).view(h.sizes());
+  if (!simd || !a.is_contiguous() || !h.is_contiguous())
+    return at::mm(transpose ? a.t() : a, h.view({c, -1})).view(h.sizes());
   Tensor out = at::empty(h.sizes(), h.options());
   mtl::mix_columns(a.const_data_ptr<float>(), h.const_data_ptr<float>(), out.mutable_data_ptr<float>(), c,
                    h.numel() / c, transpose);
@@ -358,10 +359,10 @@ bool native_update_fits(const AdamParts& a, const Tensor& w1) {
 // Adam (or AdamW): native_adam.cpp's kernel where `own_adam` and `native_update_fits` (then, under bf16,
 // with `first_layer_bf16`: two bf16 buffers of the first layer's shape, see Bf16FirstLayer), else torch's
 // fused one. Returns (the last batch's losses, the index of the first batch whose weighted loss is not
-// finite, or -1); a non-finite batch is not applied. `sums` accumulates losses x batch size. `threads`: torch's intra-op
-// threads for these batches, the update's included (0: as they are). (The update alone on two threads
-// while the products ran on one was 4 % faster in the machine's quiet spells and 4 % slower in its busy
-// ones, when the other core is shared: it follows the loop's pick instead.)
+// finite, or -1); a non-finite batch is not applied. `sums` accumulates losses x batch size. `threads`:
+// torch's intra-op threads for these batches, the update's included (0: as they are). (The update alone
+// on two threads while the products ran on one was 4 % faster in the machine's quiet spells and 4 %
+// slower in its busy ones, when the other core is shared: it follows the loop's pick instead.)
 std::tuple<Tensor, int64_t> train_batches(
     int64_t kind, const Tensor& x_all, const Tensor& y_all, const std::vector<Tensor>& batches, int64_t begin,
     int64_t end, const std::vector<Tensor>& p, std::vector<Tensor>& g, const Tensor& weights,
