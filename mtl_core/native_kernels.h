@@ -15,7 +15,8 @@ struct AdamCoefficients {
 AdamCoefficients adam_coefficients(double step, double lr, double beta1, double beta2, double weight_decay,
                                    double eps, bool decoupled);
 
-// Whether this CPU runs the kernels below (x86-64 with AVX-512 F, BW and VL), checked at run time.
+// Whether this CPU runs the kernels below (x86-64 with AVX-512 F, BW and VL), checked at run time; the
+// CNNs' pooling (native_pool.cpp) needs the same.
 bool avx512_supported();
 
 // Adam on n elements: parameters p, gradient `grad` (float, or bf16 when bf16_grad), moments m and v,

@@ -20,6 +20,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "native_kernels.h"
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define MTL_POOL_X86 1
 #include <immintrin.h>
@@ -142,14 +144,7 @@ void on_all_rows(int64_t n, int64_t h, int64_t w, int64_t c, const Body& body) {
 
 #endif  // MTL_POOL_X86
 
-bool supported() {
-#ifdef MTL_POOL_X86
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl");
-#else
-  return false;
-#endif
-}
+bool supported() { return mtl::avx512_supported(); }  // native_elementwise.cpp: the same F, BW and VL
 
 void check_input(const Tensor& x, const char* what) {
   TORCH_CHECK(supported(), "the C++ max-pool needs an x86-64 CPU with AVX-512 (F, BW, VL)");
