@@ -16,12 +16,12 @@ first layer's cast). `ThreadPicker` chooses its threads.
 
 from __future__ import annotations
 
-import os
 import statistics
 
 import torch
 from torch.nn import functional as F
 
+from . import native
 from .models import STLMLP, CrossStitchMLP, HardSharingMLP, MMoEMLP, MultiTaskModel
 from .tasks import get_task
 
@@ -524,7 +524,7 @@ class NativeLoop:
         self.kinds, self.offsets = step.native_kinds, step.native_offsets
         # The loop's own Adam update (native_adam.cpp) where the CPU has AVX-512; MTL_NATIVE_ADAM=0 makes it
         # call torch's fused kernel, as it does on other CPUs (tests/test_native.py runs both).
-        self.own_adam = os.environ.get("MTL_NATIVE_ADAM", "1").strip().lower() not in ("0", "false", "no", "off")
+        self.own_adam = not native.switched_off("MTL_NATIVE_ADAM")
         # Its bf16 first layer's weights and gradient (native_steps.cpp's Bf16FirstLayer), made once per run.
         first = self.p[0]
         self.first_layer_bf16 = [torch.empty_like(first, dtype=torch.bfloat16) for _ in range(2)] if self.bf16 else []
@@ -551,8 +551,6 @@ class NativeLoop:
 
 def native_loop(step: _HeadsStep, optimizer: FlatAdam) -> tuple[NativeLoop | None, str]:
     """The C++ loop for `step` where it is built, else (None, why not)."""
-    from . import native
-
     module = native.get()
     if module is None:
         return None, native.reason()

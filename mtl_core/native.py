@@ -65,8 +65,13 @@ def module_name() -> str:
     return "mtl_native_" + digest.hexdigest()[:12]
 
 
+def switched_off(variable: str) -> bool:
+    """Whether the environment variable `variable` says off (0, false, no, off); unset means on."""
+    return os.environ.get(variable, "1").strip().lower() in ("0", "false", "no", "off")
+
+
 def disabled() -> bool:
-    return os.environ.get("MTL_NATIVE", "1").strip().lower() in ("0", "false", "no", "off")
+    return switched_off("MTL_NATIVE")
 
 
 def get() -> ModuleType | None:

@@ -96,11 +96,16 @@ struct Bf16FirstLayer {
   bool has_grad = false;
 };
 
-// The 784-wide first layer, (rows, 784) x (784, B): in bf16 the product is rounded once and the bias added in
-// fp32; else all in fp32. `kept`: the bf16 forms above, or null (the weights cast here).
+// The first layer's product in bf16, (rows, 784) x (784, B), rounded once. `kept`: the bf16 forms above, or
+// null (the weights cast here).
+Tensor bf16_product(const Tensor& w1, const Tensor& x, const Bf16FirstLayer* kept) {
+  return at::mm(kept ? kept->weights : w1.to(at::kBFloat16), x.t());
+}
+
+// The 784-wide first layer: in bf16 the product as above and the bias added in fp32; else all in fp32.
 Tensor first_layer(const Tensor& w1, const Tensor& b1, const Tensor& x, bool bf16, const Bf16FirstLayer* kept) {
   if (!bf16) return at::addmm(b1, w1, x.t());
-  return at::add(b1, at::mm(kept ? kept->weights : w1.to(at::kBFloat16), x.t()));
+  return at::add(b1, bf16_product(w1, x, kept));
 }
 
 // Its weight gradient d (rows, B) x x (B, 784) into `out`, in the forward's precision (into `kept->grad`
@@ -121,7 +126,7 @@ void first_layer_grad(Tensor& out, const Tensor& d, const Tensor& x, bool bf16, 
 Tensor first_layer_relu(const Tensor& w1, const Tensor& b1, const Tensor& x, bool bf16, const Bf16FirstLayer* kept,
                         bool simd) {
   if (!bf16 || !simd || !b1.is_contiguous()) return first_layer(w1, b1, x, bf16, kept).clamp_min_(0);
-  const Tensor product = at::mm(kept ? kept->weights : w1.to(at::kBFloat16), x.t()).contiguous();
+  const Tensor product = bf16_product(w1, x, kept).contiguous();
   Tensor out = at::empty(product.sizes(), b1.options());
   mtl::bias_relu(static_cast<const uint16_t*>(product.const_data_ptr()), b1.const_data_ptr<float>(),
                  out.mutable_data_ptr<float>(), product.size(0), product.size(1));

@@ -19,7 +19,7 @@ from .config import ConfigError, TrainConfig
 from .data import MTLData, batch_indices
 from .fastpath import FlatAdam, FlatParameters, ThreadPicker, fast_path_refusal, make_step, native_loop
 from .metrics import MetricAccumulator, average_accuracy, mean_by_key, probabilities, selection_score, task_loss
-from .models import MODELS, MultiTaskModel, build_model, count_parameters, use_native_pooling
+from .models import MultiTaskModel, build_model, count_parameters, get_model_spec, use_native_pooling
 from .tasks import make_targets
 from .weighting import build_weighting, split_like, task_gradient_rows
 
@@ -107,8 +107,7 @@ class Training:
         self.pick_threads = pick_threads
         self.conflict_probes = conflict_probes  # per epoch; 0: no gradient-conflict record
         self._conflict: list[tuple[dict[str, float], dict[str, float], dict[str, float]]] = []
-        spec = MODELS.get(config.model)
-        self.device = resolve_device(config.device, spec.family if spec else "cnn")
+        self.device = resolve_device(config.device, get_model_spec(config.model).family)
         if config.train_limit:
             data = data.limited(n_train=config.train_limit)
         val_data = None
