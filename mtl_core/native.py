@@ -1,8 +1,8 @@
 """The C++ kernels, built once per machine with torch's extension builder and loaded from its cache afterwards
-(about 30 s to build on 2 cores, 0.05 s to load): the MLPs' training step and batch loop (`native_steps.cpp`)
-with its Adam update (`native_adam.cpp`) and element-wise kernels (`native_elementwise.cpp`), and the CNNs'
-max-pooling (`native_pool.cpp`). `scripts/setup.sh` builds them, so neither the app nor the tests wait for a
-compiler.
+(about a minute to build on 2 cores, 0.05 s to load): the MLPs' training step and batch loop
+(`native_steps.cpp`) with its Adam update (`native_adam.cpp`), element-wise kernels (`native_elementwise.cpp`)
+and small matrix products (`native_matmul.cpp`), and the CNNs' max-pooling (`native_pool.cpp`).
+`scripts/setup.sh` builds them, so neither the app nor the tests wait for a compiler.
 
 Optional by design: where they cannot be built (no C++ compiler) or `MTL_NATIVE=0` is set, the Python
 step in `fastpath.py` and torch's pooling run the same maths, and the run's record says which trained it.
@@ -24,7 +24,13 @@ import torch
 
 SOURCES = tuple(
     Path(__file__).with_name(name)
-    for name in ("native_steps.cpp", "native_adam.cpp", "native_elementwise.cpp", "native_pool.cpp")
+    for name in (
+        "native_steps.cpp",
+        "native_adam.cpp",
+        "native_elementwise.cpp",
+        "native_matmul.cpp",
+        "native_pool.cpp",
+    )
 )
 HEADERS = (Path(__file__).with_name("native_kernels.h"),)
 

@@ -1,5 +1,6 @@
 // The AVX-512 kernels of the MLPs' C++ step and loop (native_steps.cpp): the Adam update
-// (native_adam.cpp) and the step's element-wise work (native_elementwise.cpp).
+// (native_adam.cpp), the step's element-wise work (native_elementwise.cpp) and its second layer's small
+// matrix products (native_matmul.cpp). All matrices are float, row-major and contiguous.
 #pragma once
 
 #include <cstdint>
@@ -35,5 +36,15 @@ void mix_columns(const float* a, const float* in, float* out, int64_t c, int64_t
 
 // g (c, c) = d (c, e) x r (c, e)^T: the mixing matrix's gradient.
 void mix_gradient(const float* d, const float* r, float* g, int64_t c, int64_t e);
+
+// c (m, n) = a (m, k) x b (k, n), plus bias[r] on row r where bias is not null, then max(0, .) where relu
+// (a NaN kept, as clamp_min's).
+void matmul(const float* a, const float* b, const float* bias, float* c, int64_t m, int64_t k, int64_t n, bool relu);
+
+// c (m, n) = a (k, m)^T x b (k, n).
+void matmul_tn(const float* a, const float* b, float* c, int64_t m, int64_t k, int64_t n);
+
+// c (m, k) = a (m, n) x b (k, n)^T.
+void matmul_nt(const float* a, const float* b, float* c, int64_t m, int64_t k, int64_t n);
 
 }  // namespace mtl

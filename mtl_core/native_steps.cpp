@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -156,6 +157,42 @@ void mix_grad(Tensor& g, const Tensor& d, const Tensor& h, bool simd) {
                     h.numel() / c);
 }
 
+// The second layer per column (or expert), w2 (C, 32, 64) on h (C, 64, B): relu(b2 + w2 x h); with `simd`
+// native_matmul.cpp's products, else ATen's batched ones.
+Tensor second_layer_relu(const Tensor& w2, const Tensor& b2, const Tensor& h, bool simd) {
+  if (!simd || !w2.is_contiguous() || !b2.is_contiguous() || !h.is_contiguous())
+    return at::baddbmm(b2, w2, h).clamp_min_(0);
+  const int64_t c = w2.size(0), rows = w2.size(1), width = w2.size(2), n = h.size(2);
+  Tensor out = at::empty({c, rows, n}, h.options());
+  const float *w = w2.const_data_ptr<float>(), *b = b2.const_data_ptr<float>(), *in = h.const_data_ptr<float>();
+  float* o = out.mutable_data_ptr<float>();
+  for (int64_t i = 0; i < c; ++i)
+    mtl::matmul(w + i * rows * width, in + i * width * n, b + i * rows, o + i * rows * n, rows, width, n, true);
+  return out;
+}
+
+// Its input's gradient w2^T x d2 (C, 64, B), and its weights' d2 x h^T into g2 (C, 32, 64).
+Tensor second_layer_input_grad(const Tensor& w2, const Tensor& d2, bool simd) {
+  if (!simd || !w2.is_contiguous() || !d2.is_contiguous()) return at::bmm(w2.transpose(1, 2), d2);
+  const int64_t c = w2.size(0), rows = w2.size(1), width = w2.size(2), n = d2.size(2);
+  Tensor out = at::empty({c, width, n}, d2.options());
+  const float *w = w2.const_data_ptr<float>(), *d = d2.const_data_ptr<float>();
+  float* o = out.mutable_data_ptr<float>();
+  for (int64_t i = 0; i < c; ++i) mtl::matmul_tn(w + i * rows * width, d + i * rows * n, o + i * width * n, width, rows, n);
+  return out;
+}
+
+void second_layer_weight_grad(Tensor& g2, const Tensor& d2, const Tensor& h, bool simd) {
+  if (!simd || !g2.is_contiguous() || !d2.is_contiguous() || !h.is_contiguous()) {
+    at::bmm_out(g2, d2, h.transpose(1, 2));
+    return;
+  }
+  const int64_t c = g2.size(0), rows = g2.size(1), width = g2.size(2), n = d2.size(2);
+  const float *d = d2.const_data_ptr<float>(), *in = h.const_data_ptr<float>();
+  float* g = g2.mutable_data_ptr<float>();
+  for (int64_t i = 0; i < c; ++i) mtl::matmul_nt(d + i * rows * n, in + i * width * n, g + i * rows * width, rows, width, n);
+}
+
 // MMoE (E experts, a softmax gate per task), as fastpath.MMoEStep but feature-major:
 //   w1 (E*64 + T*E, 784): the experts' first layers, then every task's gate   b1 (E*64 + T*E, 1)
 //   w2 (E, 32, 64)  b2 (E, 32, 1)  wh (K, 32)  bh (K, 1)
@@ -170,10 +207,11 @@ Tensor mmoe_step(const Tensor& x, const Tensor& y, const std::vector<Tensor>& p,
   const Tensor yc = y.contiguous();
   Tensor losses = at::empty({t}, wh.options());
   AT_DISPATCH_FLOATING_TYPES(wh.scalar_type(), "mmoe_step", [&] {
+    const bool simd = std::is_same_v<scalar_t, float> && mtl::avx512_supported();
     Tensor a = first_layer(w1, b1, x, bf16, kept);
     Tensor r1 = a.narrow(0, 0, e * h1).clamp_min(0).view({e, h1, n});                // (E, 64, B)
     Tensor gate = at::softmax(a.narrow(0, e * h1, t * e).view({t, e, n}), 1);         // (T, E, B)
-    Tensor r2 = at::baddbmm(b2, w2, r1).clamp_min_(0);                                 // (E, 32, B)
+    Tensor r2 = second_layer_relu(w2, b2, r1, simd);                                   // (E, 32, B)
     Tensor mixed = (gate.unsqueeze(2) * r2.unsqueeze(0)).sum(1);                        // (T, 32, B)
     Tensor z = at::empty({k, n}, wh.options());
     for (int64_t i = 0; i < t; ++i) {
@@ -195,9 +233,9 @@ Tensor mmoe_step(const Tensor& x, const Tensor& y, const std::vector<Tensor>& p,
     Tensor d_gate = (d_mixed.unsqueeze(1) * r2.unsqueeze(0)).sum(2);                   // (T, E, B)
     Tensor d_logits = gate * (d_gate - (gate * d_gate).sum(1, true));                  // through the softmax
     Tensor d2 = at::threshold_backward((gate.unsqueeze(2) * d_mixed.unsqueeze(1)).sum(0), r2, 0);  // (E, 32, B)
-    at::bmm_out(g[2], d2, r1.transpose(1, 2));
+    second_layer_weight_grad(g[2], d2, r1, simd);
     at::sum_out(g[3], d2, {2}, true);
-    Tensor d1 = at::threshold_backward(at::bmm(w2.transpose(1, 2), d2), r1, 0);        // (E, 64, B)
+    Tensor d1 = at::threshold_backward(second_layer_input_grad(w2, d2, simd), r1, 0);  // (E, 64, B)
     Tensor d_a = at::cat({d1.view({e * h1, n}), d_logits.view({t * e, n})}, 0);       // (E*64 + T*E, B)
     at::sum_out(g[1], d_a, {1}, true);
     first_layer_grad(g[0], d_a, x, bf16, kept);
@@ -226,7 +264,7 @@ Tensor step(int64_t kind, const Tensor& x, const Tensor& y, const std::vector<Te
     const bool simd = std::is_same_v<scalar_t, float> && mtl::avx512_supported();
     Tensor r1 = first_layer_relu(w1, b1, x, bf16, kept, simd).view({c, h1, n});  // (C, 64, B)
     Tensor m1 = mixing ? mix(p[6], r1, false, simd) : r1;
-    Tensor r2 = at::baddbmm(b2, w2, m1).clamp_min_(0);  // (C, 32, B)
+    Tensor r2 = second_layer_relu(w2, b2, m1, simd);  // (C, 32, B)
     Tensor r2_all = r2.view({c * h2, n});
     // The heads over all columns' features: hard sharing's own; for the columns, the head of task i reads
     // sum_j a2[i, j] * column j (a2 the identity for STL), folded into one (K, C*32) matrix.
@@ -251,8 +289,8 @@ Tensor step(int64_t kind, const Tensor& x, const Tensor& y, const std::vector<Te
     at::mm_out(g_heads, dz, r2_all.t());
     Tensor d2 = at::threshold_backward(at::mm(heads.t(), dz).view({c, h2, n}), r2, 0);
     at::sum_out(g[3], d2, {2}, true);
-    at::bmm_out(g[2], d2, m1.transpose(1, 2));
-    Tensor d1 = at::bmm(w2.transpose(1, 2), d2);  // (C, 64, B), at the mixed features
+    second_layer_weight_grad(g[2], d2, m1, simd);
+    Tensor d1 = second_layer_input_grad(w2, d2, simd);  // (C, 64, B), at the mixed features
     if (mixing) {  // d1 is the mixed features' gradient: to a1's and to the unmixed features'
       mix_grad(g[6], d1, r1, simd);
       d1 = mix(p[6], d1, true, simd);
@@ -429,6 +467,9 @@ Tensor max_pool2x2_backward(const Tensor& grad_out, const Tensor& arg, int64_t h
 namespace mtl {
 void adam_step(Tensor p, const Tensor& g, Tensor m, Tensor v, const c10::optional<Tensor>& copy, double step,
                double lr, double beta1, double beta2, double weight_decay, double eps, bool decoupled, int64_t threads);
+// The second layer's products on tensors, from native_matmul.cpp (for tests).
+Tensor small_matmul(const Tensor& a, const Tensor& b, const c10::optional<Tensor>& bias, bool relu,
+                    const std::string& form);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -443,6 +484,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("train_batches", &train_batches, "batches [begin, end) of an epoch: step and fused Adam each");
   m.def("avx512_supported", &mtl::avx512_supported, "whether this CPU runs the loop's own kernels (AVX-512)");
   m.def("adam_step", &mtl::adam_step, "one Adam (decoupled: AdamW) update as the C++ loop makes it");
+  m.def("small_matmul", &mtl::small_matmul, "the second layer's products as the step makes them (form nn, tn, nt)");
   m.def("pool_supported", &pool_supported, "whether this CPU runs the C++ max-pool (x86-64 with AVX-512)");
   m.def("max_pool2x2", &max_pool2x2, "2x2 max-pool of a channels_last batch: (out, which of the 4 won)");
   m.def("max_pool2x2_backward", &max_pool2x2_backward, "the input's gradient from the output's and `arg`");

@@ -27,17 +27,18 @@ def module(monkeypatch):
     return native.get()
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])  # float: the AVX-512 products and loops
 @pytest.mark.parametrize("tasks", [BINARY, MIXED])
 @pytest.mark.parametrize("model_name", ["hard", "stl", "cross_stitch", "mmoe"])
-def test_the_cpp_step_gives_autograds_gradients(module, model_name, tasks, synthetic):
+def test_the_cpp_step_gives_autograds_gradients(module, model_name, tasks, dtype, synthetic):
     weights = {"even": 2.5, "gt4": 0.5, "value": 10.0}
     torch.manual_seed(0)
-    model = build_model(model_name, tasks).double()
+    model = build_model(model_name, tasks).to(dtype)
     for a in model.alpha_parameters():  # lopsided alphas: a transposed mixing gradient shows
-        a.data = torch.eye(3, dtype=torch.float64) + 0.3 * torch.rand(3, 3).double()
+        a.data = torch.eye(3, dtype=dtype) + 0.3 * torch.rand(3, 3).to(dtype)
     twin = copy.deepcopy(model)
-    x = synthetic.train_x[:64].double().flatten(1)
-    y = {t: v.double() if v.is_floating_point() else v for t, v in make_targets(synthetic.train_y[:64], tasks).items()}
+    x = synthetic.train_x[:61].to(dtype).flatten(1)  # 61: no whole number of 16-wide vectors
+    y = {t: v.to(dtype) if v.is_floating_point() else v for t, v in make_targets(synthetic.train_y[:61], tasks).items()}
     out = model(x)
     sum(weights.get(t, 1.0) * task_loss(t, out[t], y[t]) for t in tasks).backward()
 
@@ -45,10 +46,33 @@ def test_the_cpp_step_gives_autograds_gradients(module, model_name, tasks, synth
     kind, params, grads = step.native_args()
     args = (step.weights, step.native_kinds, step.native_offsets, False)
     losses = module.step(kind, x, step.prepare_targets(y), params, grads, *args)
+    double = dtype == torch.float64
     for i, t in enumerate(tasks):
-        assert losses[i].item() == pytest.approx(task_loss(t, out[t], y[t]).item(), rel=1e-12)
+        assert losses[i].item() == pytest.approx(task_loss(t, out[t], y[t]).item(), rel=1e-12 if double else 1e-5)
     for (name, p), q in zip(twin.named_parameters(), model.parameters()):
-        torch.testing.assert_close(step.params.grad_of(p), q.grad, rtol=1e-6, atol=1e-9, msg=f"gradient of {name}")
+        tolerance = {"rtol": 1e-6, "atol": 1e-9} if double else {"rtol": 1e-4, "atol": 1e-6}
+        torch.testing.assert_close(step.params.grad_of(p), q.grad, **tolerance, msg=f"gradient of {name}")
+
+
+@pytest.mark.parametrize("m, k, n", [(32, 64, 128), (64, 32, 96), (7, 13, 37), (1, 1, 1), (5, 3, 17), (4, 64, 80)])
+def test_the_second_layers_products_are_matrix_products(own_simd, m, k, n):
+    """native_matmul.cpp's three forms against float64 products, on sizes with and without whole blocks of 4
+    rows and 16 or 64 columns; the bias and the ReLU too, a NaN kept through it as clamp_min keeps it."""
+    g = torch.Generator().manual_seed(m * 1000 + k * 10 + n)
+    a, b, bias = torch.randn(m, k, generator=g), torch.randn(k, n, generator=g), torch.randn(m, generator=g)
+    b[0, 0] = float("nan")
+    exact = a.double() @ b.double()
+    with_bias = (exact + bias.double()[:, None]).clamp_min(0)
+    close = {"rtol": 1e-5, "atol": 1e-5, "equal_nan": True}
+    torch.testing.assert_close(own_simd.small_matmul(a, b, None, False, "nn"), exact.float(), **close)
+    torch.testing.assert_close(own_simd.small_matmul(a, b, bias, True, "nn"), with_bias.float(), **close)
+    torch.testing.assert_close(own_simd.small_matmul(a.t().contiguous(), b, None, False, "tn"), exact.float(), **close)
+    # the weights' gradient form d x h^T: a (m, n) against b (k, n)
+    h = torch.randn(k, n, generator=g)
+    d = torch.randn(m, n, generator=g)
+    torch.testing.assert_close(
+        own_simd.small_matmul(d, h, None, False, "nt"), (d.double() @ h.double().t()).float(), **close
+    )
 
 
 def test_a_class_target_outside_the_head_is_refused_not_read_past(module):
@@ -123,10 +147,15 @@ def _gradient(n: int, step: int) -> torch.Tensor:
 
 
 @pytest.fixture
-def own_adam(module):
+def own_simd(module):
     if not module.avx512_supported():
-        pytest.skip("this CPU has no AVX-512: the C++ loop calls torch's fused Adam instead")
+        pytest.skip("this CPU has no AVX-512: the C++ loop calls torch's kernels instead")
     return module
+
+
+@pytest.fixture
+def own_adam(own_simd):
+    return own_simd
 
 
 @pytest.mark.parametrize("decoupled, decay", [(False, 0.0), (False, 0.01), (True, 0.01)])
