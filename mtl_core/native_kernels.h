@@ -30,6 +30,10 @@ void adam_update(float* p, const void* grad, bool bf16_grad, float* m, float* v,
 // value for value (NaN kept), in one pass.
 void bias_relu(const uint16_t* prod, const float* bias, float* out, int64_t rows, int64_t n);
 
+// d (rows, n) zeroed in place where the ReLU's output r is <= 0 (at::threshold_backward(d, r, 0)), and
+// bias_grad[i] the sum of row i of the result.
+void relu_grad(float* d, const float* r, float* bias_grad, int64_t rows, int64_t n);
+
 // out (c, e) = a (c, c) x in (c, e), or a^T x in where `transpose_a`: the cross-stitch mixing (c columns,
 // e = width x batch values each).
 void mix_columns(const float* a, const float* in, float* out, int64_t c, int64_t e, bool transpose_a);

@@ -75,6 +75,37 @@ def test_the_second_layers_products_are_matrix_products(own_simd, m, k, n):
     )
 
 
+def test_the_relu_gradient_is_threshold_backwards_and_sums_its_rows(own_simd):
+    g = torch.Generator().manual_seed(3)
+    d, r = torch.randn(5, 37, generator=g), torch.randn(5, 37, generator=g).clamp_min(0)
+    r[0, :3] = torch.tensor([float("nan"), 0.0, -0.0])  # NaN > 0 is false, yet threshold_backward keeps it
+    out, sums = own_simd.relu_grad(d, r)
+    expected = torch.ops.aten.threshold_backward(d, r, 0.0)
+    assert torch.equal(out, expected) and out[0, 0] == d[0, 0] and out[0, 1] == 0 == out[0, 2]
+    torch.testing.assert_close(sums, expected.sum(1, keepdim=True))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.int64])
+def test_the_loops_gather_is_index_select(module, dtype):
+    """The batch gather (rows prefetched ahead) gives index_select's rows, repeats and the last row included,
+    and refuses an index out of range rather than reading past the set."""
+    all_rows = (torch.arange(50 * 7).reshape(50, 7) * 3 - 100).to(dtype)
+    idx = torch.tensor([49, 0, 3, 3, 17, 49, 1, 2, 5])
+    assert torch.equal(module.gather_rows(all_rows, idx), all_rows.index_select(0, idx))
+    many = torch.randint(0, 50, (101,), generator=torch.Generator().manual_seed(0))  # several threads' chunks
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            assert torch.equal(module.gather_rows(all_rows, many), all_rows.index_select(0, many))
+    finally:
+        torch.set_num_threads(before)
+    assert module.gather_rows(all_rows, idx[:0]).shape == (0, 7)
+    for bad in (50, -1):
+        with pytest.raises(RuntimeError, match="out of range for 50 rows"):
+            module.gather_rows(all_rows, torch.tensor([0, bad]))
+
+
 def test_a_class_target_outside_the_head_is_refused_not_read_past(module):
     step = make_step(build_model("hard", ("digit", "even")), {})
     kind, params, grads = step.native_args()
