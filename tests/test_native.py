@@ -308,7 +308,8 @@ def test_the_thread_picker_runs_the_cheaper_count_and_retries_the_other():
     from mtl_core.fastpath import ThreadPicker
 
     picker = ThreadPicker(retry=3, window=3, margin=0.05)
-    for n in (2, 2, 1, 1):  # each count is tried first; its first chunk (start-up) is not counted
+    # each count's first chunk (start-up) is not counted; then the two take turns until each has 3 measured
+    for n in (2, 2, 1, 1, 2, 1, 2, 1):
         assert picker.choose(2) == n
         picker.record(n, (2.0 if n == 2 else 1.0) if n in picker.warm else 50.0)
     runs = []
@@ -316,14 +317,27 @@ def test_the_thread_picker_runs_the_cheaper_count_and_retries_the_other():
         n = picker.choose(2)
         runs.append(n)
         picker.record(n, 1.0 if n == 1 else 2.0)
-    assert runs == [1, 2, 1, 1, 1, 2, 1, 1]  # the cheaper one; the other once it has sat out 3 chunks
+    assert runs == [1, 1, 2, 1, 1, 1, 2, 1]  # the cheaper one; the other once it has sat out 3 chunks
     picker.record(2, 0.1)  # the load changed: two threads got cheap (the median of the last 3 moves after 2)
     assert picker.choose(2) == 1
     picker.record(2, 0.1)
     assert picker.choose(2) == 2
-    picker.costs[1] = [0.097]  # cheaper, but by less than the margin: the run keeps its cores
+    picker.costs[1] = [0.097] * 3  # cheaper, but by less than the margin: the run keeps its cores
     assert picker.choose(2) == 2
     assert ThreadPicker().choose(1) == 1  # a run allowed one thread has nothing to pick
+
+
+def test_one_slow_first_chunk_does_not_pick_the_slower_thread_count():
+    """Two threads are faster, but their first measured chunk was slow (a cold cache): the pick waits for
+    three chunks of each, and their medians pick two threads."""
+    from mtl_core.fastpath import ThreadPicker
+
+    picker = ThreadPicker(retry=24, window=3, margin=0.05)
+    seconds = {2: iter([9.0, 3.0] + [1.0] * 8), 1: iter([9.0] + [1.5] * 8)}  # each count's first is start-up
+    for _ in range(8):
+        n = picker.choose(2)
+        picker.record(n, next(seconds[n]))
+    assert picker.choose(2) == 2
 
 
 def test_a_chunk_on_its_own_thread_count_gives_the_count_back(module, synthetic):
