@@ -194,6 +194,38 @@ void second_layer_weight_grad(Tensor& g2, const Tensor& d2, const Tensor& h, boo
   for (int64_t i = 0; i < c; ++i) mtl::matmul_nt(d + i * rows * n, in + i * width * n, g + i * rows * width, rows, width, n);
 }
 
+// The heads' three products, (K, C*32) x (C*32, B) and its two gradients: a x b [+ bias (m, 1)], a^T x b, and
+// a x b^T into `out`; with `simd` native_matmul.cpp's (about 1 us each here, against ATen's 2-3 us with
+// its dispatch), else ATen's.
+bool all_contiguous(std::initializer_list<const Tensor*> tensors) {
+  return std::all_of(tensors.begin(), tensors.end(), [](const Tensor* t) { return t->is_contiguous(); });
+}
+
+Tensor product(const Tensor& a, const Tensor& b, const Tensor& bias, bool simd) {
+  if (!simd || !all_contiguous({&a, &b, &bias})) return at::addmm(bias, a, b);
+  Tensor out = at::empty({a.size(0), b.size(1)}, b.options());
+  mtl::matmul(a.const_data_ptr<float>(), b.const_data_ptr<float>(), bias.const_data_ptr<float>(),
+              out.mutable_data_ptr<float>(), a.size(0), a.size(1), b.size(1), false);
+  return out;
+}
+
+Tensor product_tn(const Tensor& a, const Tensor& b, bool simd) {
+  if (!simd || !all_contiguous({&a, &b})) return at::mm(a.t(), b);
+  Tensor out = at::empty({a.size(1), b.size(1)}, b.options());
+  mtl::matmul_tn(a.const_data_ptr<float>(), b.const_data_ptr<float>(), out.mutable_data_ptr<float>(), a.size(1),
+                 a.size(0), b.size(1));
+  return out;
+}
+
+void product_nt(Tensor& out, const Tensor& a, const Tensor& b, bool simd) {
+  if (!simd || !all_contiguous({&out, &a, &b})) {
+    at::mm_out(out, a, b.t());
+    return;
+  }
+  mtl::matmul_nt(a.const_data_ptr<float>(), b.const_data_ptr<float>(), out.mutable_data_ptr<float>(), a.size(0),
+                 b.size(0), a.size(1));
+}
+
 // A layer's gradient through its ReLU (output r), in place, with its bias's gradient (the batch's sum) into
 // g_bias: threshold_backward and sum_out, or with `simd` native_elementwise.cpp's one pass.
 void relu_grad(Tensor& d, const Tensor& r, Tensor& g_bias, bool simd) {
@@ -209,16 +241,16 @@ void relu_grad(Tensor& d, const Tensor& r, Tensor& g_bias, bool simd) {
 
 // Rows `idx` of `all` as index_select(all, 0, idx) gives them, the rows four places ahead prefetched: the
 // training set (94 MB in bf16) is far past the caches and each of a batch's random rows starts with a trip
-// to memory. A batch of 128 rows took 17-21 us so against index_select's 27-28 us (one thread, measured
-// between 1st-layer products as in a step); a cross-stitch step is about 250 us.
+// to memory. Measured on one thread between first-layer products, as in a step: 17-21 us for a batch of
+// 128 rows against index_select's 27-28 us (a whole cross-stitch step is about 250 us).
 Tensor gather_rows(const Tensor& all, const Tensor& idx) {
   if (all.dim() == 0 || !all.is_contiguous() || idx.dim() != 1 || idx.scalar_type() != at::kLong ||
       !idx.is_contiguous() || all.size(0) == 0)
     return all.index_select(0, idx);
   const int64_t n = idx.numel(), rows = all.size(0), bytes = all.numel() / rows * all.element_size();
-  const int64_t* at = idx.const_data_ptr<int64_t>();
+  const int64_t* index = idx.const_data_ptr<int64_t>();
   for (int64_t i = 0; i < n; ++i)
-    TORCH_CHECK(at[i] >= 0 && at[i] < rows, "index ", at[i], " is out of range for ", rows, " rows");
+    TORCH_CHECK(index[i] >= 0 && index[i] < rows, "index ", index[i], " is out of range for ", rows, " rows");
   std::vector<int64_t> sizes = all.sizes().vec();
   sizes[0] = n;
   Tensor out = at::empty(sizes, all.options());
@@ -226,7 +258,7 @@ Tensor gather_rows(const Tensor& all, const Tensor& idx) {
   char* dst = static_cast<char*>(out.mutable_data_ptr());
   constexpr int64_t ahead = 4;
   const auto prefetch = [&](int64_t i) {
-    const char* row = src + at[i] * bytes;
+    const char* row = src + index[i] * bytes;
     for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(row + o, 0, 3);
   };
   // On the loop's threads (two threads' loads in flight: index_select's way, which two threads need)
@@ -234,7 +266,7 @@ Tensor gather_rows(const Tensor& all, const Tensor& idx) {
     for (int64_t i = lo; i < std::min(lo + ahead, hi); ++i) prefetch(i);
     for (int64_t i = lo; i < hi; ++i) {
       if (i + ahead < hi) prefetch(i + ahead);
-      std::memcpy(dst + i * bytes, src + at[i] * bytes, bytes);
+      std::memcpy(dst + i * bytes, src + index[i] * bytes, bytes);
     }
   });
   return out;
@@ -327,14 +359,14 @@ Tensor step(int64_t kind, const Tensor& x, const Tensor& y, const std::vector<Te
         for (int64_t j = 0; j < c; ++j)
           for (int64_t f = 0; f < h2; ++f) hm[(r * c + j) * h2 + f] = a2[task_of[r] * c + j] * hw[r * h2 + f];
     }
-    Tensor z = at::addmm(bh, heads, r2_all);  // (K, B)
+    Tensor z = product(heads, r2_all, bh, simd);  // (K, B)
     Tensor dz = at::empty({k, n}, wh.options());
     total = head_losses(z.const_data_ptr<scalar_t>(), yc.const_data_ptr<scalar_t>(),
                         weights.const_data_ptr<scalar_t>(), kinds, offsets, losses.mutable_data_ptr<scalar_t>(),
                         dz.mutable_data_ptr<scalar_t>(), g[5].mutable_data_ptr<scalar_t>(), n);
     Tensor g_heads = kind == HARD ? g[4] : at::empty({k, c * h2}, wh.options());
-    at::mm_out(g_heads, dz, r2_all.t());
-    Tensor d2 = at::mm(heads.t(), dz).view({c, h2, n});
+    product_nt(g_heads, dz, r2_all, simd);
+    Tensor d2 = product_tn(heads, dz, simd).view({c, h2, n});
     relu_grad(d2, r2, g[3], simd);
     second_layer_weight_grad(g[2], d2, m1, simd);
     Tensor d1 = second_layer_input_grad(w2, d2, simd);  // (C, 64, B), at the mixed features
@@ -445,6 +477,23 @@ bool native_update_fits(const AdamParts& a, const Tensor& w1) {
   return true;
 }
 
+// The step counter's + 1 and the loss sums' + losses x batch size: on the numbers themselves where all are
+// float (two ATen dispatches a step saved; a sum may round in its last bit unlike add_'s), else with add_.
+void count_step(const Tensor& step_count, const Tensor& sums, const Tensor& losses, int64_t n) {
+  const bool floats = step_count.scalar_type() == at::kFloat && step_count.numel() == 1 &&
+                      sums.scalar_type() == at::kFloat && losses.scalar_type() == at::kFloat &&
+                      sums.numel() == losses.numel() && all_contiguous({&sums, &losses});
+  if (!floats) {
+    step_count.add_(1);
+    sums.add_(losses, n);
+    return;
+  }
+  *step_count.mutable_data_ptr<float>() += 1.0f;
+  float* total = sums.mutable_data_ptr<float>();
+  const float* loss = losses.const_data_ptr<float>();
+  for (int64_t i = 0; i < sums.numel(); ++i) total[i] += loss[i] * static_cast<float>(n);
+}
+
 // Batches [begin, end) of an epoch: for each, gather the batch, step, and update every parameter with
 // Adam (or AdamW): native_adam.cpp's kernel where `own_adam` and `native_update_fits` (then, under bf16,
 // with `first_layer_bf16`: two bf16 buffers of the first layer's shape, see Bf16FirstLayer), else torch's
@@ -491,13 +540,12 @@ std::tuple<Tensor, int64_t> train_batches(
       flush();
       return {losses, b};
     }
-    step_count.add_(1);
+    count_step(step_count, sums, losses, idx.size(0));
     if (native) {
       native_update(adam, ++step_number, p[0], kept, at::get_num_threads());
     } else {
       torch_update(adam, step_count);
     }
-    sums.add_(losses, idx.size(0));
   }
   flush();
   return {losses, -1};
