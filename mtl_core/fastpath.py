@@ -566,9 +566,10 @@ class ThreadPicker:
     So each count's cost per batch over its last few chunks is tracked (the median: one chunk is a few
     milliseconds, and noisy), the cheaper one runs, and every `retry` chunks the other gets one chunk,
     to notice when the load changes. The first pick waits for `window` chunks of each, taken in turns: a
-    first pick on one chunk each (a cold cache, a spell starting) once put cross-stitch on the slower
-    count for 7 of an epoch's 30 chunks. One thread must be `margin` cheaper to be picked: all the cores
-    are what the run was given, and a wrong switch to one costs more than a missed one."""
+    first pick on one chunk each (one of which may meet a cold cache or a spell's start) once ran
+    cross-stitch on the slower count for 117 of an epoch's 469 batches. One thread must be `margin`
+    cheaper to be picked: all the cores are what the run was given, and a wrong switch to one costs more
+    than a missed one."""
 
     def __init__(self, retry: int = 24, window: int = 3, margin: float = 0.05):
         self.retry, self.window, self.margin = retry, window, margin

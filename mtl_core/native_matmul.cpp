@@ -4,7 +4,8 @@
 //
 // Why: at these sizes (about a million multiply-adds each) ATen's batched products run at a third of what
 // the core can do: measured in C++ on one thread, batch 128, two columns, the three took 11.8, 11.5 and
-// 11.9 us as at::baddbmm, at::bmm (w2^T x d) and at::bmm (d x h^T), and 4.2, 4.3 and 6.0 us here.
+// 11.9 us as at::baddbmm, at::bmm (w2^T x d) and at::bmm (d x h^T), and 4.2, 4.3 and 6.0 us here (the
+// 4.3 on weights already transposed; matmul_tn adds that pass over 8 KB a column).
 //
 // How: each output block is held in 16 vector registers while the shared dimension is summed (4 rows x 64
 // columns, or for d x h^T 4 x 4 dot products whose 16 partial-sum vectors are folded into one at the end);

@@ -1,9 +1,12 @@
 // The MLPs' hand-written training step and batch loop in C++ (built by mtl_core/native.py).
 //
-// The same ATen operations as the Python steps in mtl_core/fastpath.py, called without Python in
-// between: at batch 128 a step is about 40 small operations, and Python's cost per operation (2-3 us)
-// was a quarter of the step. The maths is not changed; tests/test_native.py checks the gradients
-// against autograd and whole epochs against the Python loop.
+// The same maths as the Python steps in mtl_core/fastpath.py, called without Python in between: at batch
+// 128 a step is about 40 small operations, and Python's cost per operation (2-3 us) was a quarter of the
+// step. Most are ATen's; on CPUs with AVX-512 the small ones whose dispatch cost more than their
+// arithmetic are this module's own (native_elementwise.cpp, native_matmul.cpp, native_adam.cpp). The first
+// layer's two bf16 products (half the step) stay with ATen's oneDNN: about 80 % of the GEMM probe's bf16
+// peak, and a hand-written AVX512-BF16 kernel measured 62 us against its 65-67 us, not worth its code.
+// tests/test_native.py checks the gradients against autograd and whole epochs against the Python loop.
 //
 // Layout: feature-major, as the Python ColumnsStep (MMoE: see mmoe_step). C columns (1 for hard sharing,
 // T for STL and cross-stitch); the T tasks' heads have K logits in all, task i's rows [offsets[i],
