@@ -32,7 +32,7 @@ SOURCES = tuple(
         "native_pool.cpp",
     )
 )
-HEADERS = (Path(__file__).with_name("native_kernels.h"),)
+HEADERS = tuple(Path(__file__).with_name(name) for name in ("native_kernels.h", "native_simd.h"))
 
 _module: ModuleType | None = None
 _reason = ""  # why there is no module ("" when there is one or no load was tried)

@@ -21,12 +21,7 @@
 #include <cstdint>
 
 #include "native_kernels.h"
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define MTL_ADAM_X86 1
-#include <immintrin.h>
-#define MTL_AVX512F __attribute__((target("avx512f,avx512bw,avx512vl")))
-#endif
+#include "native_simd.h"
 
 namespace mtl {
 
@@ -48,16 +43,15 @@ AdamCoefficients adam_coefficients(double step, double lr, double beta1, double 
   return c;
 }
 
-#ifdef MTL_ADAM_X86
+#ifdef MTL_X86
 namespace {
 
-MTL_AVX512F inline __m512 load_bf16(const uint16_t* src, __mmask16 mask) {
-  const __m256i half = _mm256_maskz_loadu_epi16(mask, src);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
+MTL_AVX512 inline __m512 load_bf16(const uint16_t* src, __mmask16 mask) {
+  return widen_bf16(_mm256_maskz_loadu_epi16(mask, src));
 }
 
 // float -> bf16 rounded to nearest even, as torch's conversion (a NaN stays a NaN, never rounds to inf).
-MTL_AVX512F inline __m256i to_bf16(__m512 v) {
+MTL_AVX512 inline __m256i to_bf16(__m512 v) {
   const __m512i bits = _mm512_castps_si512(v);
   const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
   __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
@@ -68,7 +62,7 @@ MTL_AVX512F inline __m256i to_bf16(__m512 v) {
 
 // Elements [0, n): 16 at a time, the last (n % 16) under a mask through the same arithmetic.
 template <bool kBf16Grad, bool kBf16Copy>
-MTL_AVX512F void adam_span(float* p, const void* grad, float* m, float* v, uint16_t* copy, int64_t n,
+MTL_AVX512 void adam_span(float* p, const void* grad, float* m, float* v, uint16_t* copy, int64_t n,
                            const AdamCoefficients& c) {
   const __m512 w1 = _mm512_set1_ps(c.exp_avg_weight), b2 = _mm512_set1_ps(c.beta2),
                w2 = _mm512_set1_ps(c.sq_weight), bc2 = _mm512_set1_ps(c.bias_correction2_sqrt),
@@ -76,7 +70,7 @@ MTL_AVX512F void adam_span(float* p, const void* grad, float* m, float* v, uint1
                decay = _mm512_set1_ps(c.decay), decay_factor = _mm512_set1_ps(c.decay_factor);
   const bool decays = c.decay != 0.f;
   for (int64_t d = 0; d < n; d += 16) {
-    const __mmask16 mask = n - d >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - d)) - 1);
+    const __mmask16 mask = lanes(n - d);
     __m512 pv = _mm512_maskz_loadu_ps(mask, p + d);
     __m512 g = kBf16Grad ? load_bf16(static_cast<const uint16_t*>(grad) + d, mask)
                          : _mm512_maskz_loadu_ps(mask, static_cast<const float*>(grad) + d);
@@ -100,11 +94,11 @@ MTL_AVX512F void adam_span(float* p, const void* grad, float* m, float* v, uint1
 }
 
 }  // namespace
-#endif  // MTL_ADAM_X86
+#endif  // MTL_X86
 
 void adam_update(float* p, const void* grad, bool bf16_grad, float* m, float* v, uint16_t* bf16_copy, int64_t n,
                  const AdamCoefficients& c, int threads) {
-#ifdef MTL_ADAM_X86
+#ifdef MTL_X86
   TORCH_CHECK(avx512_supported(), "adam_update needs AVX-512");
   // The work split into whole 16-element blocks, one share per thread (a share of 100k elements is
   // far more work than waking a thread costs).

@@ -17,17 +17,12 @@
 #include <cstdint>
 
 #include "native_kernels.h"
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define MTL_ELEMENTWISE_X86 1
-#include <immintrin.h>
-#define MTL_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
-#endif
+#include "native_simd.h"
 
 namespace mtl {
 
 bool avx512_supported() {
-#ifdef MTL_ELEMENTWISE_X86
+#ifdef MTL_X86
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512vl");
 #else
@@ -35,13 +30,8 @@ bool avx512_supported() {
 #endif
 }
 
-#ifdef MTL_ELEMENTWISE_X86
+#ifdef MTL_X86
 namespace {
-
-// The first `left` of 16 lanes (all 16 when 16 or more are left).
-MTL_AVX512 inline __mmask16 lanes(int64_t left) {
-  return left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
-}
 
 MTL_AVX512 void bias_relu_x86(const uint16_t* prod, const float* bias, float* out, int64_t rows, int64_t n) {
   const __m512 zero = _mm512_setzero_ps();
@@ -51,8 +41,7 @@ MTL_AVX512 void bias_relu_x86(const uint16_t* prod, const float* bias, float* ou
     float* dst = out + r * n;
     for (int64_t i = 0; i < n; i += 16) {
       const __mmask16 mask = lanes(n - i);
-      const __m512i wide = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, src + i));
-      const __m512 v = _mm512_add_ps(b, _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16)));  // bf16 -> float exactly
+      const __m512 v = _mm512_add_ps(b, widen_bf16(_mm256_maskz_loadu_epi16(mask, src + i)));
       _mm512_mask_storeu_ps(dst + i, mask, _mm512_max_ps(zero, v));  // max(0, NaN) is the NaN, as clamp_min's
     }
   }
@@ -105,10 +94,10 @@ MTL_AVX512 void relu_grad_x86(float* d, const float* r, float* bias_grad, int64_
 }
 
 }  // namespace
-#endif  // MTL_ELEMENTWISE_X86
+#endif  // MTL_X86
 
 void bias_relu(const uint16_t* prod, const float* bias, float* out, int64_t rows, int64_t n) {
-#ifdef MTL_ELEMENTWISE_X86
+#ifdef MTL_X86
   TORCH_CHECK(avx512_supported(), "bias_relu needs AVX-512");
   bias_relu_x86(prod, bias, out, rows, n);
 #else
@@ -118,7 +107,7 @@ void bias_relu(const uint16_t* prod, const float* bias, float* out, int64_t rows
 }
 
 void mix_columns(const float* a, const float* in, float* out, int64_t c, int64_t e, bool transpose_a) {
-#ifdef MTL_ELEMENTWISE_X86
+#ifdef MTL_X86
   TORCH_CHECK(avx512_supported(), "mix_columns needs AVX-512");
   mix_columns_x86(a, in, out, c, e, transpose_a);
 #else
@@ -128,7 +117,7 @@ void mix_columns(const float* a, const float* in, float* out, int64_t c, int64_t
 }
 
 void relu_grad(float* d, const float* r, float* bias_grad, int64_t rows, int64_t n) {
-#ifdef MTL_ELEMENTWISE_X86
+#ifdef MTL_X86
   TORCH_CHECK(avx512_supported(), "relu_grad needs AVX-512");
   relu_grad_x86(d, r, bias_grad, rows, n);
 #else
@@ -138,7 +127,7 @@ void relu_grad(float* d, const float* r, float* bias_grad, int64_t rows, int64_t
 }
 
 void mix_gradient(const float* d, const float* r, float* g, int64_t c, int64_t e) {
-#ifdef MTL_ELEMENTWISE_X86
+#ifdef MTL_X86
   TORCH_CHECK(avx512_supported(), "mix_gradient needs AVX-512");
   mix_gradient_x86(d, r, g, c, e);
 #else

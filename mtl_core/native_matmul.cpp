@@ -20,22 +20,12 @@
 #include <vector>
 
 #include "native_kernels.h"
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define MTL_MATMUL_X86 1
-#include <immintrin.h>
-#define MTL_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
-#endif
+#include "native_simd.h"
 
 namespace mtl {
 
-#ifdef MTL_MATMUL_X86
+#ifdef MTL_X86
 namespace {
-
-// The first `left` of 16 lanes (all 16 when 16 or more are left).
-MTL_AVX512 inline __mmask16 lanes(int64_t left) {
-  return left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
-}
 
 // c[R rows, columns col .. col + 16V) = a (R, k) x b (k, n) [+ bias per row] [then max(0, .)]; a's rows
 // lda apart, b's and c's rows n apart; the last vector masked to the columns that exist.
@@ -149,11 +139,11 @@ MTL_AVX512 void matmul_nt_x86(const float* a, const float* b, float* c, int64_t 
 }
 
 }  // namespace
-#endif  // MTL_MATMUL_X86
+#endif  // MTL_X86
 
 void matmul(const float* a, const float* b, const float* bias, float* c, int64_t m, int64_t k, int64_t n,
             bool relu) {
-#ifdef MTL_MATMUL_X86
+#ifdef MTL_X86
   TORCH_CHECK(avx512_supported(), "matmul needs AVX-512");
   matmul_x86(a, k, b, bias, c, m, k, n, relu);
 #else
@@ -163,7 +153,7 @@ void matmul(const float* a, const float* b, const float* bias, float* c, int64_t
 }
 
 void matmul_tn(const float* a, const float* b, float* c, int64_t m, int64_t k, int64_t n) {
-#ifdef MTL_MATMUL_X86
+#ifdef MTL_X86
   TORCH_CHECK(avx512_supported(), "matmul_tn needs AVX-512");
   // a^T laid out first: reading a's columns in place, a scalar 256 bytes from the last, ran 3x slower.
   std::vector<float> a_t(static_cast<size_t>(m * k));
@@ -177,7 +167,7 @@ void matmul_tn(const float* a, const float* b, float* c, int64_t m, int64_t k, i
 }
 
 void matmul_nt(const float* a, const float* b, float* c, int64_t m, int64_t k, int64_t n) {
-#ifdef MTL_MATMUL_X86
+#ifdef MTL_X86
   TORCH_CHECK(avx512_supported(), "matmul_nt needs AVX-512");
   matmul_nt_x86(a, b, c, m, k, n);
 #else

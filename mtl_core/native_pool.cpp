@@ -21,12 +21,7 @@
 #include <vector>
 
 #include "native_kernels.h"
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define MTL_POOL_X86 1
-#include <immintrin.h>
-#define MTL_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
-#endif
+#include "native_simd.h"
 
 using at::Tensor;
 
@@ -35,13 +30,11 @@ namespace {
 // Rows of work per thread at least: a row is w/2 outputs x c channels (a few KiB).
 constexpr int64_t GRAIN = 8;
 
-#ifdef MTL_POOL_X86
+#ifdef MTL_X86
 
-// 16 channels at a time. A bf16 value is the upper half of a float: widened for the comparison, and the
+// 16 channels at a time. A bf16 value is widened to float for the comparison (mtl::widen_bf16), and the
 // winner's own 16 bits are kept (a maximum is one of its inputs, never rounded).
-MTL_AVX512 inline __m512 widen_bf16(__m256i v) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
-}
+using mtl::widen_bf16;
 
 MTL_AVX512 inline __mmask16 takes(__m512 v, __m512 best) {
   return _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
@@ -142,7 +135,7 @@ void on_all_rows(int64_t n, int64_t h, int64_t w, int64_t c, const Body& body) {
   at::parallel_for(0, n * (h / 2), GRAIN, [&](int64_t b, int64_t e) { each_window(h, w, c, b, e, body); });
 }
 
-#endif  // MTL_POOL_X86
+#endif  // MTL_X86
 
 bool supported() { return mtl::avx512_supported(); }  // native_elementwise.cpp: the same F, BW and VL
 
@@ -166,7 +159,7 @@ std::vector<Tensor> max_pool2x2(const Tensor& x) {
   const auto layout = at::MemoryFormat::ChannelsLast;
   Tensor out = at::empty({n, c, h / 2, w / 2}, x.options().memory_format(layout));
   Tensor arg = at::empty({n, c, h / 2, w / 2}, x.options().dtype(at::kByte).memory_format(layout));
-#ifdef MTL_POOL_X86
+#ifdef MTL_X86
   uint8_t* a = arg.mutable_data_ptr<uint8_t>();
   if (x.scalar_type() == at::kBFloat16) {
     const auto* in = reinterpret_cast<const uint16_t*>(x.const_data_ptr());
@@ -188,7 +181,7 @@ Tensor max_pool2x2_backward(const Tensor& grad_out, const Tensor& arg, int64_t h
               "`arg` must be the forward's (same shape as the gradient, uint8, channels_last)");
   TORCH_CHECK(h == 2 * g.size(2) && w == 2 * g.size(3), "the input was not twice the output's size");
   Tensor grad_in = at::empty({n, c, h, w}, g.options().memory_format(layout));
-#ifdef MTL_POOL_X86
+#ifdef MTL_X86
   const uint8_t* a = arg.const_data_ptr<uint8_t>();
   if (g.scalar_type() == at::kBFloat16) {
     const auto* go = reinterpret_cast<const uint16_t*>(g.const_data_ptr());
