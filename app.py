@@ -5,9 +5,11 @@ import sqlite3
 import streamlit as st
 
 from dashboard.sidebar import sidebar_ui
-from dashboard.state import keep_widget_values
+from dashboard.state import get_runner, keep_widget_values
+from dashboard.text import md_escape
 from dashboard.timing import timed_run
 from mtl_core.runs import StoreUnavailable
+from mtl_core.settings import SettingError
 
 st.set_page_config(page_title="MTL playground", page_icon="🧠", layout="wide")
 
@@ -25,10 +27,13 @@ with timed_run(getattr(nav, "title", "")):  # only with MTL_TIMING_LOG set (benc
     try:
         sidebar_ui()
         nav.run()
+    except SettingError as exc:  # `streamlit run app.py` with a wrong MTL_* value (dashboard.serve refuses at start)
+        st.error(md_escape(f"The server's settings need fixing before anything can train: {exc}"))
     except StoreUnavailable as exc:  # a read-only or full disk: a sentence, and the page stops here
         st.warning(str(exc))
-    except sqlite3.DatabaseError:  # damaged while the server runs: a sentence, never a traceback with paths
+    except sqlite3.DatabaseError:  # damaged while the server runs: a sentence, never SQLite's words or paths
+        get_runner().store_damaged()  # renewed now, as a restart would: damaged file kept, readable rows moved
         st.error(
-            "The run store is damaged, so runs cannot be shown right now. Restart the dashboard: it moves the "
-            "damaged file aside (kept for inspection) and starts a new store."
+            "The run store was found damaged, so runs could not be shown. The server keeps the damaged file, "
+            "moves what it can read into a new store and tells the teacher; reload this page."
         )

@@ -18,7 +18,8 @@ and the server logs how long each of its script runs took (MTL_TIMING_LOG, dashb
 Pacing: by default the sessions arrive evenly over 60 s and pause 3 s between actions, as a class
 does; `--lockstep` has all of them start at once and click as fast as they can (the worst case).
 
-All sessions come from 127.0.0.1, so the per-address cap is lifted here (MTL_MAX_PER_CLIENT); the
+All sessions come from 127.0.0.1, so the per-address caps are lifted here (MTL_MAX_PER_CLIENT, and
+MTL_NEW_IDS_PER_ADDRESS: each cookie-less session is a new identity); the
 disconnected-session lifetime is shortened to 10 s so the memory after closing is measured in
 seconds, not minutes. Not part of the test suite: run it on demand.
 """
@@ -166,7 +167,7 @@ async def one_session(
         start = form.get_by_role("button", name="Start training")
         watching = page.get_by_role("combobox", name="Watching")
         await timed(latencies, "start training", start.click, watching)
-        owners.append(re.search(r"[?&]u=([0-9a-f]{12})", page.url).group(1))  # this session's one job
+        owners.append(f"Student {i:02d}")  # this session's one job, found by its unique display name
         step = "switch pages"
         await pace.think()
         await nav(page, latencies, "Compare", "Compare")
@@ -229,7 +230,7 @@ async def thin_session(
         form = {"f_data_hard": value(string_value=SMOKE_DATA), "f_epochs_hard": value(int_value=EPOCHS),
                 "train_submit_hard": value(trigger_value=True)}  # fmt: skip
         latencies.append(("start training", await s.act(has("Watching"), form)))
-        owners.append(re.search(r"(?:^|&)u=([0-9a-f]{12})", s.query).group(1))
+        owners.append(f"Student {i:02d}")
         step = "switch pages"
         await pace.think()
         latencies.append(("open Compare", await s.go("compare", "Compare")))
@@ -348,8 +349,9 @@ def store_figures(db: Path, owners: list[str]) -> dict:
     con = sqlite3.connect(db)
     rows = con.execute("SELECT id, owner, status, created, started FROM runs").fetchall()
     epochs = dict(con.execute("SELECT run_id, COUNT(*) FROM epochs GROUP BY run_id").fetchall())
+    owner_of_name = dict(con.execute("SELECT name, owner FROM owners WHERE name<>''").fetchall())
     con.close()
-    per_owner = {o: [r for r in rows if r[1] == o] for o in owners}
+    per_owner = {o: [r for r in rows if r[1] == owner_of_name.get(o)] for o in owners}
     good = sum(len(v) == 1 and v[0][2] == "finished" and epochs.get(v[0][0]) == EPOCHS for v in per_owner.values())
     waits = sorted(r[4] - r[3] for r in rows if r[4])
     return {
@@ -375,6 +377,7 @@ def measure(n: int, pace: Pace, browser_nice: int, browsers: int) -> dict:
         home = Path(tmp) / "home"
         port = free_port()
         env = dict(os.environ, MTL_HOME=str(home), MTL_MAX_PER_CLIENT="1000", MTL_MAX_JOBS="1000")
+        env["MTL_NEW_IDS_PER_ADDRESS"] = "1000"  # every session is a new identity from 127.0.0.1
         env["MTL_TEACHER_TOKEN"] = TEACHER_TOKEN
         env["MTL_TIMING_LOG"] = str(Path(tmp) / "script-runs.tsv")
         cmd = [sys.executable, "-m", "dashboard.serve", "--server.port", str(port), "--server.address", "127.0.0.1",

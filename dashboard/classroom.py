@@ -1,14 +1,15 @@
 """Who is looking: the teacher (unlocked with the server's token) or a student (a display name, their
-own runs, and the class gallery when the teacher opens it). The `?u=` link only finds your own runs
-again; it grants nothing else."""
+own runs, and the class gallery when the teacher opens it). Who is who comes from signed cookies
+(dashboard/identity.py); nothing in the address bar grants anything."""
 
 from __future__ import annotations
 
 import streamlit as st
 
+from dashboard.identity import keep_teacher_switches, restore_teacher, sign_in_teacher, sign_out_teacher
 from dashboard.state import get_store, owner_id
 from mtl_core.classroom import NAME_MAX, clean_name, is_teacher_token, teacher_token
-from mtl_core.runs import StoreUnavailable
+from mtl_core.runs import NameTaken, StoreUnavailable
 
 # The teacher's class-wide switches, kept in the run store (mtl_core.runs.SETTINGS).
 CLASS_SWITCHES = (("gallery", "Class gallery open"), ("gallery_downloads", "Students may download gallery models"))
@@ -23,14 +24,16 @@ def is_teacher() -> bool:
 
 
 def unlock_from_url() -> None:
-    """`?teacher=TOKEN` unlocks this tab once; the token then leaves the address bar, so a projected
-    URL never shows it."""
+    """A teacher cookie (12 hours from sign-in) signs a reloaded tab in again; `?teacher=TOKEN` signs in
+    and then leaves the address bar, so a projected URL never shows it."""
+    if not st.session_state.get("_teacher_checked"):
+        restore_teacher(server_teacher_token())
     given = st.query_params.get("teacher")
     if given is None:
         return
     del st.query_params["teacher"]
     if is_teacher_token(given, server_teacher_token()):
-        st.session_state["teacher"] = True
+        sign_in_teacher(server_teacher_token())
     else:
         st.session_state["teacher_error"] = "That teacher link is not valid on this server."
 
@@ -62,16 +65,21 @@ def can_download(run: dict) -> bool:
 
 
 def _save_name() -> None:
+    """Only this browser's own name can change here; a name another student has is refused."""
     name = clean_name(st.session_state.get("student_name", ""))
-    st.session_state["student_name"] = name
     try:
-        get_store().touch_owner(owner_id(), name)
+        get_store().set_owner_name(owner_id(), name)
+        st.session_state["student_name"] = name
+    except NameTaken as exc:
+        st.session_state["student_name"] = get_store().owner_names().get(owner_id(), "")
+        st.session_state["name_error"] = str(exc)
     except StoreUnavailable as exc:
+        st.session_state["student_name"] = name
         st.session_state["name_error"] = str(exc)
 
 
 def name_ui() -> None:
-    if "student_name" not in st.session_state:  # a reload with ?u= finds the name again
+    if "student_name" not in st.session_state:  # a reload or a new tab finds the name again
         st.session_state["student_name"] = get_store().owner_names().get(owner_id(), "")
     if st.session_state.get("name_error"):
         st.warning(st.session_state.pop("name_error"))
@@ -89,15 +97,20 @@ def teacher_ui() -> None:
     store = get_store()
     if is_teacher():
         st.markdown("**Teacher**")
-        st.toggle("All students' runs", key="show_all_runs", help="Every run on this server, with its student's name.")
+        st.toggle(
+            "All students' runs",
+            key="show_all_runs",
+            help="Every run on this server, with its student's name.",
+            on_change=keep_teacher_switches,
+            args=(server_teacher_token(),),
+        )
         st.toggle("Projector view", key="projector", help="The Train page shows only the watched run, large.")
         for name, label in CLASS_SWITCHES:
             stored = store.setting(name)
             if st.toggle(label, value=stored, key=f"t_{name}") != stored:
                 store.set_setting(name, not stored)
-        if st.button("Leave the teacher view", key="t_leave"):
-            for key in ("teacher", "show_all_runs", "projector"):
-                st.session_state.pop(key, None)
+        if st.button("Sign out", key="t_leave", help="Leave the teacher view on this browser."):
+            sign_out_teacher()
             st.rerun()
         return
     if gallery_open():
@@ -109,6 +122,6 @@ def teacher_ui() -> None:
             given = st.text_input("Teacher token", type="password", key="t_token")
             if st.form_submit_button("Unlock"):
                 if is_teacher_token(given, server_teacher_token()):
-                    st.session_state["teacher"] = True
+                    sign_in_teacher(server_teacher_token())
                     st.rerun()
                 st.error("That token is not right.")

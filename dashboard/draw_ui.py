@@ -14,10 +14,21 @@ from mtl_core.analysis import run_label
 from mtl_core.checkpoint import ModelFileError, load_model_bytes
 from mtl_core.config import TrainConfig
 from mtl_core.predict import predict, saliency, saliency_overlay
+from mtl_core.runs import store_problem
 from mtl_core.tasks import VALUE_SCALE, get_task
+from mtl_core.text import plain_text
 
 # The quick model: the 4-task CNN (it answers every task) on at most 8,000 digits for 3 epochs.
 QUICK_MODEL = dict(model="cnn", epochs=3, train_limit=8000)
+
+
+def canvas_data_url(key: str) -> object:
+    """What the canvas component `key` last sent as its picture (a data URL), still undecoded, or None
+    before the first stroke. The page decodes it through mtl_core.predict.read_data_url, which checks
+    its size first; the component's own `image_data` would decode any size it is sent."""
+    value = st.session_state.get(key)
+    drawing = value.get("drawing") if isinstance(value, dict) else None
+    return drawing.get("data") if isinstance(drawing, dict) else None
 
 
 def quick_model_ui(busy: bool) -> None:
@@ -36,7 +47,7 @@ def quick_model_ui(busy: bool) -> None:
                 TrainConfig.preset(**QUICK_MODEL), owner=owner_id(), label="quick model", client=client_address()
             )
         except Exception as exc:  # noqa: BLE001 - QueueFull or ConfigError, shown as a message
-            st.warning(str(exc))
+            st.warning(store_problem(exc))  # never SQLite's own words
         else:
             st.rerun()  # show it training and start waiting for the model
 
@@ -52,9 +63,9 @@ def model_file_ui():
     try:
         model, config, _ = load_model_bytes(upload.getvalue())
     except ModelFileError as exc:
-        st.error(f"That model file cannot be used: {exc}")
+        st.error(f"That model file cannot be used: {md_escape(exc)}")
         return None
-    return f"{upload.name} ({config.model})", model  # shown through md_escape: a file name is plain text
+    return f"{plain_text(upload.name, 60)} ({config.model})", model  # shown through md_escape or a table
 
 
 def run_model(run: dict):

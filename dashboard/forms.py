@@ -5,9 +5,21 @@ from __future__ import annotations
 import streamlit as st
 import torch
 
-from dashboard.links import FIELDS, HIDEABLE, LINK_KEYS, config_from_query, field_kind, hidden_from_query, link_to
+from dashboard.identity import pending_exercise_lock, save_exercise_lock
+from dashboard.links import (
+    FIELDS,
+    HIDEABLE,
+    LINK_KEYS,
+    config_from_query,
+    field_kind,
+    hidden_from_query,
+    link_to,
+    settings_without_model,
+    weightings_for,
+)
 from dashboard.state import full_mnist_here, get_data, get_runner, get_store
-from mtl_core.config import OPTIMIZERS, PRECISIONS, ConfigError, TrainConfig
+from dashboard.text import md_escape
+from mtl_core.config import FORM_RANGES, OPTIMIZERS, PRECISIONS, ConfigError, TrainConfig
 from mtl_core.data import SOURCES
 from mtl_core.estimate import (
     Estimate,
@@ -17,9 +29,10 @@ from mtl_core.estimate import (
     queue_spot,
     run_estimate,
 )
-from mtl_core.models import ALPHA_INITS, MODELS, shares_parameters
+from mtl_core.models import ALPHA_INITS, MODELS
 from mtl_core.reference import SEED_MODELS
 from mtl_core.tasks import TASKS
+from mtl_core.text import LABEL_MAX, plain_text
 from mtl_core.weighting import WEIGHTINGS
 
 MAX_SEEDS = 10  # runs one Start may queue (each is a job of its own in the class's queue)
@@ -66,6 +79,12 @@ def form_values(config: TrainConfig) -> dict:
 
 
 _WIDGET_TYPE = {"int": int, "float": float, "bool": bool}
+
+
+def _range(field: str) -> dict:
+    """A number input's bounds for TrainConfig `field`: the form's ranges, which the link check reads too."""
+    lo, hi = FORM_RANGES[field]
+    return {"min_value": lo, "max_value": hi}
 
 
 def form_defaults(model: str) -> dict:
@@ -156,14 +175,12 @@ def train_form_ui(model: str) -> dict | None:
             ),
         )
         c1, c2, c3 = st.columns(3)
-        epochs = show("epochs", lambda: c1.number_input("Epochs", 1, 500, key=f"f_epochs{k}"))
+        epochs = show("epochs", lambda: c1.number_input("Epochs", **_range("epochs"), key=f"f_epochs{k}"))
         lr = show(
             "lr",
-            lambda: c2.number_input(
-                "Learning rate", min_value=1e-6, max_value=10.0, step=1e-4, format="%.5f", key=f"f_lr{k}"
-            ),
+            lambda: c2.number_input("Learning rate", **_range("lr"), step=1e-4, format="%.5f", key=f"f_lr{k}"),
         )
-        batch = show("batch", lambda: c3.number_input("Batch size", 1, 8192, key=f"f_batch{k}"))
+        batch = show("batch", lambda: c3.number_input("Batch size", **_range("batch_size"), key=f"f_batch{k}"))
         mnist_here = full_mnist_here()
 
         def source_name(source: str) -> str:
@@ -190,8 +207,7 @@ def train_form_ui(model: str) -> dict | None:
                 "amult",
                 lambda: c2.number_input(
                     "Alpha learning-rate multiplier",
-                    0.01,
-                    10000.0,
+                    **_range("alpha_lr_mult"),
                     key=f"f_amult{k}",
                     help="The paper used 100 to 1000.",
                 ),
@@ -203,10 +219,13 @@ def train_form_ui(model: str) -> dict | None:
             c1, c2 = st.columns(2)
             optimizer = show("opt", lambda: c1.selectbox("Optimiser", OPTIMIZERS, key=f"f_opt{k}"))
             weight_decay = show(
-                "wd", lambda: c2.number_input("Weight decay", 0.0, 1.0, step=1e-4, format="%.5f", key=f"f_wd{k}")
+                "wd",
+                lambda: c2.number_input(
+                    "Weight decay", **_range("weight_decay"), step=1e-4, format="%.5f", key=f"f_wd{k}"
+                ),
             )
             c1, c2, c3 = st.columns(3)
-            seed = show("seed", lambda: c1.number_input("Seed", 0, 2**31 - 1, key=f"f_seed{k}"))
+            seed = show("seed", lambda: c1.number_input("Seed", **_range("seed"), key=f"f_seed{k}"))
             most = max(1, min(MAX_SEEDS, get_runner().limits.per_owner))  # a student's cap on queued runs
             n_seeds = c2.number_input(
                 "Runs (seeds)",
@@ -221,8 +240,7 @@ def train_form_ui(model: str) -> dict | None:
                 "val",
                 lambda: c3.number_input(
                     "Validation digits",
-                    0,
-                    30000,
+                    **_range("val_split"),
                     step=1000,
                     key=f"f_val{k}",
                     help="Hold out this many training digits to pick the best epoch on; the test set is then "
@@ -233,7 +251,10 @@ def train_form_ui(model: str) -> dict | None:
             train_limit = show(
                 "limit",
                 lambda: st.number_input(
-                    "Use only the first N training digits (0 = all)", 0, 60000, step=1000, key=f"f_limit{k}"
+                    "Use only the first N training digits (0 = all)",
+                    **_range("train_limit"),
+                    step=1000,
+                    key=f"f_limit{k}",
                 ),
             )
             c1, c2 = st.columns(2)
@@ -265,8 +286,7 @@ def train_form_ui(model: str) -> dict | None:
                 "weighting",
                 lambda: st.selectbox(
                     "Loss weighting",
-                    # Methods that balance the shared parameters' gradients need a model that shares some.
-                    [n for n, m in WEIGHTINGS.items() if not m.needs_shared or shares_parameters(model)],
+                    weightings_for(model),
                     format_func=lambda n: WEIGHTINGS[n].title,
                     key=f"f_weighting{k}",
                     help="How the task losses become one update. Static: the weights below. The others learn "
@@ -280,7 +300,7 @@ def train_form_ui(model: str) -> dict | None:
                 # Three to a row: five side by side were too narrow to read in the form's column.
                 for start in range(0, len(TASKS), 3):
                     for col, t in zip(st.columns(3), list(TASKS)[start : start + 3]):
-                        weights[t] = col.number_input(t, 0.0, 1000.0, step=0.5, key=f"f_w_{t}{k}")
+                        weights[t] = col.number_input(t, **_range("loss_weights"), step=0.5, key=f"f_w_{t}{k}")
             c1, c2, c3 = st.columns(3)
             scheduler = show(
                 "sched",
@@ -291,8 +311,10 @@ def train_form_ui(model: str) -> dict | None:
                     help="step: multiply the LR by gamma every N epochs (StepLR)",
                 ),
             )
-            step_size = show("step", lambda: c2.number_input("Step every N epochs", 1, 500, key=f"f_step{k}"))
-            gamma = show("gamma", lambda: c3.number_input("Gamma", 0.01, 1.0, step=0.05, key=f"f_gamma{k}"))
+            step_size = show(
+                "step", lambda: c2.number_input("Step every N epochs", **_range("step_size"), key=f"f_step{k}")
+            )
+            gamma = show("gamma", lambda: c3.number_input("Gamma", **_range("gamma"), step=0.05, key=f"f_gamma{k}"))
     if not submitted:
         return None
     if data == "mnist" and not mnist_here:
@@ -320,7 +342,7 @@ def train_form_ui(model: str) -> dict | None:
         scheduler=scheduler,
         step_size=int(step_size),
         gamma=float(gamma),
-        label=label.strip(),
+        label=plain_text(label, LABEL_MAX),
         **extra,
     )
 
@@ -348,16 +370,22 @@ def apply_link_ui() -> None:
     """Settings that arrived in the address (a shared link) go into the form once; the address keeps
     only the `?u=` of this browser, so a reload does not undo what the student changed since."""
     params = {name: st.query_params[name] for name in st.query_params if name in LINK_KEYS}
-    if "model" not in params:
-        return
     for name in params:
         del st.query_params[name]
+    if (sentence := settings_without_model(params)) is not None:
+        st.warning(md_escape(sentence))
+        return
+    if not params:
+        if lock := pending_exercise_lock():  # a reload keeps an exercise link's lock (dashboard/identity.py)
+            load_into_form(*lock)
+        return
     try:
         config = config_from_query(params)
     except ConfigError as exc:
-        st.warning(f"This link's settings cannot be used ({exc}). The form shows the reference recipe.")
+        st.warning(f"This link's settings cannot be used ({md_escape(exc)}). The form shows the reference recipe.")
         return
     load_into_form(config, hidden_from_query(params))
+    save_exercise_lock(config, st.session_state["form_hidden"])
     st.toast("The link's settings are in the form: press Start training.")
 
 

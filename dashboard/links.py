@@ -6,12 +6,14 @@ gets a sentence, never a half-filled form."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from urllib.parse import urlencode
 
-from mtl_core.config import ConfigError, TrainConfig
-from mtl_core.models import MODELS
+from mtl_core.config import FORM_RANGES, ConfigError, TrainConfig
+from mtl_core.models import MODELS, shares_parameters
 from mtl_core.tasks import TASKS
+from mtl_core.weighting import WEIGHTINGS
 
 # URL name (also the form's widget key: f_<name>_<model>) -> TrainConfig field.
 FIELDS = {
@@ -44,6 +46,29 @@ def field_kind(name: str) -> str:
     return TrainConfig.__dataclass_fields__[FIELDS[name]].type
 
 
+def weightings_for(model: str) -> list[str]:
+    """The loss weightings the form offers for `model`: methods that balance the shared parameters'
+    gradients need a model that shares some."""
+    return [n for n, m in WEIGHTINGS.items() if not m.needs_shared or shares_parameters(model)]
+
+
+def _shown(text: str) -> str:
+    return text if len(text) <= 40 else text[:40] + "…"
+
+
+def _bound(v: float) -> str:
+    return f"{v:,}" if isinstance(v, int) else f"{v:g}"
+
+
+def _out_of_range(name: str, text: str, value: float, field: str) -> str | None:
+    """Why `value` (link parameter `name`) is outside the form's range for `field`, or None if it is inside.
+    The form's widgets would silently replace such a value (a batch of 10000 became 1)."""
+    lo, hi = FORM_RANGES[field]
+    if math.isfinite(value) and lo <= value <= hi:
+        return None
+    return f"{name}={_shown(text)} is outside the allowed range, {_bound(lo)} to {_bound(hi)}"
+
+
 def _parse(name: str, text: str):
     field, kind = FIELDS[name], field_kind(name)
     try:
@@ -58,28 +83,60 @@ def _parse(name: str, text: str):
         if kind == "float":
             return float(text)
     except ValueError:
-        raise ConfigError(f"'{name}={text}' is not a {kind}") from None
+        raise ConfigError(f"'{name}={_shown(text)}' is not a {kind}") from None
     return text
 
 
 def config_from_query(params: Mapping[str, str]) -> TrainConfig:
-    """The configuration a link describes (its model's recipe, changed where the link says)."""
+    """The configuration a link describes (its model's recipe, changed where the link says). Every value
+    must be one the Train form can hold (its ranges are FORM_RANGES): a value outside is refused with
+    the reason, never replaced by the nearest one the form has."""
     model = params.get("model", "")
     if model not in MODELS:
-        raise ConfigError(f"unknown model {model!r}; valid models: {', '.join(MODELS)}")
+        raise ConfigError(f"unknown model {_shown(model)!r}; valid models: {', '.join(MODELS)}")
     preset = TrainConfig.preset(model)
-    changes, weights = {}, dict(preset.loss_weights)
+    changes, weights, problems = {}, dict(preset.loss_weights), []
     for name, text in params.items():
         if name in FIELDS:
-            changes[FIELDS[name]] = _parse(name, text)
+            try:
+                value = _parse(name, text)
+            except ConfigError as exc:
+                problems.append(str(exc))
+                continue
+            field = FIELDS[name]
+            if field in FORM_RANGES and (why := _out_of_range(name, text, value, field)):
+                problems.append(why)
+            elif field == "loss_weighting" and value in WEIGHTINGS and value not in weightings_for(model):
+                offered = ", ".join(weightings_for(model))
+                problems.append(f"weighting={value} needs a model that shares layers; for {model}: {offered}")
+            else:
+                changes[field] = value
         elif name.startswith(WEIGHT) and name[len(WEIGHT) :] in TASKS:
             try:
-                weights[name[len(WEIGHT) :]] = float(text)
+                weight = float(text)
             except ValueError:
-                raise ConfigError(f"'{name}={text}' is not a number") from None
+                problems.append(f"'{name}={_shown(text)}' is not a number")
+                continue
+            if why := _out_of_range(name, text, weight, "loss_weights"):
+                problems.append(why)
+            else:
+                weights[name[len(WEIGHT) :]] = weight
+    if problems:
+        raise ConfigError("; ".join(problems))
     tasks = changes.get("tasks", preset.tasks)
     changes["loss_weights"] = {t: w for t, w in weights.items() if t in tasks and w != 1.0}
     return preset.replace(**changes)  # TrainConfig checks every value and names each problem
+
+
+def settings_without_model(params: Mapping[str, str]) -> str | None:
+    """The sentence for a link that has settings but no model= (it would otherwise be ignored without a
+    word), or None when there is nothing to say."""
+    if "model" in params or not params:
+        return None
+    return (
+        f"This link has settings ({', '.join(sorted(params))}) but no model=…; valid models: {', '.join(MODELS)}. "
+        "The form shows the reference recipe."
+    )
 
 
 def hidden_from_query(params: Mapping[str, str]) -> frozenset[str]:

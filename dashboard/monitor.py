@@ -76,6 +76,8 @@ def status_ui(run: dict, records: list[dict]) -> None:
         else:  # a long first epoch (a CNN on 60,000 digits) still shows it moves
             text = f"Epoch 0 of {total} · first epoch {within:.0%} done"
         st.progress(min(1.0, (done + within) / total), text=text)
+        if run.get("yield_requested"):  # fair share (JobRunner.share_workers): it waits in memory, not queued
+            st.info("Paused so another student's run could start; it resumes by itself where it stopped.")
     elif status == "finished":
         n_val = run["config"].get("val_split", 0)
         if n_val:
@@ -85,16 +87,17 @@ def status_ui(run: dict, records: list[dict]) -> None:
             picked = "picked on the test set, as the reference studies do"
         st.success(
             f"Finished all {_epochs(total)} in {run['train_seconds'] or 0:.1f} s; best epoch {run['best_epoch']} "
-            f"({picked})." + (f" Note: {run['reason']}." if run["reason"] else "")
+            f"({picked})." + (f" Note: {md_escape(run['reason'])}." if run["reason"] else "")
         )
     elif status == "cancelled" and done == 0:
-        st.warning(f"Stopped before any epoch finished ({run['reason']}); there is no model to keep.")
+        st.warning(f"Stopped before any epoch finished ({md_escape(run['reason'])}); there is no model to keep.")
     elif status in ("cancelled", "interrupted"):
         what = "Stopped" if status == "cancelled" else "Interrupted"
         kept = f"the weights of its best epoch ({run['best_epoch']})" if run["best_epoch"] else "no weights"
-        st.warning(f"{what} after {_epochs(done)} of {total}: {run['reason']}. The curve and {kept} are kept.")
+        why = md_escape(run["reason"])
+        st.warning(f"{what} after {_epochs(done)} of {total}: {why}. The curve and {kept} are kept.")
     else:  # failed or diverged
-        st.error(f"{status.capitalize()}: {run['reason']}")
+        st.error(f"{status.capitalize()}: {md_escape(run['reason'])}")
 
 
 def metrics_ui(run: dict, records: list[dict]) -> None:
@@ -148,6 +151,19 @@ def model_downloads_ui(run: dict) -> None:
     )
 
 
+def older_model_note(run: dict) -> str:
+    """Why a run's model file is not offered when it holds an earlier epoch than the best one shown."""
+    held, best, path = run.get("weights_epoch"), run.get("best_epoch"), run.get("weights_path")
+    if held is None or held == best or not path or not os.path.exists(path):
+        return ""
+    record = next((r for r in get_store().epochs(run["id"]) if r.get("epoch") == held), {})
+    acc = f" ({record['avg_acc']:.2%})" if record.get("avg_acc") is not None else ""
+    return (
+        f"The model file holds epoch {held}{acc}, not the best epoch {best}: the best epoch's weights could not "
+        "be saved, so no model is offered for this run."
+    )
+
+
 def run_actions_ui(run: dict) -> None:
     """For a run that is over: download its model, delete it (only its owner can), train again with its
     settings, or pass them on as a link."""
@@ -155,6 +171,8 @@ def run_actions_ui(run: dict) -> None:
     if has_model(run) and can_download(run):
         with c1.popover("⬇ Model"):
             model_downloads_ui(run)
+    elif note := older_model_note(run):
+        c1.caption(note)
     if can_manage(run):
         with c2.popover("🗑 Delete run"):
             st.caption("Deletes its curves and its model file for good.")
@@ -259,8 +277,12 @@ def monitor_ui(run_id: str, projector: bool = False) -> None:
         where = run["device"] or ("waiting for a worker" if run["status"] == "queued" else "")
         head.markdown(" · ".join(filter(None, [f"**{md_escape(run_label(run))}**", data_source(run), where])))
         if run["status"] in ACTIVE and can_manage(run) and stop.button("⏹ Stop", key="stop_run", width="stretch"):
-            get_runner().stop(run_id)
-            st.toast("Stopping…")
+            try:
+                get_runner().stop(run_id)
+            except StoreUnavailable as exc:  # read-only, full or lost: the Stop cannot be recorded, say why
+                st.warning(f"Stop could not be recorded. {exc}")
+            else:
+                st.toast("Stopping…")
         status_ui(run, records)
         if not projector:  # on the projector the numbers and buttons go under the curves
             if run["status"] not in ACTIVE:

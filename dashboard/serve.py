@@ -15,9 +15,18 @@ APP = Path(__file__).resolve().parent.parent / "app.py"
 
 def main(argv: list[str] | None = None) -> None:
     from mtl_core.classroom import teacher_token
-    from mtl_core.jobs import server_runner
+    from mtl_core.identity import RateLimits
+    from mtl_core.jobs import RunnerSettings, server_runner
+    from mtl_core.runs import StoreUnavailable
+    from mtl_core.settings import SettingError
 
-    runner = server_runner()
+    try:
+        RunnerSettings.from_env()  # every MTL_* setting checked before anything is opened or started
+        RateLimits.from_env()
+        runner = server_runner()
+    except (SettingError, StoreUnavailable) as exc:
+        print(f"mtl-playground: cannot start: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     where = "this server trains" if runner.has_pool else "another server already trains for this store"
     print(f"mtl-playground: runs in {runner.store.path} ({where}; {runner.n_workers} worker(s))", flush=True)
     token = teacher_token(runner.store.path.parent)

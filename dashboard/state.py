@@ -1,11 +1,9 @@
-"""Per-browser identity, the shared run store and job runner, cached read-only data."""
+"""The browser's owner id, the shared run store and job runner, cached read-only data."""
 
 from __future__ import annotations
 
 import os
-import re
 import time
-import uuid
 
 import streamlit as st
 
@@ -50,7 +48,9 @@ def has_model(run: dict) -> bool:
     """A run that is over and whose saved model is still on disk (another tab may have deleted it).
     A training run already has its best-so-far weights on disk; they are used once it ends."""
     path = run.get("weights_path")
-    return run["status"] not in ACTIVE and bool(path) and os.path.exists(path)
+    # Only the file the numbers beside it describe: after a failed save it may hold an earlier epoch.
+    held = run.get("weights_epoch")
+    return run["status"] not in ACTIVE and bool(path) and os.path.exists(path) and held in (None, run.get("best_epoch"))
 
 
 def model_of(run: dict):
@@ -59,12 +59,12 @@ def model_of(run: dict):
 
 
 def owner_id() -> str:
-    """A per-browser id kept in the URL (?u=...), so a reload or a page switch keeps your runs."""
+    """This browser's identity: a hash of the secret in its signed cookie (dashboard/identity.py), so a
+    reload, a new tab or a restart keeps your runs and nothing on a screen or in a link can claim them."""
     if "owner" not in st.session_state:
-        given = st.query_params.get("u", "")
-        st.session_state.owner = given if re.fullmatch(r"[0-9a-f]{12}", given) else uuid.uuid4().hex[:12]
-    if st.query_params.get("u") != st.session_state.owner:
-        st.query_params["u"] = st.session_state.owner
+        from dashboard.identity import start_identity  # it imports this module
+
+        start_identity()
     return st.session_state.owner
 
 

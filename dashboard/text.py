@@ -1,18 +1,34 @@
-"""User-typed text (run names, student names, file names) shown as plain text, never as markup."""
+"""User-typed text (run names, student names, file names, link parameters, what a model file says) shown
+as plain text, never as markup: `md_escape` for everything Streamlit renders as Markdown, `chart_text`
+for Plotly."""
 
 from __future__ import annotations
 
 import html
 import re
+from typing import Any
 
-_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:=^])")
+from mtl_core.text import plain_text
+
+# Every character Markdown, GFM, Streamlit's directives (:red[...]) or math ($) give a meaning, and &
+# (an entity such as &#x202E; would bring back a bidi override after the text was cleaned).
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:=^&])")
+# remark-gfm finds URLs and e-mail addresses in the text *after* backslash escapes are resolved
+# (mdast-util-gfm-autolink-literal runs on text nodes), so an escape cannot stop an autolink: the
+# characters it keys on are replaced by look-alikes that no autolink rule accepts.
+_WWW = re.compile(r"(www)\.", re.IGNORECASE)
 
 
-def md_escape(text: str) -> str:
-    """For st.markdown, captions and toasts: every Markdown (and HTML) character is taken literally."""
-    return _MARKDOWN.sub(r"\\\1", str(text))
+def md_escape(text: Any, limit: int | None = None) -> str:
+    """The one way user text goes into st.markdown, captions, alerts, toasts and labels: plain text
+    (no control, bidi or zero-width characters; see mtl_core.text.plain_text) in which no Markdown,
+    HTML, image, link or autolink can form. Reads the same; `limit` cuts it to that many characters."""
+    text = plain_text(text, limit)
+    text = text.replace("://", "\u2236//").replace("@", "\uff20")  # ratio sign, full-width at
+    text = _WWW.sub("\\1\u2024", text)  # one-dot leader
+    return _MARKDOWN.sub(r"\\\1", text)
 
 
-def chart_text(text: str) -> str:
+def chart_text(text: Any) -> str:
     """For Plotly legends and axis labels, which render a subset of HTML tags (and links)."""
-    return html.escape(str(text), quote=True)
+    return html.escape(plain_text(text), quote=True)

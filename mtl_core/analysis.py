@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .classroom import clean_name
 from .config import TrainConfig
 from .data import SOURCES, MTLData
 from .metrics import mean_by_key, mean_std
@@ -18,6 +19,7 @@ from .models import MODELS, MultiTaskModel
 from .predict import predict
 from .reference import SEED_MODELS, SEED_STUDY
 from .tasks import TASKS, VALUE_SCALE, get_task, make_targets
+from .text import label_text
 
 
 def headline(metrics: dict[str, float]) -> float:
@@ -121,9 +123,11 @@ def baseline_config(run: dict) -> dict:
 
 
 def run_label(run: dict) -> str:
-    """Run name (or model), tasks, the id's tail; the student's display name first when they gave one."""
-    name = run.get("label") or run["model"]
-    student = f"{run['student']}: " if run.get("student") else ""
+    """Run name (or model), tasks, the id's tail; the student's display name first when they gave one.
+    Plain text; a label with a colon is quoted, so it cannot pass for that name (mtl_core/text.py)."""
+    name = label_text(run.get("label")) or run["model"]
+    student = clean_name(run.get("student"))
+    student = f"{student}: " if student else ""
     return f"{student}{name} · {'+'.join(run['config']['tasks'])} · {run['id'][-6:]}"
 
 
@@ -192,7 +196,7 @@ def base_label(run: dict) -> str:
 
 def group_label(group: list[dict]) -> str:
     r = group[0]
-    name = base_label(r)
+    name = label_text(base_label(r))
     seeds = f"seed {seeds_text(group)}" if len(group) == 1 else f"{len(group)} seeds ({seeds_text(group)})"
     return f"{name} · {'+'.join(r['config']['tasks'])} · {seeds}"
 

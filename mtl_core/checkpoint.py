@@ -18,13 +18,18 @@ from safetensors.torch import save as st_save
 
 from .config import ConfigError, TrainConfig
 from .models import MultiTaskModel, build_model
+from .text import MESSAGE_MAX, plain_text, shown
 
 FORMAT = "mtl-playground/1"
 MAX_FILE_BYTES = 64 * 1024 * 1024  # the largest model here is under 2 MB
 
 
 class ModelFileError(ValueError):
-    """A model file that cannot be loaded; the message says what is wrong with it."""
+    """A model file that cannot be loaded; the message says what is wrong with it. The file is untrusted
+    and the message may quote it, so it is plain text (mtl_core/text.py) of bounded length."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(plain_text(message, MESSAGE_MAX))
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
@@ -88,7 +93,7 @@ def load_model_bytes(payload: bytes) -> tuple[MultiTaskModel, TrainConfig, dict]
         raise ModelFileError(f"file is {len(payload) / 1e6:.0f} MB; models here are under {MAX_FILE_BYTES // 2**20} MB")
     meta = _read_header(payload).get("__metadata__") or {}
     if meta.get("format") != FORMAT:
-        raise ModelFileError(f"not a model saved by this playground (metadata format {meta.get('format')!r})")
+        raise ModelFileError(f"not a model saved by this playground (metadata format {shown(meta.get('format'))})")
     try:
         config = TrainConfig.from_dict(json.loads(meta["config"]))
         extra = json.loads(meta.get("extra", "{}"))
@@ -106,7 +111,8 @@ def load_model_bytes(payload: bytes) -> tuple[MultiTaskModel, TrainConfig, dict]
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or unexpected:
         raise ModelFileError(
-            f"tensors do not match a {config.model} model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            f"tensors do not match a {config.model} model: missing {missing[:5]}, "
+            f"unexpected [{', '.join(map(shown, unexpected[:5]))}]"
         )
     for k, v in expected.items():
         if tensors[k].shape != v.shape or tensors[k].dtype != v.dtype:

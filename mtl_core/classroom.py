@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hmac
 import os
-import re
 import secrets
-import unicodedata
 from pathlib import Path
+
+from .text import COLON_LIKE, plain_text
 
 NAME_MAX = 30
 
@@ -47,7 +47,7 @@ def is_teacher_token(given: str, token: str) -> bool:
 
 
 def clean_name(raw: str) -> str:
-    """A display name as plain text: printable characters only, spaces collapsed, at most 30 characters.
-    Markdown and HTML stay as typed; pages show names as plain text, never render them."""
-    text = "".join(" " if unicodedata.category(c)[0] == "C" else c for c in unicodedata.normalize("NFC", raw or ""))
-    return re.sub(r"\s+", " ", text).strip()[:NAME_MAX]
+    """A display name as plain text (mtl_core.text.plain_text: no control, bidi or zero-width characters,
+    spaces collapsed), at most 30 characters. Markdown and HTML stay as typed; pages escape them. No colon
+    (nor a look-alike): pages show "name: run", and only the server's part may hold one."""
+    return plain_text(COLON_LIKE.sub(" ", plain_text(raw)))[:NAME_MAX].rstrip()

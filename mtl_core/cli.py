@@ -1,9 +1,10 @@
-"""`python -m mtl_core train | submit | compare | bench | export`: the engine and the job runner from a terminal."""
+"""`python -m mtl_core train | submit | compare | bench | export | runs`: the engine and the job runner from a shell."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import replace
@@ -19,6 +20,7 @@ from .metrics import mean_std
 from .models import ALPHA_INITS, MODELS
 from .reference import SEED_MODELS, SEED_STUDY
 from .runs import RunStore
+from .settings import SettingError
 from .tasks import TASKS
 from .train import CONFLICT_PROBES, Training
 from .weighting import WEIGHTINGS
@@ -140,7 +142,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         print_aggregate(agg)
     if a.json:
         payload = dict(results[0]) if not many else {"runs": results, "aggregate": agg}
-        Path(a.json).write_text(json.dumps(payload, indent=2))
+        write_json(a.json, payload)
         print(f"wrote {a.json}")
     return 1 if failed else 0
 
@@ -173,7 +175,7 @@ def cmd_submit(a: argparse.Namespace) -> int:
         print_aggregate(agg)
     if a.json:
         payload = summaries[0] if len(summaries) == 1 else {"runs": summaries, "aggregate": agg}
-        Path(a.json).write_text(json.dumps(payload, indent=2))
+        write_json(a.json, payload)
         print(f"wrote {a.json}")
     return 0 if all(s["status"] == "finished" for s in summaries) else 1
 
@@ -249,7 +251,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
     rows = seed_table(data, a.epochs, a.seed, **overrides)
     print(format_seed_table(rows, data.describe(), a.epochs))
     if a.json:
-        Path(a.json).write_text(json.dumps(rows, indent=2))
+        write_json(a.json, rows)
     return 0
 
 
@@ -268,8 +270,67 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its refusals on one line (argparse prints the whole usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def check_output(path: Path) -> None:
+    """Refuse, before any work, an output path that cannot be written: ValueError with the reason. Missing
+    folders are made when the file is written (write_json, save_model): the nearest existing one must take them."""
+    path = Path(path)
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    why = None
+    if path.is_dir():
+        why = "it is a folder; give a file name"
+    elif not folder.is_dir():
+        why = f"{folder} is not a folder"
+    elif not os.access(folder, os.W_OK | os.X_OK):
+        why = f"no permission to write in {folder}"
+    elif path.exists() and not os.access(path, os.W_OK):
+        why = "the file is read-only"
+    if why:
+        raise ValueError(f"cannot write {path}: {why}")
+
+
+def write_json(path: Path, payload) -> None:
+    """`payload` as JSON at `path`, its folders made as --save and export make theirs."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(payload, indent=2))
+
+
+OUTPUT_OPTIONS = ("json", "save", "out")  # every option that names a file to write
+MAX_SEEDS = 1000
+
+
+def check_before_work(args: argparse.Namespace) -> None:
+    """What can be checked before a command trains or loads anything: the server settings in the
+    environment and every output path. ValueError (SettingError included) with a sentence."""
+    if args.command in ("train", "submit", "compare"):
+        RunnerSettings.from_env()
+    seeds = getattr(args, "seeds", 1)
+    if not 1 <= seeds <= MAX_SEEDS:
+        raise ValueError(f"--seeds must be a whole number from 1 to {MAX_SEEDS} (got {seeds})")
+    for option in OUTPUT_OPTIONS:
+        if getattr(args, option, None) not in (None, "-"):  # "-": standard output
+            check_output(getattr(args, option))
+    model_file = getattr(args, "model_file", None)
+    if model_file is not None and model_file.is_dir():
+        raise ValueError(f"cannot read {model_file}: it is a folder, not a model file")
+
+
+def cmd_runs(a: argparse.Namespace) -> int:
+    from .listing import cmd_runs as list_runs  # reads the store through the salvage reader, never writes it
+
+    return list_runs(a.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m mtl_core", description="Multi-task learning playground engine")
+    ap = _Parser(prog="python -m mtl_core", description="Multi-task learning playground engine")
     sub = ap.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -336,6 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--format", choices=EXPORT_FORMATS, required=True)
     e.add_argument("--out", type=Path, required=True, metavar="FILE", help="the file to write")
     e.set_defaults(func=cmd_export)
+
+    r = sub.add_parser("runs", help="list the run store's runs (a damaged store: every run still readable)")
+    r.add_argument("--json", default=None, metavar="FILE", help="write them as JSON here ('-': standard output)")
+    r.set_defaults(func=cmd_runs)
     return ap
 
 
@@ -347,7 +412,11 @@ def main(argv: list[str] | None = None) -> int:
         return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
+        check_before_work(args)
         return args.func(args)
-    except (ConfigError, DataUnavailable, ValueError) as exc:
+    except (ConfigError, DataUnavailable, SettingError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a disk that fills up or goes away mid-way: still a sentence
+        print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2

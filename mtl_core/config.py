@@ -13,6 +13,7 @@ from typing import Any
 from .data import SOURCES
 from .models import ALPHA_INITS, MODELS, get_model_spec
 from .tasks import TASKS
+from .text import plain_text
 from .weighting import WEIGHTINGS
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -21,9 +22,30 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "auto")
 PATHS = ("auto", "autograd")  # auto: the hand-written fast step where one exists (mtl_core/fastpath.py)
 
+# The Train form's range of each number it asks for, read by its widgets (dashboard/forms.py) and by the
+# link check (dashboard/links.py), so a link can only hold what the form can show. Some are narrower than
+# what TrainConfig accepts (`problems()`), which code and the command line may use.
+FORM_RANGES: dict[str, tuple[int, int] | tuple[float, float]] = {
+    "epochs": (1, 500),
+    "lr": (1e-6, 10.0),
+    "batch_size": (1, 8192),
+    "weight_decay": (0.0, 1.0),
+    "seed": (0, 2**31 - 1),
+    "val_split": (0, 30000),
+    "train_limit": (0, 60000),  # 0: all
+    "alpha_lr_mult": (0.01, 10000.0),
+    "step_size": (1, 500),
+    "gamma": (0.01, 1.0),
+    "loss_weights": (0.0, 1000.0),  # each task's weight
+}
+
 
 class ConfigError(ValueError):
-    """A training configuration that cannot run; the message lists every reason."""
+    """A training configuration that cannot run; the message lists every reason. It may quote a link or
+    a model file, so it is plain text (mtl_core/text.py), bounded."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(plain_text(message, 2000))
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,8 @@ so evaluation, saving and loading see the same weights. `tests/test_fastpath.py`
 against autograd and a few hundred steps against the autograd path.
 
 The same steps and their batch loop also run in C++ (`native_steps.cpp`, through `NativeLoop`; built by
-`native.py`): 1.3-1.4x faster per epoch again for the study's one-logit pairs, where Python's own cost per
-operation was a quarter of the step, and about 1.7x with a softmax or regression head among the tasks.
-Its Adam update is its own on AVX-512 CPUs (`native_adam.cpp`: torch's arithmetic, fused with the bf16
-first layer's cast). `ThreadPicker` chooses its threads.
+`native.py`): the same ATen operations and torch's fused Adam, without Python's cost per operation (a
+quarter of the step at batch 128). `ThreadPicker` chooses its threads.
 """
 
 from __future__ import annotations
@@ -513,21 +511,14 @@ def make_step(model: MultiTaskModel, weights: dict[str, float], bf16: bool = Fal
 class NativeLoop:
     """An epoch's batches run by the C++ loop (`native_steps.cpp`, built by `native.py`): for each batch
     the same gather, step, non-finite check and Adam update as `Training`'s Python loop (torch's fused
-    arithmetic, in `native_adam.cpp` where the CPU has AVX-512), with no Python between a step's ~40
-    operations. For the steps with `native_args`: hard sharing, STL, cross-stitch and MMoE, with any mix
-    of tasks."""
+    kernel), with no Python between a step's ~40 operations. For the steps with `native_args`: hard
+    sharing, STL, cross-stitch and MMoE, with any mix of tasks."""
 
     def __init__(self, module, step: _HeadsStep, optimizer: FlatAdam):
         self.module, self.optimizer = module, optimizer
         self.kind, self.p, self.g = step.native_args()
         self.weights, self.bf16 = step.weights, step.bf16
         self.kinds, self.offsets = step.native_kinds, step.native_offsets
-        # The loop's own Adam update (native_adam.cpp) where the CPU has AVX-512; MTL_NATIVE_ADAM=0 makes it
-        # call torch's fused kernel, as it does on other CPUs (tests/test_native.py runs both).
-        self.own_adam = not native.switched_off("MTL_NATIVE_ADAM")
-        # Its bf16 first layer's weights and gradient (native_steps.cpp's Bf16FirstLayer), made once per run.
-        first = self.p[0]
-        self.first_layer_bf16 = [torch.empty_like(first, dtype=torch.bfloat16) for _ in range(2)] if self.bf16 else []
 
     def run(self, x_all, y_all, batches: list[torch.Tensor], begin: int, end: int, sums: torch.Tensor, threads=0):
         """Batches [begin, end) on `threads` threads (0: torch's current count): (the last losses, the
@@ -543,7 +534,7 @@ class NativeLoop:
             [p.data[s] for s, _, _ in parts], [p.grad[s] for s, _, _ in parts],
             [state["exp_avg"][s] for s, _, _ in parts], [state["exp_avg_sq"][s] for s, _, _ in parts],
             state["step"], [lr for _, lr, _ in parts], [decay for _, _, decay in parts], opt.decoupled,
-            *group["betas"], group["eps"], self.own_adam, self.first_layer_bf16, sums, threads,
+            *group["betas"], group["eps"], sums, threads,
         )  # fmt: skip
         opt._opt_called = True  # what the Optimizer wrapper would record; LR schedulers check it
         return out

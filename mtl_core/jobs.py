@@ -7,6 +7,9 @@ The dashboard submits, watches, stops and lists runs through this; training happ
 A supervisor thread replaces dead workers (backing off when they die at once, so a broken disk
 cannot start a crash loop), ends runs whose heartbeat went stale, and cancels queued runs of
 browsers long gone. One pool per run store: a lock file keeps a second server from starting another.
+Before it starts a worker it checks that the store can be written: a read-only or full disk pauses
+training (`problem` says why), and a store lost or damaged under the server is renewed as a restart
+would renew it (`RunStore.recover`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import TrainConfig
-from .runs import Limits, QueueFull, RunStore, default_store_path
+from .runs import (
+    STORE_EXIT,
+    Limits,
+    QueueFull,
+    RunStore,
+    StoreLost,
+    StoreUnavailable,
+    default_store_path,
+    is_store_failure,
+)
+from .settings import env_choice, env_float, env_int
 
 __all__ = [
     "EXECUTORS",
@@ -37,16 +50,16 @@ __all__ = [
 
 SUPERVISE_S = 1.0
 STALE_S = 10.0  # a running run without a heartbeat for this long is interrupted
-QUICK_EXIT_S = 5.0  # a worker that dies this soon after starting counts towards the back-off
 MAX_BACKOFF_S = 60.0
+# Back-off counts worker deaths in a row and starts over only once a worker has lived this long: a
+# worker that dies a little later each time (after loading torch and the data) is still a crash loop.
+HEALTHY_S = 30.0
 EXECUTORS = ("local", "ray")
 
 
 def _env_float(name: str, default: float) -> float:
-    try:
-        return float(os.environ.get(name, default))
-    except ValueError:
-        return default
+    """A number of at least 0 from the environment; SettingError (with the variable's name) otherwise."""
+    return env_float(name, default, 0.0)
 
 
 @dataclass(frozen=True)
@@ -63,22 +76,27 @@ class RunnerSettings:
     limits: Limits = field(default_factory=Limits)
     executor: str = "local"  # "local": worker processes here; "ray": tasks on a Ray cluster (ray_backend.py)
     ray_address: str = ""  # "" starts a local Ray instance; "auto" or host:port joins a running cluster
+    # Fair share (local pool): a run that has trained this long may be paused in place for a student
+    # whose run waits while every worker trains (`JobRunner.share_workers`); a shorter run never is.
+    yield_after_s: float = 20.0
 
     @classmethod
     def from_env(cls) -> RunnerSettings:
+        """Every setting checked before anything starts: SettingError names the first one not usable."""
         cores = os.cpu_count() or 1
-        workers = max(1, int(_env_float("MTL_WORKERS", cores)))
-        threads = max(1, int(_env_float("MTL_THREADS", max(1, cores // workers))))
+        workers = env_int("MTL_WORKERS", cores, 1, 1024)
+        threads = env_int("MTL_THREADS", max(1, cores // workers), 1, 1024)
+        pinned = bool(os.environ.get("MTL_THREADS", "").strip())
         return cls(
             workers=workers,
             threads=threads,
             # A lone run takes every core (mtl_core/worker.threads_for); MTL_THREADS pins them instead.
-            max_threads=int(_env_float("MTL_MAX_THREADS", threads if "MTL_THREADS" in os.environ else cores)),
+            max_threads=env_int("MTL_MAX_THREADS", threads if pinned else cores, 0, 1024),
             max_job_s=_env_float("MTL_MAX_JOB_MINUTES", 30) * 60,
             abandon_s=_env_float("MTL_ABANDON_MINUTES", 10) * 60,
-            nice=int(_env_float("MTL_WORKER_NICE", 10)),
+            nice=env_int("MTL_WORKER_NICE", 10, 0, 19),  # lower priority only: raising it needs root
             limits=Limits.from_env(),
-            executor=os.environ.get("MTL_EXECUTOR", "local").strip().lower() or "local",
+            executor=env_choice("MTL_EXECUTOR", "local", EXECUTORS),
             ray_address=os.environ.get("MTL_RAY_ADDRESS", "").strip(),
         )
 
@@ -86,6 +104,7 @@ class RunnerSettings:
 class _Worker:
     def __init__(self, proc: subprocess.Popen, token: str):
         self.proc, self.token, self.started = proc, token, time.monotonic()
+        self.store_generation = 0  # JobRunner._store_generation when it started: which store it opened
         self.ready = threading.Event()
         threading.Thread(target=self._read_stdout, daemon=True, name=f"worker-{token[:6]}").start()
 
@@ -115,6 +134,9 @@ class JobRunner:
         self._closed = threading.Event()
         self._quick_exits = 0
         self._next_spawn = 0.0
+        self._store_generation = 0  # how many times this runner has renewed its store (RunStore.recover)
+        self._store_suspect = False  # a worker exited because of the store: check it before starting another
+        self._extras: list[_Worker] = []  # one-run workers for the runs that paused runs made way for
         # A read-only store (read-only or full disk) trains nothing: no workers, so no crash loop.
         self._pool_lock = None if store.read_only else self._acquire_pool_lock()
         self.has_pool = self._pool_lock is not None
@@ -162,7 +184,8 @@ class JobRunner:
         f.flush()
         return f
 
-    def _spawn(self) -> _Worker:
+    def _spawn(self, extra: bool = False) -> _Worker:
+        """A worker process; `extra`: one that trains one run and exits (fair share, `share_workers`)."""
         token = uuid.uuid4().hex
         root = str(Path(__file__).resolve().parent.parent)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
@@ -170,6 +193,8 @@ class JobRunner:
         cmd += ["--watch-stdin", "--threads", str(self.settings.threads)]
         cmd += ["--max-threads", str(self.settings.max_threads)]
         cmd += ["--max-seconds", str(self.settings.max_job_s), "--nice", str(self.settings.nice)]
+        # However many processes the pool has, no more runs train at once than it has workers.
+        cmd += ["--slots", str(self.settings.workers)] + (["--once"] if extra else [])
         # stdin is a pipe we never write: when this process dies, however it dies, the worker sees EOF.
         # A session of its own: Ctrl+C on the server reaches the worker only through that pipe.
         proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
@@ -196,36 +221,143 @@ class JobRunner:
                     self.store.interrupt_worker(
                         w.token, f"its worker process died (exit code {code}); the curve so far is kept"
                     )
-                except Exception as exc:  # noqa: BLE001 - a damaged store must not stop the back-off below
-                    self.problem = f"The run store cannot be read or written ({exc}); training is paused."
-                if time.monotonic() - w.started < QUICK_EXIT_S:
+                    self.store.adopt_sidecars()  # a run its worker could only keep beside its model comes back
+                except Exception:  # noqa: BLE001 - the store check below says what is wrong; back off first
+                    pass
+                self._store_suspect |= code == STORE_EXIT  # the store is read through before the next worker
+                if code == STORE_EXIT and w.store_generation != self._store_generation:
+                    pass  # it died of the store the server has renewed since: no sign of a crash loop
+                elif time.monotonic() - w.started < HEALTHY_S:
                     self._quick_exits += 1
                     backoff = min(MAX_BACKOFF_S, 2.0**self._quick_exits)
                     self._next_spawn = time.monotonic() + backoff
-                    self.problem = (
-                        f"Training workers exit right after starting (exit code {code}); retrying in {backoff:.0f} s. "
-                        "The server log says why."
-                    ) + (f" {self.problem}" if self.problem.startswith("The run store") else "")
+                    self._set_problem(
+                        f"Training is paused: workers stopped soon after starting ({self._quick_exits} in a row, "
+                        f"exit code {code}); the server tries again in {backoff:.0f} s. The server log says why."
+                    )
                 else:
                     self._quick_exits = 0
             self._workers = alive
-            if time.monotonic() < self._next_spawn:
+            if time.monotonic() < self._next_spawn or len(self._workers) >= self.n_workers:
                 return
-            if self._workers and self._quick_exits == 0:
-                self.problem = ""
+            trouble = self._store_trouble()
+            if trouble:  # no worker could use this store: start none, look again later
+                backoff = min(MAX_BACKOFF_S, 2.0 ** max(1, self._quick_exits))
+                self._next_spawn = time.monotonic() + backoff
+                self._set_problem(f"Training is paused: {trouble.rstrip('.')}. The server tries again every minute.")
+                return
+            if self._quick_exits == 0 and self.problem.startswith("Training is paused"):
+                self._set_problem("")
             while len(self._workers) < self.n_workers:
                 self._workers.append(self._spawn())
+                self._workers[-1].store_generation = self._store_generation
+
+    def _set_problem(self, text: str) -> None:
+        """The sidebar's sentence; a new kind of problem (or its end) is one line in the server's log."""
+        if text.split(":")[0:2] != self.problem.split(":")[0:2] or bool(text) != bool(self.problem):
+            print(f"mtl-playground: {text or 'training resumed.'}", file=sys.stderr, flush=True)
+        self.problem = text
+
+    def _store_trouble(self) -> str:
+        """Why a worker could not use the store now ("" when it can). A store lost or damaged while the
+        server runs is recovered here, as a restart would (RunStore.recover); the teacher is told."""
+        try:
+            self.store.check_writable()
+            if not self._quick_exits and not self._store_suspect:
+                return ""  # writable, and no worker died of it: no need to read the whole file
+        except Exception as exc:  # noqa: BLE001 - sorted below; anything else is the supervisor's to report
+            if not is_store_failure(exc):
+                raise
+            if not isinstance(exc, StoreLost) and isinstance(exc, StoreUnavailable):
+                return str(exc)  # read-only or full: nothing to recover, wait for the disk
+        try:
+            notice = self.store.recover()  # reads the whole file (quick check); renews it only when damaged
+            self._store_suspect = False
+        except Exception as exc:  # noqa: BLE001 - the folder itself may be gone or read-only
+            return str(exc) if isinstance(exc, StoreUnavailable) else "the run store is damaged and cannot be renewed"
+        if notice:
+            print(f"mtl-playground: {notice}", file=sys.stderr, flush=True)
+            self._quick_exits = 0  # the workers died of the store that is now renewed: start them at once
+            self._store_generation += 1
+        return ""
+
+    def store_damaged(self) -> None:
+        """A page found the store damaged: the server that keeps the pool renews it now, as a restart would
+        (damaged file kept, readable rows salvaged); a store that checks out whole is left as it is."""
+        if not self.has_pool:
+            return
+        try:
+            notice = self.store.recover()
+        except Exception as exc:  # noqa: BLE001 - the page already says the store is damaged
+            print(f"mtl-playground: the damaged run store could not be renewed ({exc})", file=sys.stderr, flush=True)
+            return
+        if notice:
+            print(f"mtl-playground: {notice}", file=sys.stderr, flush=True)
+            self._store_generation += 1
 
     def supervise_once(self) -> None:
         """One round of supervision; the supervisor thread calls this every second."""
         if not self.has_pool:
+            self.store.follow()  # the server that trains may have renewed the store: use the new one
             return
-        self.ensure_workers()
-        self.store.interrupt_stale(STALE_S)
-        if self.settings.abandon_s > 0:
-            self.store.cancel_abandoned(self.settings.abandon_s)
-        if self._quick_exits and all(time.monotonic() - w.started > QUICK_EXIT_S for w in self._workers):
-            self._quick_exits, self.problem = 0, ""
+        try:
+            self.ensure_workers()
+            self.store.interrupt_stale(STALE_S)
+            if self.settings.abandon_s > 0:
+                self.store.cancel_abandoned(self.settings.abandon_s)
+            if self._quick_exits and any(time.monotonic() - w.started > HEALTHY_S for w in self._workers):
+                self._quick_exits = 0
+                self._set_problem("")
+            self.share_workers()
+        except Exception as exc:
+            if not is_store_failure(exc):
+                raise
+            trouble = self._store_trouble()  # recovers a lost or damaged store
+            if trouble:
+                self._set_problem(f"Training is paused: {trouble.rstrip('.')}. The server tries again every minute.")
+
+    def share_workers(self) -> None:
+        """Fair share (local pool): round robin orders the queue but pre-empts nothing, so when a student
+        whose run waits has nothing running while every slot trains, one long run (of the student with
+        the most running, trained `yield_after_s` at least) is asked to pause in place, and one extra
+        worker starts for the waiting run. Once nobody waits, paused runs go on, the longest paused
+        first, as slots free up. Extra workers train one run each and exit, so the pool grows by at most
+        its size in processes (the paused runs' memory), and no more runs than `workers` train at once."""
+        if not self.has_pool or self._closed.is_set() or self.settings.executor != "local":
+            return
+        slots = self.settings.workers
+        with self._lock:
+            alive = []
+            for w in self._extras:
+                code = w.proc.poll()
+                if code is None:
+                    alive.append(w)
+                    continue
+                if w.proc.stdin:
+                    w.proc.stdin.close()
+                why = f"its worker process died (exit code {code}); the curve so far is kept"
+                self.store.interrupt_worker(w.token, why)
+            self._extras = alive
+            if time.monotonic() < self._next_spawn:
+                return  # workers are dying at start: leave it to ensure_workers's back-off
+            state = self.store.share_state()
+            # Workers that hold no run (extras still starting included) claim the next waiting runs.
+            idle = sum(w.token not in state.holders for w in self._workers + self._extras)
+            training, paused, promised = state.training, state.paused, 0
+            for _ in range(state.waiting):  # each waiting run: a slot to train in, and a worker to claim it
+                if training + promised >= slots:
+                    if not self.store.request_yield(self.settings.yield_after_s, slots):
+                        break
+                    training, paused = training - 1, paused + 1
+                if promised < idle:
+                    promised += 1
+                elif len(self._extras) < paused:
+                    self._extras.append(self._spawn(extra=True))
+                    idle, promised = idle + 1, promised + 1
+                else:
+                    break
+            if paused:  # slots no waiting run was promised go back to paused runs, the longest paused first
+                self.store.resume_paused(slots - promised)
 
     def _supervise_loop(self) -> None:
         while not self._closed.wait(SUPERVISE_S):
@@ -233,7 +365,8 @@ class JobRunner:
                 self.supervise_once()
             except Exception as exc:  # noqa: BLE001 - the supervisor must outlive a bad moment of the store
                 if not self.problem:
-                    self.problem = f"The job supervisor hit a problem and will retry: {exc}"
+                    print(f"mtl-playground: the job supervisor hit {type(exc).__name__}: {exc}", file=sys.stderr)
+                    self.problem = "The job supervisor hit a problem and will retry; the server log says what."
 
     # -- jobs ----------------------------------------------------------------------------------
 
@@ -266,7 +399,7 @@ class JobRunner:
         return False
 
     def worker_pids(self) -> list[int]:
-        return [w.proc.pid for w in self._workers if w.proc.poll() is None]
+        return [w.proc.pid for w in self._workers + self._extras if w.proc.poll() is None]
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop the supervisor and the workers now; a running job ends as interrupted, its curve kept."""
@@ -275,9 +408,10 @@ class JobRunner:
             self._ray.shutdown(timeout)
             self._ray = None
         with self._lock:
-            for w in self._workers:
+            everyone, self._extras = self._workers + self._extras, []
+            for w in everyone:
                 w.proc.terminate()
-            for w in self._workers:
+            for w in everyone:
                 try:
                     w.proc.wait(timeout)
                 except subprocess.TimeoutExpired:

@@ -343,8 +343,9 @@ class _MaxPool2x2(nn.MaxPool2d):
 
 
 def use_native_pooling(model: nn.Module) -> bool:
-    """Switch every CNN max-pool of `model` to the C++ kernel where this machine has it (built, and an
-    AVX-512 CPU); False (and nothing changed) where it does not."""
+    """Switch every CNN max-pool of `model` to the C++ kernel where it is built and pays: on AVX-512 CPUs, or
+    wherever `MTL_NATIVE_ISA=portable` forces its portable twin (slower than torch's pooling on its own; the
+    tests run it); False (and nothing changed) elsewhere."""
     pools = [m for m in model.modules() if isinstance(m, _MaxPool2x2)]
     if not pools:
         return False

@@ -1,11 +1,11 @@
-"""The C++ kernels, built once per machine with torch's extension builder and loaded from its cache afterwards
-(about a minute to build on 2 cores, 0.05 s to load): the MLPs' training step and batch loop
-(`native_steps.cpp`) with its Adam update (`native_adam.cpp`), element-wise kernels (`native_elementwise.cpp`)
-and small matrix products (`native_matmul.cpp`), and the CNNs' max-pooling (`native_pool.cpp`).
-`scripts/setup.sh` builds them, so neither the app nor the tests wait for a compiler.
+"""The MLPs' training step and batch loop in C++ (`native_steps.cpp`, ATen operations called without Python
+in between) and the CNNs' max-pool (`native_pool.cpp`: an AVX-512 twin and a portable one, which
+`MTL_NATIVE_ISA=portable` forces), built once per machine with torch's extension builder and loaded from
+its cache afterwards (about a minute to build on 2 cores, 0.05 s to load). `scripts/setup.sh` builds it,
+so neither the app nor the tests wait for a compiler.
 
-Optional by design: where they cannot be built (no C++ compiler) or `MTL_NATIVE=0` is set, the Python
-step in `fastpath.py` and torch's pooling run the same maths, and the run's record says which trained it.
+Optional by design: where it cannot be built (no C++ compiler) or `MTL_NATIVE=0` is set, the Python step in
+`fastpath.py` and torch's pooling run the same maths, and the run's record says which trained it.
 
     python -m mtl_core.native    # build (or find) it and say where it is
 """
@@ -22,17 +22,8 @@ from types import ModuleType
 
 import torch
 
-SOURCES = tuple(
-    Path(__file__).with_name(name)
-    for name in (
-        "native_steps.cpp",
-        "native_adam.cpp",
-        "native_elementwise.cpp",
-        "native_matmul.cpp",
-        "native_pool.cpp",
-    )
-)
-HEADERS = tuple(Path(__file__).with_name(name) for name in ("native_kernels.h", "native_simd.h"))
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("native_steps.cpp", "native_pool.cpp"))
+HEADERS: tuple[Path, ...] = ()
 
 _module: ModuleType | None = None
 _reason = ""  # why there is no module ("" when there is one or no load was tried)

@@ -9,19 +9,27 @@
 // (tests/test_native_pool.py):
 // torch scans the window in row order and takes a value when `v > max || isnan(v)`, and so does this.
 //
-// Only on x86-64 CPUs with AVX-512 (F, BW, VL), picked at run time; elsewhere `pool_supported()` is false
-// and torch's pooling runs. The channel count must be a multiple of 16 (32 and 64 here), the height and
-// width even (28 and 14).
+// Two twins of the same loops: AVX-512 (F, BW, VL; x86-64 CPUs that have it, checked at run time) and a
+// portable scalar one, which runs everywhere else and wherever MTL_NATIVE_ISA=portable is set (read at each
+// call, so the tests run both on one machine). The channel count must be a multiple of 16 (32 and 64
+// here), the height and width even (28 and 14).
 
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
 
+#include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
 #include <vector>
 
-#include "native_kernels.h"
-#include "native_simd.h"
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define MTL_X86 1
+#include <immintrin.h>
+#define MTL_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
+#endif
 
 using at::Tensor;
 
@@ -32,9 +40,11 @@ constexpr int64_t GRAIN = 8;
 
 #ifdef MTL_X86
 
-// 16 channels at a time. A bf16 value is widened to float for the comparison (mtl::widen_bf16), and the
-// winner's own 16 bits are kept (a maximum is one of its inputs, never rounded).
-using mtl::widen_bf16;
+// 16 channels at a time. A bf16 value is widened to float for the comparison, and the winner's own 16 bits
+// are kept (a maximum is one of its inputs, never rounded).
+MTL_AVX512 inline __m512 widen_bf16(__m256i v) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+}
 
 MTL_AVX512 inline __mmask16 takes(__m512 v, __m512 best) {
   return _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
@@ -137,10 +147,75 @@ void on_all_rows(int64_t n, int64_t h, int64_t w, int64_t c, const Body& body) {
 
 #endif  // MTL_X86
 
-bool supported() { return mtl::avx512_supported(); }  // native_elementwise.cpp: the same F, BW and VL
+// The portable twin: the same scan, one channel at a time, in plain C++.
+inline float as_float(float v) { return v; }
+inline float as_float(uint16_t v) {  // bf16: the upper half of a float
+  const uint32_t bits = static_cast<uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+template <typename T>
+void forward_portable(const T* in, T* out, uint8_t* arg, int64_t h, int64_t w, int64_t c, int64_t begin,
+                      int64_t end) {
+  const int64_t oh = h / 2, ow = w / 2;
+  for (int64_t row = begin; row < end; ++row) {
+    const int64_t img = row / oh, y = row % oh;
+    for (int64_t x = 0; x < ow; ++x) {
+      const int64_t first = ((img * h + 2 * y) * w + 2 * x) * c, o = (row * ow + x) * c;
+      const int64_t win[4] = {first, first + c, first + w * c, first + w * c + c};
+      for (int64_t ch = 0; ch < c; ++ch) {
+        T best_bits = in[win[0] + ch];
+        float best = as_float(best_bits);
+        uint8_t which = 0;
+        for (int q = 1; q < 4; ++q) {
+          const T v_bits = in[win[q] + ch];
+          const float v = as_float(v_bits);
+          if (v > best || std::isnan(v)) best = v, best_bits = v_bits, which = static_cast<uint8_t>(q);
+        }
+        out[o + ch] = best_bits;
+        arg[o + ch] = which;
+      }
+    }
+  }
+}
+
+template <typename T>
+void backward_portable(const T* grad, const uint8_t* arg, T* grad_in, int64_t h, int64_t w, int64_t c,
+                       int64_t begin, int64_t end) {
+  const int64_t oh = h / 2, ow = w / 2;
+  for (int64_t row = begin; row < end; ++row) {
+    const int64_t img = row / oh, y = row % oh;
+    for (int64_t x = 0; x < ow; ++x) {
+      const int64_t first = ((img * h + 2 * y) * w + 2 * x) * c, o = (row * ow + x) * c;
+      const int64_t win[4] = {first, first + c, first + w * c, first + w * c + c};
+      for (int64_t ch = 0; ch < c; ++ch)
+        for (int q = 0; q < 4; ++q) grad_in[win[q] + ch] = arg[o + ch] == q ? grad[o + ch] : T(0);
+    }
+  }
+}
+
+// Whether this CPU runs the AVX-512 twin (F, BW and VL).
+bool avx512() {
+#ifdef MTL_X86
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl");
+#else
+  return false;
+#endif
+}
+
+// Whether MTL_NATIVE_ISA=portable forces the portable twin (read at each call).
+bool portable_forced() {
+  const char* isa = std::getenv("MTL_NATIVE_ISA");
+  return isa && std::string(isa) == "portable";
+}
+
+// Whether this call runs the AVX-512 twin: the CPU has it and the portable one is not forced.
+bool simd() { return avx512() && !portable_forced(); }
 
 void check_input(const Tensor& x, const char* what) {
-  TORCH_CHECK(supported(), "the C++ max-pool needs an x86-64 CPU with AVX-512 (F, BW, VL)");
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 4, what, " must be a 4-D CPU tensor");
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, what, " must be float32 or bfloat16");
   TORCH_CHECK(x.size(1) % 16 == 0, what, " needs a channel count that is a multiple of 16");
@@ -148,7 +223,10 @@ void check_input(const Tensor& x, const char* what) {
 
 }  // namespace
 
-bool pool_supported() { return supported(); }
+// Whether runs should pool here: where the AVX-512 twin runs, or where the portable one is forced (the tests;
+// on its own it is slower than torch's pooling, so a CPU without AVX-512 keeps torch's).
+bool pool_supported() { return avx512() || portable_forced(); }
+bool pool_simd() { return simd(); }
 
 // (out, which position won as 0..3 in a byte), both (n, c, h/2, w/2) channels_last.
 std::vector<Tensor> max_pool2x2(const Tensor& x) {
@@ -159,15 +237,27 @@ std::vector<Tensor> max_pool2x2(const Tensor& x) {
   const auto layout = at::MemoryFormat::ChannelsLast;
   Tensor out = at::empty({n, c, h / 2, w / 2}, x.options().memory_format(layout));
   Tensor arg = at::empty({n, c, h / 2, w / 2}, x.options().dtype(at::kByte).memory_format(layout));
-#ifdef MTL_X86
   uint8_t* a = arg.mutable_data_ptr<uint8_t>();
-  if (x.scalar_type() == at::kBFloat16) {
-    const auto* in = reinterpret_cast<const uint16_t*>(x.const_data_ptr());
-    on_all_rows(n, h, w, c, ForwardBf16{in, reinterpret_cast<uint16_t*>(out.mutable_data_ptr()), a});
-  } else {
-    on_all_rows(n, h, w, c, ForwardF32{x.const_data_ptr<float>(), out.mutable_data_ptr<float>(), a});
+  const bool bf16 = x.scalar_type() == at::kBFloat16;
+#ifdef MTL_X86
+  if (simd()) {
+    if (bf16) {
+      const auto* in = reinterpret_cast<const uint16_t*>(x.const_data_ptr());
+      on_all_rows(n, h, w, c, ForwardBf16{in, reinterpret_cast<uint16_t*>(out.mutable_data_ptr()), a});
+    } else {
+      on_all_rows(n, h, w, c, ForwardF32{x.const_data_ptr<float>(), out.mutable_data_ptr<float>(), a});
+    }
+    return {out, arg};
   }
 #endif
+  at::parallel_for(0, n * (h / 2), GRAIN, [&](int64_t b, int64_t e) {
+    if (bf16) {
+      forward_portable(reinterpret_cast<const uint16_t*>(x.const_data_ptr()),
+                       reinterpret_cast<uint16_t*>(out.mutable_data_ptr()), a, h, w, c, b, e);
+    } else {
+      forward_portable(x.const_data_ptr<float>(), out.mutable_data_ptr<float>(), a, h, w, c, b, e);
+    }
+  });
   return {out, arg};
 }
 
@@ -181,14 +271,26 @@ Tensor max_pool2x2_backward(const Tensor& grad_out, const Tensor& arg, int64_t h
               "`arg` must be the forward's (same shape as the gradient, uint8, channels_last)");
   TORCH_CHECK(h == 2 * g.size(2) && w == 2 * g.size(3), "the input was not twice the output's size");
   Tensor grad_in = at::empty({n, c, h, w}, g.options().memory_format(layout));
-#ifdef MTL_X86
   const uint8_t* a = arg.const_data_ptr<uint8_t>();
-  if (g.scalar_type() == at::kBFloat16) {
-    const auto* go = reinterpret_cast<const uint16_t*>(g.const_data_ptr());
-    on_all_rows(n, h, w, c, Backward16Bit{go, a, reinterpret_cast<uint16_t*>(grad_in.mutable_data_ptr())});
-  } else {
-    on_all_rows(n, h, w, c, BackwardF32{g.const_data_ptr<float>(), a, grad_in.mutable_data_ptr<float>()});
+  const bool bf16 = g.scalar_type() == at::kBFloat16;
+#ifdef MTL_X86
+  if (simd()) {
+    if (bf16) {
+      const auto* go = reinterpret_cast<const uint16_t*>(g.const_data_ptr());
+      on_all_rows(n, h, w, c, Backward16Bit{go, a, reinterpret_cast<uint16_t*>(grad_in.mutable_data_ptr())});
+    } else {
+      on_all_rows(n, h, w, c, BackwardF32{g.const_data_ptr<float>(), a, grad_in.mutable_data_ptr<float>()});
+    }
+    return grad_in;
   }
 #endif
+  at::parallel_for(0, n * (h / 2), GRAIN, [&](int64_t b, int64_t e) {
+    if (bf16) {
+      backward_portable(reinterpret_cast<const uint16_t*>(g.const_data_ptr()), a,
+                        reinterpret_cast<uint16_t*>(grad_in.mutable_data_ptr()), h, w, c, b, e);
+    } else {
+      backward_portable(g.const_data_ptr<float>(), a, grad_in.mutable_data_ptr<float>(), h, w, c, b, e);
+    }
+  });
   return grad_in;
 }

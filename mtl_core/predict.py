@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import io
+import threading
+from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -16,6 +21,7 @@ from .tasks import get_task
 INK_THRESHOLD = 0.1  # fraction of full intensity below which a pixel counts as background
 MAX_IMAGE_BYTES = 2 * 1024 * 1024  # .streamlit/config.toml caps uploads at the same 2 MB
 MAX_IMAGE_PIXELS = 4096 * 4096
+MAX_CANVAS_SIDE = 2000  # the Draw page's canvas is 280x280 (more on a high-density screen, never this)
 MIN_IMAGE_SIDE = 8
 MIN_INK_SIDE = 4  # a drawing smaller than this in both directions is a dot, not a digit
 DRAW_A_DIGIT = "Draw a digit"
@@ -25,24 +31,33 @@ class ImageInputError(ValueError):
     """A picture that cannot be used; the message says why, in a sentence."""
 
 
-def read_image_bytes(data: bytes) -> np.ndarray:
+def _too_large(n_bytes: int) -> ImageInputError:
+    return ImageInputError(f"the file is {n_bytes / 1e6:.1f} MB; the limit is {MAX_IMAGE_BYTES / 1e6:.0f} MB")
+
+
+def read_image_bytes(data: bytes, max_side: int | None = None) -> np.ndarray:
     """Bytes of an uploaded picture -> an RGBA uint8 array; ImageInputError with the reason otherwise.
 
-    The size is checked from the header before any pixel is decoded, so a decompression bomb costs
-    nothing; 16-bit greyscale is scaled to 8 bits rather than clipped to white."""
+    The size (pixels in all, and with `max_side` the longer side) is checked from the header before
+    any pixel is decoded, so a decompression bomb costs nothing; 16-bit greyscale is scaled to 8 bits
+    rather than clipped to white."""
     if not data:
         raise ImageInputError("the file is empty")
     if len(data) > MAX_IMAGE_BYTES:
-        raise ImageInputError(f"the file is {len(data) / 1e6:.1f} MB; the limit is {MAX_IMAGE_BYTES / 1e6:.0f} MB")
+        raise _too_large(len(data))
     try:
         with Image.open(io.BytesIO(data)) as probe:
             w, h = probe.size
             if w * h > MAX_IMAGE_PIXELS:
                 raise ImageInputError(f"the picture is {w}x{h} pixels; at most {MAX_IMAGE_PIXELS:,} pixels in all")
+            if max_side is not None and max(w, h) > max_side:
+                raise ImageInputError(f"the picture is {w}x{h} pixels; at most {max_side}x{max_side} here")
             probe.verify()  # structure check without decoding everything
         img = Image.open(io.BytesIO(data))
         img.seek(0)  # first frame of a GIF or WebP animation
         img.load()
+    except ImageInputError:
+        raise  # a ValueError too: the sentence above, not "damaged"
     except Image.DecompressionBombError:
         raise ImageInputError(f"the picture is far larger than {MAX_IMAGE_PIXELS:,} pixels in all") from None
     except UnidentifiedImageError:
@@ -59,6 +74,55 @@ def read_image_bytes(data: bytes) -> np.ndarray:
         a = (a - a.min()) / span * 255 if span > 0 else np.zeros_like(a)
         img = Image.fromarray(a.astype(np.uint8))
     return np.asarray(img.convert("RGBA"))
+
+
+_DATA_URL_CACHE: OrderedDict[bytes, np.ndarray | str] = OrderedDict()  # URL hash -> picture or refusal
+_DATA_URL_CACHE_LIMITS = (256, 32 * 2**20)  # entries, bytes: a hundred canvas pictures, shared by every session
+_data_url_lock = threading.Lock()
+
+
+def read_data_url(url: object, max_side: int = MAX_CANVAS_SIDE) -> np.ndarray:
+    """A picture sent as a `data:image/...;base64,...` URL (the Draw page's canvas) -> RGBA uint8 array;
+    ImageInputError with the reason otherwise, the same sentences as an upload's.
+
+    Nothing is decoded before it is checked: the base64 text's length before base64 is decoded, then
+    (read_image_bytes) the bytes and the header's size before any pixel is. The outcome is remembered by
+    the URL's hash, so a message sent again costs one hash; the arrays handed out are read-only."""
+    if not isinstance(url, str):
+        raise ImageInputError("the drawing did not arrive as a picture")
+    head, comma, encoded = url.partition(",")
+    if not comma or not head.startswith("data:image/") or not head.endswith(";base64"):
+        raise ImageInputError("the drawing did not arrive as a picture")
+    n_bytes = len(encoded) * 3 // 4  # what the base64 text decodes to, within two bytes
+    if n_bytes > MAX_IMAGE_BYTES:
+        raise _too_large(n_bytes)
+    key = hashlib.sha256(url.encode("utf-8", "surrogatepass")).digest() + max_side.to_bytes(4, "little")
+    with _data_url_lock:
+        known = _DATA_URL_CACHE.get(key)
+        if known is not None:
+            _DATA_URL_CACHE.move_to_end(key)
+    if known is None:
+        try:
+            known = read_image_bytes(base64.b64decode(encoded, validate=True), max_side=max_side)
+            known.setflags(write=False)
+        except (binascii.Error, ValueError) as exc:  # ImageInputError is a ValueError too
+            known = str(exc) if isinstance(exc, ImageInputError) else "the picture is damaged or cut short"
+        _remember(key, known)
+    if isinstance(known, str):
+        raise ImageInputError(known)
+    return known
+
+
+def _remember(key: bytes, value: np.ndarray | str) -> None:
+    def size(v: np.ndarray | str) -> int:
+        return v.nbytes if isinstance(v, np.ndarray) else len(v)
+
+    with _data_url_lock:
+        _DATA_URL_CACHE[key] = value
+        most, budget = _DATA_URL_CACHE_LIMITS
+        total = sum(size(v) for v in _DATA_URL_CACHE.values())
+        while len(_DATA_URL_CACHE) > 1 and (len(_DATA_URL_CACHE) > most or total > budget):
+            total -= size(_DATA_URL_CACHE.popitem(last=False)[1])
 
 
 def prepare_drawing(image: np.ndarray) -> tuple[np.ndarray | None, str]:

@@ -4,6 +4,12 @@ Every process opens its own connection; the dashboard, the workers and the CLI s
 status change is guarded by the status (and worker) it expects, so a late writer can never overwrite
 a run that another process has already finished, and caps are checked in the same transaction that
 inserts, so two quick submits cannot both pass a cap.
+
+Only the server (and the CLI) create or repair the store; a worker only attaches to one. Each store has
+an identity (meta 'store_id'), checked on every connection, so a process whose store was deleted, emptied
+or replaced gets StoreLost instead of a silently recreated, empty store. A damaged store is moved aside
+and every row SQLite can still read goes into the new one (mtl_core/salvage.py), with the runs that
+workers kept beside their model files when their store failed under them (mtl_core/run_link.py).
 """
 
 from __future__ import annotations
@@ -11,8 +17,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 import shutil
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,6 +28,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from . import salvage
+from .settings import env_int
+from .text import LABEL_MAX, plain_text
 
 STATUSES = ("queued", "running", "finished", "failed", "cancelled", "diverged", "interrupted")
 ACTIVE = ("queued", "running")
@@ -70,7 +82,17 @@ ADDED_COLUMNS = {
     "client": "TEXT NOT NULL DEFAULT ''",
     "preds_path": "TEXT",
     "epoch_done": "REAL",  # how far through the current epoch (0..1), written with the heartbeat
+    # Fair share (JobRunner): when the runner asked this running run to pause for another student's,
+    # why, since when its worker holds it paused, and the seconds it has spent paused before.
+    "yield_requested": "REAL",
+    "pause_reason": "TEXT NOT NULL DEFAULT ''",
+    "paused_since": "REAL",
+    "paused_seconds": "REAL NOT NULL DEFAULT 0",
+    "weights_epoch": "INTEGER",  # the epoch whose weights the model file holds (None: from before this column)
 }
+# A running run whose heartbeat is older than this, on a store nobody can write, is shown as interrupted.
+SHOWN_STALE_S = 10.0
+STORE_EXIT = 3  # a worker's exit status when its store is lost, damaged or unwritable
 # The change counter: pages compare it before redrawing. Heartbeats alone do not count as a change.
 TRIGGERS = """
 CREATE TRIGGER IF NOT EXISTS bump_run_insert AFTER INSERT ON runs
@@ -88,6 +110,8 @@ CREATE TRIGGER IF NOT EXISTS bump_setting AFTER UPDATE ON meta WHEN NEW.key <> '
     BEGIN UPDATE meta SET value = value + 1 WHERE key = 'version'; END;
 CREATE TRIGGER IF NOT EXISTS bump_new_setting AFTER INSERT ON meta WHEN NEW.key <> 'version'
     BEGIN UPDATE meta SET value = value + 1 WHERE key = 'version'; END;
+CREATE TRIGGER IF NOT EXISTS bump_run_pause AFTER UPDATE OF yield_requested, paused_since ON runs
+    BEGIN UPDATE meta SET value = value + 1 WHERE key = 'version'; END;
 """
 # Class-wide switches the teacher sets, kept in the meta table as 0/1.
 SETTINGS = ("gallery", "gallery_downloads")
@@ -97,8 +121,17 @@ class QueueFull(RuntimeError):
     """Too many queued or running jobs; the message says how many and what to do."""
 
 
+class NameTaken(ValueError):
+    """Another student of this class already has that display name; the message says so."""
+
+
 class StoreUnavailable(RuntimeError):
     """The run store cannot be opened or written (read-only or full disk); the message is a sentence."""
+
+
+class StoreLost(StoreUnavailable):
+    """The store this process opened is gone: deleted, emptied, or replaced by another file. Only the
+    server makes a new one (`RunStore.recover`); a worker ends its run and keeps it beside its model."""
 
 
 @dataclass(frozen=True)
@@ -111,8 +144,10 @@ class Limits:
 
     @classmethod
     def from_env(cls) -> Limits:
+        """MTL_MAX_PER_OWNER / MTL_MAX_PER_CLIENT / MTL_MAX_JOBS; SettingError names a value that is not usable."""
+
         def env(name: str, default: int) -> int:
-            return max(1, int(os.environ.get(name, default)))
+            return env_int(name, default, 1, 100_000)
 
         return cls(env("MTL_MAX_PER_OWNER", 4), env("MTL_MAX_PER_CLIENT", 8), env("MTL_MAX_JOBS", 32))
 
@@ -147,6 +182,37 @@ def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
     return not isinstance(exc, sqlite3.OperationalError) or "malformed" in msg or "not a database" in msg
 
 
+def _is_json(text: Any) -> bool:
+    try:
+        json.loads(text)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def is_store_failure(exc: BaseException) -> bool:
+    """Lost, unwritable or damaged; not a busy moment ("database is locked"), which is only retried."""
+    if isinstance(exc, StoreUnavailable):
+        return True
+    return isinstance(exc, sqlite3.DatabaseError) and (
+        not isinstance(exc, sqlite3.OperationalError) or "malformed" in str(exc) or "not a database" in str(exc)
+    )
+
+
+def store_problem(exc: BaseException) -> str:
+    """A plain sentence for an error that may come from the store: ours (and any other error's message) as
+    they are; SQLite's own words are never shown."""
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return str(exc)
+    if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc).lower():
+        return "The run store is busy; try again in a moment."
+    return "The run store is damaged (SQLite could not read part of it)."
+
+
+# What a student sees when the store had to be recovered; the teacher sees `RunStore.notice`.
+PUBLIC_NOTICE = "The server had a problem with its run store; your teacher has been told."
+
+
 def _disk_nearly_full(folder: Path | None) -> bool:
     try:
         return folder is not None and shutil.disk_usage(folder).free < 1024 * 1024
@@ -163,34 +229,147 @@ def _unwritable(exc: sqlite3.OperationalError, folder: Path | None = None) -> St
     elif "readonly" in msg or "read-only" in msg or "unable to open" in msg:
         why = "its folder is read-only"
     else:
-        why = str(exc)
+        why = "the disk reported an error"
     return StoreUnavailable(f"The run store cannot be written ({why}); finished runs can still be viewed.")
+
+
+PAUSE_REASON = "paused so another student's run could start; it resumes by itself"
+
+
+@dataclass(frozen=True)
+class ShareState:
+    """The running runs as the job runner's fair share sees them (RunStore.share_state)."""
+
+    training: int  # running and not asked to pause
+    paused: int  # running, asked to pause (or paused already) for another student's run
+    waiting: int  # queued runs of students who have nothing running
+    holders: frozenset[str]  # the worker tokens that hold a running run
 
 
 class RunStore:
     def __init__(self, path: str | Path | None = None, repair: bool = True):
-        """Open (or create) the store. With `repair`, a damaged or truncated file is moved aside and a
-        new store started (the server does this); without, the damage is raised (workers)."""
+        """Open (or create) the store. With `repair` (the server, the CLI), a damaged or truncated file is
+        moved aside, every row SQLite can still read goes into a new store, and runs kept beside their
+        model files come back. Without (workers), nothing is ever created: a missing or empty store raises
+        StoreLost and damage is raised as it is."""
         self.path = Path(path) if path else default_store_path()
         self.models_dir = self.path.parent / "models"
-        self.notice = ""  # a sentence for the dashboard when the store had to be moved aside
+        self.notice = ""  # for the teacher: what happened to the store, what was recovered, where it was kept
+        self.public_notice = ""  # for everyone: a plain sentence, or nothing
+        self.store_id: int | None = None  # this store's identity (meta 'store_id'): a replaced file has another
+        self.unwritable = ""  # the last write's failure (read-only or full disk), "" once a write succeeds
+        self.adopted = 0  # runs brought back from the records beside their model files by the last open
+        self.repair = repair
+        self._recover_lock = threading.Lock()
+        self._open()
+
+    def _open(self) -> None:
+        self.read_only = False
+        if not self.repair:
+            self._attach()
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StoreUnavailable(f"The run store's folder {self.path.parent} cannot be created: {exc}.") from exc
-        if repair and self.path.exists() and self.path.stat().st_size == 0:
-            self._move_aside("was empty (0 bytes): truncated, or never written")
-        self.read_only = False
+            raise StoreUnavailable(
+                f"The run store's folder {self.path.parent} cannot be created ({exc.strerror or exc})."
+            ) from exc
+        if self.path.exists() and self.path.stat().st_size == 0:
+            self._replace("was empty (0 bytes): truncated, or never written")
+            return
+        fresh = not self.path.exists()
         try:
             self._init_schema()
         except sqlite3.DatabaseError as exc:
             if not _is_corruption(exc):
                 self._open_read_only(exc)
                 return
-            if not repair:
-                raise
-            self._move_aside(f"could not be read ({exc})")
-            self._init_schema()
+            self._replace("could not be read (it is damaged)")
+            return
+        if fresh:
+            self.adopt_sidecars()  # a store deleted while no server ran: its runs' own records bring them back
+
+    def _attach(self) -> None:
+        """A worker's open: the store must exist and be a run store; its identity is remembered."""
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            raise StoreLost(f"The run store {self.path.name} is missing or empty; only the server creates it.")
+        db = sqlite3.connect(self._uri("rw"), uri=True, timeout=30, isolation_level=None)
+        try:
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"database disk image is malformed: {check}")
+            self.store_id = self._read_identity(db)
+        finally:
+            db.close()
+
+    def _uri(self, mode: str) -> str:
+        """A URI that never creates the file (`mode=rw` or `ro`)."""
+        return f"{self.path.absolute().as_uri()}?mode={mode}"
+
+    def _read_identity(self, db: sqlite3.Connection) -> int | None:
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key='store_id'").fetchone()
+            db.execute("SELECT 1 FROM runs LIMIT 1").fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc).lower():
+                raise StoreLost(
+                    f"The run store {self.path.name} is no longer a run store (emptied or replaced)."
+                ) from exc
+            raise
+        return row[0] if row else None
+
+    def _check_identity(self, db: sqlite3.Connection) -> None:
+        if self._read_identity(db) != self.store_id:
+            raise StoreLost(f"The run store {self.path.name} was replaced by another file while it was in use.")
+
+    def follow(self) -> bool:
+        """For a process that does not own the store (a second dashboard): after the server that owns it
+        renewed it, take the new store as it is. True when this process's store changed."""
+        try:
+            self.version()
+            return False
+        except StoreLost:
+            pass
+        except (StoreUnavailable, sqlite3.DatabaseError):
+            return False  # unwritable or damaged: the owning server deals with it; pages say so meanwhile
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return False  # not renewed yet
+        db = sqlite3.connect(self._uri("ro"), uri=True, timeout=30, isolation_level=None)
+        try:
+            self.store_id = self._read_identity(db)
+        except (StoreLost, sqlite3.DatabaseError):
+            return False
+        finally:
+            db.close()
+        self.notice, self.public_notice = "The run store was renewed by the server that trains the runs.", PUBLIC_NOTICE
+        return True
+
+    def recover(self) -> str:
+        """The server's answer to a store lost or damaged while it runs, the same as a restart: damage
+        moved aside and salvaged, a new store, runs kept beside their models adopted. A store replaced by
+        another readable one is taken as it is. Returns the teacher's notice ("" when nothing was wrong)."""
+        with self._recover_lock:
+            try:
+                with self._connect() as db:
+                    if db.execute("PRAGMA quick_check").fetchone()[0] == "ok":
+                        return ""  # nothing wrong (any more): another thread recovered it
+            except sqlite3.DatabaseError:
+                pass  # damaged: moved aside and salvaged below
+            except StoreUnavailable:
+                pass  # missing, emptied or replaced
+            if not self.path.exists():
+                self._open()
+                self.notice = "The run store was deleted while the server ran; a new one was started."
+                self._say_recovered(None)
+            else:
+                self.notice = ""
+                self._open()
+                if not self.notice:
+                    self.notice = "The run store was replaced by another file while the server ran; it is used now."
+                    self.adopt_sidecars()
+                    self._say_recovered(None, say_none=False)
+            self.public_notice = PUBLIC_NOTICE
+            return self.notice
 
     def _open_read_only(self, exc: sqlite3.OperationalError) -> None:
         """A disk that is read-only or full: keep what is there viewable, start nothing new."""
@@ -198,9 +377,11 @@ class RunStore:
             raise _unwritable(exc, self.path.parent) from exc
         self.read_only = True
         self.notice = str(_unwritable(exc, self.path.parent)).replace("viewed.", "viewed, but no new run can start.")
+        self.public_notice = self.notice  # plain words, no paths: every student needs to know
         try:
             with self._connect() as db:
                 db.execute("SELECT COUNT(*) FROM runs").fetchone()
+                self.store_id = self._read_identity(db)
         except sqlite3.DatabaseError as again:
             raise _unwritable(again, self.path.parent) from again
 
@@ -218,21 +399,127 @@ class RunStore:
                 if col not in have:
                     db.execute(f"ALTER TABLE runs ADD COLUMN {col} {decl}")
             db.executescript(TRIGGERS)
+            # The store's identity, made once: a process that then reads another knows its store was replaced.
+            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', ?)", (secrets.randbits(62),))
+            self.store_id = self._read_identity(db)
         finally:
             db.close()
 
-    def _move_aside(self, why: str) -> None:
-        """Keep a damaged store for inspection under a new name; never overwrite it silently."""
+    def _replace(self, why: str) -> None:
+        """Keep a damaged or empty store for inspection under a new name (never overwritten), start a new
+        one, and carry into it every row SQLite can still read and every run kept beside its model."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
+        aside, n = self.path.with_name(f"{self.path.name}.damaged-{stamp}"), 1
+        while aside.exists():
+            n += 1
+            aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}-{n}")
         for suffix in ("", "-wal", "-shm"):
             src = Path(str(self.path) + suffix)
             if src.exists():
                 os.replace(src, Path(str(aside) + suffix))
+        self._init_schema()
+        try:
+            salvaged = self._salvage_from(aside) if aside.stat().st_size > 0 else None
+        except sqlite3.DatabaseError:
+            salvaged = 0  # the new store starts empty rather than not at all; the damaged file is kept
+        try:
+            self.adopt_sidecars(fill_epochs=True)
+        except sqlite3.DatabaseError:
+            self.adopted = 0
         self.notice = (
-            f"The run store {why}. It was moved aside to {aside.name} and a new, empty store was started; "
-            "model files in the models folder were left untouched."
+            f"The run store {why}. It was moved aside to {aside.name} (kept in {aside.parent}) "
+            "and a new store was started."
         )
+        self._say_recovered(salvaged)
+        self.public_notice = PUBLIC_NOTICE
+
+    def _say_recovered(self, salvaged: int | None, say_none: bool = True) -> None:
+        parts = []
+        if salvaged is not None:
+            parts.append(f"{salvaged} {'run was' if salvaged == 1 else 'runs were'} recovered from the damaged file")
+        if self.adopted:
+            n = self.adopted
+            were = "run was" if n == 1 else "runs were"
+            parts.append(f"{n} {were} brought back from the records kept beside their models")
+        if parts or say_none:
+            self.notice += (" " + "; ".join(parts) + ".") if parts else " No earlier run could be recovered."
+
+    def _salvage_from(self, damaged: Path) -> int:
+        """Every readable row of `damaged` into this (new) store; runs that were queued or running there
+        end as interrupted. Returns how many runs came across."""
+        rows = salvage.read_rows(damaged)
+        runs = salvage.usable_runs(rows["runs"])
+        with self._connect(write=True) as db:
+            cols = {t: {r[1] for r in db.execute(f"PRAGMA table_info({t})")} for t in ("runs", "epochs", "owners")}
+            for r in runs:
+                if r.get("status") not in STATUSES or r.get("status") in ACTIVE:
+                    r["status"] = "interrupted"
+                    r["reason"] = "the run store was damaged while it was queued or training; the curve so far is kept"
+                self._insert(db, "runs", {k: v for k, v in r.items() if k in cols["runs"]})
+            ids = {r[0] for r in db.execute("SELECT id FROM runs")}  # as inserted: epochs need their run
+            for e in rows["epochs"]:
+                if e.get("run_id") in ids and isinstance(e.get("epoch"), int) and _is_json(e.get("record")):
+                    self._insert(db, "epochs", {k: v for k, v in e.items() if k in cols["epochs"]})
+            for o in rows["owners"]:
+                if isinstance(o.get("owner"), str) and o.get("seen") is not None:
+                    self._insert(db, "owners", {k: v for k, v in o.items() if k in cols["owners"]})
+            for m in rows["meta"]:
+                if m.get("key") in SETTINGS and isinstance(m.get("value"), int):
+                    self._insert(db, "meta", {"key": m["key"], "value": m["value"]})
+        return len(ids)
+
+    @staticmethod
+    def _insert(db: sqlite3.Connection, table: str, row: dict) -> None:
+        row = {k: v for k, v in row.items() if v is not None}  # a column's default rather than a refused row
+        names = list(row)
+        db.execute(
+            f"INSERT OR IGNORE INTO {table} ({','.join(names)}) VALUES ({','.join('?' * len(names))})",
+            [row[n] for n in names],
+        )
+
+    def adopt_sidecars(self, fill_epochs: bool = False) -> int:
+        """Runs kept beside their model files (`salvage.write_sidecar`) that this store lacks come back (a
+        run that was still active there as interrupted). With `fill_epochs` (a store just rebuilt from a
+        damaged one) a run it has that is over also gets the epochs it lacks. Active runs are never touched."""
+        self.adopted = 0
+        files = salvage.sidecar_files(self.models_dir)
+        if not files:
+            return 0
+        have = {r[0]: r[1] for r in self._query("SELECT id, status FROM runs")}
+        wanted = [p for rid, p in files.items() if rid not in have or (fill_epochs and have[rid] not in ACTIVE)]
+        sidecars = salvage.read_sidecars(wanted)  # parsed before the write lock is taken
+        if not sidecars:
+            return 0
+        with self._connect(write=True) as db:
+            cols = {r[1] for r in db.execute("PRAGMA table_info(runs)")}
+            status = {r[0]: r[1] for r in db.execute("SELECT id, status FROM runs")}
+            for side in sidecars:
+                run = dict(side["run"])
+                rid = run.get("id")
+                if not isinstance(rid, str) or status.get(rid) in ACTIVE:
+                    continue
+                if rid not in status:
+                    if isinstance(run.get("config"), dict):
+                        run["config"] = json.dumps(run["config"])
+                    run["best"] = json.dumps(run["best"]) if isinstance(run.get("best"), dict) and run["best"] else None
+                    if run.get("status") not in STATUSES or run.get("status") in ACTIVE:
+                        run["status"] = "interrupted"
+                        run["reason"] = run.get("reason") or "the run store was lost while it trained; curve kept"
+                    run["stop_requested"] = 0
+                    if not salvage.usable_runs([run]):
+                        continue
+                    self._insert(db, "runs", {k: v for k, v in run.items() if k in cols})
+                    if db.execute("SELECT 1 FROM runs WHERE id=?", (rid,)).fetchone() is None:
+                        continue  # refused (a required field missing): no epochs without their run
+                    status[rid] = run["status"]
+                    self.adopted += 1
+                for e in side["epochs"]:
+                    if isinstance(e, dict) and isinstance(e.get("epoch"), int):
+                        db.execute(
+                            "INSERT OR IGNORE INTO epochs (run_id, epoch, record) VALUES (?,?,?)",
+                            (rid, e["epoch"], json.dumps(_json_safe(e))),
+                        )
+        return self.adopted
 
     def _query(self, sql: str, args: tuple | list = ()) -> list[sqlite3.Row]:
         """Rows of a read. On a full disk even a read can fail (WAL recovery wants to write): then the
@@ -240,6 +527,8 @@ class RunStore:
         try:
             with self._connect() as db:
                 return db.execute(sql, args).fetchall()
+        except StoreLost:
+            raise
         except StoreUnavailable:
             if self.read_only:
                 raise
@@ -266,15 +555,20 @@ class RunStore:
     def _connect(self, write: bool = False) -> Iterator[sqlite3.Connection]:
         """A connection; `write=True` holds the write lock from the start (BEGIN IMMEDIATE), so a
         check and the write that depends on it happen in one transaction."""
+        lost = StoreLost(f"The run store {self.path.name} is gone (deleted or moved) while it was in use.")
+        if not self.read_only and not self.path.exists():
+            raise lost  # never connect by path then: that would make a new, empty file
         try:
             if self.read_only:
                 db = self._connect_read_only()
             else:
-                db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+                db = sqlite3.connect(self._uri("rw"), uri=True, timeout=30, isolation_level=None)
         except sqlite3.OperationalError as exc:
-            raise _unwritable(exc, self.path.parent) from exc
+            raise (lost if not self.path.exists() else _unwritable(exc, self.path.parent)) from exc
         db.row_factory = sqlite3.Row
         try:
+            if not self.read_only:
+                self._check_identity(db)  # emptied or replaced under us: StoreLost, never a silent new schema
             db.execute("PRAGMA foreign_keys=ON")
             # WAL with NORMAL sync: commits stay atomic and survive a crashed process; only a power cut
             # can lose the last ones. FULL would fsync every heartbeat and epoch.
@@ -289,10 +583,15 @@ class RunStore:
                 raise
             if db.in_transaction:
                 db.commit()
+            if write:
+                self.unwritable = ""
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc).lower() or "no such" in str(exc).lower():
                 raise
-            raise _unwritable(exc, self.path.parent) from exc
+            err = _unwritable(exc, self.path.parent)
+            if write:
+                self.unwritable = str(err)  # pages show a running run of a store nobody can write as interrupted
+            raise err from exc
         finally:
             db.close()
 
@@ -311,7 +610,7 @@ class RunStore:
         limits: Limits | None = None,
     ) -> list[str]:
         """Queue all of `configs` or none: the caps are checked in the transaction that inserts them."""
-        labels = labels or [""] * len(configs)
+        labels = [plain_text(label, LABEL_MAX) for label in labels or [""] * len(configs)]  # stored as shown
         ids = [time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6] for _ in configs]
         with self._connect(write=True) as db:
             if limits is not None:
@@ -348,11 +647,13 @@ class RunStore:
         if total + n > limits.total:
             raise QueueFull(f"the server's job queue is full ({total} jobs); try again in a minute")
 
-    def claim_next(self, worker: str, pid: int | None = None) -> str | None:
-        """Atomically take the next queued run for a worker; None when the queue is empty.
+    def claim_next(self, worker: str, pid: int | None = None, slots: int | None = None) -> str | None:
+        """Atomically take the next queued run for a worker; None when the queue is empty, or when
+        `slots` (the pool's size) runs already train (paused runs do not count; see `request_yield`).
 
-        Fair across owners (round robin): the owner with the fewest running jobs goes first, then the
-        owner who last had a job started longest ago, then the oldest run."""
+        Fair across owners (round robin): the owner with the fewest running jobs goes first (a paused
+        run counts as running, so the slot it gave up goes to someone else), then the owner who last had
+        a job started longest ago, then the oldest run."""
         now = time.time()
         with self._connect(write=True) as db:
             row = db.execute(
@@ -361,16 +662,103 @@ class RunStore:
                 "  (SELECT COUNT(*) FROM runs r WHERE r.owner=q.owner AND r.status='running'),"
                 "  (SELECT COALESCE(MAX(r.started), 0) FROM runs r WHERE r.owner=q.owner AND r.id<>q.id),"
                 "  q.created, q.id LIMIT 1"
-                ") AND status='queued' RETURNING id",
-                (now, worker, pid, now),
+                ") AND status='queued' AND (? IS NULL OR ? > ("
+                " SELECT COUNT(*) FROM runs t WHERE t.status='running' AND t.yield_requested IS NULL"
+                ")) RETURNING id",
+                (now, worker, pid, now, slots, slots),
             ).fetchone()
         return row[0] if row else None
+
+    # -- fair share: a long run pauses in place so that another student's run can start ------------
+    # The JobRunner asks (request_yield), the run's worker holds it paused at its next stop check
+    # (set_paused), and the runner lets it go on (resume_paused) once nobody waits. A paused run keeps
+    # status 'running', its worker and its heartbeat; only `yield_requested` tells it apart.
+
+    # A queued run whose student has nothing running (a paused run counts as running): one that waits.
+    _WAITING = (
+        "SELECT COUNT(*) FROM runs q WHERE q.status='queued' AND q.stop_requested=0 "
+        "AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.owner=q.owner AND r.status='running')"
+    )
+
+    def share_state(self) -> ShareState:
+        """What the runner's fair-share round needs, read in one transaction."""
+        with self._connect() as db:
+            rows = db.execute("SELECT worker, yield_requested FROM runs WHERE status='running'").fetchall()
+            waiting = db.execute(self._WAITING).fetchone()[0]
+        paused = sum(r[1] is not None for r in rows)
+        return ShareState(len(rows) - paused, paused, waiting, frozenset(r[0] for r in rows if r[0]))
+
+    def request_yield(self, min_run_s: float, max_paused: int, reason: str = PAUSE_REASON) -> str | None:
+        """Ask one running run to pause so that a waiting student's run can start; its id, or None when
+        nobody waits, `max_paused` runs are paused already, or no run qualifies. The run chosen: one of
+        the student with the most running jobs (paused ones included), the one that has trained longest,
+        and only one that has trained `min_run_s` already (a short run is never paused)."""
+        now = time.time()
+        with self._connect(write=True) as db:
+            paused = db.execute(
+                "SELECT COUNT(*) FROM runs WHERE status='running' AND yield_requested IS NOT NULL"
+            ).fetchone()[0]
+            if paused >= max_paused or db.execute(self._WAITING).fetchone()[0] == 0:
+                return None
+            row = db.execute(
+                "UPDATE runs SET yield_requested=?, pause_reason=? WHERE id=("
+                " SELECT v.id FROM runs v WHERE v.status='running' AND v.yield_requested IS NULL"
+                "  AND v.stop_requested=0 AND ? - v.started - v.paused_seconds >= ? ORDER BY"
+                "  (SELECT COUNT(*) FROM runs r WHERE r.owner=v.owner AND r.status='running') DESC,"
+                "  v.started + v.paused_seconds, v.id LIMIT 1"
+                ") RETURNING id",
+                (now, reason, now, min_run_s),
+            ).fetchone()
+        return row[0] if row else None
+
+    def resume_paused(self, slots: int) -> list[str]:
+        """Let paused runs go on, the longest paused first, while fewer than `slots` runs train."""
+        with self._connect(write=True) as db:
+            training = db.execute(
+                "SELECT COUNT(*) FROM runs WHERE status='running' AND yield_requested IS NULL"
+            ).fetchone()[0]
+            if training >= slots:
+                return []
+            rows = db.execute(
+                "UPDATE runs SET yield_requested=NULL, pause_reason='' WHERE id IN ("
+                " SELECT id FROM runs WHERE status='running' AND yield_requested IS NOT NULL"
+                " ORDER BY yield_requested, id LIMIT ?"
+                ") RETURNING id",
+                (slots - training,),
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def yield_requested(self, run_id: str) -> bool:
+        """Whether the runner asks this run to stay paused (its worker polls this at every stop check)."""
+        rows = self._query("SELECT yield_requested FROM runs WHERE id=? AND status='running'", (run_id,))
+        return bool(rows and rows[0][0] is not None)
+
+    def set_paused(self, run_id: str, worker: str, paused: bool) -> bool:
+        """The worker holds the run paused (True) or goes on training it (False, the pause added up)."""
+        if paused:
+            return self._guarded("UPDATE runs SET paused_since=?", (time.time(),), run_id, worker)
+        return self._guarded(
+            "UPDATE runs SET paused_seconds=paused_seconds + MAX(0, ? - COALESCE(paused_since, ?)), paused_since=NULL",
+            (time.time(), time.time()),
+            run_id,
+            worker,
+        )
+
+    def count_training(self) -> int:
+        """Running runs that train now (not paused for another student's)."""
+        return self._query("SELECT COUNT(*) FROM runs WHERE status='running' AND yield_requested IS NULL")[0][0]
 
     def _guarded(self, sql: str, args: tuple, run_id: str, worker: str) -> bool:
         """Run an UPDATE that applies only while `worker` still holds the running run."""
         with self._connect(write=True) as db:
             cur = db.execute(sql + " WHERE id=? AND status='running' AND worker=?", (*args, run_id, worker))
             return cur.rowcount > 0
+
+    def check_writable(self) -> None:
+        """Raise what would keep a worker from writing this store now: StoreLost, StoreUnavailable (read-only,
+        full disk) or SQLite's damage. The server asks before it starts workers."""
+        with self._connect(write=True) as db:
+            db.execute("UPDATE meta SET value=value WHERE key='version'")
 
     def heartbeat(self, run_id: str, worker: str, epoch_done: float | None = None) -> bool:
         """The worker is alive; `epoch_done` (0..1) is how far it is through the epoch it trains."""
@@ -406,8 +794,14 @@ class RunStore:
         return True
 
     def set_best(self, run_id: str, worker: str, best_epoch: int, weights_path: str) -> bool:
-        """Record that the best weights so far are on disk, so an interrupted run keeps them."""
-        return self._guarded("UPDATE runs SET best_epoch=?, weights_path=?", (best_epoch, weights_path), run_id, worker)
+        """Record that the best weights so far are on disk (only after they were written: `weights_epoch`
+        is the epoch the file holds), so an interrupted run keeps them."""
+        return self._guarded(
+            "UPDATE runs SET best_epoch=?, weights_path=?, weights_epoch=?",
+            (best_epoch, weights_path, best_epoch),
+            run_id,
+            worker,
+        )
 
     def finish(
         self,
@@ -471,6 +865,7 @@ class RunStore:
         for key in ("weights_path", "preds_path"):
             if run and run.get(key):
                 Path(run[key]).unlink(missing_ok=True)
+        salvage.sidecar_path(self.models_dir, run_id).unlink(missing_ok=True)  # or a restart would bring it back
 
     def interrupt_worker(self, worker: str, reason: str) -> list[str]:
         """A worker that is known to be gone: its running run ends as interrupted (curve and best kept)."""
@@ -514,6 +909,21 @@ class RunStore:
                 (owner, name, time.time(), name),
             )
 
+    def set_owner_name(self, owner: str, name: str) -> None:
+        """Give `owner` a display name; NameTaken if another owner has it already (case-insensitively).
+        An empty name clears it. The check and the write are one transaction."""
+        with self._connect(write=True) as db:
+            if name:
+                folded = name.casefold()
+                for (other,) in db.execute("SELECT name FROM owners WHERE owner<>? AND name<>''", (owner,)):
+                    if other.casefold() == folded:
+                        raise NameTaken("Someone in this class already has that name: add an initial or pick another.")
+            db.execute(
+                "INSERT INTO owners (owner, name, seen) VALUES (?, ?, ?) "
+                "ON CONFLICT(owner) DO UPDATE SET seen=excluded.seen, name=excluded.name",
+                (owner, name, time.time()),
+            )
+
     def set_setting(self, name: str, on: bool) -> None:
         if name not in SETTINGS:
             raise ValueError(f"unknown setting {name!r}; valid: {', '.join(SETTINGS)}")
@@ -529,11 +939,17 @@ class RunStore:
 
     # -- reading ------------------------------------------------------------------------------
 
-    @staticmethod
-    def _row(row: sqlite3.Row) -> dict:
+    def _row(self, row: sqlite3.Row) -> dict:
         d = dict(row)
         d["config"] = json.loads(d["config"])
         d["best"] = json.loads(d["best"]) if d["best"] else {}
+        if (
+            d["status"] == "running"
+            and (self.read_only or self.unwritable)
+            and (d.get("heartbeat") or d.get("started") or 0) < time.time() - SHOWN_STALE_S
+        ):
+            # Its worker could not write and has stopped; nobody can record that, so it is shown here.
+            d["status"], d["reason"] = "interrupted", "interrupted (the store cannot be written)"
         return d
 
     def version(self) -> int:
@@ -559,7 +975,8 @@ class RunStore:
             args.extend(statuses)
         if where:
             sql += " WHERE " + " AND ".join(where)
-        return [self._row(r) for r in self._query(sql + " ORDER BY created DESC", args)]
+        runs = [self._row(r) for r in self._query(sql + " ORDER BY created DESC", args)]
+        return [r for r in runs if not statuses or r["status"] in statuses]  # as shown (see `_row`)
 
     def owner_names(self) -> dict[str, str]:
         return {r[0]: r[1] for r in self._query("SELECT owner, name FROM owners")}

@@ -25,12 +25,13 @@ from .analysis import predictions_bytes, predictions_from_outputs
 from .checkpoint import model_bytes
 from .config import ConfigError, TrainConfig
 from .data import DataUnavailable, MTLData, load_data
-from .run_link import RunLink, StoreLink
-from .runs import RunStore
+from .run_link import STORE_ERRORS, RunLink, StoreLink, is_store_failure, store_problem
+from .runs import STORE_EXIT, RunStore
 from .train import Training
 
 POLL_S = 0.3
 STOP_CHECK_S = 0.2
+PAUSE_POLL_S = 0.2  # while paused for another student's run: how often to ask whether to go on
 HEARTBEAT_S = 1.0
 THREADS_CHECK_S = 1.0
 
@@ -119,7 +120,7 @@ class ThreadShare:
             return
         self._last = now
         try:
-            n = threads_for(self.store.count_running(), self.max_threads, self.base)
+            n = threads_for(self.store.count_training(), self.max_threads, self.base)
         except Exception:  # noqa: BLE001 - a busy store: keep the threads as they are and ask again later
             return
         if n != torch.get_num_threads():
@@ -133,7 +134,8 @@ class ThreadShare:
 
 class _StopCheck:
     """The training loop's stop callback: the owner's Stop, the server going away, or the time cap.
-    It also keeps this worker's threads fitted to the machine's load (`ThreadShare`)."""
+    It also keeps this worker's threads fitted to the machine's load (`ThreadShare`), and holds the run
+    paused while the job runner asks it to make way for another student's run (`_pause`)."""
 
     def __init__(self, link: RunLink, max_seconds: float, share: ThreadShare | None = None):
         self.link = link
@@ -142,9 +144,13 @@ class _StopCheck:
         self.timed_out = False
         self.share = share
         self._last, self._requested = 0.0, False
+        self.paused_s = 0.0  # seconds held paused in all; not counted against the time cap
+        self._unreported = 0.0  # of which not yet taken off an epoch's seconds (`take_paused`)
+        # Only the local pool pauses runs; a link without the question (a Ray task's) never pauses.
+        self._yield = getattr(link, "yield_requested", None)
 
     def __call__(self) -> bool:
-        if _terminating.is_set():
+        if _terminating.is_set() or getattr(self.link, "problem", ""):  # the store failed: keep the run on disk
             return True
         now = time.monotonic()
         if self.deadline is not None and now > self.deadline:
@@ -152,9 +158,41 @@ class _StopCheck:
             return True
         if now - self._last >= STOP_CHECK_S:
             self._last, self._requested = now, self.link.stop_requested()
+            if not self._requested and self._yield is not None and self._yield():
+                self._pause()
             if self.share is not None:
                 self.share()
-        return self._requested
+        return self._requested or _terminating.is_set()
+
+    def _pause(self) -> None:
+        """Wait here, between two batches, while the runner asks: the model, optimiser and curve stay in
+        memory, so the run goes on exactly where it was; the heartbeat thread keeps beating. Stop and the
+        server going away still end it. The time spent here is not the job's (deadline, seconds)."""
+        t0 = time.monotonic()
+        self.link.paused(True)
+        if self.share is not None:
+            self.share.release()
+        try:
+            while not _terminating.wait(PAUSE_POLL_S):
+                if self.link.stop_requested():
+                    self._requested = True
+                    break
+                if not self._yield():
+                    break
+        finally:
+            held = time.monotonic() - t0
+            self.paused_s += held
+            self._unreported += held
+            if self.deadline is not None:
+                self.deadline += held
+            self.link.paused(False)
+        if self.share is not None:
+            self.share(force=True)
+
+    def take_paused(self) -> float:
+        """Seconds paused since the last call: the epoch record that comes next takes them off."""
+        held, self._unreported = self._unreported, 0.0
+        return held
 
 
 def train_run(
@@ -184,7 +222,13 @@ def train_run(
         link.started(training.params, dataset.source, how)
         run_id = link.run_id
         saved_epoch, save_error = 0, ""
+        discounted = 0.0  # seconds paused for other students' runs, taken off the epochs they fell in
         for record in training.records():
+            held = stop.take_paused()
+            if held:
+                record["seconds"] = max(0.0, record["seconds"] - held)
+                record["train_only_seconds"] = max(0.0, record["train_only_seconds"] - held)
+                discounted += held
             if not link.epoch(record):
                 return "lost"  # someone else ended this run (stale heartbeat); leave it as they recorded
             if training.best_epoch == record["epoch"]:
@@ -194,6 +238,7 @@ def train_run(
                 if not save_error:
                     saved_epoch = record["epoch"]
         summary = training.summary()
+        summary["train_seconds"] = max(0.0, summary["train_seconds"] - discounted)
         status, reason = training.status, training.reason
         if _terminating.is_set() and status == "cancelled":
             status, reason = "interrupted", f"{_why_terminating[0]} during the run; the curve so far is kept"
@@ -201,7 +246,7 @@ def train_run(
             reason = f"reached this server's time limit of {max_seconds / 60:g} min per job"
         if training.best_epoch > 0 and saved_epoch != training.best_epoch:
             blob = model_bytes(training.model, config, {"run_id": run_id, "summary": summary})
-            save_error = link.save_weights(blob, None)
+            save_error = link.save_weights(blob, training.best_epoch)  # recorded only once it is on disk
             if not save_error:
                 saved_epoch = training.best_epoch
         if save_error:
@@ -220,6 +265,11 @@ def train_run(
         advice = "choose 'auto' or the embedded subset to train on the digits this server has"
         link.finish("failed", f"the data is not available here ({exc}); {advice}")
     except Exception as exc:  # noqa: BLE001 - a worker must survive any one bad run
+        if isinstance(link, StoreLink) and is_store_failure(exc):  # lost, damaged or unwritable under the run
+            link.problem = link.problem or store_problem(exc)
+            print(f"mtl worker: {link.problem} Run {link.run_id} is kept beside its model file.", file=sys.stderr)
+            link.finish("interrupted")  # on disk only: the server brings it back into its store
+            return "store-lost"
         traceback.print_exc(file=sys.stderr)
         try:
             link.finish("failed", f"{type(exc).__name__}: {exc}")
@@ -242,7 +292,8 @@ def execute_run(
     if beat is not None:
         beat.link = link
     try:
-        config = store.get_run(run_id)["config"]
+        link.run = store.get_run(run_id)
+        config = link.run["config"]
     except Exception as exc:  # noqa: BLE001 - an unreadable record fails that run, not the worker
         link.finish("failed", f"its record could not be read ({type(exc).__name__}: {exc})")
         return "failed"
@@ -262,9 +313,11 @@ def serve(
     max_seconds: float = 0,
     nice: int = 0,
     max_threads: int = 0,
+    slots: int = 0,
 ) -> None:
     """`threads`: torch threads per run; with `max_threads` above it, a run alone on the machine takes
-    up to that many and gives them back when other runs start (`ThreadShare`)."""
+    up to that many and gives them back when other runs start (`ThreadShare`). `slots` (the pool's size):
+    claim a run only while fewer runs than that train (runs paused for fair share do not count)."""
     worker = worker or uuid.uuid4().hex
     if nice > 0:
         # Below the server in the CPU's queue: on a busy box a click is answered first and training
@@ -274,7 +327,10 @@ def serve(
         # One thread per worker and one worker per core: tiny matrices gain nothing from a second
         # thread, and two workers with two threads each on two cores wait on each other.
         torch.set_num_threads(threads)
-    store = RunStore(db_path, repair=False)  # only the server may move a damaged store aside
+    try:
+        store = RunStore(db_path, repair=False)  # only the server creates, repairs or recovers a store
+    except STORE_ERRORS as exc:
+        _exit_for_store(exc)
     share = ThreadShare(store, threads or torch.get_num_threads(), max_threads)
     data = _DataCache()
     signal.signal(signal.SIGTERM, lambda *_: _terminate("the server shut the worker down"))
@@ -287,7 +343,10 @@ def serve(
         pass
     print("ready", flush=True)  # the runner waits for this line (JobRunner.wait_ready)
     while not _terminating.is_set():
-        run_id = store.claim_next(worker, os.getpid())
+        try:
+            run_id = store.claim_next(worker, os.getpid(), slots or None)
+        except STORE_ERRORS as exc:
+            _exit_for_store(exc)
         if run_id is not None:
             execute_run(store, run_id, data, worker, max_seconds, beat, share)
             beat.link, beat.training = None, None
@@ -297,6 +356,12 @@ def serve(
         if once:
             return
         _terminating.wait(POLL_S)
+
+
+def _exit_for_store(exc: BaseException) -> None:
+    """A store this worker cannot use: one line for the server's log, then exit (the runner backs off)."""
+    print(f"mtl worker: {store_problem(exc)} This worker exits; the server retries later.", file=sys.stderr)
+    sys.exit(STORE_EXIT)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -311,6 +376,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--max-threads", type=int, default=0, help="threads a run alone on the machine may take (0: --threads)"
     )
+    ap.add_argument("--slots", type=int, default=0, help="claim only while fewer runs train than this (0: no cap)")
     args = ap.parse_args(argv)
     serve(
         str(args.db),
@@ -321,6 +387,7 @@ def main(argv: list[str] | None = None) -> None:
         args.max_seconds,
         args.nice,
         args.max_threads,
+        args.slots,
     )
 
 

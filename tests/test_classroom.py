@@ -101,7 +101,7 @@ def test_a_name_is_saved_for_the_owner_and_found_again(synthetic):
     assert RunStore().owner_names()[OWNER] == "Ada <i>L</i>"
     rid = stored_run("hard", synthetic)
     assert run_label(RunStore().get_run(rid)).startswith("Ada <i>L</i>: hard")
-    again = open_page("views/train.py")  # a new session with the same ?u= link
+    again = open_page("views/train.py")  # a new session of the same identity (a reload)
     assert again.sidebar.text_input(key="student_name").value == "Ada <i>L</i>"
 
 

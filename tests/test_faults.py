@@ -94,7 +94,7 @@ def test_a_read_only_disk_keeps_runs_viewable_and_starts_nothing(tmp_path):
         result["pool"], result["workers"] = runner.has_pool, len(runner.worker_pids())
         from streamlit.testing.v1 import AppTest
         at = AppTest.from_file(os.path.abspath("app.py"), default_timeout=60)
-        at.query_params["u"] = "0123456789ab"
+        at.session_state["owner"] = "0123456789ab"  # AppTest has no cookie: the identity is set directly
         at.switch_page("views/train.py")
         at.run()
         result["exceptions"] = [e.value + "".join(e.stack_trace) for e in at.exception]
@@ -144,8 +144,8 @@ def test_a_full_disk_refuses_new_runs_with_a_sentence_and_loses_nothing(tmp_path
 
 
 def test_a_damaged_store_is_moved_aside_and_the_page_says_so():
-    """The server starts on a damaged store: a sentence in the sidebar, never a traceback; the
-    damaged file is kept beside the new one."""
+    """The server starts on a damaged store: a sentence in the teacher's sidebar, never a traceback; the
+    damaged file is kept beside the new one. (Students' sentence: tests/test_store_salvage.py.)"""
     from streamlit.testing.v1 import AppTest
 
     from mtl_core.jobs import shutdown_server_runners
@@ -158,6 +158,7 @@ def test_a_damaged_store_is_moved_aside_and_the_page_says_so():
     try:
         at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
         at.query_params["u"] = "0123456789ab"
+        at.session_state["teacher"] = True
         at.switch_page("views/train.py")
         at.run()
         assert not at.exception

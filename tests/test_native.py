@@ -27,7 +27,7 @@ def module(monkeypatch):
     return native.get()
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])  # float: the AVX-512 products and loops
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("tasks", [BINARY, MIXED])
 @pytest.mark.parametrize("model_name", ["hard", "stl", "cross_stitch", "mmoe"])
 def test_the_cpp_step_gives_autograds_gradients(module, model_name, tasks, dtype, synthetic):
@@ -54,58 +54,6 @@ def test_the_cpp_step_gives_autograds_gradients(module, model_name, tasks, dtype
         torch.testing.assert_close(step.params.grad_of(p), q.grad, **tolerance, msg=f"gradient of {name}")
 
 
-@pytest.mark.parametrize("m, k, n", [(32, 64, 128), (64, 32, 96), (7, 13, 37), (1, 1, 1), (5, 3, 17), (4, 64, 80)])
-def test_the_second_layers_products_are_matrix_products(own_simd, m, k, n):
-    """native_matmul.cpp's three forms against float64 products, on sizes with and without whole blocks of 4
-    rows and 16 or 64 columns; the bias and the ReLU too, a NaN kept through it as clamp_min keeps it."""
-    g = torch.Generator().manual_seed(m * 1000 + k * 10 + n)
-    a, b, bias = torch.randn(m, k, generator=g), torch.randn(k, n, generator=g), torch.randn(m, generator=g)
-    b[0, 0] = float("nan")
-    exact = a.double() @ b.double()
-    with_bias = (exact + bias.double()[:, None]).clamp_min(0)
-    close = {"rtol": 1e-5, "atol": 1e-5, "equal_nan": True}
-    torch.testing.assert_close(own_simd.small_matmul(a, b, None, False, "nn"), exact.float(), **close)
-    torch.testing.assert_close(own_simd.small_matmul(a, b, bias, True, "nn"), with_bias.float(), **close)
-    torch.testing.assert_close(own_simd.small_matmul(a.t().contiguous(), b, None, False, "tn"), exact.float(), **close)
-    # the weights' gradient form d x h^T: a (m, n) against b (k, n)
-    h = torch.randn(k, n, generator=g)
-    d = torch.randn(m, n, generator=g)
-    torch.testing.assert_close(
-        own_simd.small_matmul(d, h, None, False, "nt"), (d.double() @ h.double().t()).float(), **close
-    )
-
-
-def test_the_relu_gradient_is_threshold_backwards_and_sums_its_rows(own_simd):
-    g = torch.Generator().manual_seed(3)
-    d, r = torch.randn(5, 37, generator=g), torch.randn(5, 37, generator=g).clamp_min(0)
-    r[0, :3] = torch.tensor([float("nan"), 0.0, -0.0])  # NaN > 0 is false, yet threshold_backward keeps it
-    out, sums = own_simd.relu_grad(d, r)
-    expected = torch.ops.aten.threshold_backward(d, r, 0.0)
-    assert torch.equal(out, expected) and out[0, 0] == d[0, 0] and out[0, 1] == 0 == out[0, 2]
-    torch.testing.assert_close(sums, expected.sum(1, keepdim=True))
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.int64])
-def test_the_loops_gather_is_index_select(module, dtype):
-    """The batch gather (rows prefetched ahead) gives index_select's rows, repeats and the last row included,
-    and refuses an index out of range rather than reading past the set."""
-    all_rows = (torch.arange(50 * 7).reshape(50, 7) * 3 - 100).to(dtype)
-    idx = torch.tensor([49, 0, 3, 3, 17, 49, 1, 2, 5])
-    assert torch.equal(module.gather_rows(all_rows, idx), all_rows.index_select(0, idx))
-    many = torch.randint(0, 50, (101,), generator=torch.Generator().manual_seed(0))  # several threads' chunks
-    before = torch.get_num_threads()
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            assert torch.equal(module.gather_rows(all_rows, many), all_rows.index_select(0, many))
-    finally:
-        torch.set_num_threads(before)
-    assert module.gather_rows(all_rows, idx[:0]).shape == (0, 7)
-    for bad in (50, -1):
-        with pytest.raises(RuntimeError, match="out of range for 50 rows"):
-            module.gather_rows(all_rows, torch.tensor([0, bad]))
-
-
 def test_a_class_target_outside_the_head_is_refused_not_read_past(module):
     step = make_step(build_model("hard", ("digit", "even")), {})
     kind, params, grads = step.native_args()
@@ -129,17 +77,13 @@ def test_a_class_target_outside_the_head_is_refused_not_read_past(module):
         ("stl", {"tasks": ("digit", "value")}),
         ("mmoe", {}),
         ("mmoe", {"tasks": MIXED, "loss_weights": {"value": 10.0}}),
-        ("cross_stitch", {"precision": "bf16", "alpha_lr_mult": 100.0, "own_adam": False}),  # torch's Adam
-        ("hard", {"own_adam": False}),
+        ("cross_stitch", {"precision": "bf16", "alpha_lr_mult": 100.0}),
     ],
 )
 def test_the_cpp_loop_trains_as_the_python_loop(model_name, changes, synthetic, monkeypatch):
     """The same maths: an epoch of 64 steps agrees to float rounding, parameters and optimiser state
     alike (the C++ loop computes the losses and sums in its own loops and order; hard sharing's Python
     step is batch-major besides). Longer runs drift apart as any two roundings do."""
-    changes = dict(changes)
-    if not changes.pop("own_adam", True):  # the C++ loop with torch's fused Adam, as on CPUs without AVX-512
-        monkeypatch.setenv("MTL_NATIVE_ADAM", "0")
     cfg = TrainConfig.preset(
         model_name, epochs=1, batch_size=8, data="synthetic", device="cpu", precision="fp32"
     ).replace(**changes)
@@ -162,89 +106,8 @@ def test_the_cpp_loop_trains_as_the_python_loop(model_name, changes, synthetic, 
     torch.testing.assert_close(
         fast_state["exp_avg_sq"], slow_state["exp_avg_sq"], rtol=1e-2 if bf16 else 1e-3, atol=1e-12
     )
-    # the last step's gradient too: the C++ loop keeps its bf16 first layer's in bf16 and hands it back
+    # the last step's gradient too
     torch.testing.assert_close(fast_grad, slow_grad, rtol=2e-2, atol=1e-4)
-
-
-def _adam_states(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, generator=g), torch.zeros(n), torch.zeros(n)
-
-
-def _gradient(n: int, step: int) -> torch.Tensor:
-    """Gradients over many magnitudes (1e-6 to 10), new each step."""
-    g = torch.Generator().manual_seed(1000 + step)
-    return torch.randn(n, generator=g) * 10.0 ** torch.randint(-6, 2, (n,), generator=g).float()
-
-
-@pytest.fixture
-def own_simd(module):
-    if not module.avx512_supported():
-        pytest.skip("this CPU has no AVX-512: the C++ loop calls torch's kernels instead")
-    return module
-
-
-@pytest.fixture
-def own_adam(own_simd):
-    return own_simd
-
-
-@pytest.mark.parametrize("decoupled, decay", [(False, 0.0), (False, 0.01), (True, 0.01)])
-@pytest.mark.parametrize("n", [104_714, 64, 7])  # cross-stitch's buffer; whole blocks of 16; a tail alone
-def test_the_loops_adam_is_torchs_fused_adam(own_adam, decoupled, decay, n):
-    """native_adam.cpp against torch's `_fused_adam_` / `_fused_adamw_` over 30 steps: equal bit for bit
-    on every whole block of 16 (torch's vector body, which it copies), and to the last bit on the last
-    n % 16 elements (torch's scalar tail rounds on its own)."""
-    kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
-    p, m, v = _adam_states(n)
-    ours = [t.clone() for t in (p, m, v)]
-    step = torch.zeros(())
-    for k in range(1, 31):
-        grad = _gradient(n, k)
-        step += 1
-        kernel([p], [grad], [m], [v], [], [step], lr=1e-3, beta1=0.9, beta2=0.999, weight_decay=decay, eps=1e-8,
-               amsgrad=False, maximize=False)  # fmt: skip
-        own_adam.adam_step(*ours[:1], grad, *ours[1:], None, float(k), 1e-3, 0.9, 0.999, decay, 1e-8, decoupled, 2)
-    body = n - n % 16
-    for theirs, mine in zip((p, m, v), ours):
-        assert torch.equal(theirs[:body], mine[:body])
-        torch.testing.assert_close(theirs[body:], mine[body:], rtol=1e-6, atol=0)
-
-
-def test_the_loops_adam_reads_a_bf16_gradient_and_writes_a_bf16_copy(own_adam):
-    """The first layer's stretch under bf16: the bf16 gradient read as its float value, and the copy equal to
-    torch's `.to(bfloat16)` of the updated weights, rounding ties to even, denormals, overflow and NaN too."""
-    n = 4099
-    p, m, v = _adam_states(n)
-    special = [0x3F808000, 0x3F818000, 0x00008000, 0x80018000, 0x7F7FFFFF, 0x7F800000, 0xFF800000, 0x0]
-    special += [0x7FC00001, 0x7F800001, 0xFFFFFFFF]  # NaNs: one a plain rounding would make inf, one 0
-    k = len(special)
-    # ties both ways, denormals, the largest float (rounds to inf), +-inf, 0, NaNs
-    p[:k] = torch.tensor(special, dtype=torch.int64).to(torch.int32).view(torch.float32)
-    grad = _gradient(n, 1).to(torch.bfloat16)
-    grad[:k] = 0  # with lr 0 below the crafted values are copied as they are
-    as_float = [t.clone() for t in (p, m, v)]
-    copy = torch.empty(n, dtype=torch.bfloat16)
-    for lr in (0.0, 1e-3):  # 0: the crafted values themselves are copied
-        own_adam.adam_step(p, grad, m, v, copy, 1.0, lr, 0.9, 0.999, 0.0, 1e-8, False, 1)
-        own_adam.adam_step(*as_float[:1], grad.float(), *as_float[1:], None, 1.0, lr, 0.9, 0.999, 0.0, 1e-8, False, 1)
-        assert torch.equal(p.view(torch.int32), as_float[0].view(torch.int32))
-        expected = p.to(torch.bfloat16)
-        nan = expected.isnan()
-        assert torch.equal(copy.isnan(), nan) and nan[k - 3 : k].all()
-        assert torch.equal(copy[~nan].view(torch.int16), expected[~nan].view(torch.int16))
-
-
-def test_the_loops_adam_gives_the_same_on_one_thread_or_two(own_adam):
-    runs = []
-    for threads in (1, 2):
-        p, m, v = _adam_states(50_000)
-        for k in range(1, 4):
-            own_adam.adam_step(
-                p, _gradient(50_000, k), m, v, None, float(k), 1e-3, 0.9, 0.999, 0.0, 1e-8, False, threads
-            )
-        runs.append(torch.cat([p, m, v]))
-    assert torch.equal(*runs)
 
 
 def test_stop_is_seen_within_a_chunk_of_batches(module, synthetic):
@@ -276,6 +139,21 @@ def test_a_run_says_which_loop_trained_it(synthetic, monkeypatch):
     assert (
         Training(TrainConfig.preset("hard", path="autograd", data="synthetic", device="cpu"), synthetic).kernel is None
     )
+
+
+def test_isa_specific_code_lives_only_beside_its_portable_twin():
+    """Every branch runs in this machine's suite: the step and loop hold no ISA-specific code (intrinsics,
+    target attributes, CPU checks); the one file that does, the max-pool, has a portable twin that
+    MTL_NATIVE_ISA=portable forces, and tests/test_native_pool.py runs both (STYLE.md, "Speed without a
+    second codebase")."""
+    markers = ("immintrin", "_mm512_", "_mm256_", "__attribute__((target", "__builtin_cpu_supports", "arm_neon")
+    for source in (*native.SOURCES, *native.HEADERS):
+        text = source.read_text()
+        if source.name == "native_pool.cpp":
+            assert "MTL_NATIVE_ISA" in text and "forward_portable" in text and "backward_portable" in text
+            continue
+        for marker in markers:
+            assert marker not in text, f"{source.name} holds {marker}"
 
 
 @pytest.mark.parametrize("which", range(len(native.SOURCES) + len(native.HEADERS)))

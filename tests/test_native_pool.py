@@ -1,6 +1,6 @@
-"""The CNNs' max-pooling in C++ (mtl_core/native_pool.cpp): torch's values and gradients bit for bit,
-ties and NaN included; the same CNN step either way; what a run reports; exports still record torch's
-pooling."""
+"""The CNNs' max-pooling in C++ (mtl_core/native_pool.cpp), both twins (AVX-512 and portable): torch's
+values and gradients bit for bit, ties and NaN included; the same CNN step either way; what a run reports;
+exports still record torch's pooling."""
 
 from __future__ import annotations
 
@@ -21,12 +21,19 @@ from mtl_core.train import Training
 CNN_TASKS = ("digit", "even", "gt4", "value")
 
 
-@pytest.fixture
-def kernels(monkeypatch):
+@pytest.fixture(params=["simd", "portable"])
+def kernels(request, monkeypatch):
+    """The C++ max-pool, each test run on both twins: the AVX-512 one (skipped on CPUs without it) and the
+    portable one that MTL_NATIVE_ISA=portable forces (read at each call)."""
     use_kernel("C++", monkeypatch)
     module = native.get()
-    if not module.pool_supported():
-        pytest.skip("this CPU has no AVX-512: torch's pooling runs here (the C++ max-pool is x86-64 AVX-512 only)")
+    if request.param == "portable":
+        monkeypatch.setenv("MTL_NATIVE_ISA", "portable")
+    else:
+        monkeypatch.delenv("MTL_NATIVE_ISA", raising=False)
+        if not module.pool_simd():
+            pytest.skip("this CPU has no AVX-512: only the portable twin runs here")
+    assert module.pool_supported() and module.pool_simd() == (request.param == "simd")
     return module
 
 
@@ -114,7 +121,7 @@ def test_a_cnn_run_says_its_pooling_ran_in_cpp(kernels, synthetic, monkeypatch):
     assert Training(cfg, synthetic).kernel is None
 
 
-def test_without_avx512_torchs_pooling_runs(kernels, synthetic, monkeypatch):
+def test_where_the_kernel_does_not_pay_torchs_pooling_runs(kernels, synthetic, monkeypatch):
     monkeypatch.setattr(kernels, "pool_supported", lambda: False)
     training = Training(TrainConfig.preset("cnn", epochs=1, max_batches=1, data="synthetic", device="cpu"), synthetic)
     assert training.kernel is None

@@ -24,7 +24,7 @@ from mtl_core.runs import RunStore
 from mtl_core.train import Training
 
 ROOT = Path(__file__).resolve().parent.parent
-OWNER = "abcdefabcdef"  # the per-browser id (?u=...) every test browses as
+OWNER = "abcdefabcdef"  # the identity (normally from the browser's cookie) every test browses as
 PAGES = {
     "home": (None, "Multi-task learning playground"),
     "train": ("views/train.py", "Train"),
@@ -49,7 +49,7 @@ def _fresh_app_state():
 
 def open_page(page: str | None = None) -> AppTest:
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
-    at.query_params["u"] = OWNER
+    at.session_state["owner"] = OWNER  # AppTest has no cookies: the session's identity is set directly
     if page:
         at.switch_page(page)
     return at.run()
@@ -101,7 +101,7 @@ def test_every_page_renders_with_an_empty_store(name):
     at = open_page(page)
     assert_ok(at)
     assert title in at.title[0].value
-    assert at.query_params["u"] == OWNER  # the owner id from the link is kept
+    assert at.session_state["owner"] == OWNER and "u" not in at.query_params  # no identity in the address
     if name == "compare":
         assert "No runs to compare yet" in texts(at.info)
     elif name == "cross_stitch":

@@ -30,6 +30,7 @@ from mtl_core.jobs import QueueFull
 from mtl_core.metrics import mean_std
 from mtl_core.reference import SEED_MODELS, SEED_STUDY
 from mtl_core.runs import StoreUnavailable
+from mtl_core.text import spreadsheet_safe
 
 st.title("📊 Compare")
 store = get_store()
@@ -170,8 +171,10 @@ full_rows = (
     group_rows(groups, pool=runs, rounded=False) if combine else compare_rows(selected, pool=runs, rounded=False)
 )
 full = pd.DataFrame(full_rows, columns=ordered_columns(full_rows))
-d1.download_button("⬇ Table (CSV)", full.to_csv(index=False), "comparison.csv", "text/csv", key="dl_table_csv")
-d2.download_button("⬇ Curves (CSV)", curves.to_csv(index=False), "curves.csv", "text/csv", key="dl_curves_csv")
+# spreadsheet_safe: a run name such as =HYPERLINK(...) stays text when the CSV is opened in a spreadsheet.
+table_csv, curves_csv = (spreadsheet_safe(t).to_csv(index=False) for t in (full, curves))
+d1.download_button("⬇ Table (CSV)", table_csv, "comparison.csv", "text/csv", key="dl_table_csv")
+d2.download_button("⬇ Curves (CSV)", curves_csv, "curves.csv", "text/csv", key="dl_curves_csv")
 d3.download_button(
     "⬇ Table and curves (JSON)",
     comparison_json(full.to_dict("records"), curves.to_dict("records")),

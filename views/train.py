@@ -41,9 +41,10 @@ if left is not None:
                 # All seeds or none, in one transaction: half a group gives no mean ± std worth reading.
                 run_ids = get_runner().submit_many(configs, owner_id(), labels, client=client_address())
             except ConfigError as exc:
-                st.error("Cannot start this run:\n\n- " + str(exc).replace("; ", "\n- "))
+                st.error("Cannot start this run:\n\n- " + "\n- ".join(map(md_escape, str(exc).split("; "))))
             except QueueFull as exc:
-                st.warning(f"{n_seeds} runs need {n_seeds} free job slots: {exc}" if n_seeds > 1 else str(exc))
+                need = f"{n_seeds} runs need {n_seeds} free job slots: " if n_seeds > 1 else ""
+                st.warning(need + md_escape(exc))
             except StoreUnavailable as exc:
                 st.warning(str(exc))
             else:

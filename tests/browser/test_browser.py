@@ -1,6 +1,6 @@
 """End-to-end tests in a real browser (Debian chromium through Playwright) against `streamlit run app.py`.
 
-The tests run in file order and share one browser tab (one `?u=` owner), so later pages see the runs
+The tests run in file order and share one browser tab (one identity cookie), so later pages see the runs
 trained earlier: a short cross-stitch run (Train, Compare, Cross-stitch, Draw) and a stopped hard
 sharing run (Train, Draw). A second tab, a fresh owner with no runs, checks the Draw page's quick
 model. Full-page screenshots land in test-artifacts/screenshots/.
@@ -112,7 +112,7 @@ def draw_stroke(page: Page, points: list[tuple[float, float]]) -> None:
 
 @pytest.fixture(scope="module")
 def app(browser: Browser, browser_context_args, streamlit_server) -> Page:
-    """One tab for the whole module: its `?u=` owner keeps the runs trained by earlier tests."""
+    """One tab for the whole module: its identity cookie keeps the runs trained by earlier tests."""
     context = browser.new_context(**browser_context_args, accept_downloads=True)
     context.set_default_timeout(T)
     page = context.new_page()
@@ -142,18 +142,20 @@ def test_home_renders_with_navigation(app: Page, screenshot_dir):
         expect(app.get_by_test_id("stSidebarNav").get_by_role("link", name=name, exact=True)).to_be_visible()
     expect(app.get_by_text("What is multi-task learning?")).to_be_visible()
     expect(app.get_by_role("heading", name="Data in use")).to_be_visible()
-    expect(app).to_have_url(re.compile(r"[?&]u=[0-9a-f]{12}"), timeout=T)  # the per-browser owner id
+    # The identity is a signed cookie the page set, never a part of the address.
+    app.wait_for_function("() => document.cookie.includes('mtl_id=')", timeout=T)
+    assert "u=" not in app.url
     shot(app, screenshot_dir / "home.png")
 
 
 def test_a_deep_link_renders_the_real_app(fresh_page: Page, streamlit_server):
-    """A bookmarked /compare?u=... in a new browser gets the router, the sidebar and the page itself
-    (a legacy pages/ folder used to serve a bare script there)."""
+    """A bookmarked /compare?u=... (an old-style link) in a new browser gets the router, the sidebar and
+    the page itself (a legacy pages/ folder used to serve a bare script there); the old id is dropped."""
     fresh_page.goto(streamlit_server + "/compare?u=0123456789ab")
     expect(fresh_page.get_by_role("heading", name="Compare")).to_be_visible(timeout=T)
     expect(fresh_page.get_by_test_id("stSidebarNav").get_by_role("link")).to_have_count(5, timeout=T)
     expect(fresh_page.get_by_text(re.compile(r"Jobs on this server"))).to_be_visible(timeout=T)
-    expect(fresh_page).to_have_url(re.compile(r"/compare\?u=0123456789ab"))
+    expect(fresh_page).to_have_url(re.compile(r"/compare$"))
 
 
 def test_train_live_curve_survives_page_switch(app: Page, screenshot_dir):
