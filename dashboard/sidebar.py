@@ -10,10 +10,17 @@ from dashboard.state import SEEN_EVERY_S, data_label, get_runner, get_store, not
 from mtl_core.runs import ACTIVE
 
 
+def jobs_sentence(active: list[dict]) -> str:
+    """The sidebar's count of the server's queued and running runs. A run paused for another student's
+    (fair share) holds no worker, so it is counted apart, not as running."""
+    paused = sum(r["status"] == "running" and bool(r.get("yield_requested")) for r in active)
+    running = sum(r["status"] == "running" for r in active) - paused
+    held = f", {paused} paused for others" if paused else ""
+    return f"Jobs on this server: {running} running{held}, {len(active) - running - paused} queued"
+
+
 def jobs_caption_ui() -> None:
-    active = get_store().list_runs(statuses=ACTIVE)
-    running = sum(r["status"] == "running" for r in active)
-    st.caption(f"Jobs on this server: {running} running, {len(active) - running} queued")
+    st.caption(jobs_sentence(get_store().list_runs(statuses=ACTIVE)))
 
 
 @st.fragment(run_every=SEEN_EVERY_S)

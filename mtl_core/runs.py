@@ -22,6 +22,7 @@ import shutil
 import sqlite3
 import threading
 import time
+import unicodedata
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -123,6 +124,12 @@ class QueueFull(RuntimeError):
 
 class NameTaken(ValueError):
     """Another student of this class already has that display name; the message says so."""
+
+
+def name_key(name: str) -> str:
+    """What two display names are compared by: "ALICE", "alice", "Ａｌｉｃｅ" (full-width) and "Alice  B"
+    with two spaces all read as the same name on a teacher's list, so NFKC, case and runs of spaces fold."""
+    return " ".join(unicodedata.normalize("NFKC", name).casefold().split())
 
 
 class StoreUnavailable(RuntimeError):
@@ -910,13 +917,13 @@ class RunStore:
             )
 
     def set_owner_name(self, owner: str, name: str) -> None:
-        """Give `owner` a display name; NameTaken if another owner has it already (case-insensitively).
-        An empty name clears it. The check and the write are one transaction."""
+        """Give `owner` a display name; NameTaken if another owner has one that reads the same (see
+        `name_key`). An empty name clears it. The check and the write are one transaction."""
         with self._connect(write=True) as db:
             if name:
-                folded = name.casefold()
+                folded = name_key(name)
                 for (other,) in db.execute("SELECT name FROM owners WHERE owner<>? AND name<>''", (owner,)):
-                    if other.casefold() == folded:
+                    if name_key(other) == folded:
                         raise NameTaken("Someone in this class already has that name: add an initial or pick another.")
             db.execute(
                 "INSERT INTO owners (owner, name, seen) VALUES (?, ?, ?) "

@@ -259,3 +259,17 @@ def test_the_monitor_says_a_paused_run_goes_on_by_itself(store, monkeypatch):
     assert not at.exception, [e.value for e in at.exception]
     (info,) = at.info  # only the paused run says so
     assert info.value == "Paused so another student's run could start; it resumes by itself where it stopped."
+
+
+def test_the_sidebar_counts_a_paused_run_apart_from_the_running_ones(store):
+    from dashboard.sidebar import jobs_sentence
+    from mtl_core.runs import ACTIVE
+
+    _start(store, "a", 300)
+    _start(store, "b", 100)
+    store.create_run(CFG, owner="c")
+    assert jobs_sentence(store.list_runs(statuses=ACTIVE)) == "Jobs on this server: 2 running, 1 queued"
+    assert store.request_yield(min_run_s=20, max_paused=1)
+    assert jobs_sentence(store.list_runs(statuses=ACTIVE)) == (
+        "Jobs on this server: 1 running, 1 paused for others, 1 queued"
+    )

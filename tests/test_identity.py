@@ -204,14 +204,16 @@ def test_an_exercise_lock_is_kept_per_identity_and_a_plain_link_ends_it(ids):
     assert ids.lock("me") is None
 
 
-def test_display_names_are_unique_in_the_class_case_insensitively(store):
+def test_display_names_are_unique_in_the_class_however_they_are_typed(store):
     store.set_owner_name("a", "Alice")
-    for taken in ("Alice", "alice", "ALICE"):
+    for taken in ("Alice", "alice", "ALICE", "\uff21lice", "\uff41\uff4c\uff49\uff43\uff45", "Alice "):
         with pytest.raises(NameTaken, match="already has that name"):
             store.set_owner_name("b", taken)
     assert store.owner_names() == {"a": "Alice"}
     store.set_owner_name("a", "alice")  # one's own name may change case
     store.set_owner_name("b", "Alice B")
+    with pytest.raises(NameTaken):
+        store.set_owner_name("e", "alice  b")  # runs of spaces read as one on a list
     store.set_owner_name("c", "")
     store.set_owner_name("d", "")  # no name is no clash
     assert store.owner_names() == {"a": "alice", "b": "Alice B", "c": "", "d": ""}
