@@ -179,8 +179,12 @@ def error_histogram(true: np.ndarray, pred: np.ndarray) -> go.Figure:
     return _layout(fig, "value: error histogram")
 
 
-def alpha_heatmaps(alphas: list[list[list[float]]], tasks: list[str], title: str = "") -> go.Figure:
-    """One T x T heatmap per cross-stitch unit, values written in the cells."""
+def alpha_heatmaps(
+    alphas: list[list[list[float]]], tasks: list[str], title: str = "", limit: float | None = None
+) -> go.Figure:
+    """One T x T heatmap per cross-stitch unit, values written in the cells. `limit` fixes the colours
+    to ±limit (the same for every epoch of a run); None scales them to these alphas. RdBu is ColorBrewer's
+    diverging scale that stays readable with red-green colour blindness, and the values are in the cells."""
     n = len(alphas)
     # Two units: the MLP's (after each hidden layer); three: the CNN's (after each conv block and the FC layer).
     where = ["conv block 1", "conv block 2", "the FC layer"] if n == 3 else [f"hidden layer {u + 1}" for u in range(n)]
@@ -195,6 +199,7 @@ def alpha_heatmaps(alphas: list[list[list[float]]], tasks: list[str], title: str
                 texttemplate="%{text}",
                 colorscale="RdBu",
                 zmid=0,
+                **({"zmin": -limit, "zmax": limit} if limit else {}),
                 showscale=u == n - 1,
             ),
             row=1,
@@ -206,15 +211,17 @@ def alpha_heatmaps(alphas: list[list[list[float]]], tasks: list[str], title: str
     return fig
 
 
-def alpha_animation(history: list[list[list[list[float]]]], tasks: list[str], first_epoch: int = 1) -> go.Figure:
+def alpha_animation(
+    history: list[list[list[list[float]]]], tasks: list[str], first_epoch: int = 1, limit: float | None = None
+) -> go.Figure:
     """All units side by side, one frame per epoch, with Plotly's own play button (runs in the browser).
-    `first_epoch` is 0 when the history starts with the initialisation."""
+    `first_epoch` is 0 when the history starts with the initialisation; `limit` as in alpha_heatmaps."""
     n_units = len(history[0])
     frames = []
     for e, alphas in enumerate(history, start=first_epoch):
-        f = alpha_heatmaps(alphas, tasks)
+        f = alpha_heatmaps(alphas, tasks, limit=limit)
         frames.append(go.Frame(data=f.data, name=str(e), layout=go.Layout(title=f"epoch {e}")))
-    fig = alpha_heatmaps(history[0], tasks, f"epoch {first_epoch}")
+    fig = alpha_heatmaps(history[0], tasks, f"epoch {first_epoch}", limit=limit)
     fig.frames = frames
     steps = [
         dict(

@@ -27,7 +27,7 @@ GUESS_FULL_EPOCH_S = {
 }
 FULL_N_TRAIN = 60_000
 # An MLP epoch with another loss weighting than static, over the static one (hard sharing and cross-stitch,
-# full MNIST, one thread, 2026-11-26): learned weights leave the hand-written step for autograd (2.5-2.7x);
+# full MNIST, one thread): learned weights leave the hand-written step for autograd (2.5-2.7x);
 # a gradient method adds a backward per task and its aggregation (4-10x). A CNN is on autograd anyway.
 WEIGHTING_COST = {"mlp": {"loss": 2.6, "gradients": 5.0}, "cnn": {"loss": 1.0, "gradients": 2.5}}
 

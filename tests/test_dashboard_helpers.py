@@ -78,10 +78,37 @@ def test_the_alpha_reading_says_how_much_each_unit_shares_and_whether_anything_m
 
     shared = [[[0.5, 0.5], [0.5, 0.5]], [[0.9, 0.2], [0.1, 0.8]]]
     lines = alpha_reading([start, shared], alpha_lr_mult=100)
-    assert "strong sharing" in lines[0] and "borrow some" in lines[1]
+    assert "strong sharing" in lines[0] and "take in some" in lines[1]
     assert not any("barely moved" in line for line in lines)
     wild = [[[3.7, -0.7], [0.1, 1.0]], [[1.0, 0.0], [0.0, 1.0]]]
     assert "free weights" in alpha_reading([start, wild], alpha_lr_mult=1000)[-1]
+
+
+def test_the_alpha_reading_names_negative_alphas_and_says_nothing_about_movement_at_epoch_zero():
+    from dashboard.alphas import alpha_reading, initial_alphas
+
+    start = initial_alphas("identity", 2, 2)
+    (only,) = alpha_reading([start], alpha_lr_mult=1, tasks=["even", "mult3"])
+    assert "nothing has been learned yet" in only and "moved" not in only
+    subtracting = [[[2.1, -1.37], [0.3, 1.9]], [[1.0, -0.02], [0.0, 1.0]]]
+    unit1, unit2, *_ = alpha_reading([start, subtracting], alpha_lr_mult=500, tasks=["even", "mult3"])
+    assert "Negative: α[even←mult3] = −1.37" in unit1 and "subtracts the other task's features" in unit1
+    assert "Negative" not in unit2  # −0.02 is noise around 0, not a sign the column subtracts
+
+
+def test_one_colour_scale_holds_for_every_epoch_unless_asked_to_rescale():
+    from dashboard.alphas import colour_limit
+
+    history = [[[[1.0, 0.0], [0.0, 1.0]]], [[[1.3, 0.2], [0.1, 1.1]]], [[[4.6, -1.4], [0.3, 3.2]]]]
+    assert colour_limit(history) == 5.0 and colour_limit(history[::-1]) == 5.0  # the largest of any epoch
+    assert colour_limit(history[:2]) == 1.5 and colour_limit(history[:1]) == 1.0
+    for epoch in history:  # the first epoch drawn on the whole run's scale, not on its own ±1
+        (heat,) = alpha_heatmaps(epoch, ["even", "mult3"], limit=colour_limit(history)).data
+        assert (heat.zmin, heat.zmax) == (-5.0, 5.0)
+    (own,) = alpha_heatmaps(history[0], ["even", "mult3"]).data
+    assert own.zmin is None and own.zmax is None
+    anim = alpha_animation(history, ["even", "mult3"], first_epoch=0, limit=colour_limit(history))
+    assert {(f.data[0].zmin, f.data[0].zmax) for f in anim.frames} == {(-5.0, 5.0)}
 
 
 def test_alpha_charts_can_start_at_epoch_zero():

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from dashboard.alphas import alpha_reading, initial_alphas
+from dashboard.alphas import alpha_reading, colour_limit, initial_alphas
 from dashboard.charts import alpha_animation, alpha_heatmaps, alpha_lines
 from dashboard.classroom import visible_runs
 from dashboard.state import get_store, read_if_changed, rerun_app
@@ -16,8 +16,10 @@ st.title("🧵 Cross-stitch units")
 st.markdown(
     "Each cross-stitch unit mixes the task columns: task *i*'s next layer reads "
     "**Σⱼ α[i, j] · hⱼ**. The diagonal α[i, i] is the **same-task** weight (how much a column keeps its own "
-    "features); the off-diagonal α[i, j] are **other-task** weights (how much it borrows from task *j*). "
-    "Identity means no sharing at all; rows of 0.5 / 0.5 mean the columns share everything."
+    "features); the off-diagonal α[i, j] are **other-task** weights (how much it takes in from task *j*). "
+    "The alphas are free weights, not shares of 100 %: identity means no sharing at all, and what counts is "
+    "the size of the other-task weights against the same-task one. Above 1 a column amplifies what it reads; "
+    "a negative α subtracts the other task's features."
 )
 
 # Every cross-stitch kind (the MLP, or the CNN with units after each conv block and the FC layer).
@@ -68,12 +70,20 @@ def alphas_view() -> None:
     n = len(history) - 1
     epoch = st.slider("Epoch (0: as initialised)", 0, n, n, key="cs_epoch")
     title = f"Alphas after epoch {epoch}" if epoch else "Alphas as initialised"
-    st.plotly_chart(alpha_heatmaps(history[epoch], tasks, title), key="cs_heat", width="stretch")
-    reading = alpha_reading(history[: epoch + 1], run["config"]["alpha_lr_mult"])
+    own_scale = st.toggle(
+        "Rescale the colours to this epoch",
+        key="cs_rescale",
+        help="Off: one colour scale for every epoch of the run, so growth shows as colour. On: this epoch's own range.",
+    )
+    limit = None if own_scale else colour_limit(history)
+    st.plotly_chart(alpha_heatmaps(history[epoch], tasks, title, limit=limit), key="cs_heat", width="stretch")
+    reading = alpha_reading(history[: epoch + 1], run["config"]["alpha_lr_mult"], tasks)
     st.markdown(f"**What they say** (epoch {epoch}):\n\n" + "\n".join(f"- {line}" for line in reading))
     st.plotly_chart(alpha_lines(history, tasks, first_epoch=0), key="cs_lines", width="stretch")
     with st.expander("Play the alphas epoch by epoch"):
-        st.plotly_chart(alpha_animation(history, tasks, first_epoch=0), key="cs_anim", width="stretch")
+        st.plotly_chart(
+            alpha_animation(history, tasks, first_epoch=0, limit=colour_limit(history)), key="cs_anim", width="stretch"
+        )
 
 
 alphas_view()
