@@ -174,10 +174,14 @@ def run_actions_ui(run: dict) -> None:
     elif note := older_model_note(run):
         c1.caption(note)
     if can_manage(run):
-        with c2.popover("🗑 Delete run"):
-            st.caption("Deletes its curves and its model file for good.")
+        # A key per run: without it the popover's open state carried over to the next run shown in this
+        # place, and a second click there deleted the wrong run.
+        with c2.popover("🗑 Delete run", key=f"delete_pop_{run['id']}"):
+            st.markdown(md_escape(f"Delete “{run_label(run)}”?"))
+            st.caption("Its curves and its model file go for good.")
             if st.button("Delete", type="primary", key=f"delete_{run['id']}"):
                 get_store().delete_run(run["id"])
+                st.toast(md_escape(f"Deleted “{run_label(run)}”."))
                 st.rerun(scope="app")
     config = TrainConfig.from_dict(run["config"])
     # The callback fills the form before this fragment reruns; the app rerun then draws it.

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image, ImageDraw
 from streamlit.testing.v1 import AppTest
 
+from dashboard.text import md_escape
 from mtl_core.checkpoint import save_model
 from mtl_core.config import TrainConfig
 from mtl_core.models import MODELS
@@ -218,8 +219,11 @@ def test_train_page_offers_the_model_file_and_deletes_an_owned_run(synthetic):
     assert_ok(at)
     assert at.selectbox(key="watch_select").value == mine
     assert "Finished all 2 epochs" in texts(at.success)
+    label = f"hard · even+mult3 · {mine[-6:]}"
+    assert md_escape(f"Delete “{label}”?") in texts(at.markdown)  # it asks, naming the run
     at.button(key=f"delete_{mine}").click().run()
     assert_ok(at)
+    assert md_escape(f"Deleted “{label}”.") in texts(at.toast)
     assert RunStore().get_run(mine) is None and not os.path.exists(path)
     assert "No runs yet" in texts(at.info)
 
