@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import numpy as np
@@ -13,7 +14,7 @@ from dashboard.text import md_escape
 from mtl_core.analysis import run_label
 from mtl_core.checkpoint import ModelFileError, load_model_bytes
 from mtl_core.config import TrainConfig
-from mtl_core.predict import predict, saliency, saliency_overlay
+from mtl_core.predict import SALIENCY_METHODS, SMOOTHGRAD_SAMPLES, predict, saliency, saliency_overlay
 from mtl_core.runs import store_problem
 from mtl_core.tasks import VALUE_SCALE, get_task
 from mtl_core.text import plain_text
@@ -139,17 +140,47 @@ def predictions_ui(title: str, model, image: np.ndarray, key: str) -> None:
             st.progress(p_yes, text=f"{t.title} → **{answer}** (P({t.classes[1]}) = {p_yes:.0%})")
 
 
-def saliency_ui(title: str, model, image: np.ndarray) -> None:
-    """Per task, the pixels that drove the answer (the input gradient), in red over the model's input."""
-    t0 = time.perf_counter()
-    maps = saliency(model, image)
-    ms = (time.perf_counter() - t0) * 1000
-    st.markdown(f"**Which pixels drove each answer** · {md_escape(title)}")
-    cols = st.columns(len(maps))
-    for col, (task, heat) in zip(cols, maps.items()):
-        col.image(saliency_overlay(image, heat), width=84, caption=task)
+def saliency_ui(models: list[tuple[str, object]], image: np.ndarray) -> None:
+    """Per task, the pixels that drove one chosen model's answer, in red over the model's input (224 px)."""
+    st.markdown("**Which pixels drove each answer**")
+    left, right = st.columns([3, 2])
+    pick = 0
+    if len(models) > 1:
+        pick = left.selectbox(
+            "Model to explain", range(len(models)), format_func=lambda i: models[i][0], key="sal_model"
+        )
+    method = right.radio(
+        "Method", list(SALIENCY_METHODS), format_func=SALIENCY_METHODS.get, key="sal_method", horizontal=True
+    )
+    title, model = models[min(pick, len(models) - 1)]
+    # SmoothGrad on a CNN takes a noticeable moment; a rerun with the same drawing (a widget elsewhere
+    # changed) reuses the maps instead of computing them again.
+    key = (
+        title,
+        id(model),
+        method,
+        hashlib.sha256(np.ascontiguousarray(image, dtype=np.float32).tobytes()).hexdigest(),
+    )
+    cached = st.session_state.get("_saliency")
+    if cached and cached[0] == key:
+        maps, ms = cached[1], cached[2]
+    else:
+        t0 = time.perf_counter()
+        maps = saliency(model, image, method)
+        ms = (time.perf_counter() - t0) * 1000
+        st.session_state["_saliency"] = (key, maps, ms)
+    items = list(maps.items())
+    for row in range(0, len(items), 2):  # two 224-px maps a row fit beside the drawing at 1280 px
+        for col, (task, heat) in zip(st.columns(2), items[row : row + 2]):
+            col.image(saliency_overlay(image, heat), width=224, caption=f"{task} · {title}")
+    how = (
+        f"averaged over {SMOOTHGRAD_SAMPLES} copies of the input with noise added, which keeps the strokes that "
+        "matter and drops the speckle of a single gradient (SmoothGrad, Smilkov et al. 2017)"
+        if method == "smoothgrad"
+        else "one gradient, which is noisy: switch to SmoothGrad for a steadier picture"
+    )
     st.caption(
-        f"Red: the pixels whose change would move that task's answer most (the gradient of its score with "
-        f"respect to each input pixel; {ms:.1f} ms for all tasks). Tasks that look at different strokes "
+        f"Red: the pixels whose change would move that task's answer most: the gradient of its score with "
+        f"respect to each input pixel, {how}; {ms:.0f} ms for all tasks. Tasks that look at different strokes "
         "use the shared layers differently."
     )

@@ -16,7 +16,6 @@ from PIL import Image, UnidentifiedImageError
 from .data import MEAN, STD
 from .metrics import probabilities
 from .models import MultiTaskModel
-from .tasks import get_task
 
 INK_THRESHOLD = 0.1  # fraction of full intensity below which a pixel counts as background
 MAX_IMAGE_BYTES = 2 * 1024 * 1024  # .streamlit/config.toml caps uploads at the same 2 MB
@@ -232,32 +231,64 @@ def predict(model: MultiTaskModel, images: np.ndarray | torch.Tensor, batch_size
     return {t: np.concatenate(v) if v else np.zeros((0,)) for t, v in parts.items()}
 
 
-def saliency(model: MultiTaskModel, image: np.ndarray) -> dict[str, np.ndarray]:
-    """Which pixels drove each task's answer for one normalised 28x28 image: the size of the gradient of
-    the answer's score with respect to each input pixel (the "vanilla" saliency of Simonyan et al.,
-    2014), scaled to [0, 1] per task. The score is the logit of the class given as the answer, or the
-    value for the regression task; a map of zeros means no pixel moved it."""
+SALIENCY_METHODS = {
+    "smoothgrad": "SmoothGrad",  # Smilkov et al. 2017: the gradient averaged over noisy copies of the input
+    "gradient": "plain gradient",  # Simonyan et al. 2014: one gradient, speckled
+}
+SMOOTHGRAD_SAMPLES = 25
+SMOOTHGRAD_NOISE = 0.15  # the noise's standard deviation, as a share of the input's range (the paper's 10-20 %)
+
+
+def saliency(model: MultiTaskModel, image: np.ndarray, method: str = "smoothgrad") -> dict[str, np.ndarray]:
+    """Which pixels drove each task's answer for one normalised 28x28 image, scaled to [0, 1] per task:
+    the size of the gradient of the answer's score with respect to each input pixel, either once
+    ("gradient") or averaged over SMOOTHGRAD_SAMPLES copies of the image with Gaussian noise added
+    ("smoothgrad"), which keeps the strokes and drops the speckle. Both through captum, the field's
+    library. The score is the logit of the class given as the answer, or the value for the regression
+    task; a map of zeros means no pixel moved it. The noise is seeded, so one drawing gives one map."""
+    from captum.attr import NoiseTunnel, Saliency  # imported here: it loads matplotlib, which only this needs
+
+    if method not in SALIENCY_METHODS:
+        raise ValueError(f"unknown saliency method {method!r}; valid: {', '.join(SALIENCY_METHODS)}")
     model.eval()
     device = next(model.parameters()).device
-    x = torch.as_tensor(np.asarray(image, dtype=np.float32)).reshape(1, 1, 28, 28).to(device).requires_grad_(True)
-    out = model(x)
+    x = torch.as_tensor(np.asarray(image, dtype=np.float32)).reshape(1, 1, 28, 28).to(device)
+    with torch.no_grad():
+        answers = {t: o.float().reshape(1, -1) for t, o in model(x).items()}
+    span = float(x.max() - x.min()) or 1.0
+    x.requires_grad_(True)  # captum would set it too, with a warning each time
     maps = {}
     for t in model.tasks:
-        o = out[t].float().reshape(-1)
-        kind = get_task(t).kind
-        if kind == "regression" or o.numel() == 1:
-            score = o[0]  # the value, or a binary task's one logit (its sign is the answer)
-        else:
-            score = o[int(o.argmax())]  # the logit of the class answered
-        (grad,) = torch.autograd.grad(score, x, retain_graph=True)
-        g = grad.abs().reshape(28, 28).detach().cpu().numpy()
+        # One logit (a binary task: its sign is the answer) or the value: that output; else the class answered.
+        target = int(answers[t].argmax()) if answers[t].shape[1] > 1 else 0
+        explain = Saliency(lambda inp, t=t: model(inp)[t].float().reshape(len(inp), -1))
+        with torch.random.fork_rng(devices=[]):  # the noise is seeded without touching the server's RNG
+            torch.manual_seed(0)
+            if method == "smoothgrad":
+                attr = NoiseTunnel(explain).attribute(
+                    x,
+                    nt_type="smoothgrad",
+                    nt_samples=SMOOTHGRAD_SAMPLES,
+                    nt_samples_batch_size=SMOOTHGRAD_SAMPLES,
+                    stdevs=SMOOTHGRAD_NOISE * span,
+                    target=target,
+                    abs=True,
+                )
+            else:
+                attr = explain.attribute(x, target=target, abs=True)
+        g = attr.reshape(28, 28).detach().float().cpu().numpy()
         top = float(g.max())
         maps[t] = (g / top if top > 0 else g).astype(np.float32)
     return maps
 
 
-def saliency_overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
-    """The model's input in grey with the saliency in red on top, as a 28x28x3 uint8 image."""
+SALIENCY_SCALE = 8  # 28 x 8 = 224 px: each input pixel a visible square, large enough to read in class
+
+
+def saliency_overlay(image: np.ndarray, heat: np.ndarray, scale: int = SALIENCY_SCALE) -> np.ndarray:
+    """The model's input in grey with the saliency in red on top, as a (28*scale)x(28*scale)x3 uint8 image
+    (each pixel a square: nearest-neighbour, so the picture shows exactly the 28x28 grid the model reads)."""
     grey = to_display(image).astype(np.float32) / 255.0
     rgb = np.stack([grey * 0.45 + heat * 0.55, grey * 0.45, grey * 0.45], axis=-1)
-    return np.clip(rgb * 255, 0, 255).astype(np.uint8)
+    rgb = np.clip(rgb * 255, 0, 255).astype(np.uint8)
+    return rgb.repeat(scale, axis=0).repeat(scale, axis=1)

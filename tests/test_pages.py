@@ -304,6 +304,13 @@ def test_draw_page_predicts_a_drawn_digit(synthetic):
     assert "28×28 from the canvas" in str(images[0].proto)
     assert "Which pixels drove each answer" in texts(at.markdown)
     assert texts(at.caption).count("answered in ") == 2  # each model's inference time
+    assert "SmoothGrad" in texts(at.caption)
+    second = RunStore().get_run(at.multiselect(key="draw_models").value[1])
+    at.selectbox(key="sal_model").set_value(1).run()  # explain the other model: its own tasks' maps
+    assert_ok(at)
+    images = at.get("image")
+    assert len(images) == 1 + len(second["config"]["tasks"])
+    assert all(second["id"][-6:] in str(im.proto) for im in images[1:])
 
 
 def test_draw_preselects_finished_models_of_every_kind_and_tabulates_many(synthetic):

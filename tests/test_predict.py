@@ -90,13 +90,42 @@ def test_saliency_lights_only_the_pixels_the_model_can_see():
     with torch.no_grad():
         model.trunk[1].weight[:, ~patch.reshape(-1)] = 0.0
     image = np.random.default_rng(0).normal(size=(28, 28)).astype(np.float32)
-    maps = saliency(model, image)
-    assert set(maps) == {"even", "mult3"}
-    for heat in maps.values():
-        assert heat.shape == (28, 28) and heat.min() >= 0 and heat.max() == pytest.approx(1.0)
-        assert np.all(heat[~patch.numpy()] == 0) and heat[patch.numpy()].mean() > 0.05
+    for method in ("smoothgrad", "gradient"):
+        maps = saliency(model, image, method)
+        assert set(maps) == {"even", "mult3"}
+        for heat in maps.values():
+            assert heat.shape == (28, 28) and heat.min() >= 0 and heat.max() == pytest.approx(1.0)
+            assert np.all(heat[~patch.numpy()] == 0) and heat[patch.numpy()].mean() > 0.05
     overlay = saliency_overlay(image, maps["even"])
-    assert overlay.shape == (28, 28, 3) and overlay.dtype == np.uint8
+    assert overlay.shape == (224, 224, 3) and overlay.dtype == np.uint8  # 8 px a model pixel: 224 px across
+    np.testing.assert_array_equal(overlay[::8, ::8], saliency_overlay(image, maps["even"], scale=1))
+
+
+def _roughness(heat: np.ndarray) -> float:
+    """Total variation over total mass: how speckled a map is (a smooth blob is low, salt and pepper high)."""
+    return float(np.abs(np.diff(heat, axis=0)).sum() + np.abs(np.diff(heat, axis=1)).sum()) / float(heat.sum())
+
+
+@pytest.mark.parametrize("name", ["hard", "cnn"])
+def test_smoothgrad_is_steadier_than_one_gradient_and_the_same_every_time(name):
+    from mtl_core.predict import saliency
+
+    torch.manual_seed(1)
+    model = build_model(name) if name == "cnn" else build_model(name, ("even", "mult3"))
+    image = np.full((28, 28), -0.42, dtype=np.float32)
+    image[5:23, 12:16] = 2.8  # a "1"
+    plain, smooth = saliency(model, image, "gradient"), saliency(model, image, "smoothgrad")
+    for task in model.tasks:
+        assert _roughness(smooth[task]) < 0.8 * _roughness(plain[task]), task
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    again = saliency(model, image, "smoothgrad")
+    assert torch.equal(torch.rand(3), expected)  # its seeded noise leaves the process's random stream alone
+    for task in model.tasks:
+        np.testing.assert_array_equal(again[task], smooth[task])  # one drawing, one map
+    with pytest.raises(ValueError, match="smoothgrad, gradient"):
+        saliency(model, image, "lime")
 
 
 def test_saliency_covers_every_task_of_the_cnn():

@@ -114,4 +114,4 @@ with right:
             for i, (col, (title, model)) in enumerate(zip(st.columns(len(models)), models)):
                 with col:
                     predictions_ui(title, model, image, key=f"pred_{i}")
-        saliency_ui(*models[0], image)  # the first model chosen: one map per task
+        saliency_ui(models, image)  # one chosen model (the first by default): one map per task
