@@ -8,7 +8,7 @@ import os
 import streamlit as st
 
 from dashboard.charts import affinity_heatmap, conflict_chart, overlay, training_curves
-from dashboard.classroom import can_download, can_manage
+from dashboard.classroom import can_download, can_manage, is_teacher
 from dashboard.forms import load_into_form, share_link_ui
 from dashboard.state import (
     client_address,
@@ -26,7 +26,7 @@ from mtl_core.analysis import data_source, run_affinity, run_label, suggest_grou
 from mtl_core.config import TrainConfig
 from mtl_core.estimate import duration_words, queue_spot, run_estimate
 from mtl_core.export import SUFFIXES, export_file_bytes
-from mtl_core.runs import ACTIVE, QueueFull, StoreUnavailable
+from mtl_core.runs import ACTIVE, STOPPED_BY_TEACHER, QueueFull, StoreUnavailable
 from mtl_core.weighting import WEIGHTINGS
 
 POLL_S = 2.0  # while the watched run trains: an epoch takes 0.2 s to minutes; 2 s reads as live
@@ -89,8 +89,13 @@ def status_ui(run: dict, records: list[dict]) -> None:
             f"Finished all {_epochs(total)} in {run['train_seconds'] or 0:.1f} s; best epoch {run['best_epoch']} "
             f"({picked})." + (f" Note: {md_escape(run['reason'])}." if run["reason"] else "")
         )
+    elif status == "cancelled" and run.get("stop_requested") == STOPPED_BY_TEACHER and done == 0:
+        st.warning(f"{_teacher_stopped(run)} before its first epoch finished; there is no model to keep.")
     elif status == "cancelled" and done == 0:
         st.warning(f"Stopped before any epoch finished ({md_escape(run['reason'])}); there is no model to keep.")
+    elif status == "cancelled" and run.get("stop_requested") == STOPPED_BY_TEACHER:
+        kept = f"the weights of its best epoch ({run['best_epoch']})" if run["best_epoch"] else "no weights"
+        st.warning(f"{_teacher_stopped(run)} after {_epochs(done)} of {total}. The curve and {kept} are kept.")
     elif status in ("cancelled", "interrupted"):
         what = "Stopped" if status == "cancelled" else "Interrupted"
         kept = f"the weights of its best epoch ({run['best_epoch']})" if run["best_epoch"] else "no weights"
@@ -98,6 +103,13 @@ def status_ui(run: dict, records: list[dict]) -> None:
         st.warning(f"{what} after {_epochs(done)} of {total}: {why}. The curve and {kept} are kept.")
     else:  # failed or diverged
         st.error(f"{status.capitalize()}: {md_escape(run['reason'])}")
+
+
+def _teacher_stopped(run: dict) -> str:
+    """Who stopped a run the teacher stopped, as the person looking reads it."""
+    if is_teacher() and run.get("owner") != owner_id():
+        return "You stopped this student's run (teacher)"
+    return "Your teacher stopped this run"
 
 
 def metrics_ui(run: dict, records: list[dict]) -> None:
@@ -282,7 +294,7 @@ def monitor_ui(run_id: str, projector: bool = False) -> None:
         head.markdown(" · ".join(filter(None, [f"**{md_escape(run_label(run))}**", data_source(run), where])))
         if run["status"] in ACTIVE and can_manage(run) and stop.button("⏹ Stop", key="stop_run", width="stretch"):
             try:
-                get_runner().stop(run_id)
+                get_runner().stop(run_id, by_teacher=is_teacher() and run.get("owner") != owner_id())
             except StoreUnavailable as exc:  # read-only, full or lost: the Stop cannot be recorded, say why
                 st.warning(f"Stop could not be recorded. {exc}")
             else:

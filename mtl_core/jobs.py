@@ -382,8 +382,8 @@ class JobRunner:
         self.ensure_workers()
         return ids
 
-    def stop(self, run_id: str) -> None:
-        self.store.request_stop(run_id)
+    def stop(self, run_id: str, by_teacher: bool = False) -> None:
+        self.store.request_stop(run_id, by_teacher)
 
     def wait_ready(self, timeout: float = 120.0) -> bool:
         """Block until every worker has loaded torch and the default data (benchmarks, tests)."""

@@ -122,6 +122,9 @@ class QueueFull(RuntimeError):
     """Too many queued or running jobs; the message says how many and what to do."""
 
 
+STOPPED_BY_TEACHER = 2  # runs.stop_requested: the teacher pressed Stop on another student's run
+
+
 class NameTaken(ValueError):
     """Another student of this class already has that display name; the message says so."""
 
@@ -850,10 +853,13 @@ class RunStore:
         with self._connect(write=True) as db:
             return db.execute(sql, args).rowcount > 0
 
-    def request_stop(self, run_id: str) -> None:
-        """Ask a run to stop: a queued run is cancelled at once, a running one at its next batch."""
+    def request_stop(self, run_id: str, by_teacher: bool = False) -> None:
+        """Ask a run to stop: a queued run is cancelled at once, a running one at its next batch.
+        `by_teacher`: the teacher stopped another student's run (stop_requested 2, STOPPED_BY_TEACHER),
+        so that student's page can say who did."""
+        flag = STOPPED_BY_TEACHER if by_teacher else 1
         with self._connect(write=True) as db:
-            db.execute("UPDATE runs SET stop_requested=1 WHERE id=? AND status IN ('queued','running')", (run_id,))
+            db.execute("UPDATE runs SET stop_requested=? WHERE id=? AND status IN ('queued','running')", (flag, run_id))
             db.execute(
                 "UPDATE runs SET status='cancelled', reason='cancelled before it started', finished=? "
                 "WHERE id=? AND status='queued'",
