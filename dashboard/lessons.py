@@ -84,6 +84,13 @@ LESSONS = (
 )
 
 
+def queued_sentence(lesson: Lesson) -> str:
+    """What every lesson says once its runs are queued: how many, and where to watch and compare them."""
+    n = len(lesson.runs)
+    what = "its run" if n == 1 else f"its {n} runs"
+    return f"Queued {what}. Watch them train on the **Train** page; **Compare** shows them side by side."
+
+
 def lessons_ui() -> None:
     st.subheader("🎓 Lessons for a class")
     st.caption(
@@ -91,7 +98,8 @@ def lessons_ui() -> None:
         "Teachers: share a lesson's link, and every student opens it with the settings in place."
     )
     for lesson in LESSONS:
-        with st.expander(lesson.question):
+        # Keyed, so a lesson stays open across the reruns its queued runs cause (an unkeyed one could close).
+        with st.expander(lesson.question, key=f"lesson_x_{lesson.key}"):
             st.markdown(
                 "**Runs:** " + "; ".join(label.removeprefix("lesson: ") for label, _ in lesson.runs) + "\n\n"
                 f"**Where to look:** {lesson.look}\n\n**What to conclude:** {lesson.conclude}"
@@ -106,7 +114,11 @@ def lessons_ui() -> None:
                 except (QueueFull, StoreUnavailable) as exc:
                     st.warning(str(exc))
                 else:
-                    st.success("Queued. Watch them on the **Train** page.")
+                    done = queued_sentence(lesson)
+                    st.session_state[f"lesson_done_{lesson.key}"] = done
+                    st.toast(done)
+            if done := st.session_state.get(f"lesson_done_{lesson.key}"):
+                st.success(done)  # every lesson confirms the same way, and it stays until the page is left
             first = lesson.runs[0][1]
             if c2.button("✎ Open in the Train form", key=f"lesson_open_{lesson.key}", on_click=load_into_form,
                          args=(first,)):  # fmt: skip
