@@ -42,15 +42,15 @@ def measure(rounds: int, threads: int) -> dict[str, list[float]]:
     runs = []
     for m in SEED_MODELS:
         training = Training(TrainConfig.preset(m, epochs=500), data, pick_threads=False)
-        if training.native is None:
+        if training.step.native is None:
             raise SystemExit(f"the C++ loop is not built here: {training.path_note}")
-        runs.append((training, training.records(), training.native))
+        runs.append((training, training.records(), training.step.native))
     times: dict[str, list[float]] = {name: [] for name in CONFIGS}
     for r in range(rounds + 1):
         for name in list(CONFIGS) if r % 2 == 0 else list(reversed(CONFIGS)):
             total = 0.0
             for training, epochs, loop in runs:
-                training.native = loop if CONFIGS[name] else None  # None: the Python loop (as MTL_NATIVE=0)
+                training.step.native = loop if CONFIGS[name] else None  # None: the Python loop (as MTL_NATIVE=0)
                 t0 = time.perf_counter()
                 next(epochs)
                 total += time.perf_counter() - t0

@@ -1,33 +1,53 @@
 """A class against one server: `python benchmarks/load.py [--sessions 10 20 30] [--browsers 5] [--json FILE]`.
 
 For each N, a fresh dashboard server (`python -m dashboard.serve`, loopback, its own MTL_HOME) and N
-sessions, each: open the app, type a name, queue a small job through the Train form, switch pages while
-it trains, wait for it to finish, draw a digit on the canvas and read the answers, open Compare. psutil
-samples the server and its workers every 0.5 s. Reported per N: failed sessions, exceptions on the page,
-interaction p50/p95 (click to the awaited text; for all sessions, and for each kind), queue wait, jobs
-finished exactly once, the server's CPU while 10 tabs sit idle, and its memory once the tabs are closed
-against the baseline before they opened.
+students. Each regular student opens the app, types a name, queues a short run through the Train form
+(hard sharing, `--short-epochs` epochs, on the form's default data: "auto", which is full MNIST when the
+server's MTL_DATA_DIR holds it), switches pages while it waits and trains, watches it finish on Train (the
+page polls), draws a digit on the canvas and reads the answers, opens Compare.
 
-Two kinds of session: `--browsers` of them (default 5, spread over the arrivals) in headless Chromium
-(Playwright, Debian's chromium), the rest browserless (benchmarks/thin_client.py: the same messages on
-the same websocket, no rendering). One Chromium session costs this machine 5-7 CPU-seconds against about
-0.5 s for the server; a class's browsers run on the students' computers, so 30 Chromiums on the server's
-own 2 cores would measure the browsers. The browsers run at the lowest CPU priority (`--browser-nice 19`),
-and the server logs how long each of its script runs took (MTL_TIMING_LOG, dashboard/timing.py).
+With `--hostile` (the default), two of the N are not regular students, and they arrive first:
+- the long-jobs student queues two 4-task CNN runs of `--long-epochs` epochs (about 7 s an epoch alone on
+  this machine, so each would outlast the server's 30-minute job cap; both train for the whole benchmark)
+  and keeps `--watchers` more tabs open on Train, each watching a run in training, so each polls;
+- the hostile student trains a short run, opens Draw and sends the canvas a PNG data URL no page should
+  decode, `--hostile-rate` times a second until the class is over: alternately a noise picture of
+  `--hostile-mb` MB (over the 2 MB limit) and a blank 20000x20000 one (a few kB, over the pixel limit),
+  each one different so no cache can answer it. It should get the "too large" sentence back.
+The regular students arrive once the long runs train and the flood has begun.
 
-Pacing: by default the sessions arrive evenly over 60 s and pause 3 s between actions, as a class
-does; `--lockstep` has all of them start at once and click as fast as they can (the worst case).
+Two kinds of session: `--browsers` of the regular students (default 5, spread over the arrivals) in
+headless Chromium (Playwright, Debian's chromium), the rest browserless (benchmarks/thin_client.py: the
+same messages on the same websocket, no rendering). One Chromium session costs this machine 5-7
+CPU-seconds against about 0.5 s for the server; a class's browsers run on the students' computers, so 30
+Chromiums on the server's own 2 cores would measure the browsers. The browsers run at the lowest CPU
+priority (`--browser-nice 19`), and the server logs how long each of its script runs took
+(MTL_TIMING_LOG, dashboard/timing.py). The hostile, long-jobs and watching sessions are browserless.
+
+Reported per N: failed sessions, exceptions on the page, click p50/p95 (click to the awaited text; for
+all regular sessions, and for each kind), queue wait p50/p95/max of the regular students' short runs
+(started - created in the run store), short jobs finished exactly once, the long runs' state and the
+seconds fair share paused them, the server's memory (its process and children other than training
+workers, sampled every second) at its peak over its idle size, the workers' memory, the server's CPU
+during the class and while only the watching tabs are left, and whether the hostile canvas messages got
+the "too large" sentence.
+
+Pacing: by default the regular students arrive evenly over 60 s and pause 3 s between actions, as a
+class does; `--lockstep` has all of them start at once and click as fast as they can (the worst case).
 
 All sessions come from 127.0.0.1, so the per-address caps are lifted here (MTL_MAX_PER_CLIENT, and
-MTL_NEW_IDS_PER_ADDRESS: each cookie-less session is a new identity); the
-disconnected-session lifetime is shortened to 10 s so the memory after closing is measured in
-seconds, not minutes. Not part of the test suite: run it on demand.
+MTL_NEW_IDS_PER_ADDRESS: every cookie-less session is a new identity, and the default 60 per 10 minutes
+would refuse a whole class from one address twice over, e.g. when N 10, 20 and 30 run in a row); the
+disconnected-session lifetime is shortened to 10 s so the memory after closing is measured in seconds,
+not minutes. Not part of the test suite: run it on demand.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import io
 import json
 import os
 import re
@@ -35,26 +55,42 @@ import signal
 import socket
 import sqlite3
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.request
+import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import psutil
+from PIL import Image
 from playwright.async_api import async_playwright, expect
 from stats import percentile  # benchmarks/stats.py, beside this script
 from thin_client import ThinSession, has, stroke_json, value  # benchmarks/thin_client.py
 
 ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"  # where this project's machines keep MNIST (tests/browser too)
 CHROMIUM = os.environ.get("MTL_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
 VIEWPORT = {"width": 1400, "height": 1000}
 T = 120_000  # ms: the longest any single wait may take before the session counts as failed
-EPOCHS = 3
+JOB_WAIT_S = 900  # a short run may wait this long for a worker before its session counts as failed
+SAMPLE_S = 1.0
+TEACHER_TOKEN = "load-test-teacher"
+ANSWER = re.compile(r" → .+ \(P\(.+\) = \d+%\)")
+# mtl_core/predict.py's refusals of a picture too large in bytes or in pixels, as the Draw page shows them.
+TOO_LARGE = re.compile(r"That drawing cannot be used: the (file is .*the limit is|picture is .*pixels)")
+HOSTILE_NAME, LONG_NAME = "Hostile Student", "Long Jobs"
+
+
+def student_name(i: int) -> str:
+    return f"Student {i:02d}"
 
 
 def free_port() -> int:
@@ -63,51 +99,93 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# --- what is measured on the machine ----------------------------------------------------------------
+
+
+def is_worker(p: psutil.Process) -> bool:
+    try:
+        return "mtl_core.worker" in " ".join(p.cmdline())
+    except psutil.Error:
+        return False
+
+
+@dataclass
+class Sample:
+    t: float
+    server_cpu: float  # % of one core: the server process and its children other than training workers
+    worker_cpu: float
+    server_mb: float  # RSS of the same processes as server_cpu
+    worker_mb: float
+    client_cpu: float  # this script and its browsers: the load, not the server
+    machine_cpu: float
+
+
 class Sampler(threading.Thread):
-    """CPU (% of one core) and memory of the server and its workers, every 0.5 s."""
+    """CPU and memory of the server, its training workers and the load generator, every second."""
 
     def __init__(self, pid: int):
         super().__init__(daemon=True)
         self.server = psutil.Process(pid)
-        # t, server cpu, worker cpu, server rss MB, whole machine cpu (all % of one core)
-        self.samples: list[tuple[float, float, float, float, float]] = []
+        self.me = psutil.Process()
+        self.samples: list[Sample] = []
         self.stop = threading.Event()
+        self._procs: dict[int, psutil.Process] = {}
 
-    def run(self) -> None:
-        procs: dict[int, psutil.Process] = {}
-        self.server.cpu_percent()
-        psutil.cpu_percent()
-        while not self.stop.wait(0.5):
+    def _tracked(self, p: psutil.Process) -> psutil.Process:
+        """The same Process object each time, so cpu_percent() measures since the last sample."""
+        known = self._procs.get(p.pid)
+        if known is None:
+            known = self._procs[p.pid] = p
+            known.cpu_percent()
+        return known
+
+    def take(self) -> Sample | None:
+        try:
+            server_tree = [self.server, *self.server.children(recursive=True)]
+        except psutil.Error:
+            return None
+        s = Sample(time.monotonic(), 0.0, 0.0, 0.0, 0.0, 0.0, psutil.cpu_percent() * (os.cpu_count() or 1))
+        in_server = {p.pid for p in server_tree}
+        for p in server_tree:
             try:
-                server_cpu = self.server.cpu_percent()
-                rss = self.server.memory_info().rss / 2**20
-                worker_cpu = 0.0
-                for child in self.server.children(recursive=True):
-                    p = procs.setdefault(child.pid, child)
-                    worker_cpu += p.cpu_percent()
-                machine = psutil.cpu_percent() * (os.cpu_count() or 1)
-                self.samples.append((time.monotonic(), server_cpu, worker_cpu, rss, machine))
+                p = self._tracked(p)
+                cpu, mb = p.cpu_percent(), p.memory_info().rss / 2**20
+            except psutil.Error:
+                continue
+            if p.pid != self.server.pid and is_worker(p):
+                s.worker_cpu, s.worker_mb = s.worker_cpu + cpu, s.worker_mb + mb
+            else:
+                s.server_cpu, s.server_mb = s.server_cpu + cpu, s.server_mb + mb
+        for p in [self.me, *self.me.children(recursive=True)]:
+            if p.pid in in_server:
+                continue
+            try:
+                s.client_cpu += self._tracked(p).cpu_percent()
             except psutil.Error:
                 pass
+        return s
 
-    def mean_cpu(self, since: float, until: float, column: int = 1) -> float:
-        window = [s[column] for s in self.samples if since <= s[0] <= until]
-        return statistics.mean(window) if window else float("nan")
+    def run(self) -> None:
+        self.take()
+        psutil.cpu_percent()
+        while not self.stop.wait(SAMPLE_S):
+            s = self.take()
+            if s is not None:
+                self.samples.append(s)
 
-    def rss(self) -> float:
-        return self.server.memory_info().rss / 2**20
+    def window(self, since: float, until: float) -> list[Sample]:
+        return [s for s in self.samples if since <= s.t <= until]
+
+    def mean(self, since: float, until: float, what: str) -> float:
+        values = [getattr(s, what) for s in self.window(since, until)]
+        return statistics.mean(values) if values else float("nan")
+
+    def peak(self, since: float, until: float, what: str) -> float:
+        values = [getattr(s, what) for s in self.window(since, until)]
+        return max(values) if values else float("nan")
 
 
-async def timed(latencies: list[tuple[str, float]], label: str, action, awaited) -> None:
-    t0 = time.perf_counter()
-    await action()
-    await expect(awaited).to_be_visible(timeout=T)
-    latencies.append((label, time.perf_counter() - t0))
-
-
-async def nav(page, latencies, name: str, heading: str) -> None:
-    link = page.get_by_test_id("stSidebarNav").get_by_role("link", name=name, exact=True)
-    await timed(latencies, f"open {name}", link.click, page.get_by_role("heading", name=heading))
+# --- pacing and bookkeeping -------------------------------------------------------------------------
 
 
 class Pace:
@@ -130,10 +208,46 @@ class Pace:
         return f"arrivals spread over {self.arrive_s:g} s, {self.think_s:g} s between a session's actions"
 
 
-async def one_session(
-    i: int, browser, base: str, latencies: list[float], problems: list[str], owners: list[str], pace: Pace
-) -> bool:
+@dataclass
+class Plan:
+    short_epochs: int = 2
+    long_epochs: int = 300
+    watchers: int = 5
+    hostile: bool = True
+    hostile_rate: float = 50.0
+    hostile_mb: float = 3.0
+
+
+@dataclass
+class Outcome:
+    """What the sessions of one class saw."""
+
+    latencies: dict[str, list[tuple[str, float]]] = field(default_factory=lambda: {"browser": [], "thin": []})
+    problems: list[str] = field(default_factory=list)
+    exceptions: int = 0  # exceptions shown on the regular students' pages
+    owners: list[str] = field(default_factory=list)  # display names of students whose short run was queued
+    hostile: dict = field(default_factory=dict)
+    watching: dict = field(default_factory=dict)
+
+
+# --- a regular student, in Chromium -----------------------------------------------------------------
+
+
+async def timed(latencies: list[tuple[str, float]], label: str, action, awaited) -> None:
+    t0 = time.perf_counter()
+    await action()
+    await expect(awaited).to_be_visible(timeout=T)
+    latencies.append((label, time.perf_counter() - t0))
+
+
+async def nav(page, latencies, name: str, heading: str) -> None:
+    link = page.get_by_test_id("stSidebarNav").get_by_role("link", name=name, exact=True)
+    await timed(latencies, f"open {name}", link.click, page.get_by_role("heading", name=heading))
+
+
+async def one_session(i: int, browser, base: str, out: Outcome, pace: Pace, plan: Plan) -> bool:
     await pace.arrive(i)
+    latencies = out.latencies["browser"]
     # Its own context, as each student has a browser: tabs of one context would be background tabs,
     # whose timers and frames Chromium throttles (that alone made clicks 5-7 s here).
     context = await browser.new_context(viewport=VIEWPORT)
@@ -147,34 +261,35 @@ async def one_session(
         await timed(latencies, "load the app", lambda: page.goto(base + "/"), home)
         step = "name"
         name = page.get_by_test_id("stSidebar").get_by_label("Your name")
-        await name.fill(f"Student {i:02d}")
+        await name.fill(student_name(i))
         await name.press("Enter")
-        await expect(name).to_have_value(f"Student {i:02d}", timeout=T)
+        await expect(name).to_have_value(student_name(i), timeout=T)
         step = "train page"
         await pace.think()
         await nav(page, latencies, "Train", "Train")
         await page.get_by_test_id("stRadio").get_by_text("Hard sharing", exact=True).click()
         await expect(page.get_by_text("One shared 784-64-32 trunk")).to_be_visible(timeout=T)
         step = "form"
-        form = page.get_by_test_id("stForm")
-        data = form.get_by_role("combobox", name="Data", exact=True)
-        await data.click()
-        await page.get_by_role("option", name=SMOKE_DATA).click()
-        await form.get_by_label("Epochs", exact=True).fill(str(EPOCHS))
-        await form.get_by_label("Epochs", exact=True).press("Tab")
+        form = page.get_by_test_id("stForm")  # the Data box keeps its default: the form's default data
+        epochs = form.get_by_label("Epochs", exact=True)
+        # Until the rerun for the model ends, the previous model's form is still drawn beside the new one.
+        await expect(epochs).to_have_count(1, timeout=T)
+        await epochs.fill(str(plan.short_epochs))
+        await epochs.press("Tab")
         step = "start"
         await pace.think()
         start = form.get_by_role("button", name="Start training")
         watching = page.get_by_role("combobox", name="Watching")
         await timed(latencies, "start training", start.click, watching)
-        owners.append(f"Student {i:02d}")  # this session's one job, found by its unique display name
+        out.owners.append(student_name(i))
         step = "switch pages"
         await pace.think()
         await nav(page, latencies, "Compare", "Compare")
         await pace.think()
         await nav(page, latencies, "Train", "Train")
         step = "wait for the job"
-        await expect(page.get_by_text(re.compile(rf"Finished all {EPOCHS} epochs"))).to_be_visible(timeout=600_000)
+        finished = page.get_by_text(re.compile(rf"Finished all {plan.short_epochs} epochs"))
+        await expect(finished).to_be_visible(timeout=JOB_WAIT_S * 1000)
         step = "draw"
         await pace.think()
         await nav(page, latencies, "Draw", "Draw a digit")
@@ -194,50 +309,60 @@ async def one_session(
         await pace.think()
         await nav(page, latencies, "Compare", "Compare")
         shown = await page.get_by_test_id("stException").count()
+        out.exceptions += shown
         if shown or page_errors:
-            problems.append(f"session {i}: {shown} exceptions shown, page errors {page_errors[:2]}")
+            out.problems.append(f"session {i}: {shown} exceptions shown, page errors {page_errors[:2]}")
         return not shown and not page_errors
     except Exception as exc:  # noqa: BLE001 - a failed session is counted and described
-        problems.append(f"session {i} at '{step}': {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+        out.problems.append(f"session {i} at '{step}': {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
         return False
     finally:
         await context.close()
 
 
-ANSWER = re.compile(r" → .+ \(P\(.+\) = \d+%\)")
-SMOKE_DATA = "synthetic (random tensors, for a smoke test)"
+# --- a regular student, browserless -----------------------------------------------------------------
 
 
-async def thin_session(
-    i: int, base: str, latencies: list[tuple[str, float]], problems: list[str], owners: list[str], pace: Pace
-) -> bool:
+async def named(s: ThinSession, name: str) -> None:
+    """Open the app and type a name, as every student does first."""
+    await s.load()
+    typed = value(string_value=name)
+    await s.act(has(name), {"student_name": typed})
+    s.sticky["student_name"] = typed  # the browser sends the sidebar's name with every rerun
+
+
+async def queue_short_run(s: ThinSession, plan: Plan, latencies: list[tuple[str, float]] | None = None) -> None:
+    """Hard sharing with the form's defaults (its data included) but for the epochs, then Start."""
+    seconds = await s.go("train", "Train")
+    await s.act(has("One shared 784-64-32 trunk"), {"train_model": value(string_value="Hard sharing")})
+    form = {"f_epochs_hard": value(int_value=plan.short_epochs), "train_submit_hard": value(trigger_value=True)}
+    started = await s.act(has("Watching"), form)
+    if latencies is not None:
+        latencies += [("open Train", seconds), ("start training", started)]
+
+
+async def thin_session(i: int, base: str, out: Outcome, pace: Pace, plan: Plan) -> bool:
     """The same student as one_session, on the wire without a browser (benchmarks/thin_client.py)."""
     await pace.arrive(i)
+    latencies = out.latencies["thin"]
     s = ThinSession(base, timeout_s=T / 1000)
     step = "open"
     try:
-        latencies.append(("load the app", await s.load()))
-        step = "name"
-        name = value(string_value=f"Student {i:02d}")
-        await s.act(has(f"Student {i:02d}"), {"student_name": name})
-        s.sticky["student_name"] = name  # the browser sends the sidebar's name with every rerun
+        t0 = time.perf_counter()
+        await named(s, student_name(i))
+        latencies.append(("load the app", time.perf_counter() - t0))
         step = "train page"
         await pace.think()
-        latencies.append(("open Train", await s.go("train", "Train")))
-        await s.act(has("One shared 784-64-32 trunk"), {"train_model": value(string_value="Hard sharing")})
         step = "start"
-        await pace.think()
-        form = {"f_data_hard": value(string_value=SMOKE_DATA), "f_epochs_hard": value(int_value=EPOCHS),
-                "train_submit_hard": value(trigger_value=True)}  # fmt: skip
-        latencies.append(("start training", await s.act(has("Watching"), form)))
-        owners.append(f"Student {i:02d}")
+        await queue_short_run(s, plan, latencies)
+        out.owners.append(student_name(i))
         step = "switch pages"
         await pace.think()
         latencies.append(("open Compare", await s.go("compare", "Compare")))
         await pace.think()
         latencies.append(("open Train", await s.go("train", "Train")))
         step = "wait for the job"
-        await s.wait_for(has(re.compile(rf"Finished all {EPOCHS} epochs")), timeout_s=600)
+        await s.wait_for(has(re.compile(rf"Finished all {plan.short_epochs} epochs")), timeout_s=JOB_WAIT_S)
         step = "draw"
         await pace.think()
         latencies.append(("open Draw", await s.go("draw", "Draw a digit")))
@@ -247,23 +372,160 @@ async def thin_session(
         step = "compare"
         await pace.think()
         latencies.append(("open Compare", await s.go("compare", "Compare")))
+        out.exceptions += len(s.exceptions)
         if s.exceptions:
-            problems.append(f"thin session {i}: {len(s.exceptions)} exceptions shown: {s.exceptions[:2]}")
+            out.problems.append(f"thin session {i}: {len(s.exceptions)} exceptions shown: {s.exceptions[:2]}")
         return not s.exceptions
     except Exception as exc:  # noqa: BLE001 - a failed session is counted and described
-        problems.append(f"thin session {i} at '{step}': {type(exc).__name__}: {str(exc)[:160]}")
+        out.problems.append(f"thin session {i} at '{step}': {type(exc).__name__}: {str(exc)[:160]}")
         return False
     finally:
         await s.close()
+
+
+# --- the long-jobs student and its watching tabs ----------------------------------------------------
+
+
+async def long_jobs_session(base: str, db: Path, plan: Plan, ready: asyncio.Event, over: asyncio.Event, out: Outcome):
+    """Two long 4-task CNN runs queued from the Train form, this tab and `plan.watchers` more tabs of the
+    same browser (its cookie) on Train watching them train, until the class is over."""
+    s = ThinSession(base, timeout_s=T / 1000)
+    tabs: list[ThinSession] = []
+    step = "open"
+    try:
+        await named(s, LONG_NAME)
+        step = "queue the long runs"
+        await s.go("train", "Train")
+        await s.act(has("Shared conv trunk"), {"train_model": value(string_value="4-task CNN")})
+        form = {"f_epochs_cnn": value(int_value=plan.long_epochs), "train_submit_cnn": value(trigger_value=True)}
+        for _ in range(2):
+            await s.act(has("Watching"), form)
+        step = "wait for both to train"
+        deadline = time.monotonic() + JOB_WAIT_S
+        while len(runs_of(db, LONG_NAME, "running")) < 2:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the long runs did not both start in {JOB_WAIT_S} s")
+            await asyncio.sleep(1)
+        step = "open the watching tabs"
+        for _ in range(plan.watchers):
+            tab = ThinSession(base, timeout_s=T / 1000, cookies=s.cookies)
+            tabs.append(tab)
+            await tab.load("train", "Train")
+            await tab.wait_for(has("Watching"))
+        if not all(tab.widget_ids.get("watch_select") for tab in tabs):
+            raise RuntimeError("a watching tab shows no run to watch: the cookie did not carry the identity")
+    except Exception as exc:  # noqa: BLE001 - counted and described; the class goes on without it
+        out.problems.append(f"long-jobs session at '{step}': {type(exc).__name__}: {str(exc)[:160]}")
+    finally:
+        ready.set()
+    try:
+        await over.wait()
+        out.watching["fragment_runs"] = [tab.fragment_runs for tab in tabs]
+        out.watching["tabs_closed_by_server"] = sum(bool(tab.closed) for tab in [s, *tabs])
+        out.watching["exceptions"] = sum(len(tab.exceptions) for tab in [s, *tabs])
+    finally:
+        for tab in [s, *tabs]:
+            await tab.close()
+
+
+# --- the hostile student ----------------------------------------------------------------------------
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+class HostilePictures:
+    """Canvas values (the component's JSON, as in thin_client.stroke_json) whose PNG data URL no page should
+    decode: over the byte limit (noise of `mb` MB) and over the pixel limit (blank, 20000x20000, a few kB),
+    one after the other. Each differs from every other by a counter in a text chunk before the PNG's end,
+    so no cache of outcomes can answer one; the PNG before that chunk is encoded once (its length is padded
+    to a multiple of 3 bytes, so its base64 is a prefix of every message's)."""
+
+    def __init__(self, mb: float):
+        side = max(8, int((mb * 1e6 / 3) ** 0.5))
+        noise = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+        self.kinds = [self._prefix(Image.fromarray(noise, "RGB"), 1), self._prefix(Image.new("1", (20_000, 20_000)), 9)]
+        self.sent = 0
+
+    @staticmethod
+    def _prefix(img: Image.Image, compress_level: int) -> str:
+        buf = io.BytesIO()
+        img.save(buf, format="PNG", compress_level=compress_level)
+        body = buf.getvalue()[:-12]  # without IEND
+        body += _png_chunk(b"tEXt", b"p\0" + b"x" * (-(len(body) + 14) % 3))  # 12 bytes besides its data
+        assert len(body) % 3 == 0
+        raw = json.dumps({"version": "7.4.0", "objects": [], "background": "#000000"})
+        return '{"drawing": {"raw": ' + raw + ', "data": "data:image/png;base64,' + base64.b64encode(body).decode()
+
+    def next(self) -> str:
+        self.sent += 1
+        tail = _png_chunk(b"tEXt", b"n\0" + str(self.sent).encode()) + _png_chunk(b"IEND", b"")
+        return self.kinds[self.sent % len(self.kinds)] + base64.b64encode(tail).decode() + '"}}'
+
+
+async def hostile_session(
+    base: str, plan: Plan, ready: asyncio.Event, flood_over: asyncio.Event, out: Outcome, pictures: HostilePictures
+):
+    """A student's tab that trains a short run (so Draw shows its canvas), then sends the canvas oversized
+    pictures `plan.hostile_rate` times a second without waiting for answers, until `flood_over`."""
+    s = ThinSession(base, timeout_s=T / 1000)
+    report = out.hostile
+    step = "open"
+    try:
+        await named(s, HOSTILE_NAME)
+        step = "train"
+        await queue_short_run(s, plan)
+        await s.wait_for(has(re.compile(rf"Finished all {plan.short_epochs} epochs")), timeout_s=JOB_WAIT_S)
+        step = "draw"
+        await s.go("draw", "Draw a digit")
+        if "canvas" not in s.widget_ids:
+            raise RuntimeError("the Draw page shows no canvas")
+        ready.set()
+        step = "flood"
+        s.seen = []
+        t0 = time.perf_counter()
+        sent = n_bytes = 0
+        while not flood_over.is_set():
+            picture = pictures.next()
+            await s.send({"canvas": value(json_value=picture)})
+            sent, n_bytes = sent + 1, n_bytes + len(picture)
+            pause = t0 + sent / plan.hostile_rate - time.perf_counter()
+            if pause > 0:
+                try:
+                    await asyncio.wait_for(flood_over.wait(), pause)
+                except TimeoutError:
+                    pass
+        seconds = time.perf_counter() - t0
+        report.update(
+            sent=sent,
+            flood_s=round(seconds, 1),
+            rate_per_s=round(sent / seconds, 1) if seconds else None,
+            mb_sent=round(n_bytes / 1e6),
+            too_large_seen_in_flood=sum(bool(TOO_LARGE.search(t)) for t in s.seen),
+        )
+        step = "a last picture"  # with time to be read: the sentence must come in a complete run
+        report["last_answer_s"] = round(await s.act(has(TOO_LARGE), {"canvas": value(json_value=pictures.next())}), 2)
+        report["last_sentence"] = next((t for t in s.seen if TOO_LARGE.search(t)), "")[:120]
+        report["got_too_large"] = True
+        report["closed_by_server"] = s.closed or None
+        report["exceptions"] = len(s.exceptions)
+    except Exception as exc:  # noqa: BLE001 - counted and described
+        report["got_too_large"] = False
+        report["closed_by_server"] = s.closed or None
+        out.problems.append(f"hostile session at '{step}': {type(exc).__name__}: {str(exc)[:200]}")
+    finally:
+        ready.set()
+        await s.close()
+
+
+# --- the class --------------------------------------------------------------------------------------
 
 
 def browser_indices(n: int, browsers: int) -> set[int]:
     """Which of the n sessions run in Chromium: `browsers` of them, spread evenly over the arrivals."""
     b = min(n, browsers)
     return {k * n // b for k in range(b)} if b else set()
-
-
-TEACHER_TOKEN = "load-test-teacher"
 
 
 async def teacher_opens_compare(browser, base: str) -> float:
@@ -293,44 +555,58 @@ def renice_browsers(server_pid: int, nice: int) -> None:
                 pass
 
 
-async def run_class(n: int, base: str, sampler: Sampler, pace: Pace, browser_nice: int, browsers: int) -> dict:
-    latencies: dict[str, list[tuple[str, float]]] = {"browser": [], "thin": []}
-    problems: list[str] = []
-    owners: list[str] = []
+@dataclass
+class Phases:
+    """Monotonic times the figures are cut by."""
+
+    setup: float = 0.0  # the hostile and long-jobs students arrive
+    bell: float = 0.0  # the regular students start arriving
+    class_over: float = 0.0  # the last regular student is done (and the teacher has looked)
+    watch_from: float = 0.0  # only the watching tabs (and the long runs) are left
+    watch_until: float = 0.0
+
+
+async def run_class(
+    n: int, base: str, db: Path, sampler: Sampler, pace: Pace, plan: Plan, browser_nice: int, browsers: int
+) -> tuple[Outcome, list[bool], float | None, Phases]:
+    out = Outcome()
+    phases = Phases(setup=time.monotonic())
+    regular = n - 2 if plan.hostile else n
+    flood_over, over = asyncio.Event(), asyncio.Event()
+    extras: list[asyncio.Task] = []
+    if plan.hostile:
+        pictures = await asyncio.to_thread(HostilePictures, plan.hostile_mb)
+        hostile_ready, long_ready = asyncio.Event(), asyncio.Event()
+        extras.append(asyncio.create_task(hostile_session(base, plan, hostile_ready, flood_over, out, pictures)))
+        await asyncio.sleep(1)  # its short run queued before the long ones: a model to draw with soon
+        extras.append(asyncio.create_task(long_jobs_session(base, db, plan, long_ready, over, out)))
+        await hostile_ready.wait()
+        await long_ready.wait()
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         if browser_nice:
             renice_browsers(sampler.server.pid, browser_nice)
-        in_chromium = browser_indices(n, browsers)
+        in_chromium = browser_indices(regular, browsers)
+        phases.bell = time.monotonic()
         ok = await asyncio.gather(*(
-            one_session(i, browser, base, latencies["browser"], problems, owners, pace) if i in in_chromium
-            else thin_session(i, base, latencies["thin"], problems, owners, pace)
-            for i in range(n)
+            one_session(i, browser, base, out, pace, plan) if i in in_chromium
+            else thin_session(i, base, out, pace, plan)
+            for i in range(regular)
         ))  # fmt: skip
-        compare_s = await teacher_opens_compare(browser, base) if n else None
-        # Every tab open on the Train page with its finished run: nothing active, so nothing should poll.
-        idle_pages = []
-        for _ in range(min(n, 10)):
-            ctx = await browser.new_context()
-            page = await ctx.new_page()
-            await page.goto(base + "/train")
-            idle_pages.append(ctx)
-        await asyncio.sleep(3)
-        t0 = time.monotonic()
-        await asyncio.sleep(10)
-        idle_cpu = sampler.mean_cpu(t0, time.monotonic())
-        for ctx in idle_pages:
-            await ctx.close()
+        compare_s = await teacher_opens_compare(browser, base) if regular else None
         await browser.close()
-    return {
-        "ok": ok,
-        "latencies": latencies,
-        "problems": problems,
-        "owners": owners,
-        "idle_cpu": idle_cpu,
-        "idle_tabs": len(idle_pages),
-        "compare_s": compare_s,
-    }
+    phases.class_over = time.monotonic()
+    flood_over.set()
+    if extras:
+        await extras[0]  # the hostile student's last picture read
+        await asyncio.sleep(3)
+        phases.watch_from = time.monotonic()
+        await asyncio.sleep(10)
+        phases.watch_until = time.monotonic()
+        out.watching["long_runs_running"] = len(runs_of(db, LONG_NAME, "running"))
+    over.set()
+    await asyncio.gather(*extras)
+    return out, ok, compare_s, phases
 
 
 async def warm_up(base: str) -> None:
@@ -344,42 +620,97 @@ async def warm_up(base: str) -> None:
         await browser.close()
 
 
-def store_figures(db: Path, owners: list[str]) -> dict:
-    """Every session that saw its job queued has exactly one run, finished, with every epoch once."""
-    con = sqlite3.connect(db)
-    rows = con.execute("SELECT id, owner, status, created, started FROM runs").fetchall()
+# --- the run store's figures ------------------------------------------------------------------------
+
+
+def _read_store(db: Path):
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    con.row_factory = sqlite3.Row
+    return con
+
+
+def runs_of(db: Path, name: str, status: str | None = None) -> list[dict]:
+    """The runs of the student with this display name (names are unique in the store)."""
+    if not db.exists():
+        return []
+    con = _read_store(db)
+    try:
+        rows = con.execute(
+            "SELECT r.* FROM runs r JOIN owners o ON o.owner = r.owner WHERE o.name = ? ORDER BY r.created", (name,)
+        ).fetchall()
+    except sqlite3.Error:
+        return []
+    finally:
+        con.close()
+    return [dict(r) for r in rows if status is None or r["status"] == status]
+
+
+def store_figures(db: Path, owners: list[str], plan: Plan) -> dict:
+    """Every regular student who saw its run queued has exactly one, finished, with every epoch once; the
+    queue waits of those runs; the long runs' state and the seconds fair share held them paused."""
+    con = _read_store(db)
+    rows = [dict(r) for r in con.execute("SELECT * FROM runs").fetchall()]
     epochs = dict(con.execute("SELECT run_id, COUNT(*) FROM epochs GROUP BY run_id").fetchall())
     owner_of_name = dict(con.execute("SELECT name, owner FROM owners WHERE name<>''").fetchall())
     con.close()
-    per_owner = {o: [r for r in rows if r[1] == owner_of_name.get(o)] for o in owners}
-    good = sum(len(v) == 1 and v[0][2] == "finished" and epochs.get(v[0][0]) == EPOCHS for v in per_owner.values())
-    waits = sorted(r[4] - r[3] for r in rows if r[4])
+    short_owners = owners + ([HOSTILE_NAME] if plan.hostile else [])
+    per_owner = {o: [r for r in rows if r["owner"] == owner_of_name.get(o)] for o in short_owners}
+    good = sum(
+        len(v) == 1 and v[0]["status"] == "finished" and epochs.get(v[0]["id"]) == plan.short_epochs
+        for v in per_owner.values()
+    )
+    mine = {owner_of_name.get(o) for o in owners}
+    waits = sorted(r["started"] - r["created"] for r in rows if r["owner"] in mine and r["started"])
+    never_started = sum(1 for r in rows if r["owner"] in mine and not r["started"])
+    long_runs = [r for r in rows if r["owner"] == owner_of_name.get(LONG_NAME)]
+    now = time.time()
+    paused = sum((r["paused_seconds"] or 0) + (now - r["paused_since"] if r["paused_since"] else 0) for r in long_runs)
+    counted = len(short_owners) + (2 if plan.hostile else 0)
     return {
-        "jobs_submitted": len(owners),
+        "data_sources": sorted({r["data_source"] or "?" for r in rows if r["owner"] in mine}),
+        "jobs_submitted": len(short_owners),
         "jobs_in_store": len(rows),
         "jobs_finished_exactly_once": good,
-        "lost_or_duplicated": len(owners) - good + max(0, len(rows) - len(owners)),
+        "lost_or_duplicated": len(short_owners) - good + max(0, len(rows) - counted),
         "queue_wait_p50_s": percentile(waits, 0.5) if waits else None,
         "queue_wait_p95_s": percentile(waits, 0.95) if waits else None,
+        "queue_wait_max_s": waits[-1] if waits else None,
+        "short_runs_never_started": never_started,
+        "long_runs": [f"{r['status']}, {epochs.get(r['id'], 0)} epochs" for r in long_runs],
+        "long_runs_paused_s": paused,
     }
 
 
-def server_times(log: Path, since: float, until: float) -> list[float]:
-    """Seconds of each full script run the server finished in [since, until] (dashboard/timing.py)."""
+def server_times(log: Path, since: float, until: float) -> tuple[list[float], int]:
+    """Seconds of each full script run the server finished in [since, until] (dashboard/timing.py), and how
+    many of them a newer message from the same tab cut short."""
     if not log.exists():
-        return []
+        return [], 0
     rows = [line.split("\t") for line in log.read_text().splitlines()]
-    return sorted(float(r[2]) for r in rows if since <= float(r[0]) <= until)
+    rows = [r for r in rows if len(r) >= 4 and since <= float(r[0]) <= until]
+    return sorted(float(r[2]) for r in rows), sum(r[3] == "RerunException" for r in rows)
 
 
-def measure(n: int, pace: Pace, browser_nice: int, browsers: int) -> dict:
+def data_dir(given: str | None) -> str | None:
+    """Where the server looks for MNIST: --data-dir, else $MTL_DATA_DIR, else the shared copy if present."""
+    if given:
+        return given
+    if os.environ.get("MTL_DATA_DIR"):
+        return os.environ["MTL_DATA_DIR"]
+    return str(SHARED_DATA) if (SHARED_DATA / "MNIST" / "raw").is_dir() else None
+
+
+def measure(n: int, pace: Pace, plan: Plan, browser_nice: int, browsers: int, mnist: str | None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
+        db = home / "runs.sqlite"
         port = free_port()
         env = dict(os.environ, MTL_HOME=str(home), MTL_MAX_PER_CLIENT="1000", MTL_MAX_JOBS="1000")
         env["MTL_NEW_IDS_PER_ADDRESS"] = "1000"  # every session is a new identity from 127.0.0.1
         env["MTL_TEACHER_TOKEN"] = TEACHER_TOKEN
         env["MTL_TIMING_LOG"] = str(Path(tmp) / "script-runs.tsv")
+        if mnist:
+            env["MTL_DATA_DIR"] = mnist
         cmd = [sys.executable, "-m", "dashboard.serve", "--server.port", str(port), "--server.address", "127.0.0.1",
                "--server.disconnectedSessionTTL", "10"]  # fmt: skip
         server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
@@ -394,103 +725,155 @@ def measure(n: int, pace: Pace, browser_nice: int, browsers: int) -> dict:
                     time.sleep(0.5)
             sampler = Sampler(server.pid)
             sampler.start()
-            # Baseline: the server after one visit to every page (torch and the pages imported).
+            # Idle: the server after one visit to every page (torch and the pages imported).
             asyncio.run(warm_up(base))
-            time.sleep(2)
-            baseline = sampler.rss()
-            t0, wall_t0 = time.monotonic(), time.time()
-            result = asyncio.run(run_class(n, base, sampler, pace, browser_nice, browsers))
-            wall = time.monotonic() - t0
-            script_runs = server_times(Path(env["MTL_TIMING_LOG"]), wall_t0, wall_t0 + wall)
-            # Where the CPU went while the class ran (the browsers are everything not server or workers).
-            cpu = {
-                name: sampler.mean_cpu(t0, t0 + wall, col)
-                for name, col in (("server", 1), ("workers", 2), ("machine", 4))
-            }
+            time.sleep(3)
+            idle_mb = statistics.median(s.server_mb for s in sampler.samples[-3:])
+            wall_t0 = time.time()
+            out, ok, compare_s, phases = asyncio.run(
+                run_class(n, base, db, sampler, pace, plan, browser_nice, browsers)
+            )
+            everyone_left = time.monotonic()
+            figures = store_figures(db, out.owners, plan)
+            wall = everyone_left - phases.setup
+            script_runs, cut_short = server_times(Path(env["MTL_TIMING_LOG"]), wall_t0, wall_t0 + wall)
             time.sleep(15)  # the 10 s session lifetime, and a little more
-            after = sampler.rss()
+            after_mb = statistics.median(s.server_mb for s in sampler.samples[-3:])
             sampler.stop.set()
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(30)
-        figures = store_figures(home / "runs.sqlite", result["owners"])
 
     def p50_p95(values: list[float]) -> list[float] | None:
         values = sorted(values)
         return [round(percentile(values, 0.5), 2), round(percentile(values, 0.95), 2)] if values else None
 
-    every = [v for kind in result["latencies"].values() for _, v in kind]
+    def r(v):
+        return round(v, 1) if isinstance(v, float) else v
+
+    every = [v for kind in out.latencies.values() for _, v in kind]
     by_action: dict[str, list[float]] = {}
-    for kind in result["latencies"].values():
+    for kind in out.latencies.values():
         for label, v in kind:
             by_action.setdefault(label, []).append(v)
+    whole = (phases.setup, everyone_left)
+    during = (phases.bell, phases.class_over)
+    cpu_1s = sorted(s.server_cpu for s in sampler.window(*during))
+    watchers = out.watching.get("fragment_runs", [])
+    watch_s = phases.watch_until - phases.watch_from
     return {
         "sessions": n,
-        "chromium_sessions": len(browser_indices(n, browsers)),
+        "regular_sessions": len(ok),
+        "chromium_sessions": len(browser_indices(len(ok), browsers)),
+        "hostile": plan.hostile,
         "pace": pace.describe(),
-        "failed_sessions": result["ok"].count(False),
-        "problems": result["problems"][:5],
-        "interactions": len(every),
-        "interaction_p50_s": p50_p95(every)[0] if every else None,
-        "interaction_p95_s": p50_p95(every)[1] if every else None,
-        "chromium_p50_p95_s": p50_p95([v for _, v in result["latencies"]["browser"]]),
-        "thin_p50_p95_s": p50_p95([v for _, v in result["latencies"]["thin"]]),
+        "failed_sessions": ok.count(False),
+        "exceptions": out.exceptions,
+        "problems": out.problems[:8],
+        "clicks": len(every),
+        "click_p50_s": p50_p95(every)[0] if every else None,
+        "click_p95_s": p50_p95(every)[1] if every else None,
+        "chromium_p50_p95_s": p50_p95([v for _, v in out.latencies["browser"]]),
+        "thin_p50_p95_s": p50_p95([v for _, v in out.latencies["thin"]]),
+        "p50_p95_s_by_action": {k: p50_p95(v) for k, v in by_action.items()},
+        **{k: r(v) for k, v in figures.items()},
         "server_script_runs": len(script_runs),
+        "server_script_runs_cut_short": cut_short,
         "server_script_p50_s": round(percentile(script_runs, 0.5), 3) if script_runs else None,
         "server_script_p95_s": round(percentile(script_runs, 0.95), 3) if script_runs else None,
+        "server_idle_mb": round(idle_mb),
+        "server_peak_over_idle_mb": round(sampler.peak(*whole, "server_mb") - idle_mb),
+        "server_after_close_over_idle_mb": round(after_mb - idle_mb),
+        "workers_peak_mb": round(sampler.peak(*whole, "worker_mb")),
+        "server_cpu_pct_mean": round(sampler.mean(*during, "server_cpu")),
+        "server_cpu_pct_p95_1s": round(percentile(cpu_1s, 0.95)) if cpu_1s else None,
+        "class_cpu_pct_of_a_core": {
+            k: round(sampler.mean(*during, k)) for k in ("server_cpu", "worker_cpu", "client_cpu", "machine_cpu")
+        },
+        "watching_tabs": len(watchers),
+        "watching_polls_per_tab": watchers,
+        "watching_long_runs_running": out.watching.get("long_runs_running"),
+        "watching_server_cpu_pct": round(sampler.mean(phases.watch_from, phases.watch_until, "server_cpu"))
+        if watch_s > 0
+        else None,
+        "hostile_canvas": out.hostile,
+        "compare_open_all_runs_s": None if compare_s is None else round(compare_s, 2),
         "browsers_nice": browser_nice,
-        "p50_p95_s_by_action": {k: p50_p95(v) for k, v in by_action.items()},
-        **{k: (round(v, 2) if isinstance(v, float) else v) for k, v in figures.items()},
-        "idle_server_cpu_pct": round(result["idle_cpu"], 2),
-        "compare_open_all_runs_s": None if result["compare_s"] is None else round(result["compare_s"], 2),
-        "idle_tabs": result["idle_tabs"],
-        "server_rss_baseline_mb": round(baseline),
-        "server_rss_after_close_mb": round(after),
-        "memory_vs_baseline_pct": round(100 * (after - baseline) / baseline, 1),
+        "setup_s": round(phases.bell - phases.setup, 1),
+        "class_s": round(phases.class_over - phases.bell, 1),
         "wall_s": round(wall, 1),
-        "class_cpu_pct_of_a_core": {k: round(v) for k, v in cpu.items()},
     }
+
+
+def table(results: list[dict]) -> str:
+    head = (
+        "| N | failed sessions | exceptions | click p50 / p95 | Chromium p50 / p95 | browserless p50 / p95 "
+        "| queue wait p50 / p95 / max | short jobs finished once | long runs (paused) "
+        "| server memory peak over idle | server CPU mean / p95 | CPU, tabs watching | hostile: too large |"
+    )
+    lines = [head, "|" + "---|" * 13]
+
+    def pair(v: list[float] | None) -> str:
+        return f"{v[0]} / {v[1]} s" if v else "-"
+
+    for r in results:
+        h = r["hostile_canvas"]
+        hostile = (
+            "-"
+            if not r["hostile"]
+            else f"{'yes' if h.get('got_too_large') else 'NO'} ({h.get('too_large_seen_in_flood', 0)} in "
+            f"{h.get('sent', 0)} msgs at {h.get('rate_per_s')}/s)"
+        )
+        long_runs = f"{'; '.join(r['long_runs']) or '-'} ({r['long_runs_paused_s']} s)" if r["hostile"] else "-"
+        watch = (
+            f"{r['watching_server_cpu_pct']}% ({r['watching_tabs']} tabs)"
+            if r["watching_server_cpu_pct"] is not None
+            else "-"
+        )
+        lines.append(
+            f"| {r['sessions']} | {r['failed_sessions']} | {r['exceptions']} | "
+            f"{r['click_p50_s']} / {r['click_p95_s']} s | "
+            f"{pair(r['chromium_p50_p95_s'])} | {pair(r['thin_p50_p95_s'])} | "
+            f"{r['queue_wait_p50_s']} / {r['queue_wait_p95_s']} / {r['queue_wait_max_s']} s | "
+            f"{r['jobs_finished_exactly_once']}/{r['jobs_submitted']} (lost or doubled: {r['lost_or_duplicated']}) | "
+            f"{long_runs} | {r['server_peak_over_idle_mb']:+} MB (idle {r['server_idle_mb']} MB) | "
+            f"{r['server_cpu_pct_mean']}% / {r['server_cpu_pct_p95_1s']}% of a core | {watch} | {hostile} |"
+        )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sessions", type=int, nargs="+", default=[10, 20, 30])
+    ap.add_argument("--sessions", type=int, nargs="+", default=[10, 20, 30], help="students, hostile ones included")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--arrive-s", type=float, default=60.0, help="sessions arrive evenly over this long")
     ap.add_argument("--think-s", type=float, default=3.0, help="pause between one session's actions")
     ap.add_argument("--lockstep", action="store_true", help="no arrival spread, no pauses (--arrive-s 0 --think-s 0)")
     ap.add_argument("--browser-nice", type=int, default=19, help="CPU niceness of the browsers (0: same as the server)")
     ap.add_argument("--browsers", type=int, default=5, help="sessions in Chromium; the rest are thin_client.py ones")
+    ap.add_argument("--data-dir", default=None, help="the server's MTL_DATA_DIR (default: yours, else ../shared/data)")
+    ap.add_argument("--short-epochs", type=int, default=2, help="epochs of each student's hard-sharing run")
+    ap.add_argument("--hostile", action=argparse.BooleanOptionalAction, default=True,
+                    help="add the hostile canvas student and the long-jobs student (two of the N)")  # fmt: skip
+    ap.add_argument("--hostile-rate", type=float, default=50.0, help="canvas messages a second from the hostile tab")
+    ap.add_argument("--hostile-mb", type=float, default=3.0, help="size of the hostile tab's noise picture")
+    ap.add_argument("--long-epochs", type=int, default=300, help="epochs of each of the two long 4-task CNN runs")
+    ap.add_argument("--watchers", type=int, default=5, help="more tabs of the long-jobs student watching its runs")
     a = ap.parse_args(argv)
     if a.lockstep:
         a.arrive_s = a.think_s = 0.0
-    print(f"{os.cpu_count()} cores; server and browsers on this machine (loopback)", flush=True)
+    plan = Plan(a.short_epochs, a.long_epochs, a.watchers, a.hostile, a.hostile_rate, a.hostile_mb)
+    mnist = data_dir(a.data_dir)
+    print(f"{os.cpu_count()} cores; server and browsers on this machine (loopback); MTL_DATA_DIR={mnist}", flush=True)
     results = []
     for n in a.sessions:
-        r = measure(n, Pace(a.arrive_s, a.think_s, n), a.browser_nice, a.browsers)
-        results.append(r)
-        print(json.dumps(r), flush=True)
-    head = (
-        "| N | failed sessions | exceptions | interaction p50 / p95 | Chromium p50 / p95 | browserless p50 / p95 "
-        "| queue wait p50 / p95 | jobs finished once "
-        "| server script run p50 / p95 | idle server CPU | server memory after close | Compare, all runs |"
-    )
-    print(head + "\n|" + "---|" * 12)
-
-    def pair(v: list[float] | None) -> str:
-        return f"{v[0]} / {v[1]} s" if v else "-"
-
-    for r in results:
-        print(
-            f"| {r['sessions']} | {r['failed_sessions']} | {sum('exceptions' in p for p in r['problems'])} | "
-            f"{r['interaction_p50_s']} / {r['interaction_p95_s']} s | "
-            f"{pair(r['chromium_p50_p95_s'])} | {pair(r['thin_p50_p95_s'])} | "
-            f"{r['queue_wait_p50_s']} / {r['queue_wait_p95_s']} s | "
-            f"{r['jobs_finished_exactly_once']}/{r['jobs_submitted']} (lost or doubled: {r['lost_or_duplicated']}) | "
-            f"{r['server_script_p50_s']} / {r['server_script_p95_s']} s | "
-            f"{r['idle_server_cpu_pct']}% of a core | {r['memory_vs_baseline_pct']:+}% | "
-            f"{r['compare_open_all_runs_s']} s |"
-        )
+        if plan.hostile and n < 3:
+            ap.error("--hostile needs at least 3 sessions: the hostile one, the long-jobs one and a student")
+        result = measure(n, Pace(a.arrive_s, a.think_s, n - 2 if plan.hostile else n), plan, a.browser_nice,
+                         a.browsers, mnist)  # fmt: skip
+        results.append(result)
+        print(json.dumps(result), flush=True)
+    print(table(results))
     if a.json:
         a.json.write_text(json.dumps(results, indent=2))
     return 0

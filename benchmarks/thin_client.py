@@ -12,6 +12,11 @@ for a button), and reruns each fragment at the interval the server asks for (`au
 to stop. Widgets are found by the key at the end of their element id. It renders nothing: an action's
 time runs from sending its message to the end of the script run that sent the awaited text, so it
 holds the server's work, its queueing behind other sessions, and the loopback network.
+
+Cookies: the one script of the app's own that a browser runs is the cookie writer
+(dashboard/identity.py), which puts the signed identity into `document.cookie`; a thin session keeps
+what it writes and sends it with its page fetches and websocket handshake, as the browser's cookie jar
+does, so a second tab (`ThinSession(base, cookies=first.cookies)`) is the same student.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 from streamlit.proto.WidgetStates_pb2 import WidgetState
 
 FULL_RUN_DONE = (ForwardMsg.FINISHED_SUCCESSFULLY, ForwardMsg.FINISHED_WITH_COMPILE_ERROR)
+COOKIE_WRITER = "mtl_cookie_writer"  # dashboard/identity.py's component: its data is the cookies it sets
 
 
 def _texts(element) -> list[str]:
@@ -51,9 +57,10 @@ def _texts(element) -> list[str]:
 class ThinSession:
     """One student's tab. `act()` sends a click and waits until the awaited text is on the page."""
 
-    def __init__(self, base: str, timeout_s: float = 120.0):
+    def __init__(self, base: str, timeout_s: float = 120.0, cookies: dict[str, str] | None = None):
         self.base = base.rstrip("/")
         self.timeout_s = timeout_s
+        self.cookies: dict[str, str] = dict(cookies or {})  # this browser's cookie jar (name -> value)
         self.ws = None
         self.pages: dict[str, str] = {}  # url path ("" for the home page) -> page script hash
         self.page_hash = ""
@@ -65,6 +72,7 @@ class ThinSession:
         self.exceptions: list[str] = []
         self.finished = asyncio.Condition()
         self.full_runs = 0
+        self.fragment_runs = 0  # fragment reruns the server finished (the polls it asked for)
         self.last_status = ""
         self.closed = ""
         self._fragments: dict[str, asyncio.Task] = {}
@@ -73,18 +81,30 @@ class ThinSession:
     # --- the connection -------------------------------------------------------------------------
     async def open(self, path: str = "") -> None:
         """What a browser's first visit costs the server: the page, its static files, the websocket."""
-        await asyncio.to_thread(self._fetch_static)
+        await asyncio.to_thread(self._fetch_static, path)
         host = self.base.split("://", 1)[1]
         self.ws = await websockets.connect(
-            f"ws://{host}/_stcore/stream", subprotocols=["streamlit"], max_size=None, origin=self.base
+            f"ws://{host}/_stcore/stream",
+            subprotocols=["streamlit"],
+            max_size=None,
+            origin=self.base,
+            additional_headers=self._cookie_header(),
         )
         self._reader = asyncio.create_task(self._read())
         self.path = path
 
-    def _fetch_static(self) -> None:
-        html = urllib.request.urlopen(self.base + "/", timeout=self.timeout_s).read().decode()
+    def _cookie_header(self) -> dict[str, str]:
+        return {"Cookie": "; ".join(f"{k}={v}" for k, v in self.cookies.items())} if self.cookies else {}
+
+    def _get(self, url: str) -> bytes:
+        request = urllib.request.Request(url, headers=self._cookie_header())
+        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+            return response.read()
+
+    def _fetch_static(self, path: str = "") -> None:
+        html = self._get(f"{self.base}/{path}").decode()
         for ref in re.findall(r'(?:src|href)="\.?/?(static/[^"]+)"', html):
-            urllib.request.urlopen(f"{self.base}/{ref}", timeout=self.timeout_s).read()
+            self._get(f"{self.base}/{ref}")
 
     async def close(self) -> None:
         for task in self._fragments.values():
@@ -116,6 +136,8 @@ class ThinSession:
             element_id = getattr(inner, "id", "") if inner is not None else ""
             if isinstance(element_id, str) and element_id.startswith("$$ID-"):
                 self.widget_ids[element_id.split("-", 2)[2]] = element_id
+            if which == "bidi_component" and element.bidi_component.component_name == COOKIE_WRITER:
+                self._write_cookies(element.bidi_component.json)
             self.seen.extend(_texts(element))
         elif kind == "navigation":
             self.pages = {p.url_pathname: p.page_script_hash for p in msg.navigation.app_pages}
@@ -137,7 +159,21 @@ class ThinSession:
                 self.last_status = ForwardMsg.ScriptFinishedStatus.Name(msg.script_finished)
                 if msg.script_finished in FULL_RUN_DONE:
                     self.full_runs += 1
+                elif msg.script_finished == ForwardMsg.FINISHED_FRAGMENT_RUN_SUCCESSFULLY:
+                    self.fragment_runs += 1
                 self.finished.notify_all()
+
+    def _write_cookies(self, data: str) -> None:
+        """What the cookie writer's script does in the browser: each cookie set, or deleted at max_age 0."""
+        try:
+            cookies = json.loads(data or "{}").get("cookies") or []
+        except (ValueError, AttributeError):
+            return
+        for c in cookies:
+            if int(c.get("max_age", 0)) > 0:
+                self.cookies[c["name"]] = c["value"]
+            else:
+                self.cookies.pop(c["name"], None)
 
     async def _poll(self, fragment: str, interval: float) -> None:
         while True:
@@ -164,6 +200,11 @@ class ThinSession:
         await self.ws.send(msg.SerializeToString())
 
     # --- what a student does --------------------------------------------------------------------
+    async def send(self, widgets: dict[str, WidgetState]) -> None:
+        """One rerun message, awaiting nothing: what the browser sends when a widget changes, even while
+        the run its last change started is still going."""
+        await self._send(widgets)
+
     async def act(self, awaited: Callable[[list[str]], bool], widgets: dict[str, WidgetState] | None = None) -> float:
         """Send one rerun and wait for a full run that drew what `awaited` looks for; its seconds."""
         for task in self._fragments.values():  # a full rerun registers its fragments again
@@ -192,12 +233,13 @@ class ThinSession:
                 f"last texts {self.seen[-3:]}"
             ) from None
 
-    async def load(self) -> float:
+    async def load(self, path: str = "", heading: str = "Multi-task learning playground") -> float:
+        """A page opened by its address (the home page, or e.g. "train" for a tab kept on Train)."""
         t0 = time.perf_counter()
-        await self.open("")
+        await self.open(path)
         self.seen = []
         await self._send()
-        await self.wait_for(has("Multi-task learning playground"), after_full_runs=0)
+        await self.wait_for(has(heading), after_full_runs=0)
         return time.perf_counter() - t0
 
     async def go(self, path: str, heading: str) -> float:

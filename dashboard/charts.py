@@ -152,9 +152,33 @@ def confusion_heatmap(matrix: np.ndarray, classes: tuple[str, ...], title: str) 
             showscale=False,
         )
     )
+    # Streamlit reports no selection on a heatmap, so an invisible marker sits on every cell: a click on a
+    # cell selects its marker, whose point_index is row * n + column (see cell_of_point).
+    n = len(classes)
+    fig.add_trace(
+        go.Scatter(
+            x=[classes[j] for i in range(n) for j in range(n)],
+            y=[classes[i] for i in range(n) for j in range(n)],
+            mode="markers",
+            marker=dict(size=40 if n <= 2 else 24, opacity=0, line=dict(width=0)),
+            selected=dict(marker=dict(opacity=0)),  # clicked or not, never drawn
+            unselected=dict(marker=dict(opacity=0)),
+            hoverinfo="none",  # no label of its own, but clicks still reach it ("skip" would drop them too)
+            showlegend=False,
+            name="cells",
+        )
+    )
+    fig.update_layout(clickmode="event+select")
     fig.update_xaxes(title_text="predicted")
     fig.update_yaxes(title_text="true", autorange="reversed")
     return _layout(fig, title, height=300 if len(classes) <= 2 else 420)
+
+
+def cell_of_point(point: dict, n_classes: int) -> tuple[int, int] | None:
+    """(true, predicted) of a clicked confusion-matrix cell, from a point of its marker trace."""
+    if point.get("curve_number") != 1 or not isinstance(point.get("point_index"), int):
+        return None
+    return divmod(point["point_index"], n_classes)
 
 
 def value_scatter(true: np.ndarray, pred: np.ndarray) -> go.Figure:

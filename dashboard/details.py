@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
 import streamlit as st
 from PIL import Image, ImageOps
 
-from dashboard.charts import confusion_heatmap, error_histogram, value_scatter
+from dashboard.charts import cell_of_point, confusion_heatmap, error_histogram, value_scatter
 from dashboard.state import get_data, has_model, model_of
 from mtl_core.analysis import confusion, data_source, is_mistake, load_predictions, predictions_on_test_set
 from mtl_core.predict import to_display
@@ -71,11 +72,15 @@ def details_ui(run: dict) -> None:
             m = confusion(preds[task]["true"], preds[task]["pred"], t.n_classes)
             acc = np.trace(m) / m.sum()
             cols[i % len(cols)].plotly_chart(
-                confusion_heatmap(m, t.classes, f"{task} · accuracy {acc:.2%}"), key=f"cm_{task}", width="stretch"
+                confusion_heatmap(m, t.classes, f"{task} · accuracy {acc:.2%}"),
+                key=f"cm_{task}",
+                width="stretch",
+                on_select=functools.partial(_open_clicked_cell, task, t.n_classes),  # it takes no args=
+                selection_mode="points",
             )
         st.caption(
-            "Look for big numbers off the diagonal: the answers this model mixes up. Open one below to see "
-            "the digits behind it."
+            "Look for big numbers off the diagonal: the answers this model mixes up. Click one (or open a cell "
+            "below) to see the digits behind it."
         )
         cell_digits_ui(preds, data, classification)
     if "value" in preds:
@@ -101,9 +106,22 @@ def details_ui(run: dict) -> None:
     st.image(images, caption=[_caption(preds, i, int(data.test_y[i])) for i in idx], width=92)
 
 
+def _open_clicked_cell(task: str, n_classes: int) -> None:
+    """A click on a confusion-matrix cell opens that cell below (before the script reruns, so the picker's
+    widgets can take its values)."""
+    points = st.session_state[f"cm_{task}"].selection.points
+    cell = next((c for c in (cell_of_point(p, n_classes) for p in points) if c), None)
+    if cell is None:
+        return
+    st.session_state["cell_task"] = task
+    st.session_state[f"cell_true_{task}"], st.session_state[f"cell_pred_{task}"] = cell
+    st.session_state["cell_open"] = True
+
+
 def cell_digits_ui(preds: dict, data, tasks: list[str]) -> None:
-    """The test digits one confusion-matrix cell counts; it opens on the model's most common mistake."""
-    with st.expander("🔎 Open a cell: the test digits it counts"):
+    """The test digits one confusion-matrix cell counts; it opens on the model's most common mistake, or
+    on the cell last clicked in a matrix above."""
+    with st.expander("🔎 Open a cell: the test digits it counts", key="cell_open", on_change="rerun"):
         task = st.selectbox("Task", tasks, key="cell_task")
         t = get_task(task)
         true, pred = preds[task]["true"], preds[task]["pred"]
@@ -112,12 +130,12 @@ def cell_digits_ui(preds: dict, data, tasks: list[str]) -> None:
         worst = np.unravel_index(int(off.argmax()), off.shape) if off.any() else (0, 0)
         c1, c2 = st.columns(2)
         names = list(range(t.n_classes))
-        row = c1.selectbox(
-            "True", names, index=int(worst[0]), format_func=lambda i: t.classes[i], key=f"cell_true_{task}"
-        )
-        col = c2.selectbox(
-            "Predicted", names, index=int(worst[1]), format_func=lambda i: t.classes[i], key=f"cell_pred_{task}"
-        )
+        # The start (the worst mistake) goes into the state, not `index=`: a clicked cell sets the state too,
+        # and Streamlit warns on a widget given both.
+        for k, v in ((f"cell_true_{task}", worst[0]), (f"cell_pred_{task}", worst[1])):
+            st.session_state.setdefault(k, int(v))
+        row = c1.selectbox("True", names, format_func=lambda i: t.classes[i], key=f"cell_true_{task}")
+        col = c2.selectbox("Predicted", names, format_func=lambda i: t.classes[i], key=f"cell_pred_{task}")
         idx = np.flatnonzero((true == row) & (pred == col))
         shown = idx[:GRID]
         st.caption(

@@ -172,7 +172,7 @@ def saliency_ui(models: list[tuple[str, object]], image: np.ndarray) -> None:
     items = list(maps.items())
     for row in range(0, len(items), 2):  # two 224-px maps a row fit beside the drawing at 1280 px
         for col, (task, heat) in zip(st.columns(2), items[row : row + 2]):
-            col.image(saliency_overlay(image, heat), width=224, caption=f"{task} · {title}")
+            col.image(saliency_overlay(image, heat), width=224, caption=md_escape(f"{task} · {title}"))
     how = (
         f"averaged over {SMOOTHGRAD_SAMPLES} copies of the input with noise added, which keeps the strokes that "
         "matter and drops the speckle of a single gradient (SmoothGrad, Smilkov et al. 2017)"

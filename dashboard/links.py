@@ -10,40 +10,26 @@ import math
 from collections.abc import Mapping
 from urllib.parse import urlencode
 
-from mtl_core.config import FORM_RANGES, ConfigError, TrainConfig
+from mtl_core.config import ConfigError, Control, TrainConfig, control, controls
 from mtl_core.models import MODELS, shares_parameters
 from mtl_core.tasks import TASKS
 from mtl_core.weighting import WEIGHTINGS
 
-# URL name (also the form's widget key: f_<name>_<model>) -> TrainConfig field.
-FIELDS = {
-    "tasks": "tasks",
-    "epochs": "epochs",
-    "lr": "lr",
-    "batch": "batch_size",
-    "data": "data",
-    "opt": "optimizer",
-    "wd": "weight_decay",
-    "seed": "seed",
-    "limit": "train_limit",
-    "val": "val_split",
-    "weighting": "loss_weighting",
-    "sched": "scheduler",
-    "step": "step_size",
-    "gamma": "gamma",
-    "prec": "precision",
-    "ainit": "alpha_init",
-    "amult": "alpha_lr_mult",
-    "cl": "channels_last",
-}
 WEIGHT = "w_"  # w_<task>: that task's loss weight
-HIDEABLE = (*FIELDS, "weights")  # "weights": every loss weight at once
-LINK_KEYS = ("model", "hide", *FIELDS, *(WEIGHT + t for t in TASKS))
 
 
-def field_kind(name: str) -> str:
-    """The TrainConfig type of a link field, as written in the dataclass ("int", "float", "bool", "str" ...)."""
-    return TrainConfig.__dataclass_fields__[FIELDS[name]].type
+def link_fields() -> dict[str, str]:
+    """Link name -> TrainConfig field, for every control a link carries (mtl_core/config.py, CONTROLS)."""
+    return {c.name: c.field for c in controls() if c.link}
+
+
+def hideable() -> tuple[str, ...]:
+    """What hide= may name: the controls a link carries, and "weights" (every loss weight at once)."""
+    return (*link_fields(), "weights")
+
+
+def link_keys() -> tuple[str, ...]:
+    return ("model", "hide", *link_fields(), *(WEIGHT + t for t in TASKS))
 
 
 def weightings_for(model: str) -> list[str]:
@@ -60,64 +46,62 @@ def _bound(v: float) -> str:
     return f"{v:,}" if isinstance(v, int) else f"{v:g}"
 
 
-def _out_of_range(name: str, text: str, value: float, field: str) -> str | None:
-    """Why `value` (link parameter `name`) is outside the form's range for `field`, or None if it is inside.
+def _out_of_range(name: str, text: str, value: float, c: Control) -> str | None:
+    """Why `value` (link parameter `name`) is outside the form's range for `c`, or None if it is inside.
     The form's widgets would silently replace such a value (a batch of 10000 became 1)."""
-    lo, hi = FORM_RANGES[field]
+    lo, hi = c.bounds
     if math.isfinite(value) and lo <= value <= hi:
         return None
     return f"{name}={_shown(text)} is outside the allowed range, {_bound(lo)} to {_bound(hi)}"
 
 
-def _parse(name: str, text: str):
-    field, kind = FIELDS[name], field_kind(name)
+def _parse(c: Control, text: str):
     try:
-        if field == "tasks":
+        if c.field == "tasks":
             return tuple(t for t in text.split(",") if t)
-        if kind == "bool":
+        if c.kind == "bool":
             if text.lower() not in ("1", "0", "true", "false"):
                 raise ValueError
             return text.lower() in ("1", "true")
-        if kind == "int":
-            return int(text)
-        if kind == "float":
-            return float(text)
+        if c.kind in ("int", "float"):
+            return c.cast(text)
     except ValueError:
-        raise ConfigError(f"'{name}={_shown(text)}' is not a {kind}") from None
+        raise ConfigError(f"'{c.name}={_shown(text)}' is not a {c.kind}") from None
     return text
 
 
 def config_from_query(params: Mapping[str, str]) -> TrainConfig:
     """The configuration a link describes (its model's recipe, changed where the link says). Every value
-    must be one the Train form can hold (its ranges are FORM_RANGES): a value outside is refused with
-    the reason, never replaced by the nearest one the form has."""
+    must be one the Train form can hold (the controls' bounds): a value outside is refused with the reason,
+    never replaced by the nearest one the form has."""
     model = params.get("model", "")
     if model not in MODELS:
         raise ConfigError(f"unknown model {_shown(model)!r}; valid models: {', '.join(MODELS)}")
     preset = TrainConfig.preset(model)
     changes, weights, problems = {}, dict(preset.loss_weights), []
+    linked = {c.name: c for c in controls() if c.link}
     for name, text in params.items():
-        if name in FIELDS:
+        if (c := linked.get(name)) is not None:
             try:
-                value = _parse(name, text)
+                value = _parse(c, text)
             except ConfigError as exc:
                 problems.append(str(exc))
                 continue
-            field = FIELDS[name]
-            if field in FORM_RANGES and (why := _out_of_range(name, text, value, field)):
+            if c.bounds and (why := _out_of_range(name, text, value, c)):
                 problems.append(why)
-            elif field == "loss_weighting" and value in WEIGHTINGS and value not in weightings_for(model):
+            # The one choice that depends on the model, so TrainConfig's own check cannot name the reason.
+            elif c.field == "loss_weighting" and value in WEIGHTINGS and value not in weightings_for(model):
                 offered = ", ".join(weightings_for(model))
                 problems.append(f"weighting={value} needs a model that shares layers; for {model}: {offered}")
             else:
-                changes[field] = value
+                changes[c.field] = value
         elif name.startswith(WEIGHT) and name[len(WEIGHT) :] in TASKS:
             try:
                 weight = float(text)
             except ValueError:
                 problems.append(f"'{name}={_shown(text)}' is not a number")
                 continue
-            if why := _out_of_range(name, text, weight, "loss_weights"):
+            if why := _out_of_range(name, text, weight, control("loss_weights")):
                 problems.append(why)
             else:
                 weights[name[len(WEIGHT) :]] = weight
@@ -140,14 +124,14 @@ def settings_without_model(params: Mapping[str, str]) -> str | None:
 
 
 def hidden_from_query(params: Mapping[str, str]) -> frozenset[str]:
-    return frozenset(h for h in params.get("hide", "").split(",") if h in HIDEABLE)
+    return frozenset(h for h in params.get("hide", "").split(",") if h in hideable())
 
 
 def query_from_config(config: TrainConfig, hide: tuple[str, ...] = ()) -> dict[str, str]:
     """The shortest link parameters for `config`: the model, and whatever differs from its recipe."""
     preset = TrainConfig.preset(config.model)
     query = {"model": config.model}
-    for name, field in FIELDS.items():
+    for name, field in link_fields().items():
         value, default = getattr(config, field), getattr(preset, field)
         if value != default:
             if field == "tasks":
@@ -160,7 +144,7 @@ def query_from_config(config: TrainConfig, hide: tuple[str, ...] = ()) -> dict[s
         if config.weight(t) != preset.weight(t):
             query[WEIGHT + t] = f"{config.weight(t):g}"
     if hide:
-        query["hide"] = ",".join(h for h in hide if h in HIDEABLE)
+        query["hide"] = ",".join(h for h in hide if h in hideable())
     return query
 
 

@@ -25,7 +25,7 @@ from dashboard.text import md_escape
 from mtl_core.analysis import data_source, run_affinity, run_label, suggest_grouping
 from mtl_core.config import TrainConfig
 from mtl_core.estimate import duration_words, queue_spot, run_estimate
-from mtl_core.export import SUFFIXES, export_file_bytes
+from mtl_core.export import SUFFIXES, export_file_bytes, spec_words
 from mtl_core.runs import ACTIVE, STOPPED_BY_TEACHER, QueueFull, StoreUnavailable
 from mtl_core.weighting import WEIGHTINGS
 
@@ -156,10 +156,9 @@ def model_downloads_ui(run: dict) -> None:
             key=f"dl_{fmt}_{run['id']}",
             width="stretch",
         )
-    tasks = ", ".join(run["config"]["tasks"])
     st.caption(
-        f"TorchScript and ONNX take a batch of normalised 1×28×28 images and give one output per task ({tasks}): "
-        "logits, or the value in [0, 1]. They run without this code (torch.jit.load, onnxruntime)."
+        "TorchScript and ONNX run without this code (torch.jit.load, onnxruntime). "
+        f"{spec_words(run['model'], run['config']['tasks'])} Both files carry this in their metadata."
     )
 
 

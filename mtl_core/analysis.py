@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -131,9 +132,17 @@ def run_label(run: dict) -> str:
     return f"{student}{name} · {'+'.join(run['config']['tasks'])} · {run['id'][-6:]}"
 
 
-def compare_rows(runs: list[dict], pool: list[dict] | None = None, rounded: bool = True) -> list[dict]:
+def student_cell(runs: list[dict]) -> str:
+    """Who trained these runs, for a table that holds more than one student's runs."""
+    return students_text(runs) or "(no name given)"
+
+
+def compare_rows(
+    runs: list[dict], pool: list[dict] | None = None, rounded: bool = True, students: bool = False
+) -> list[dict]:
     """One flat row per run for the comparison table; `pool` is where STL baselines are looked up.
-    `rounded=False` keeps every digit (the CSV and JSON downloads)."""
+    `rounded=False` keeps every digit (the CSV and JSON downloads); `students` adds a column naming each
+    run's student (the teacher's view and the class gallery)."""
     round_ = round if rounded else (lambda v, _digits: v)
     pool = sorted(pool if pool is not None else runs, key=lambda r: r["created"], reverse=True)
     rows = []
@@ -142,6 +151,7 @@ def compare_rows(runs: list[dict], pool: list[dict] | None = None, rounded: bool
         base = _stl_baseline(r, pool)
         dm = delta_m(r["best"], base["best"]) if (base and r["best"] and r["model"] != _baseline_model(r)) else None
         row = {
+            **({"student": student_cell([r])} if students else {}),
             "run": run_label(r),
             "best avg acc %": None if r["best_avg"] is None else round_(100 * r["best_avg"], 2),
             "Δm vs STL %": None if dm is None else round_(dm, 2),
@@ -168,25 +178,82 @@ def compare_rows(runs: list[dict], pool: list[dict] | None = None, rounded: bool
 # ----------------------------------------------------------------------------- runs over several seeds
 
 
-def group_key(run: dict) -> str:
-    """Runs with the same key differ only in their seed: one configuration, trained N times."""
+def group_key(run: dict, across_owners: bool = False) -> str:
+    """Runs with the same key differ only in their seed: one configuration, trained N times. One owner's
+    runs only, unless `across_owners` (the teacher chose to pool the class): otherwise four students who
+    each trained seed 0 would read as one student with four seeds."""
     config = {k: v for k, v in run["config"].items() if k != "seed"}
     config["data"] = data_source(run)
     config["tasks"] = sorted(config["tasks"])
+    if not across_owners:
+        config["_owner"] = run.get("owner", "")
     return json.dumps(config, sort_keys=True, default=str)
 
 
-def seed_groups(runs: list[dict]) -> list[list[dict]]:
-    """`runs` grouped by configuration (seed aside), in the order each configuration first appears;
-    within a group, by seed."""
-    groups: dict[str, list[dict]] = {}
+def _seed(run: dict) -> int:
+    return run["config"].get("seed", 0)
+
+
+def _counts_first(run: dict) -> tuple[bool, float]:
+    """Of the runs that repeat one seed, the newest finished one counts (the newest run when none has
+    finished): a rerun replaces its seed's number instead of adding a second copy of it."""
+    return (run["status"] == "finished" and bool(run["best"]), run["created"])
+
+
+@dataclass(frozen=True)
+class SeedGroups:
+    """`groups`: per configuration, one run per seed, by seed; what mean ± std is over. `duplicates`: each
+    run that repeats a seed already in its group, by id, with the run counted for that seed. A repeated
+    seed is the same experiment again (same data order, same initial weights), not another sample: two
+    copies would give a spread of 0.00 that says nothing about seeds."""
+
+    groups: list[list[dict]]
+    duplicates: dict[str, tuple[dict, dict]]
+
+    def duplicates_of(self, group: list[dict]) -> list[tuple[dict, dict]]:
+        """(duplicate, the run counted for its seed) for the runs of `group`."""
+        ids = {r["id"] for r in group}
+        return [(d, kept) for d, kept in self.duplicates.values() if kept["id"] in ids]
+
+
+def sort_seeds(runs: list[dict], across_owners: bool = False) -> SeedGroups:
+    """`runs` grouped by configuration (seed aside) and owner (unless `across_owners`), in the order each
+    group first appears; within a group one run per seed (see `_counts_first`), the others duplicates."""
+    by_key: dict[str, dict[int, list[dict]]] = {}
     for r in runs:
-        groups.setdefault(group_key(r), []).append(r)
-    return [sorted(g, key=lambda r: r["config"].get("seed", 0)) for g in groups.values()]
+        by_key.setdefault(group_key(r, across_owners), {}).setdefault(_seed(r), []).append(r)
+    groups, duplicates = [], {}
+    for seeds in by_key.values():
+        group = []
+        for seed in sorted(seeds):
+            kept, *others = sorted(seeds[seed], key=_counts_first, reverse=True)
+            group.append(kept)
+            duplicates.update({d["id"]: (d, kept) for d in others})
+        groups.append(group)
+    return SeedGroups(groups, duplicates)
+
+
+def seed_groups(runs: list[dict], across_owners: bool = False) -> list[list[dict]]:
+    """The counted runs of `sort_seeds`: per configuration, one run per seed."""
+    return sort_seeds(runs, across_owners).groups
 
 
 def seeds_text(group: list[dict]) -> str:
-    return ", ".join(str(r["config"].get("seed", 0)) for r in group)
+    return ", ".join(str(_seed(r)) for r in group)
+
+
+def duplicates_text(duplicates: list[tuple[dict, dict]]) -> str:
+    """ "run 3f2a1b duplicate of seed 0 (run 9c8d7e counts)", one per duplicate, with each student's name
+    where the two runs are different students' (a group pooled across the class); "" for none."""
+
+    def name(r: dict, other: dict) -> str:
+        if r.get("owner") == other.get("owner"):
+            return f"run {r['id'][-6:]}"
+        return f"run {r['id'][-6:]} ({clean_name(r.get('student')) or 'no name given'})"
+
+    return "; ".join(
+        f"{name(d, kept)} duplicate of seed {_seed(kept)} ({name(kept, d)} counts)" for d, kept in duplicates
+    )
 
 
 def base_label(run: dict) -> str:
@@ -194,11 +261,29 @@ def base_label(run: dict) -> str:
     return re.sub(r" · seed \d+$", "", run.get("label") or "") or run["model"]
 
 
+def students_text(runs: list[dict]) -> str:
+    """The display names of the runs' students, each once, and how many gave none; "" for one student
+    without a name; a count past three students."""
+    names = {r.get("owner", ""): clean_name(r.get("student")) for r in runs}
+    if len(names) > 3:
+        return f"{len(names)} students"
+    named = list(dict.fromkeys(n for n in names.values() if n))
+    nameless = sum(1 for n in names.values() if not n)
+    if nameless and len(names) > 1:
+        named.append(f"{nameless} without a name")
+    return ", ".join(named)
+
+
 def group_label(group: list[dict]) -> str:
+    """Like `run_label`: the student's name first (every student's, for a group pooled across the class),
+    then the name without its seed, the tasks and the seeds."""
     r = group[0]
     name = label_text(base_label(r))
-    seeds = f"seed {seeds_text(group)}" if len(group) == 1 else f"{len(group)} seeds ({seeds_text(group)})"
-    return f"{name} · {'+'.join(r['config']['tasks'])} · {seeds}"
+    student = students_text(group)
+    student = f"{student}: " if student else ""
+    n = len(group)
+    seeds = f"seed {seeds_text(group)}" if n == 1 else f"{n} seeds ({seeds_text(group)})"
+    return f"{student}{name} · {'+'.join(r['config']['tasks'])} · {seeds}"
 
 
 def _finished(group: list[dict]) -> list[dict]:
@@ -248,9 +333,14 @@ def missing_baselines(runs: list[dict], pool: list[dict]) -> list[dict]:
     return out
 
 
-def group_rows(groups: list[list[dict]], pool: list[dict], rounded: bool = True) -> list[dict]:
-    """One row per configuration: mean ± std over its finished seeds. `rounded` gives "mean ± std"
-    text for the screen; otherwise separate mean and std columns with every digit (the downloads)."""
+def group_rows(
+    groups: list[list[dict]] | SeedGroups, pool: list[dict], rounded: bool = True, students: bool = False
+) -> list[dict]:
+    """One row per configuration: mean ± std over its finished seeds, one run per seed. `rounded` gives
+    "mean ± std" text for the screen; otherwise separate mean and std columns with every digit (the
+    downloads). Given `SeedGroups`, each row names the runs that only repeated a seed; `students` adds a
+    column naming the group's students."""
+    seeds = groups if isinstance(groups, SeedGroups) else SeedGroups(groups, {})
 
     def cell(row: dict, name: str, values: list[float], scale: float = 1.0, digits: int = 2) -> None:
         mean, std = mean_std([v * scale for v in values if v is not None])
@@ -263,10 +353,13 @@ def group_rows(groups: list[list[dict]], pool: list[dict], rounded: bool = True)
             row[f"{name} mean"], row[f"{name} std"] = mean, std
 
     rows = []
-    for group in groups:
+    for group in seeds.groups:
         done = _finished(group)
         first = group[0]
-        row: dict[str, Any] = {"configuration": group_label(group), "seeds": len(group), "finished": len(done)}
+        row: dict[str, Any] = {"student": student_cell(group)} if students else {}
+        row.update(configuration=group_label(group), seeds=len(group), finished=len(done))
+        if seeds.duplicates:
+            row["duplicates"] = duplicates_text(seeds.duplicates_of(group))
         cell(row, "best avg acc %", [r["best_avg"] for r in done], 100)
         dms, _ = group_delta_m(group, pool)
         cell(row, "Δm vs STL %", dms)
@@ -314,7 +407,18 @@ def ordered_columns(rows: list[dict]) -> list[str]:
     then every task's column in the task list's order, then the run's details."""
     seen = list(dict.fromkeys(k for r in rows for k in r))
     per_task = [c for t in TASKS for c in seen if c.startswith(f"{t} ")]
-    summary = ("run", "configuration", "seeds", "finished", "best avg acc %", "Δm vs STL %", "params", "train_s")
+    summary = (
+        "student",
+        "run",
+        "configuration",
+        "seeds",
+        "finished",
+        "duplicates",
+        "best avg acc %",
+        "Δm vs STL %",
+        "params",
+        "train_s",
+    )
     head = [c for c in seen if c not in per_task and c.split(" mean")[0].split(" std")[0] in summary]
     return head + per_task + [c for c in seen if c not in head and c not in per_task]
 

@@ -41,8 +41,9 @@ from .metrics import MetricAccumulator, average_accuracy, mean_std, selection_sc
 from .models import HardSharingMLP, MultiTaskCNN, MultiTaskModel, PlainCrossStitch, PlainSTL, build_model
 from .predict import predict
 from .reference import SEED_MODELS
+from .steps import bf16_is_native
 from .tasks import make_targets
-from .train import Training, bf16_is_native
+from .train import Training
 
 # The goals (issue 10): our epoch against the seed-faithful one, and the seed table's wall time.
 MLP_GOAL = 25.0  # x the seed-faithful s/epoch, every MLP
@@ -219,8 +220,8 @@ def bf16_flops_per_epoch(training: Training, flops: float) -> float:
     on autograd, autocast runs every product in bf16."""
     if training.precision != "bf16":
         return 0.0
-    if training.fast is not None:
-        return 4.0 * training.fast.w1.numel() * training.data.n_train
+    if training.path == "fast":
+        return 4.0 * training.step.hand.w1.numel() * training.data.n_train
     return flops
 
 
@@ -404,7 +405,7 @@ def _thread_compare(best: list[Row], data: MTLData, peaks: dict) -> None:
         pick = min(seconds, key=seconds.get)
         gain = max(seconds.values()) / seconds[pick]
         cells.append(f"faster: {_threads(pick)} ({gain:.2f}x)")
-        if training.native is not None:
+        if training.kernel == "C++":
             with num_threads(2):
                 picked, training = ours_seconds(row.model, data, **row.overrides)
             ran = training.history[-1]["thread_batches"]

@@ -11,19 +11,17 @@ from dataclasses import replace
 from pathlib import Path
 
 from .checkpoint import save_model
-from .config import DEVICES, OPTIMIZERS, PRECISIONS, ConfigError, TrainConfig
-from .data import SOURCES, DataUnavailable, load_data
+from .config import ConfigError, TrainConfig, control, controls
+from .data import DataUnavailable, load_data
 from .export import FORMATS as EXPORT_FORMATS
 from .export import export_file
 from .jobs import EXECUTORS, JobRunner, RunnerSettings
 from .metrics import mean_std
-from .models import ALPHA_INITS, MODELS
+from .models import MODELS
 from .reference import SEED_MODELS, SEED_STUDY
 from .runs import RunStore
 from .settings import SettingError
-from .tasks import TASKS
 from .train import CONFLICT_PROBES, Training
-from .weighting import WEIGHTINGS
 
 
 def format_record(r: dict) -> str:
@@ -34,30 +32,27 @@ def format_record(r: dict) -> str:
     return f"epoch {r['epoch']:>3}  loss {r['train_loss_total']:.4f}  {'  '.join(parts)}{avg}  ({r['seconds']:.2f} s)"
 
 
-def _config_from_args(a: argparse.Namespace, model: str | None = None) -> TrainConfig:
-    overrides = {
-        k: v
-        for k, v in {
-            "tasks": tuple(a.tasks) if a.tasks else None,
-            "epochs": a.epochs,
-            "lr": a.lr,
-            "batch_size": a.batch_size,
-            "seed": a.seed,
-            "device": a.device,
-            "data": a.data,
-            "precision": a.precision,
-            "channels_last": a.channels_last,
-            "alpha_init": a.alpha_init,
-            "alpha_lr_mult": a.alpha_lr_mult,
-            "train_limit": a.train_limit,
-            "max_batches": a.max_batches,
-            "optimizer": a.optimizer,
-            "loss_weighting": a.weighting,
-            "val_split": a.val_split,
-        }.items()
-        if v is not None
-    }
-    return TrainConfig.preset(model or a.model, **overrides)
+def _config_from_args(a: argparse.Namespace) -> TrainConfig:
+    """The model's recipe, changed where a flag says (every flag of a control in mtl_core/config.py's table)."""
+    given = {c: getattr(a, c.field, None) for c in controls() if c.flag}
+    return TrainConfig.preset(a.model, **{c.field: c.cast(v) for c, v in given.items() if v is not None})
+
+
+def add_config_flags(p: argparse.ArgumentParser, fields: tuple[str, ...] | None = None) -> None:
+    """A flag for each control that has one (or for those of `fields`, in that order); each defaults to None:
+    the recipe's."""
+    for c in controls() if fields is None else map(control, fields):
+        if not c.flag:
+            continue
+        if c.field == "tasks":
+            how = {"nargs": "+", "choices": c.choices}
+        elif c.kind == "bool":
+            how = {"action": argparse.BooleanOptionalAction}
+        elif c.choices:
+            how = {"choices": c.choices}
+        else:
+            how = {"type": {"int": int, "float": float}[c.kind]}
+        p.add_argument(c.flag, dest=c.field, default=None, help=c.flag_help, metavar=c.metavar, **how)
 
 
 def run_training(config: TrainConfig, data, out=None, label: str = "", probes: int = 0) -> Training:
@@ -244,6 +239,10 @@ def format_seed_table(rows: list[dict], data_desc: str, epochs: int) -> str:
     return "\n".join(lines)
 
 
+# What the seed study lets a person change: its models and their recipes are the study's.
+COMPARE_FIELDS = ("data", "epochs", "seed", "max_batches", "train_limit")
+
+
 def cmd_compare(a: argparse.Namespace) -> int:
     data = load_data(a.data)
     print(f"data: {data.describe()}")
@@ -333,40 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="python -m mtl_core", description="Multi-task learning playground engine")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--data", choices=SOURCES, default=None)
-        p.add_argument("--epochs", type=int, default=None)
-        p.add_argument("--seed", type=int, default=None)
-        p.add_argument("--max-batches", type=int, default=None, help="batches per epoch (a dry run)")
-        p.add_argument("--train-limit", type=int, default=None, help="use only the first N training digits")
-        p.add_argument("--json", type=Path, default=None, help="write a JSON summary here")
-
     def train_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", choices=list(MODELS), required=True)
-        p.add_argument("--tasks", nargs="+", choices=list(TASKS), default=None)
-        common(p)
-        p.add_argument("--lr", type=float, default=None)
-        p.add_argument("--batch-size", type=int, default=None)
-        p.add_argument("--optimizer", choices=OPTIMIZERS, default=None)
-        p.add_argument("--device", choices=DEVICES, default=None)
-        p.add_argument("--precision", choices=PRECISIONS, default=None)
-        p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
-        p.add_argument("--alpha-init", choices=list(ALPHA_INITS), default=None)
-        p.add_argument("--alpha-lr-mult", type=float, default=None)
-        p.add_argument(
-            "--weighting",
-            choices=list(WEIGHTINGS),
-            default=None,
-            help="how the task losses become one update: " + ", ".join(WEIGHTINGS) + " (default: static)",
-        )
-        p.add_argument(
-            "--val-split",
-            type=int,
-            default=None,
-            metavar="N",
-            help="hold out N training digits to pick the best epoch on; the test set is then scored once "
-            "(default 0: picked on the test set, as the reference studies do)",
-        )
+        add_config_flags(p)
+        p.add_argument("--json", type=Path, default=None, help="write a JSON summary here")
         p.add_argument("--seeds", type=int, default=1, metavar="N", help="train N times: seeds seed .. seed+N-1")
 
     t = sub.add_parser("train", help="train one model here, print a line per epoch")
@@ -385,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_submit)
 
     c = sub.add_parser("compare", help="the seed study: STL, hard sharing, cross-stitch side by side")
-    common(c)
+    add_config_flags(c, COMPARE_FIELDS)
+    c.add_argument("--json", type=Path, default=None, help="write a JSON summary here")
     c.set_defaults(func=cmd_compare, epochs=20, seed=0, data="auto")
 
     b = sub.add_parser("bench", help="seconds per epoch: seed-faithful pipeline vs ours", add_help=False)

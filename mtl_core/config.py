@@ -1,4 +1,5 @@
-"""`TrainConfig`: every training choice in one frozen, validated record, with the two reference presets.
+"""`TrainConfig`: every training choice in one frozen, validated record, with the two reference presets, and
+`CONTROLS`: how people set each field (the Train form's widget, the share link's name, the command-line flag).
 
 Defaults live here only; the dashboard's widgets and the CLI take theirs from it, and a saved run
 stores `asdict(config)` so a model can be rebuilt from its file.
@@ -13,7 +14,7 @@ from typing import Any
 from .data import SOURCES
 from .models import ALPHA_INITS, MODELS, get_model_spec
 from .tasks import TASKS
-from .text import plain_text
+from .text import plain_text, shown
 from .weighting import WEIGHTINGS
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -21,23 +22,6 @@ SCHEDULERS = ("none", "step")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "auto")
 PATHS = ("auto", "autograd")  # auto: the hand-written fast step where one exists (mtl_core/fastpath.py)
-
-# The Train form's range of each number it asks for, read by its widgets (dashboard/forms.py) and by the
-# link check (dashboard/links.py), so a link can only hold what the form can show. Some are narrower than
-# what TrainConfig accepts (`problems()`), which code and the command line may use.
-FORM_RANGES: dict[str, tuple[int, int] | tuple[float, float]] = {
-    "epochs": (1, 500),
-    "lr": (1e-6, 10.0),
-    "batch_size": (1, 8192),
-    "weight_decay": (0.0, 1.0),
-    "seed": (0, 2**31 - 1),
-    "val_split": (0, 30000),
-    "train_limit": (0, 60000),  # 0: all
-    "alpha_lr_mult": (0.01, 10000.0),
-    "step_size": (1, 500),
-    "gamma": (0.01, 1.0),
-    "loss_weights": (0.0, 1000.0),  # each task's weight
-}
 
 
 class ConfigError(ValueError):
@@ -91,8 +75,8 @@ class TrainConfig:
     def preset(cls, model: str, **overrides: Any) -> TrainConfig:
         """The reference recipe for a model: the MTL-vs-STL study for the MLPs, the tutorial for the CNN."""
         if model not in MODELS:
-            raise ConfigError(f"unknown model {model!r}; valid models: {', '.join(MODELS)}")
-        # precision "auto": bf16 only where the hardware has it and it pays (train.resolve_precision).
+            raise ConfigError(f"unknown model {shown(model)}; valid models: {', '.join(MODELS)}")
+        # precision "auto": bf16 only where the hardware has it and it pays (steps.resolve_precision).
         base: dict[str, Any] = {"model": model, "epochs": 20, "lr": 1e-3, "batch_size": 128, "precision": "auto"}
         if MODELS[model].family == "cnn":
             tasks = overrides.get("tasks") or MODELS[model].default_tasks
@@ -153,7 +137,7 @@ class TrainConfig:
         def check_choice(name: str, choices: Any) -> None:
             v = getattr(self, name)
             if v not in choices:
-                p.append(f"unknown {name} {v!r}; valid: {', '.join(choices)}")
+                p.append(f"unknown {name} {shown(v)}; valid: {', '.join(choices)}")
 
         check_choice("model", MODELS)
         bad = [t for t in self.tasks if t not in TASKS]
@@ -174,9 +158,9 @@ class TrainConfig:
         check_float("gamma", 0.0, 1.0, lo_open=True)
         for task, w in self.loss_weights.items():
             if task not in self.tasks:
-                p.append(f"loss weight given for {task!r}, which is not one of the tasks")
+                p.append(f"loss weight given for {shown(task)}, which is not one of the tasks")
             elif not (math.isfinite(w) and 0 <= w <= 1000):
-                p.append(f"loss weight of {task!r} must be from 0 to 1000 (got {w!r})")
+                p.append(f"loss weight of {shown(task)} must be from 0 to 1000 (got {w!r})")
         if self.tasks and self.loss_weights and all(self.weight(t) == 0 for t in self.tasks):
             p.append("at least one loss weight must be above 0")
         check_choice("loss_weighting", WEIGHTINGS)
@@ -193,3 +177,176 @@ class TrainConfig:
         check_int("val_split", 0, 10_000_000)
         check_choice("path", PATHS)
         return p
+
+
+@dataclass(frozen=True)
+class Control:
+    """How people set one TrainConfig field. The Train form (dashboard/forms.py) draws the controls in table
+    order, a section at a time, those with the same `row` side by side; a share link (dashboard/links.py)
+    carries the field as `name=`; the command line (mtl_core/cli.py) takes it as `flag`."""
+
+    field: str
+    name: str  # the link parameter, the form's widget key (f_<name>_<model>) and what a link's hide= names
+    label: str = ""
+    section: str = ""  # the form's part: "main", "more" or "loss"; "": not in the form
+    row: str = ""
+    width: int = 1  # its share of the row
+    # The form's range, also a link's: a link can only hold what the form can show. Some are narrower than
+    # what TrainConfig accepts (`problems()`), which code and the command line may use.
+    bounds: tuple[int, int] | tuple[float, float] | None = None
+    choices: tuple[str, ...] = ()
+    step: float | None = None
+    format: str | None = None
+    help: str = ""
+    link: bool = True
+    flag: str = ""  # "": not on the command line
+    flag_help: str | None = None
+    metavar: str | None = None
+    family: str = ""  # only models of this family (mtl_core/models.py)
+    setting: str = ""  # only models whose builder takes this setting (ModelSpec.settings)
+
+    @property
+    def kind(self) -> str:
+        """The field's type as TrainConfig writes it ("int", "float", "bool", "str", ...)."""
+        return TrainConfig.__dataclass_fields__[self.field].type
+
+    def applies(self, model: str) -> bool:
+        spec = MODELS[model]
+        return (not self.family or spec.family == self.family) and (not self.setting or self.setting in spec.settings)
+
+    def cast(self, value: Any) -> Any:
+        """`value` (a widget's, a parsed flag's) as the field holds it."""
+        if self.field == "tasks":
+            return tuple(value)
+        return {"int": int, "float": float, "bool": bool}.get(self.kind, str)(value)
+
+
+_CROSS_STITCH = "alpha_init"  # the setting only cross-stitch models take
+
+# In the Train form's order. A new hyperparameter: its TrainConfig field, its check in `problems()`, a row here.
+CONTROLS: tuple[Control, ...] = (
+    Control("tasks", "tasks", "Tasks", "main", "tasks", choices=tuple(TASKS), flag="--tasks"),
+    Control("epochs", "epochs", "Epochs", "main", "basics", bounds=(1, 500), flag="--epochs"),
+    Control("lr", "lr", "Learning rate", "main", "basics", bounds=(1e-6, 10.0), step=1e-4, format="%.5f", flag="--lr"),
+    Control("batch_size", "batch", "Batch size", "main", "basics", bounds=(1, 8192), flag="--batch-size"),
+    Control("data", "data", "Data", "main", "data", width=3, choices=SOURCES, flag="--data"),
+    # Cross-stitch: the alphas are the point, kept in sight.
+    Control(
+        "alpha_init",
+        "ainit",
+        "Alpha initialisation",
+        "main",
+        "alphas",
+        choices=tuple(ALPHA_INITS),
+        help="convex-0.9: 0.9 same-task / 0.1 other-task (best in the paper)",
+        setting=_CROSS_STITCH,
+        flag="--alpha-init",
+    ),
+    Control(
+        "alpha_lr_mult",
+        "amult",
+        "Alpha learning-rate multiplier",
+        "main",
+        "alphas",
+        bounds=(0.01, 10000.0),
+        help="The paper used 100 to 1000.",
+        setting=_CROSS_STITCH,
+        flag="--alpha-lr-mult",
+    ),
+    Control("optimizer", "opt", "Optimiser", "more", "optimiser", choices=OPTIMIZERS, flag="--optimizer"),
+    Control("weight_decay", "wd", "Weight decay", "more", "optimiser", bounds=(0.0, 1.0), step=1e-4, format="%.5f"),
+    Control("seed", "seed", "Seed", "more", "seeds", bounds=(0, 2**31 - 1), flag="--seed"),
+    Control(
+        "val_split",
+        "val",
+        "Validation digits",
+        "more",
+        "seeds",
+        bounds=(0, 30000),
+        step=1000,
+        help="Hold out this many training digits to pick the best epoch on; the test set is then scored once, "
+        "at the end. 0 keeps the reference studies' choice: the best epoch is picked on the test set, which "
+        "flatters the result a little.",
+        flag="--val-split",
+        metavar="N",
+        flag_help="hold out N training digits to pick the best epoch on; the test set is then scored once "
+        "(default 0: picked on the test set, as the reference studies do)",
+    ),
+    Control(
+        "train_limit",
+        "limit",
+        "Use only the first N training digits (0 = all)",
+        "more",
+        "limit",
+        bounds=(0, 60000),
+        step=1000,
+        flag="--train-limit",
+        flag_help="use only the first N training digits",
+    ),
+    Control(
+        "precision",
+        "prec",
+        "Precision",
+        "more",
+        "precision",
+        choices=PRECISIONS,
+        help="auto: bf16 where this machine has it natively and it pays (the CNN, about 2x; the first layer of "
+        "the MLPs, 1.4-1.8x, same accuracy); fp32 everywhere else. fp32: full precision.",
+        flag="--precision",
+    ),
+    Control(
+        "channels_last", "cl", "channels_last memory layout", "more", "precision", family="cnn", flag="--channels-last"
+    ),
+    # Not in a link: the GPU belongs to the server that trains, not to the settings passed on.
+    Control("device", "gpu", "Train on the GPU", "more", "device", choices=DEVICES, link=False, flag="--device"),
+    Control(
+        "loss_weighting",
+        "weighting",
+        "Loss weighting",
+        "loss",
+        "weighting",
+        choices=tuple(WEIGHTINGS),
+        help="How the task losses become one update. Static: the weights below. The others learn or compute "
+        "weights as training goes (scaled by the weights below); the Train page plots them per epoch. The "
+        "gradient methods (GradNorm, PCGrad, MGDA, CAGrad, IMTL-G, Aligned-MTL, UPGrad) work on each task's "
+        "gradient on the shared layers: one extra backward per task.",
+        flag="--weighting",
+        flag_help=f"how the task losses become one update: {', '.join(WEIGHTINGS)} "
+        f"(default: {TrainConfig.loss_weighting})",
+    ),
+    # One number per task: in a link w_<task>, in the form f_w_<task>_<model>; hide=weights hides them all.
+    Control("loss_weights", "weights", "", "loss", "weights", bounds=(0.0, 1000.0), step=0.5, link=False),
+    Control(
+        "scheduler",
+        "sched",
+        "Schedule",
+        "loss",
+        "schedule",
+        choices=SCHEDULERS,
+        help="step: multiply the LR by gamma every N epochs (StepLR)",
+    ),
+    Control("step_size", "step", "Step every N epochs", "loss", "schedule", bounds=(1, 500)),
+    Control("gamma", "gamma", "Gamma", "loss", "schedule", bounds=(0.01, 1.0), step=0.05),
+    # A dry run, for the command line only: a link holds only what the form shows.
+    Control("max_batches", "max_batches", link=False, flag="--max-batches", flag_help="batches per epoch (a dry run)"),
+)
+# TrainConfig fields no control sets, and why.
+NOT_CONTROLS = {
+    "model": "it picks the recipe every other value starts from: the form's model picker, a link's model=, "
+    "--model (required); each reads it before the rest",
+    "momentum": "SGD only; its default 0.9 is the usual one, and nothing offers it yet",
+    "path": "turns the hand-written fast step off: for tests and benchmarks, set in code",
+}
+
+
+def controls(model: str | None = None) -> tuple[Control, ...]:
+    """The table, in the form's order; with `model`, only the controls that apply to it."""
+    return CONTROLS if model is None else tuple(c for c in CONTROLS if c.applies(model))
+
+
+def control(field: str) -> Control:
+    return next(c for c in CONTROLS if c.field == field)
+
+
+# The form's range of each number it asks for, by TrainConfig field (from CONTROLS).
+FORM_RANGES: dict[str, tuple[int, int] | tuple[float, float]] = {c.field: c.bounds for c in CONTROLS if c.bounds}

@@ -283,7 +283,9 @@ def load_data(source: str = "auto", data_dir: Path | None = None, download: bool
     except DataUnavailable as exc:
         data = load_subset()
         data.note = f"{data.note}; full MNIST is not on this server and could not be downloaded"
-        data.detail = str(exc)
+        # The teacher's view (detail) says where the files belong, so they can be copied there.
+        folder = _raw_dir(Path(data_dir or default_data_dir()))
+        data.detail = f"looked for it in {folder}; {exc}"
         return data
 
 

@@ -4,8 +4,9 @@
 The models return a dict {task: output}, which neither TorchScript tracing nor ONNX carries well, so
 both exports trace a small wrapper that returns the outputs as a tuple in the order of `config.tasks`.
 The ONNX graph names its input "image" (N, 1, 28, 28, normalised as mtl_core/data.py does) and each
-output after its task, with the config in its metadata ("config"); TorchScript keeps that order and
-the config in its extra file "config.json".
+output after its task. Both files say what they take and give (`input_spec`): ONNX in its metadata
+("config", and "mean", "std", "input_shape", "tasks", "preprocessing", "outputs", "input" with all of
+them as JSON), TorchScript in its extra files "config.json" and "input.json".
 The outputs are what `forward` returns: logits for the classification tasks, the value in [0, 1] for
 the regression one (mtl_core/models.py).
 """
@@ -17,6 +18,7 @@ import copy
 import io
 import json
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -24,12 +26,56 @@ from torch import nn
 
 from .checkpoint import atomic_write_bytes, load_model, model_bytes
 from .config import TrainConfig
-from .models import MultiTaskModel
+from .data import MEAN, STD
+from .models import MODELS, MultiTaskModel, head_dim
+from .tasks import get_task
 
 FORMATS = ("safetensors", "torchscript", "onnx")
 SUFFIXES = {"safetensors": ".safetensors", "torchscript": ".pt", "onnx": ".onnx"}
 ONNX_OPSET = 17  # every op these models use exists in 17; a lower opset runs on older runtimes too
 TRACE_BATCH = 2  # not 1, so nothing in the trace can take the batch size for a constant one
+
+
+def preprocessing_words() -> str:
+    """How raw pixels become the input, in words a reader of the file can follow."""
+    return f"pixels in 0–1 (white ink on black), then (x − {MEAN}) / {STD}"
+
+
+def output_words(task: str, family: str) -> str:
+    """What one output of the file means: logits, or the regression task's value."""
+    t = get_task(task)
+    if not t.is_classification:
+        return "the value d/9 in [0, 1] (×9 for the digit)"
+    if head_dim(task, family) == 1:
+        return f"one logit per image, > 0 means {t.classes[1]}"
+    classes = f"{t.classes[0]}–{t.classes[-1]}" if t.n_classes > 3 else ", ".join(t.classes)
+    return f"{t.n_classes} logits per image ({classes})"
+
+
+def input_spec(model: str, tasks: Sequence[str]) -> dict:
+    """What an exported file takes and gives: the input's name, shape and type, the normalisation (the
+    training data's, mtl_core/data.py), and the outputs in order. Written into every export, so the file
+    alone says how to feed it."""
+    family = MODELS[model].family
+    return {
+        "input_name": "image",
+        "input_shape": ["batch", 1, 28, 28],
+        "input_dtype": "float32",
+        "pixel_range": [0.0, 1.0],
+        "mean": MEAN,
+        "std": STD,
+        "preprocessing": preprocessing_words(),
+        "tasks": list(tasks),
+        "outputs": {t: output_words(t, family) for t in tasks},
+    }
+
+
+def spec_words(model: str, tasks: Sequence[str]) -> str:
+    """`input_spec` in two sentences, for the download box."""
+    spec = input_spec(model, tasks)
+    shape = "×".join("N" if d == "batch" else str(d) for d in spec["input_shape"])
+    outputs = "; ".join(f"{t}: {words}" for t, words in spec["outputs"].items())
+    return f"Input: {shape} {spec['input_dtype']}, {spec['preprocessing']}. Outputs, in this order: {outputs}."
 
 
 class _TupleOutputs(nn.Module):
@@ -78,11 +124,12 @@ def export_bytes(model: MultiTaskModel, config: TrainConfig, fmt: str, extra: di
     wrapper = _TupleOutputs(m, tasks).eval()
     example = torch.zeros(TRACE_BATCH, 1, 28, 28)
     config_json = json.dumps(config.to_dict())
+    spec = input_spec(config.model, tasks)
     buf = io.BytesIO()
     with _quiet(), torch.no_grad():
         if fmt == "torchscript":
             traced = torch.jit.trace(wrapper, (example,))
-            torch.jit.save(traced, buf, _extra_files={"config.json": config_json})
+            torch.jit.save(traced, buf, _extra_files={"config.json": config_json, "input.json": json.dumps(spec)})
             return buf.getvalue()
         torch.onnx.export(
             wrapper,
@@ -97,7 +144,12 @@ def export_bytes(model: MultiTaskModel, config: TrainConfig, fmt: str, extra: di
     import onnx  # here, not at the top: the dashboard imports this module and rarely exports ONNX
 
     proto = onnx.load_from_string(buf.getvalue())
-    onnx.helper.set_model_props(proto, {"config": config_json})  # the file says what it is, as ours do
+    # The file says what it is, as ours do, and how to feed it: each fact under its own key for a reader
+    # that wants one, and all of them as JSON under "input".
+    props = {"config": config_json, "input": json.dumps(spec)}
+    props |= {k: json.dumps(spec[k]) for k in ("mean", "std", "input_shape", "tasks", "outputs")}
+    props["preprocessing"] = spec["preprocessing"]
+    onnx.helper.set_model_props(proto, props)
     return proto.SerializeToString()
 
 

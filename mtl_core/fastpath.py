@@ -139,17 +139,6 @@ class FlatAdam(torch.optim.Optimizer):
         self._opt_called = True  # what the wrapper would record; LR schedulers check it
 
 
-def fast_path_refusal(model: MultiTaskModel, loss_weighting: str, optimizer: str) -> str:
-    """Why this run cannot take the fast path ("" when it can)."""
-    if not isinstance(model, (HardSharingMLP, STLMLP, CrossStitchMLP, MMoEMLP)):
-        return f"no hand-written step for the {type(model).__name__} yet"
-    if loss_weighting != "static":
-        return f"{loss_weighting} loss weighting learns its weights through autograd"
-    if optimizer not in ("adam", "adamw"):
-        return f"the fast path uses fused Adam/AdamW, not {optimizer}"
-    return ""
-
-
 # The model kinds of native_steps.cpp.
 NATIVE_HARD, NATIVE_STL, NATIVE_CROSS_STITCH, NATIVE_MMOE = 0, 1, 2, 3
 NATIVE_HEAD_KINDS = {"binary": 0, "multiclass": 1, "regression": 2}  # native_steps.cpp's HeadKind
@@ -500,7 +489,7 @@ class MMoEStep(_PerTaskHeads):
 
 
 def make_step(model: MultiTaskModel, weights: dict[str, float], bf16: bool = False) -> _HeadsStep:
-    """The hand-written step for `model` (only where `fast_path_refusal` says there is one)."""
+    """The hand-written step for `model` (only where `steps.fast_path_refusal` says there is one)."""
     if isinstance(model, HardSharingMLP):
         return HardSharingStep(model, weights, bf16)
     if isinstance(model, MMoEMLP):
@@ -510,7 +499,7 @@ def make_step(model: MultiTaskModel, weights: dict[str, float], bf16: bool = Fal
 
 class NativeLoop:
     """An epoch's batches run by the C++ loop (`native_steps.cpp`, built by `native.py`): for each batch
-    the same gather, step, non-finite check and Adam update as `Training`'s Python loop (torch's fused
+    the same gather, step, non-finite check and Adam update as `steps.FastStep`'s Python loop (torch's fused
     kernel), with no Python between a step's ~40 operations. For the steps with `native_args`: hard
     sharing, STL, cross-stitch and MMoE, with any mix of tasks."""
 

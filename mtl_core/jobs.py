@@ -50,6 +50,7 @@ __all__ = [
 
 SUPERVISE_S = 1.0
 STALE_S = 10.0  # a running run without a heartbeat for this long is interrupted
+STALE_ALIVE_S = 120.0  # ... unless its worker's process still runs: then only after this long
 MAX_BACKOFF_S = 60.0
 # Back-off counts worker deaths in a row and starts over only once a worker has lived this long: a
 # worker that dies a little later each time (after loading torch and the data) is still a crash loop.
@@ -302,7 +303,8 @@ class JobRunner:
             return
         try:
             self.ensure_workers()
-            self.store.interrupt_stale(STALE_S)
+            alive = frozenset(w.token for w in self._workers if w.proc.poll() is None)
+            self.store.interrupt_stale(STALE_S, alive=alive, alive_age_s=STALE_ALIVE_S)
             if self.settings.abandon_s > 0:
                 self.store.cancel_abandoned(self.settings.abandon_s)
             if self._quick_exits and any(time.monotonic() - w.started > HEALTHY_S for w in self._workers):
@@ -417,7 +419,13 @@ class JobRunner:
                 except subprocess.TimeoutExpired:
                     w.proc.kill()
                     w.proc.wait()
-                self.store.interrupt_worker(w.token, "the server shut the worker down")
+                try:
+                    self.store.interrupt_worker(w.token, "the server shut the worker down")
+                except Exception as exc:  # noqa: BLE001 - sorted just below
+                    # A read-only, full or lost store: the next server's start ends the run as interrupted
+                    # (interrupt_stale), so stopping the remaining workers and the pool lock comes first.
+                    if not is_store_failure(exc):
+                        raise
                 if w.proc.stdin:
                     w.proc.stdin.close()
             self._workers = []

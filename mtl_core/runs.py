@@ -890,14 +890,26 @@ class RunStore:
             ).fetchall()
         return [r[0] for r in rows]
 
-    def interrupt_stale(self, max_age_s: float, reason: str = "") -> list[str]:
-        """Running runs whose worker has not written a heartbeat for `max_age_s` end as interrupted."""
-        reason = reason or f"its worker stopped answering (no heartbeat for {max_age_s:.0f} s)"
+    def interrupt_stale(
+        self, max_age_s: float, reason: str = "", alive: frozenset[str] = frozenset(), alive_age_s: float = 0.0
+    ) -> list[str]:
+        """Running runs whose worker has not written a heartbeat for `max_age_s` end as interrupted. A run
+        held by a worker in `alive` (its process is known to be running) is given `alive_age_s` instead: on
+        a machine loaded to its limit a low-priority worker's heartbeat can be late without anything wrong,
+        and interrupting its run then would lose it."""
+        now = time.time()
+        marks = ",".join("?" * len(alive))
+        patient = f" AND (worker NOT IN ({marks}) OR COALESCE(heartbeat, started, 0) < ?)" if alive else ""
         with self._connect(write=True) as db:
             rows = db.execute(
                 "UPDATE runs SET status='interrupted', reason=?, finished=? "
-                "WHERE status='running' AND COALESCE(heartbeat, started, 0) < ? RETURNING id",
-                (reason, time.time(), time.time() - max_age_s),
+                f"WHERE status='running' AND COALESCE(heartbeat, started, 0) < ?{patient} RETURNING id",
+                (
+                    reason or f"its worker stopped answering (no heartbeat for {max_age_s:.0f} s)",
+                    now,
+                    now - max_age_s,
+                    *((*sorted(alive), now - max(alive_age_s, max_age_s)) if alive else ()),
+                ),
             ).fetchall()
         return [r[0] for r in rows]
 

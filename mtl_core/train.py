@@ -1,12 +1,12 @@
 """Training as a generator: `Training(config, data).records()` yields one plain dict per epoch.
 
 The library never prints; whoever drives the generator decides what a record is for (the worker
-writes it to the run store, the CLI prints it, tests assert on it).
+writes it to the run store, the CLI prints it, tests assert on it). How a batch becomes an update is
+the run's step (`steps.py`); this module owns the epoch loop, evaluation and the records.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -14,17 +14,14 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from .batchfold import patch_moments
 from .config import ConfigError, TrainConfig
 from .data import MTLData, batch_indices
-from .fastpath import FlatAdam, FlatParameters, ThreadPicker, fast_path_refusal, make_step, native_loop
 from .metrics import MetricAccumulator, average_accuracy, mean_by_key, probabilities, selection_score, task_loss
-from .models import MultiTaskModel, build_model, count_parameters, get_model_spec, use_native_pooling
+from .models import MultiTaskModel, build_model, count_parameters, get_model_spec
+from .steps import TrainStep, choose_step, split_shared
 from .tasks import make_targets
 from .weighting import build_weighting, split_like, task_gradient_rows
 
-# Batches the C++ loop runs between two looks at Stop and progress (about 5-10 ms).
-NATIVE_CHUNK = 16
 # Gradient-conflict probes per epoch: each costs one forward and one backward per task on one batch.
 CONFLICT_PROBES = 4
 
@@ -44,49 +41,38 @@ def resolve_device(name: str, family: str = "cnn") -> torch.device:
     return torch.device(name)
 
 
-def bf16_is_native(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def resolve_precision(config: TrainConfig, family: str, device: torch.device, fast_step: bool = False) -> str:
-    """ "auto" picks bf16 where the hardware runs it natively and it pays: autocast for the CNN (about
-    2x faster per epoch on this project's CPUs at the same accuracy), and the first layer of the
-    hand-written MLP steps (`fast_step`; 1.4-1.8x, same accuracy over seeds). An MLP on autograd
-    (learned loss weights, SGD, path "autograd") stays fp32: there autocast's casts cost more than
-    they save."""
-    if config.precision != "auto":
-        return config.precision
-    if not bf16_is_native(device):
-        return "fp32"
-    return "bf16" if family == "cnn" or fast_step else "fp32"
-
-
-def make_optimizer(
-    config: TrainConfig, model: MultiTaskModel, device: torch.device, extra: list[torch.nn.Parameter] | None = None
-) -> torch.optim.Optimizer:
-    alphas = {id(p) for p in model.alpha_parameters()}
-    groups = [{"params": [p for p in model.parameters() if id(p) not in alphas], "lr": config.lr}]
-    # Weight decay is for the network's weights. The cross-stitch alphas (mixing weights) and learned
-    # loss log-variances would be pulled toward 0 by it, which means something else for them.
-    if alphas:
-        # Misra et al. scale the cross-stitch learning rate up (1e2 to 1e3) so the alphas move at all.
-        groups.append({"params": model.alpha_parameters(), "lr": config.lr * config.alpha_lr_mult, "weight_decay": 0.0})
-    if extra:  # learned loss weights train at the network's learning rate
-        groups.append({"params": extra, "lr": config.lr, "weight_decay": 0.0})
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    # The fused kernel is several times cheaper per step for these small models (RECIPES.md).
-    return cls(groups, lr=config.lr, weight_decay=config.weight_decay, fused=device.type in ("cpu", "cuda"))
-
-
 def state_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def split_training_data(config: TrainConfig, data: MTLData) -> tuple[MTLData, tuple | None]:
+    """The digits this run trains on, and its held-out validation digits (None without a split)."""
+    if config.train_limit:
+        data = data.limited(n_train=config.train_limit)
+    val_data = None
+    if config.val_split:
+        if config.val_split + config.batch_size > data.n_train:
+            raise ConfigError(
+                f"a validation split of {config.val_split:,} digits leaves "
+                f"{max(0, data.n_train - config.val_split):,} of the {data.n_train:,} training digits, "
+                f"less than one batch of {config.batch_size}"
+            )
+        data, val_data = data.split_validation(config.val_split)
+    if config.batch_size > data.n_train:
+        raise ConfigError(f"batch size {config.batch_size} is larger than the {data.n_train:,} training digits")
+    return data, val_data
+
+
+def chunk_bounds(n: int, size: int, cuts: set[int]) -> list[tuple[int, int]]:
+    """[begin, end) spans covering n batches, at most `size` long, each of `cuts` starting one."""
+    if size == 1:
+        return [(b, b + 1) for b in range(n)]
+    spans, b = [], 0
+    while b < n:
+        end = min([n, b + size, *(q for q in cuts if q > b)])
+        spans.append((b, end))
+        b = end
+    return spans
 
 
 class Training:
@@ -103,100 +89,77 @@ class Training:
     ):
         """`pick_threads`: the C++ loop picks one thread or all allowed per chunk of batches (ThreadPicker);
         False keeps torch's count (the benchmark's fixed-thread timings)."""
-        self.config = config
-        self.pick_threads = pick_threads
+        self.config, self.stop = config, stop
         self.conflict_probes = conflict_probes  # per epoch; 0: no gradient-conflict record
         self._conflict: list[tuple[dict[str, float], dict[str, float], dict[str, float]]] = []
         self.device = resolve_device(config.device, get_model_spec(config.model).family)
-        if config.train_limit:
-            data = data.limited(n_train=config.train_limit)
-        val_data = None
-        if config.val_split:
-            if config.val_split + config.batch_size > data.n_train:
-                raise ConfigError(
-                    f"a validation split of {config.val_split:,} digits leaves "
-                    f"{max(0, data.n_train - config.val_split):,} of the {data.n_train:,} training digits, "
-                    f"less than one batch of {config.batch_size}"
-                )
-            data, val_data = data.split_validation(config.val_split)
+        self.data, val_data = split_training_data(config, data)
         # Where the best epoch is picked: held-out training digits, or (the reference studies' choice,
         # val_split 0) the test set itself, which then flatters the result a little.
         self.selection_split = "validation" if val_data is not None else "test"
         self.test_result: tuple[dict, dict] | None = None  # with a validation split: the test set, scored once
-        if config.batch_size > data.n_train:
-            raise ConfigError(f"batch size {config.batch_size} is larger than the {data.n_train:,} training digits")
-        self.data = data
-        self.stop = stop
-        torch.manual_seed(config.seed)
-        self.model = build_model(config.model, config.tasks, alpha_init=config.alpha_init).to(self.device)
-        self.channels_last = config.channels_last and self.model.family == "cnn"
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = self._build_model()
         self.params = count_parameters(self.model)
-        # The hand-written step where one exists and nothing needs autograd; the record says which.
-        refusal = fast_path_refusal(self.model, config.loss_weighting, config.optimizer)
-        if config.path == "autograd":
-            refusal = "the config asks for autograd"
-        self.precision = resolve_precision(config, self.model.family, self.device, fast_step=not refusal)
-        weights = {t: config.weight(t) for t in config.tasks}
-        self.weighting = build_weighting(config.loss_weighting, weights).to(self.device)
-        self._shared = self.model.shared_parameters()
-        shared_ids = {id(p) for p in self._shared}
-        self._others = [p for p in self.model.parameters() if id(p) not in shared_ids]
-        names = {id(p): n for n, p in self.model.named_parameters()}
-        self._shared_names = [names[id(p)] for p in self._shared]
-        if self.weighting.needs_shared and not self._shared:
-            raise ConfigError(
-                f"{self.weighting.title} balances the tasks' gradients on shared parameters, and "
-                f"{config.model} shares none: choose hard sharing, cross-stitch or the CNN"
-            )
-        self.fast = None if refusal else make_step(self.model, weights, bf16=self.precision == "bf16")
-        self.path, self.path_note = ("fast", "") if self.fast else ("autograd", refusal)
-        self._fast_targets = None
-        if self.fast is not None:
-            self.optimizer = FlatAdam(
-                self.fast.params.flat,
-                config.lr,
-                config.weight_decay,
-                decoupled=config.optimizer == "adamw",
-                tail=getattr(self.fast, "alpha_numel", 0),
-                tail_lr_mult=config.alpha_lr_mult,
-            )
-        elif config.loss_weighting == "static" and config.optimizer in ("adam", "adamw"):
-            # Autograd writes into one flat gradient and one fused Adam call updates everything: the
-            # per-parameter bookkeeping of torch's Adam costs about 3 % of a CNN step here.
-            alphas = self.model.alpha_parameters()
-            alpha_ids = {id(a) for a in alphas}
-            flat = FlatParameters([p for p in self.model.parameters() if id(p) not in alpha_ids] + alphas)
-            flat.bind_grads()
-            self.optimizer = FlatAdam(
-                flat.flat,
-                config.lr,
-                config.weight_decay,
-                decoupled=config.optimizer == "adamw",
-                tail=sum(a.numel() for a in alphas),
-                tail_lr_mult=config.alpha_lr_mult,
-            )
-        else:
-            self.optimizer = make_optimizer(config, self.model, self.device, list(self.weighting.parameters()))
+        self.weighting = build_weighting(config.loss_weighting, {t: config.weight(t) for t in config.tasks})
+        self.weighting = self.weighting.to(self.device)
+        self._shared = self._shared_parameters()
+        self._load_tensors(val_data)
+        self.step: TrainStep = choose_step(
+            config, self.model, self.weighting, self._train_x, self._train_t, self.channels_last, pick_threads
+        )
+        # What the run's record and details show: which step trained it, why not a faster one, which loop.
+        self.path, self.path_note, self.kernel = self.step.path, self.step.reason, self.step.kernel
+        self.precision = self.step.precision
         self.scheduler = (
             torch.optim.lr_scheduler.StepLR(self.optimizer, config.step_size, config.gamma)
             if config.scheduler == "step"
             else None
         )
-        # The fast path's batch loop in C++ where it is built (mtl_core/native.py), else in Python; the
-        # record's `kernel` says which ran. Only on the CPU: that is where Python's per-op cost shows.
-        self.native, self.kernel = None, None
-        self._thread_picker, self._epoch_threads = ThreadPicker(), None
-        if self.fast is not None:
-            self.native, why = native_loop(self.fast, self.optimizer) if self.device.type == "cpu" else (None, "")
-            self.kernel = "C++" if self.native else "Python"
-            self.path_note = "" if self.native else why
-        elif self.model.family == "cnn" and self.channels_last and self.device.type == "cpu":
-            # The CNNs' max-pooling in C++ where this machine has it (mtl_core/native_pool.cpp): the same
-            # values and gradients as torch's, without its int64 indices and zero-filled gradient.
-            self.kernel = "C++ max-pool" if use_native_pooling(self.model) else None
-        self.generator = torch.Generator().manual_seed(config.seed)
+        self._start_bookkeeping()
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.step.optimizer
+
+    @property
+    def channels_last(self) -> bool:
+        return self.config.channels_last and get_model_spec(self.config.model).family == "cnn"
+
+    def _build_model(self) -> MultiTaskModel:
+        torch.manual_seed(self.config.seed)
+        model = build_model(self.config.model, self.config.tasks, alpha_init=self.config.alpha_init).to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def _shared_parameters(self) -> list[torch.nn.Parameter]:
+        """The shared parameters the conflict probes look at, and their names; a weighting method that
+        balances gradients on them is refused for a model without any."""
+        shared, _ = split_shared(self.model)
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        self._shared_names = [names[id(p)] for p in shared]
+        if self.weighting.needs_shared and not shared:
+            raise ConfigError(
+                f"{self.weighting.title} balances the tasks' gradients on shared parameters, and "
+                f"{self.config.model} shares none: choose hard sharing, cross-stitch or the CNN"
+            )
+        return shared
+
+    def _load_tensors(self, val_data: tuple | None) -> None:
+        """The images and each task's targets on the run's device: training, test and validation digits."""
+        tasks, data, device = self.config.tasks, self.data, self.device
+        self._train_x = data.train_x.to(device)
+        self._test_x = data.test_x.to(device)
+        self._train_t = {k: v.to(device) for k, v in make_targets(data.train_y, tasks).items()}
+        self._test_t = {k: v.to(device) for k, v in make_targets(data.test_y, tasks).items()}
+        self._eval_sets = {"test": (self._test_x, self._test_t)}
+        if val_data is not None:
+            val_x, val_y = val_data
+            self._eval_sets["validation"] = (
+                val_x.to(device),
+                {k: v.to(device) for k, v in make_targets(val_y, tasks).items()},
+            )
+
+    def _start_bookkeeping(self) -> None:
+        self.generator = torch.Generator().manual_seed(self.config.seed)
         self.status = "running"
         self.reason = ""
         self.best_epoch = 0
@@ -207,25 +170,6 @@ class Training:
         self.history: list[dict] = []
         # How far the running epoch is, for whoever watches (the worker's heartbeat reports it).
         self.batch_done, self.batches_per_epoch = 0, 1
-        tasks = config.tasks
-        self._train_x = data.train_x.to(self.device)
-        self._test_x = data.test_x.to(self.device)
-        self._train_t = {k: v.to(self.device) for k, v in make_targets(data.train_y, tasks).items()}
-        self._test_t = {k: v.to(self.device) for k, v in make_targets(data.test_y, tasks).items()}
-        self._eval_sets = {"test": (self._test_x, self._test_t)}
-        if val_data is not None:
-            val_x, val_y = val_data
-            self._eval_sets["validation"] = (
-                val_x.to(self.device),
-                {k: v.to(self.device) for k, v in make_targets(val_y, tasks).items()},
-            )
-        if self.fast is not None:
-            self._fast_targets = self.fast.prepare_targets(self._train_t)
-            self._fast_x = self.fast.prepare_inputs(self._train_x)
-        # The CNNs' first block folds BatchNorm into its convolution from the images' patch moments
-        # (mtl_core/batchfold.py): computed here once, about a second for 60,000 digits.
-        first_conv = getattr(self.model, "first_conv", None)
-        self._patch_moments = None if first_conv is None else patch_moments(self._train_x, first_conv())
 
     def _probe_batches(self) -> set[int]:
         """Which batches of this epoch the gradient-conflict probe looks at: evenly spread."""
@@ -246,8 +190,8 @@ class Training:
         saved = [b.clone() for b in model.buffers()]
         rng = torch.get_rng_state()
         cuda_rng = torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None
-        xb = self._inputs(self._train_x.index_select(0, idx.to(self._train_x.device)))
-        with torch.enable_grad(), self._autocast():
+        xb = self.step.inputs(self._train_x.index_select(0, idx.to(self._train_x.device)))
+        with torch.enable_grad(), self.step.autocast():
             out = model(xb)
         idx_t = idx.to(self.device)
         losses = [task_loss(t, out[t].float(), self._train_t[t].index_select(0, idx_t)) for t in tasks]
@@ -282,7 +226,7 @@ class Training:
             with torch.no_grad():
 
                 def losses(params: dict | None = None) -> dict[str, float]:
-                    with self._autocast():
+                    with self.step.autocast():
                         out = model(xb) if params is None else functional_call(model, params, (xb,))
                     return {t: float(task_loss(t, out[t].float(), targets[t])) for t in tasks}
 
@@ -318,71 +262,27 @@ class Training:
         gate_weights = getattr(self.model, "gate_weights", None)
         if gate_weights is None:
             return None
-        weights = gate_weights(self._inputs(self._test_x[:EVAL_BATCH]))
+        weights = gate_weights(self.step.inputs(self._test_x[:EVAL_BATCH]))
         return {t: w.float().mean(0).tolist() for t, w in weights.items()}
 
-    def _autocast(self):
-        # Autocast for bf16 runs on autograd; the fast step casts its first layer itself and is
-        # evaluated in fp32, as the Compare and Draw pages score it later.
-        if self.precision == "bf16" and self.fast is None:
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    def _inputs(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-    def _train_epoch(self, epoch: int) -> dict[str, float] | None:
-        """One pass over the training set; None when stopped (cancelled or diverged)."""
-        if self.fast is not None:
-            return self._fast_epoch(epoch)
-        cfg, model, weighting = self.config, self.model, self.weighting
-        # FlatAdam's update without the Optimizer wrapper's bookkeeping (about 0.15 ms a CNN step).
-        update = self.optimizer.update if isinstance(self.optimizer, FlatAdam) else self.optimizer.step
-        model.train()
-        sums = {t: torch.zeros((), device=self.device) for t in cfg.tasks}
-        objective = torch.zeros((), device=self.device)
-        n_seen = 0
+    def _train_epoch(self, epoch: int) -> tuple[dict[str, float], float] | None:
+        """One pass over the training set: (mean loss per task, mean objective), or None when stopped
+        (cancelled or diverged). The step runs `step.chunk` batches at a time (one, or the C++ loop's chunk);
+        between two chunks this loop checks Stop, reports progress and runs a conflict probe before its batch."""
+        step, stop = self.step, self.stop
         batches = self._epoch_batches()
         probes = self._probe_batches()
-        for b, idx in enumerate(batches):
-            self.batch_done = b
-            if self.stop is not None and self.stop():
+        step.begin_epoch()
+        for begin, end in chunk_bounds(len(batches), step.chunk, probes):
+            self.batch_done = begin
+            if stop is not None and stop():  # (a worker's stop check also sets the threads it may use)
                 return self._cancelled(epoch)
-            if b in probes:
-                self._probe_conflict(idx)
-            idx = idx.to(self.device)
-            xb = self._inputs(self._train_x.index_select(0, idx))
-            extra = {}
-            if self._patch_moments is not None:  # the first conv + BatchNorm as one convolution
-                extra["patch_moments"] = tuple(m.index_select(0, idx) for m in self._patch_moments)
-            with self._autocast():
-                out = model(xb, **extra)
-            targets = {t: self._train_t[t].index_select(0, idx) for t in cfg.tasks}
-            losses = {t: task_loss(t, out[t].float(), targets[t]) for t in cfg.tasks}
-            if not math.isfinite(torch.stack([v.detach() for v in losses.values()]).sum().item()):
-                return self._diverged(losses, epoch, b)
-            self.optimizer.zero_grad(set_to_none=True)
-            # The weighting method owns the backward (mtl_core/weighting.py) and says what it minimised.
-            total = weighting.backward(losses, self._shared, self._others)
-            update()
-            if weighting.needs_losses_after_step:  # FAMO: how much each loss fell on this batch
-                saved = [buf.clone() for buf in model.buffers()]  # a look, not a second training step:
-                with torch.no_grad(), self._autocast():
-                    again = model(xb)
-                    for buf, value in zip(model.buffers(), saved):  # BatchNorm's statistics are put back
-                        buf.copy_(value)
-                weighting.after_step({t: task_loss(t, again[t].float(), targets[t]) for t in cfg.tasks})
-            else:
-                weighting.after_step()
-            for t in cfg.tasks:
-                sums[t] += losses[t].detach() * len(idx)
-            objective += total * len(idx)
-            n_seen += len(idx)
-        # What was minimised, learned weights (and their log-variance terms) included.
-        self._objective = (objective / max(n_seen, 1)).item()
-        mean = {t: (s / max(n_seen, 1)).item() for t, s in sums.items()}
-        weighting.end_epoch(mean)
-        return mean
+            if begin in probes:
+                self._probe_conflict(batches[begin])
+            bad = step.run(batches, begin, end)
+            if bad is not None:
+                return self._diverged(bad[1], epoch, bad[0])
+        return step.end_epoch(sum(len(idx) for idx in batches))
 
     def _epoch_batches(self) -> list[torch.Tensor]:
         """This epoch's index batches (cut at `max_batches`); records how many, for `epoch_done`."""
@@ -391,61 +291,6 @@ class Training:
             batches = batches[: self.config.max_batches]
         self.batches_per_epoch = len(batches)
         return batches
-
-    def _native_epoch(self, epoch: int) -> dict[str, float] | None:
-        """`_fast_epoch` with the batches run by the C++ loop, a chunk at a time: between chunks (a few ms)
-        this loop checks Stop, reports progress and runs the conflict probes before their batch."""
-        cfg, stop, picker = self.config, self.stop, self._thread_picker
-        sums = torch.zeros(len(cfg.tasks), device=self.device)
-        batches = self._epoch_batches()
-        probes = sorted(self._probe_batches())
-        b, n_seen, used = 0, 0, {}
-        while b < len(batches):
-            self.batch_done = b
-            if stop is not None and stop():  # (a worker's stop check also sets the threads it may use)
-                return self._cancelled(epoch)
-            if b in probes:
-                self._probe_conflict(batches[b])
-            end = min([len(batches), b + NATIVE_CHUNK, *(q for q in probes if q > b)])
-            threads = picker.choose(torch.get_num_threads()) if self.pick_threads else torch.get_num_threads()
-            t0 = time.perf_counter()
-            losses, bad = self.native.run(self._fast_x, self._fast_targets, batches, b, end, sums, threads)
-            picker.record(threads, (time.perf_counter() - t0) / (end - b))
-            if bad >= 0:
-                return self._diverged(dict(zip(cfg.tasks, losses)), epoch, bad)
-            used[threads] = used.get(threads, 0) + end - b
-            n_seen += sum(len(idx) for idx in batches[b:end])
-            b = end
-        self._epoch_threads = {str(n): k for n, k in sorted(used.items())}
-        return dict(zip(cfg.tasks, (sums / max(n_seen, 1)).tolist()))
-
-    def _fast_epoch(self, epoch: int) -> dict[str, float] | None:
-        """`_train_epoch` on the hand-written step. The loop is kept bare on purpose: at about 0.4 ms
-        a step, each extra Python call or tensor operation per batch costs a percent or more."""
-        if self.native is not None:
-            return self._native_epoch(epoch)
-        cfg, fast, stop, update = self.config, self.fast, self.stop, self.optimizer.update
-        x_all, targets, weights, select = self._fast_x, self._fast_targets, fast.weights, fast.select
-        on_cpu = self.device.type == "cpu"
-        sums = torch.zeros(len(cfg.tasks), device=self.device)
-        n_seen = 0
-        batches = self._epoch_batches()
-        probes = self._probe_batches()
-        for b, idx in enumerate(batches):
-            self.batch_done = b
-            if stop is not None and stop():
-                return self._cancelled(epoch)
-            if b in probes:
-                self._probe_conflict(idx)
-            if not on_cpu:
-                idx = idx.to(self.device)
-            vec = fast(x_all.index_select(0, idx), select(targets, idx))  # writes the gradients, no graph
-            if not math.isfinite(torch.dot(vec, weights).item()):
-                return self._diverged(dict(zip(cfg.tasks, vec)), epoch, b)
-            update()
-            sums.add_(vec, alpha=len(idx))
-            n_seen += len(idx)
-        return dict(zip(cfg.tasks, (sums / max(n_seen, 1)).tolist()))
 
     @property
     def epoch_done(self) -> float:
@@ -478,8 +323,8 @@ class Training:
         self.model.eval()
         for start in range(0, len(x), EVAL_BATCH):
             sl = slice(start, start + EVAL_BATCH)
-            with self._autocast():
-                out = self.model(self._inputs(x[sl]))
+            with self.step.autocast():
+                out = self.model(self.step.inputs(x[sl]))
             yield sl, out  # outside autocast: the metrics and probabilities are computed in fp32
 
     @torch.no_grad()
@@ -507,13 +352,13 @@ class Training:
         for epoch in range(1, cfg.epochs + 1):
             t0 = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]
-            self._epoch_threads = None
-            train_loss = self._train_epoch(epoch)
-            if train_loss is None:
+            epoch_losses = self._train_epoch(epoch)
+            if epoch_losses is None:
                 # Diverged or cancelled: go back to the end of the last complete epoch.
                 self.model.load_state_dict(last_good)
                 break
             train_s = time.perf_counter() - t0
+            train_loss, objective = epoch_losses
             if self.scheduler is not None:
                 self.scheduler.step()
             metrics, eval_loss = self.evaluate()
@@ -530,12 +375,7 @@ class Training:
             record = {
                 "epoch": epoch,
                 "train_loss": train_loss,
-                "train_loss_total": self._objective
-                if self.fast is None
-                else sum(
-                    cfg.weight(t) * v
-                    for t, v in train_loss.items()  # the fast path: static weights only
-                ),
+                "train_loss_total": objective,  # what was minimised, learned weights included
                 # Which digits `metrics` were scored on: the test set, or the held-out validation digits.
                 "split": self.selection_split,
                 "test_loss" if self.selection_split == "test" else "val_loss": eval_loss,
@@ -546,7 +386,7 @@ class Training:
                 "lr": lr,
                 "threads": torch.get_num_threads(),  # at the epoch's end (a worker shares the cores out)
                 # The C++ loop: how many batches ran on each thread count it picked (ThreadPicker).
-                "thread_batches": self._epoch_threads,
+                "thread_batches": self.step.thread_batches,
                 "alphas": self.model.alphas(),
                 "loss_weights": self.weighting.epoch_weights(),  # the mean of the weights this epoch used
                 "gates": self._gate_record(),
@@ -590,6 +430,7 @@ class Training:
             "path": self.path,
             # the fast path's loop, "C++" or "Python"; on the CNNs "C++ max-pool" where pooling ran in C++
             "kernel": self.kernel,
+            "path_note": self.path_note,  # why not a faster step ("" when nothing was refused)
             "data": self.data.source,
         }
 

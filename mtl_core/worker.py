@@ -219,6 +219,8 @@ def train_run(
         how = f"{training.device} · {training.precision} · {training.path} path"
         if training.kernel:
             how += f" ({training.kernel})"  # the MLPs' loop (C++ or Python); the CNNs' C++ max-pool
+        if training.path_note:
+            how += f": {training.path_note}"  # why not a faster step (mtl_core/steps.py, choose_step)
         link.started(training.params, dataset.source, how)
         run_id = link.run_id
         saved_epoch, save_error = 0, ""

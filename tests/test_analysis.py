@@ -247,3 +247,72 @@ def test_validation_curves_are_named_as_such():
     }
     rows = curve_rows(run("hard", {}), [rec])
     assert {r["quantity"] for r in rows} == {"train loss", "validation loss", "validation acc", "seconds"}
+
+
+# ----------------------------------------------------------------------------- whose runs, which seeds count
+
+
+def seeded(seed, acc, created, owner="ada", student="Ada", status="finished", **config):
+    r = run("hard", {"even": {"acc": acc}, "mult3": {"acc": acc}}, created=created, status=status, seed=seed, **config)
+    r.update(id=f"run-{owner}-{created:06.0f}", owner=owner, student=student, best_avg=acc)
+    return r
+
+
+def test_one_owners_runs_with_distinct_seeds_are_one_row_of_n_seeds():
+    from mtl_core.analysis import group_rows, sort_seeds
+
+    runs = [seeded(s, a, created=s + 1) for s, a in ((2, 0.94), (0, 0.90), (1, 0.92))]
+    seeds = sort_seeds(runs)
+    assert [[r["config"]["seed"] for r in g] for g in seeds.groups] == [[0, 1, 2]] and seeds.duplicates == {}
+    (row,) = group_rows(seeds, pool=runs)
+    assert row["seeds"] == 3 and row["best avg acc %"] == "92.00 ± 2.00"
+    assert row["configuration"].startswith("Ada: hard · even+mult3 · 3 seeds (0, 1, 2)")
+    assert "duplicates" not in row  # no column of blanks when nothing repeats
+
+
+def test_a_repeated_seed_is_one_seed_and_a_flagged_duplicate_never_a_zero_spread():
+    from mtl_core.analysis import group_rows, sort_seeds
+
+    old, new = seeded(0, 0.9873, created=1), seeded(0, 0.9873, created=2)
+    seeds = sort_seeds([old, new])
+    (group,) = seeds.groups
+    assert group == [new]  # the newest run of the seed counts
+    assert seeds.duplicates == {old["id"]: (old, new)}
+    (row,) = group_rows(seeds, pool=[old, new])
+    assert row["seeds"] == 1 and row["best avg acc %"] == "98.73"  # no "± 0.00" from one seed twice
+    assert row["configuration"].endswith("· seed 0")
+    assert row["duplicates"] == f"run {old['id'][-6:]} duplicate of seed 0 (run {new['id'][-6:]} counts)"
+    # A newer run of the seed still training does not push out the finished one.
+    running = seeded(0, None, created=3, status="running")
+    running["best"], running["best_avg"] = {}, None
+    seeds = sort_seeds([old, new, running])
+    assert seeds.groups == [[new]] and set(seeds.duplicates) == {old["id"], running["id"]}
+    # With a second seed: the spread is over seeds 0 and 1, one run each.
+    one = seeded(1, 0.9673, created=4)
+    (row,) = group_rows(sort_seeds([old, new, one]), pool=[old, new, one])
+    assert row["seeds"] == 2 and row["best avg acc %"] == "97.73 ± 1.41"
+
+
+def test_two_students_are_two_rows_unless_the_teacher_combines_them():
+    from mtl_core.analysis import group_rows, sort_seeds
+
+    runs = [
+        seeded(0, 0.90, 1, owner="ada", student="Ada"),
+        seeded(0, 0.94, 2, owner="bob", student="Bob"),
+        seeded(1, 0.92, 3, owner="bob", student="Bob"),
+        seeded(0, 0.80, 4, owner="cy", student=""),  # no name given
+    ]
+    apart = group_rows(sort_seeds(runs), pool=runs, students=True)
+    assert [(r["student"], r["seeds"]) for r in apart] == [("Ada", 1), ("Bob", 2), ("(no name given)", 1)]
+    assert apart[0]["configuration"].startswith("Ada: hard") and apart[1]["configuration"].startswith("Bob: hard")
+    pooled = sort_seeds(runs, across_owners=True)
+    (group,) = pooled.groups
+    assert [(r["owner"], r["config"]["seed"]) for r in group] == [("cy", 0), ("bob", 1)]  # newest of seed 0
+    assert {d["owner"] for d, _ in pooled.duplicates.values()} == {"ada", "bob"}
+    (row,) = group_rows(pooled, pool=runs, students=True)
+    assert row["seeds"] == 2 and row["student"] == "Bob, 1 without a name"
+    assert row["configuration"].startswith("Bob, 1 without a name: hard · even+mult3 · 2 seeds (0, 1)")
+    assert row["duplicates"] == (
+        "run 000002 (Bob) duplicate of seed 0 (run 000004 (no name given) counts); "
+        "run 000001 (Ada) duplicate of seed 0 (run 000004 (no name given) counts)"
+    )

@@ -108,11 +108,13 @@ def test_the_accuracy_check_trains_both_pipelines_by_the_recipe(real_data):
     results = bench.accuracy_check(data, seeds=1, epochs=2)
     assert list(results) == [name for name, _ in bench.ACCURACY_PIPELINES]
     digits = [r["final"][0] for r in results.values()]
-    # Two epochs on 3,000 real digits: every pipeline learns the digits, and they learn them alike.
-    assert min(digits) > 0.85, digits
+    # Two epochs on 3,000 real digits: every pipeline learns the digits, and they learn them alike. The
+    # embedded subset (a clone without ../shared) gives about 0.75 for every pipeline after the same two epochs.
+    floor = 0.85 if data.source == "mnist" else 0.65
+    assert min(digits) > floor, digits
     assert max(digits) - min(digits) < 0.05, digits
     for r in results.values():
-        assert r["best"][0] >= 0.85 and 0.85 < r["avg"][0] <= 1.0
+        assert r["best"][0] >= floor and floor < r["avg"][0] <= 1.0
 
 
 def test_the_accuracy_check_takes_a_seed_range_and_a_choice_of_our_pipelines(real_data, capsys):

@@ -184,3 +184,52 @@ def test_the_conflict_chart_has_one_line_per_task_pair_and_a_zero_line():
     assert list(fig.data[1].y) == [-0.5, 0.2]
     assert any(s.y0 == 0 for s in fig.layout.shapes)  # the line below which tasks conflict
     assert conflict_chart([{"epoch": 1, "conflict": None}]) is None  # STL: nothing shared, nothing drawn
+
+
+def test_a_click_on_a_confusion_cell_is_read_back_as_that_cell():
+    from dashboard.charts import cell_of_point, confusion_heatmap
+
+    classes = ("0", "1", "2")
+    fig = confusion_heatmap(np.arange(9).reshape(3, 3), classes, "digit")
+    markers = fig.data[1]
+    for row in range(3):
+        for col in range(3):
+            k = row * 3 + col  # the marker of cell (true row, predicted col) sits on that cell
+            assert (markers.x[k], markers.y[k]) == (classes[col], classes[row])
+            assert cell_of_point({"curve_number": 1, "point_index": k}, 3) == (row, col)
+    assert cell_of_point({"curve_number": 0, "point_index": 4}, 3) is None  # the heatmap itself reports nothing
+    assert cell_of_point({"curve_number": 1}, 3) is None
+
+
+def test_a_clicked_cell_opens_the_cell_picker_on_it():
+    from types import SimpleNamespace
+
+    from streamlit.testing.v1 import AppTest
+
+    def page():
+        from types import SimpleNamespace
+
+        import numpy as np
+        import streamlit as st
+        import torch
+
+        from dashboard import details
+
+        true, pred = np.array([0, 1, 1, 1]), np.array([1, 1, 0, 0])
+        data = SimpleNamespace(test_x=torch.zeros(4, 1, 28, 28), test_y=true)
+        if st.session_state.get("click"):  # what Streamlit runs when a cell of the "even" matrix is clicked
+            details._open_clicked_cell("even", 2)
+        details.cell_digits_ui({"even": {"true": true, "pred": pred}}, data, ["even"])
+
+    at = AppTest.from_function(page)
+    at.run()
+    assert at.selectbox(key="cell_true_even").value == 1 and at.selectbox(key="cell_pred_even").value == 0
+    at.session_state["cm_even"] = SimpleNamespace(
+        selection=SimpleNamespace(points=[{"curve_number": 1, "point_index": 1}])
+    )
+    at.session_state["click"] = True
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="cell_true_even").value == 0 and at.selectbox(key="cell_pred_even").value == 1
+    assert any(c.value.startswith("1 test digits are") for c in at.caption)
+    assert at.session_state["cell_open"] is True

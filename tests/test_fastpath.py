@@ -157,10 +157,10 @@ def test_the_bf16_first_layer_gives_autograds_gradients_to_bf16_precision(case, 
     ],
 )
 def test_auto_precision_takes_bf16_only_where_it_is_native_and_pays(model, changes, native, expected, monkeypatch):
-    from mtl_core import train
+    from mtl_core import steps
     from mtl_core.data import make_synthetic
 
-    monkeypatch.setattr(train, "bf16_is_native", lambda device: native)
+    monkeypatch.setattr(steps, "bf16_is_native", lambda device: native)
     cfg = TrainConfig.preset(model, data="synthetic", **changes)
     assert cfg.precision == changes.get("precision", "auto")  # every preset asks for auto
     training = Training(cfg, make_synthetic(256, 64))
@@ -244,7 +244,7 @@ def test_the_autograd_path_on_one_flat_adam_trains_as_torchs_adam(model_name, sy
     fused Adam call (alphas at their own learning rate); torch's Adam over the same parameters takes
     the same steps."""
     from mtl_core.fastpath import FlatAdam
-    from mtl_core.train import make_optimizer
+    from mtl_core.steps import make_optimizer
 
     cfg = TrainConfig.preset(
         model_name, epochs=2, batch_size=32, max_batches=6, data="synthetic", precision="fp32", weight_decay=0.01
@@ -257,7 +257,7 @@ def test_the_autograd_path_on_one_flat_adam_trains_as_torchs_adam(model_name, sy
     assert isinstance(ours.optimizer, FlatAdam) and ours.path == "autograd"
     ours_records = list(ours.records())  # one run after the other: dropout draws from the global RNG
     theirs = Training(cfg, synthetic)
-    theirs.optimizer = make_optimizer(cfg, theirs.model, theirs.device)  # torch's fused Adam, per parameter
+    theirs.step.optimizer = make_optimizer(cfg, theirs.model, theirs.device)  # torch's fused Adam, per parameter
     for a, b in zip(ours_records, theirs.records(), strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
     for (name, p), q in zip(ours.model.named_parameters(), theirs.model.parameters()):

@@ -235,17 +235,17 @@ def test_a_link_outside_the_form_is_refused_on_the_page_before_anything_is_loade
 
 @pytest.mark.parametrize("model", ["hard", "cross_stitch"])
 def test_the_forms_widgets_and_the_link_check_read_one_table_of_ranges(model):
-    from dashboard.links import FIELDS
-    from mtl_core.config import FORM_RANGES
+    from mtl_core.config import FORM_RANGES, controls
 
     at = open_page("views/train.py")
     at.radio(key="train_model").set_value(model).run()
     assert_ok(at)
     inputs = {w.key: w for w in at.number_input}
     checked = 0
-    for name, field in [*FIELDS.items(), ("w_even", "loss_weights")]:
-        if field in FORM_RANGES and f"f_{name}_{model}" in inputs:
+    for c in controls():
+        name = "w_even" if c.field == "loss_weights" else c.name
+        if c.bounds and f"f_{name}_{model}" in inputs:
             widget = inputs[f"f_{name}_{model}"]
-            assert (widget.min, widget.max) == pytest.approx(FORM_RANGES[field]), name
+            assert (widget.min, widget.max) == pytest.approx(FORM_RANGES[c.field]), name
             checked += 1
     assert checked == len(FORM_RANGES) - (model == "hard")  # hard has no alpha multiplier

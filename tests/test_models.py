@@ -252,10 +252,10 @@ def test_a_cnn_trains_the_same_with_its_first_block_folded(synthetic):
         "cnn", epochs=2, batch_size=32, max_batches=12, data="synthetic", precision="fp32", device="cpu"
     )  # (on a GPU, cuDNN's and TF32's rounding would blur the comparison)
     folded = Training(cfg, synthetic)
-    assert folded._patch_moments is not None
+    assert folded.step.patch_moments is not None
     folded_records = list(folded.records())
     plain = Training(cfg, synthetic)
-    plain._patch_moments = None
+    plain.step.patch_moments = None
     for a, b in zip(folded_records, plain.records(), strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
         for task, m in a["metrics"].items():

@@ -93,7 +93,7 @@ def test_the_cpp_loop_trains_as_the_python_loop(model_name, changes, synthetic, 
         training = Training(cfg, synthetic)
         assert training.kernel == kernel
         (record,) = training.records()
-        flat = training.fast.params.flat
+        flat = training.step.hand.params.flat
         runs[kernel] = (record, flat.detach().clone(), flat.grad.clone(), training.optimizer.state[flat])
     (fast, fast_flat, fast_grad, fast_state), (slow, slow_flat, slow_grad, slow_state) = runs["C++"], runs["Python"]
     for t in cfg.tasks:
@@ -226,7 +226,8 @@ def test_a_chunk_on_its_own_thread_count_gives_the_count_back(module, synthetic)
             TrainConfig.preset("hard", epochs=1, batch_size=8, data="synthetic", device="cpu"), synthetic
         )
         batches = training._epoch_batches()
-        _, bad = training.native.run(training._fast_x, training._fast_targets, batches, 0, 4, torch.zeros(2), 1)
+        step = training.step
+        _, bad = step.native.run(step.x, step.targets, batches, 0, 4, torch.zeros(2), 1)
         assert bad == -1 and torch.get_num_threads() == 2
         (record,) = training.records()
         assert record["threads"] == 2 and sum(record["thread_batches"].values()) == len(batches)

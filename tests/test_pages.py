@@ -585,6 +585,33 @@ def test_compare_combines_seeds_into_mean_std_with_bands_and_pairs_delta_m_by_se
     assert "run" in per_run.columns and len(per_run) == 4  # the four runs chosen when the page opened
 
 
+def test_compare_counts_a_repeated_seed_once_and_names_the_duplicate(synthetic):
+    first = stored_run("hard", synthetic, seed=0)
+    again = stored_run("hard", synthetic, seed=0)  # the same experiment again, not a second seed
+    stored_run("hard", synthetic, seed=1)
+    at = open_page("views/compare.py")
+    assert_ok(at)
+    table = at.dataframe[0].value
+    (row,) = table.to_dict("records")
+    assert row["seeds"] == 2 and row["finished"] == 2 and row["configuration"].endswith("2 seeds (0, 1)")
+    assert row["duplicates"] == f"run {first[-6:]} duplicate of seed 0 (run {again[-6:]} counts)"
+    assert "student" not in table.columns  # one student's own runs
+    caption = texts(at.caption)
+    assert "Not counted as seeds" in caption and "newest finished run of each seed counts" in caption
+    assert md_escape(f"hard · even+mult3 · {first[-6:]} repeats seed 0 of hard · even+mult3 · {again[-6:]}") in caption
+
+
+def test_the_download_box_states_what_the_exported_files_take_and_give(synthetic):
+    from mtl_core.data import MEAN, STD
+
+    stored_run("hard", synthetic)
+    at = open_page("views/train.py")
+    assert_ok(at)
+    caption = texts(at.caption)
+    assert f"Input: N×1×28×28 float32, pixels in 0–1 (white ink on black), then (x − {MEAN}) / {STD}." in caption
+    assert "Outputs, in this order: even: one logit per image, > 0 means even; mult3:" in caption
+
+
 def test_a_run_with_a_validation_split_says_where_its_epoch_was_picked(synthetic):
     run_id = stored_run("hard", synthetic, val_split=100)
     at = open_page("views/train.py")

@@ -68,6 +68,19 @@ def test_stale_heartbeats_interrupt_only_stale_runs(store):
     assert "heartbeat" in store.get_run(a)["reason"]
 
 
+def test_a_late_heartbeat_from_a_worker_that_still_runs_is_waited_for(store):
+    cfg = TrainConfig.preset("hard").to_dict()
+    slow, dead = store.create_run(cfg), store.create_run(cfg)
+    assert store.claim_next("w-slow") == slow and store.claim_next("w-dead") == dead
+    with sqlite3.connect(store.path) as db:  # neither has beaten for 60 s
+        db.execute("UPDATE runs SET heartbeat = heartbeat - 60")
+    assert store.interrupt_stale(10.0, alive=frozenset({"w-slow"}), alive_age_s=120.0) == [dead]
+    assert store.get_run(slow)["status"] == "running"  # its process runs: a loaded machine, not a lost worker
+    with sqlite3.connect(store.path) as db:
+        db.execute("UPDATE runs SET heartbeat = heartbeat - 100 WHERE id=?", (slow,))
+    assert store.interrupt_stale(10.0, alive=frozenset({"w-slow"}), alive_age_s=120.0) == [slow]  # hung: 160 s
+
+
 def test_round_robin_across_owners(store):
     cfg = TrainConfig.preset("hard").to_dict()
     greedy = [store.create_run(cfg, owner="greedy") for _ in range(4)]

@@ -9,7 +9,8 @@ import torch
 from mtl_core.config import ConfigError, TrainConfig
 from mtl_core.fastpath import FlatAdam
 from mtl_core.models import build_model, shares_parameters
-from mtl_core.train import Training, make_optimizer
+from mtl_core.steps import make_optimizer
+from mtl_core.train import Training
 from mtl_core.weighting import DWA, FAMO, WEIGHTINGS, GradNorm, UncertaintyWeighting, task_gradient_rows
 
 

@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.charts import bars, overlay
-from dashboard.classroom import visible_runs
+from dashboard.classroom import is_teacher, visible_runs
 from dashboard.details import details_ui
 from dashboard.forms import SOURCE_NAMES, study_estimate_ui
 from dashboard.state import client_address, get_runner, get_store, owner_id
@@ -21,8 +21,8 @@ from mtl_core.analysis import (
     missing_baselines,
     ordered_columns,
     run_label,
-    seed_groups,
     seed_study_rows,
+    sort_seeds,
 )
 from mtl_core.config import TrainConfig
 from mtl_core.data import SOURCES
@@ -76,14 +76,31 @@ if not selected:
 
 # A unit is what one row, line and bar stands for: one run, or with "combine" one configuration over
 # its seeds (its line the mean with a band of ± std, its bar the mean with the std as error bar).
-groups = seed_groups(selected)
-combine = any(len(g) > 1 for g in groups) and st.toggle(
+# Only one student's runs pool, unless the teacher says otherwise; a repeated seed never counts twice.
+students = len({r["owner"] for r in selected}) > 1  # the teacher's view or the class gallery
+may_pool = is_teacher() and students
+widest = sort_seeds(selected, across_owners=may_pool)
+combine = (bool(widest.duplicates) or any(len(g) > 1 for g in widest.groups)) and st.toggle(
     "Combine seeds: one row per configuration, mean ± std over its seeds",
     value=True,
     key="compare_combine",
-    help="Runs that differ only in their seed are one configuration. A difference between two configurations "
-    "smaller than the spread between seeds of one of them is noise.",
+    help="One student's runs that differ only in their seed are one configuration. A difference between two "
+    "configurations smaller than the spread between seeds of one of them is noise. A run that repeats a seed "
+    "is the same experiment again: only the newest finished run of each seed counts.",
 )
+across = (
+    combine
+    and may_pool
+    and st.toggle(
+        "Combine across students",
+        value=False,
+        key="compare_across",
+        help="Pool the same configuration from every student into one row; a seed two students both trained "
+        "still counts once.",
+    )
+)
+seeds = sort_seeds(selected, across_owners=across)
+groups = seeds.groups
 units = groups if combine else [[r] for r in selected]
 
 
@@ -92,10 +109,10 @@ def unit_label(unit: list[dict]) -> str:
 
 
 if combine:
-    rows = group_rows(groups, pool=runs)
+    rows = group_rows(seeds, pool=runs, students=students)
     no_dm = [(group_label(g), group_delta_m(g, runs)[1]) for g in groups]
 else:
-    rows = compare_rows(selected, pool=runs)
+    rows = compare_rows(selected, pool=runs, students=students)
     no_dm = [(run_label(r), delta_m_missing(r, runs)) for r in selected]
 table = pd.DataFrame(rows, columns=ordered_columns(rows))  # the same order whichever run comes first
 st.subheader("Your runs")
@@ -103,6 +120,15 @@ st.dataframe(table, hide_index=True, width="stretch")
 no_dm = [f"{md_escape(label)}: {why}" for label, why in no_dm if why]
 if no_dm:
     st.caption("No Δm for " + "; ".join(no_dm) + ".")
+if combine and seeds.duplicates:
+    repeats = [
+        f"{run_label(d)} repeats seed {kept['config'].get('seed', 0)} of {run_label(kept)}"
+        for d, kept in seeds.duplicates.values()
+    ]
+    st.caption(
+        "Not counted as seeds (the same seed again is the same experiment, not another sample; the newest "
+        "finished run of each seed counts): " + "; ".join(md_escape(t) for t in repeats) + "."
+    )
 missing = missing_baselines(selected, runs)
 if missing:
     word = "run" if len(missing) == 1 else "runs"
@@ -168,7 +194,9 @@ histories = {r["id"]: store.epochs(r["id"]) for r in selected}
 curves = pd.DataFrame([row for r in selected for row in curve_rows(r, histories[r["id"]])])
 d1, d2, d3 = st.columns(3)
 full_rows = (
-    group_rows(groups, pool=runs, rounded=False) if combine else compare_rows(selected, pool=runs, rounded=False)
+    group_rows(seeds, pool=runs, rounded=False, students=students)
+    if combine
+    else compare_rows(selected, pool=runs, rounded=False, students=students)
 )
 full = pd.DataFrame(full_rows, columns=ordered_columns(full_rows))
 # spreadsheet_safe: a run name such as =HYPERLINK(...) stays text when the CSV is opened in a spreadsheet.

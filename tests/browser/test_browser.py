@@ -325,6 +325,21 @@ def test_compare_table_csv_download(app: Page, screenshot_dir):
     # The bars of the tab before stay (faded) until this run ends, then they are gone.
     app.wait_for_function(f"() => !({PLOT_TITLES_JS})().some(t => t.startsWith('Best average accuracy'))", timeout=T)
     shot(app, screenshot_dir / "compare_inside.png")
+    # A click on a confusion-matrix cell opens the digits it counts: the second row's diagonal cell, which
+    # is never the picker's start (the worst mistake, or the first cell when there is none).
+    cell = app.evaluate(
+        """() => {
+            const p = Array.from(document.querySelectorAll('.js-plotly-plot'))
+                .find(p => (p.data || []).some(d => d.type === 'heatmap'));
+            p.scrollIntoView({block: 'center'});
+            const fl = p._fullLayout, r = p.getBoundingClientRect(), classes = p.data[0].x;
+            return {x: r.left + fl.xaxis._offset + fl.xaxis.l2p(1), y: r.top + fl.yaxis._offset + fl.yaxis.l2p(1),
+                    name: classes[1]};
+        }"""
+    )
+    app.mouse.click(cell["x"], cell["y"])
+    opened = re.compile(rf"^\d+ test digits are {re.escape(cell['name'])} and were answered {re.escape(cell['name'])}")
+    expect(app.get_by_text(opened)).to_be_visible(timeout=T)
 
 
 def test_cross_stitch_alpha_heatmaps(app: Page, screenshot_dir):
