@@ -13,7 +13,9 @@ With `--hostile` (the default), two of the N are not regular students, and they 
 - the hostile student trains a short run, opens Draw and sends the canvas a PNG data URL no page should
   decode, `--hostile-rate` times a second until the class is over: alternately a noise picture of
   `--hostile-mb` MB (over the 2 MB limit) and a blank 20000x20000 one (a few kB, over the pixel limit),
-  each one different so no cache can answer it. It should get the "too large" sentence back.
+  each one different so no cache can answer it, and every 50th one of 4 MB, over the server's websocket
+  message limit: the server closes that tab and the attacker opens it again. It should get the "too
+  large" sentence back.
 The regular students arrive once the long runs train and the flood has begun.
 
 Two kinds of session: `--browsers` of the regular students (default 5, spread over the arrivals) in
@@ -215,7 +217,7 @@ class Plan:
     watchers: int = 5
     hostile: bool = True
     hostile_rate: float = 50.0
-    hostile_mb: float = 3.0
+    hostile_mb: float = 2.1
 
 
 @dataclass
@@ -442,10 +444,16 @@ class HostilePictures:
     so no cache of outcomes can answer one; the PNG before that chunk is encoded once (its length is padded
     to a multiple of 3 bytes, so its base64 is a prefix of every message's)."""
 
-    def __init__(self, mb: float):
-        side = max(8, int((mb * 1e6 / 3) ** 0.5))
-        noise = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
-        self.kinds = [self._prefix(Image.fromarray(noise, "RGB"), 1), self._prefix(Image.new("1", (20_000, 20_000)), 9)]
+    def __init__(self, mb: float, huge_mb: float = 4.0, huge_every: int = 50):
+        def noise(mb: float) -> str:
+            side = max(8, int((mb * 1e6 / 3) ** 0.5))
+            pixels = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+            return self._prefix(Image.fromarray(pixels, "RGB"), 1)
+
+        self.kinds = [noise(mb), self._prefix(Image.new("1", (20_000, 20_000)), 9)]
+        # Every `huge_every`-th message is over the server's websocket message limit (.streamlit/config.toml):
+        # the server closes that tab, and the attacker opens it again (hostile_session).
+        self.huge, self.huge_every = noise(huge_mb), huge_every
         self.sent = 0
 
     @staticmethod
@@ -461,7 +469,8 @@ class HostilePictures:
     def next(self) -> str:
         self.sent += 1
         tail = _png_chunk(b"tEXt", b"n\0" + str(self.sent).encode()) + _png_chunk(b"IEND", b"")
-        return self.kinds[self.sent % len(self.kinds)] + base64.b64encode(tail).decode() + '"}}'
+        kind = self.huge if self.sent % self.huge_every == 0 else self.kinds[self.sent % len(self.kinds)]
+        return kind + base64.b64encode(tail).decode() + '"}}'
 
 
 async def hostile_session(
@@ -486,9 +495,20 @@ async def hostile_session(
         s.seen = []
         t0 = time.perf_counter()
         sent = n_bytes = 0
+        reconnects = 0
         while not flood_over.is_set():
             picture = pictures.next()
-            await s.send({"canvas": value(json_value=picture)})
+            try:
+                await s.send({"canvas": value(json_value=picture)})
+            except Exception:  # noqa: BLE001 - the server closed this tab (a message over its size limit)
+                # An attacker opens the tab again, as the same student, and goes on.
+                reconnects += 1
+                cookies = s.cookies
+                await s.close()
+                s = ThinSession(base, timeout_s=T / 1000, cookies=cookies)
+                await s.load("draw", "Draw a digit")
+                s.seen = []
+                continue
             sent, n_bytes = sent + 1, n_bytes + len(picture)
             pause = t0 + sent / plan.hostile_rate - time.perf_counter()
             if pause > 0:
@@ -503,6 +523,7 @@ async def hostile_session(
             rate_per_s=round(sent / seconds, 1) if seconds else None,
             mb_sent=round(n_bytes / 1e6),
             too_large_seen_in_flood=sum(bool(TOO_LARGE.search(t)) for t in s.seen),
+            reconnects_after_the_server_closed_the_tab=reconnects,
         )
         step = "a last picture"  # with time to be read: the sentence must come in a complete run
         report["last_answer_s"] = round(await s.act(has(TOO_LARGE), {"canvas": value(json_value=pictures.next())}), 2)
@@ -856,7 +877,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hostile", action=argparse.BooleanOptionalAction, default=True,
                     help="add the hostile canvas student and the long-jobs student (two of the N)")  # fmt: skip
     ap.add_argument("--hostile-rate", type=float, default=50.0, help="canvas messages a second from the hostile tab")
-    ap.add_argument("--hostile-mb", type=float, default=3.0, help="size of the hostile tab's noise picture")
+    ap.add_argument(
+        "--hostile-mb", type=float, default=2.1, help="size of the hostile tab's noise picture (over the 2 MB limit)"
+    )
     ap.add_argument("--long-epochs", type=int, default=300, help="epochs of each of the two long 4-task CNN runs")
     ap.add_argument("--watchers", type=int, default=5, help="more tabs of the long-jobs student watching its runs")
     a = ap.parse_args(argv)

@@ -7,13 +7,28 @@ no browser open), then Streamlit on `app.py` in this same process.
 
 from __future__ import annotations
 
+import ctypes
 import sys
 from pathlib import Path
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
 
 
+def _fewer_malloc_arenas(arenas: int = 2) -> None:
+    """glibc gives each thread that allocates its own memory arena and keeps what was freed there for that
+    thread; Streamlit runs every session's script in a thread of its own, so memory one session freed
+    stays with its thread. In benchmarks/load.py's class of 30 the server peaked at +975 MB over idle
+    without this (a light run: the hostile tab gave up early) and at +287 MB with it (the hostile tab
+    flooding throughout); BENCHMARKS.md has both rows. Set before any thread starts; elsewhere than glibc
+    it does nothing."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # -8: M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> None:
+    _fewer_malloc_arenas()
     from mtl_core.classroom import teacher_token
     from mtl_core.identity import RateLimits
     from mtl_core.jobs import RunnerSettings, server_runner

@@ -21,6 +21,8 @@ def test_server_settings_suit_a_classroom():
     cfg = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
     assert cfg["server"]["enableXsrfProtection"] is True
     assert 0 < cfg["server"]["maxUploadSize"] <= 5  # MB
+    # One websocket message: room for the largest canvas picture the page accepts (2 MB), no more.
+    assert 2 < cfg["server"]["maxWidgetStateSize"] <= 4  # MB
     assert 0 < cfg["server"]["disconnectedSessionTTL"] <= 120
     assert cfg["runner"]["postScriptGC"] is False  # a full GC after every fragment run starves the server
     assert cfg["client"]["showErrorDetails"] == "none"  # a sentence, never a traceback with paths
