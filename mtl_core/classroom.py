@@ -17,28 +17,38 @@ from .text import COLON_LIKE, plain_text
 NAME_MAX = 30
 
 
-def teacher_token(home: Path) -> str:
-    env = os.environ.get("MTL_TEACHER_TOKEN", "").strip()
-    if env:
-        return env
-    path = Path(home) / "teacher-token"
+def kept_secret(path: Path, nbytes: int) -> str:
+    """A random secret made once and kept in `path` (readable by the server's user only), so a restart
+    keeps it. Two processes that start at once agree on the first one written; on a read-only disk it
+    lasts as long as this process."""
     try:
-        token = path.read_text().strip()
-        if token:
-            return token
+        secret = path.read_text().strip()
+        if secret:
+            return secret
     except FileNotFoundError:
         pass
-    token = _unsaved.setdefault(str(path), secrets.token_urlsafe(12))
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(token + "\n")
-    except OSError:
-        pass  # a read-only disk: the token lasts as long as this server process
-    return token
+    secret = _unsaved.setdefault(str(path), secrets.token_urlsafe(nbytes))
+    for flags in (os.O_CREAT | os.O_EXCL, os.O_TRUNC):  # an empty file left behind is written over
+        try:
+            fd = os.open(path, os.O_WRONLY | flags, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secret + "\n")
+            return secret
+        except FileExistsError:  # another process wrote it first: use theirs
+            theirs = path.read_text().strip()
+            if theirs:
+                return theirs
+        except OSError:
+            return secret
+    return secret
 
 
-_unsaved: dict[str, str] = {}
+def teacher_token(home: Path) -> str:
+    env = os.environ.get("MTL_TEACHER_TOKEN", "").strip()
+    return env or kept_secret(Path(home) / "teacher-token", 12)
+
+
+_unsaved: dict[str, str] = {}  # secrets a read-only disk could not keep: stable for this process at least
 
 
 def is_teacher_token(given: str, token: str) -> bool:

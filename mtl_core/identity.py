@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import sqlite3
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
+from .classroom import kept_secret
 from .settings import env_float, env_int
 
 ID_COOKIE = "mtl_id"
@@ -63,26 +63,7 @@ class RateLimits:
 
 def signing_key(home: Path) -> str:
     """The server's cookie-signing key: made once, kept in `home/identity-key` with mode 0600."""
-    path = Path(home) / "identity-key"
-    try:
-        key = path.read_text().strip()
-        if key:
-            return key
-    except FileNotFoundError:
-        pass
-    key = _unsaved.setdefault(str(path), secrets.token_urlsafe(32))
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(key + "\n")
-    except FileExistsError:  # another process wrote it first: use theirs
-        return path.read_text().strip() or key
-    except OSError:
-        pass  # a read-only disk: identities last as long as this server process
-    return key
-
-
-_unsaved: dict[str, str] = {}
+    return kept_secret(Path(home) / "identity-key", 32)
 
 
 def new_secret() -> str:

@@ -123,9 +123,10 @@ def test_a_lesson_queues_its_runs_for_the_student_in_one_click():
     }
     assert all(r["config"]["data"] == "mnist-subset" and r["config"]["epochs"] == 5 for r in runs)
     said = "Queued its 2 runs. Watch them train on the **Train** page; **Compare** shows them side by side."
-    assert texts(at.success) == said and texts(at.toast) == said
+    # (Home's "Training on mnist: ..." is a success box too, where the server has full MNIST.)
+    assert said in texts(at.success).splitlines() and texts(at.toast) == said
     at.run()  # a rerun that is not the click (a poll, another widget): the confirmation stays
-    assert texts(at.success) == said
+    assert said in texts(at.success).splitlines()
 
 
 def test_a_lesson_opens_in_the_train_form_with_its_settings():
@@ -146,7 +147,7 @@ def test_the_noise_lesson_queues_two_seeds_of_each_model_that_compare_pairs_up()
     assert_ok(at)
     runs = RunStore().list_runs(owner=OWNER)
     assert len(runs) == 4  # within a student's cap of queued runs
-    assert texts(at.success).startswith("Queued its 4 runs.")  # the same confirmation as every lesson
+    assert any(t.startswith("Queued its 4 runs.") for t in texts(at.success).splitlines())  # as every lesson
     assert all(r["config"]["val_split"] == 500 and r["config"]["data"] == "mnist-subset" for r in runs)
     groups = seed_groups(sorted(runs, key=lambda r: r["model"]))
     assert [(g[0]["model"], [r["config"]["seed"] for r in g]) for g in groups] == [("hard", [0, 1]), ("stl", [0, 1])]
