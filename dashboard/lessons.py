@@ -84,6 +84,9 @@ LESSONS = (
 )
 
 
+COMPARE_FOCUS = "compare_focus"  # the runs a lesson queued last: what Compare selects when it opens
+
+
 def queued_sentence(lesson: Lesson) -> str:
     """What every lesson says once its runs are queued: how many, and where to watch and compare them."""
     n = len(lesson.runs)
@@ -107,13 +110,14 @@ def lessons_ui() -> None:
             c1, c2, c3 = st.columns(3)
             if c1.button("▶ Queue the runs", key=f"lesson_queue_{lesson.key}", type="primary"):
                 try:
-                    get_runner().submit_many(
+                    ids = get_runner().submit_many(
                         [c for _, c in lesson.runs], owner_id(), [label for label, _ in lesson.runs],
                         client=client_address(),
                     )  # fmt: skip
                 except (QueueFull, StoreUnavailable) as exc:
                     st.warning(str(exc))
                 else:
+                    st.session_state[COMPARE_FOCUS] = ids  # Compare opens on exactly these runs
                     done = queued_sentence(lesson)
                     st.session_state[f"lesson_done_{lesson.key}"] = done
                     st.toast(done)

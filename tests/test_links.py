@@ -129,6 +129,22 @@ def test_a_lesson_queues_its_runs_for_the_student_in_one_click():
     assert said in texts(at.success).splitlines()
 
 
+def test_compare_opens_on_exactly_the_runs_a_lesson_queued(synthetic):
+    for seed in range(7):  # more finished runs than Compare selects by itself
+        stored_run("hard", synthetic, seed=seed)
+    at = open_page()
+    at.button(key="lesson_queue_noise").click().run()
+    assert_ok(at)
+    store = RunStore()
+    lesson = {r["id"] for r in store.list_runs(owner=OWNER) if r["label"].startswith("lesson: ")}
+    assert len(lesson) == 4
+    while store.claim_next("test-worker"):  # they start (Compare lists runs once they have started)
+        pass
+    at.switch_page("views/compare.py").run()
+    assert_ok(at)
+    assert set(at.multiselect(key="compare_runs").value) == lesson
+
+
 def test_a_lesson_opens_in_the_train_form_with_its_settings():
     at = open_page()
     at.button(key="lesson_open_alphas").click().run()

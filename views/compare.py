@@ -7,6 +7,7 @@ from dashboard.charts import bars, overlay
 from dashboard.classroom import is_teacher, visible_runs
 from dashboard.details import details_ui
 from dashboard.forms import SOURCE_NAMES, study_estimate_ui
+from dashboard.lessons import COMPARE_FOCUS
 from dashboard.state import client_address, get_runner, get_store, owner_id
 from dashboard.text import md_escape
 from mtl_core.analysis import (
@@ -61,7 +62,9 @@ if not runs:
     st.stop()
 
 by_id = {r["id"]: r for r in runs}
-default = [r["id"] for r in runs if r["status"] == "finished"][:6]
+# After a lesson: exactly its runs (finished or not yet); otherwise the newest six finished ones.
+focus = [i for i in st.session_state.get(COMPARE_FOCUS, []) if i in by_id]
+default = focus or [r["id"] for r in runs if r["status"] == "finished"][:6]
 chosen = st.multiselect(
     "Runs",
     list(by_id),
