@@ -105,9 +105,14 @@ def status_ui(run: dict, records: list[dict]) -> None:
         st.error(f"{status.capitalize()}: {md_escape(run['reason'])}")
 
 
+def _teacher_on_a_students_run(run: dict) -> bool:
+    """The person looking is the teacher, and the run is a student's."""
+    return is_teacher() and run.get("owner") != owner_id()
+
+
 def _teacher_stopped(run: dict) -> str:
     """Who stopped a run the teacher stopped, as the person looking reads it."""
-    if is_teacher() and run.get("owner") != owner_id():
+    if _teacher_on_a_students_run(run):
         return "You stopped this student's run (teacher)"
     return "Your teacher stopped this run"
 
@@ -293,7 +298,7 @@ def monitor_ui(run_id: str, projector: bool = False) -> None:
         head.markdown(" · ".join(filter(None, [f"**{md_escape(run_label(run))}**", data_source(run), where])))
         if run["status"] in ACTIVE and can_manage(run) and stop.button("⏹ Stop", key="stop_run", width="stretch"):
             try:
-                get_runner().stop(run_id, by_teacher=is_teacher() and run.get("owner") != owner_id())
+                get_runner().stop(run_id, by_teacher=_teacher_on_a_students_run(run))
             except StoreUnavailable as exc:  # read-only, full or lost: the Stop cannot be recorded, say why
                 st.warning(f"Stop could not be recorded. {exc}")
             else:

@@ -11,7 +11,7 @@ import time
 
 import pytest
 from streamlit.testing.v1 import AppTest
-from test_pages import ROOT, assert_ok, stored_run, texts
+from test_pages import ROOT, _fresh_app_state, assert_ok, stored_run, texts  # noqa: F401 - an autouse fixture
 
 from mtl_core.analysis import run_label
 from mtl_core.identity import (
@@ -34,15 +34,6 @@ from mtl_core.runs import NameTaken, RunStore
 
 KEY = "k" * 43
 TOKEN = "class-token-123"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_app_state():
-    from mtl_core.jobs import shutdown_server_runners
-
-    shutdown_server_runners()
-    yield
-    shutdown_server_runners()
 
 
 @pytest.fixture
