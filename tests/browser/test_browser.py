@@ -319,6 +319,8 @@ def test_compare_table_csv_download(app: Page, screenshot_dir):
     shot(app, screenshot_dir / "compare.png")
     app.get_by_role("tab", name=re.compile("Parameters, time, accuracy")).click()
     app.wait_for_function(f"() => ({PLOT_TITLES_JS})().some(t => t.startsWith('Best average accuracy'))", timeout=T)
+    # The curves of the tab before stay (faded) until this run ends, as below: then exactly the three bars.
+    app.wait_for_function(f"() => ({PLOT_TYPES_JS})().length === 3", timeout=T)
     assert len(app.evaluate(PLOT_TYPES_JS)) == 3, app.evaluate(PLOT_TITLES_JS)
     app.get_by_role("tab", name=re.compile("Look inside one run")).click()
     app.wait_for_function(f"() => ({PLOT_TYPES_JS})().some(ts => ts.includes('heatmap'))", timeout=T)
