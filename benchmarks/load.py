@@ -116,7 +116,8 @@ class Sample:
     t: float
     server_cpu: float  # % of one core: the server process and its children other than training workers
     worker_cpu: float
-    server_mb: float  # RSS of the same processes as server_cpu
+    server_mb: float  # RSS of the server process alone: a child caught between fork and exec (a worker
+    # being started) shows the server's own pages as its RSS, and counting it would double the server
     worker_mb: float
     client_cpu: float  # this script and its browsers: the load, not the server
     machine_cpu: float
@@ -157,7 +158,9 @@ class Sampler(threading.Thread):
             if p.pid != self.server.pid and is_worker(p):
                 s.worker_cpu, s.worker_mb = s.worker_cpu + cpu, s.worker_mb + mb
             else:
-                s.server_cpu, s.server_mb = s.server_cpu + cpu, s.server_mb + mb
+                s.server_cpu += cpu
+                if p.pid == self.server.pid:
+                    s.server_mb = mb
         for p in [self.me, *self.me.children(recursive=True)]:
             if p.pid in in_server:
                 continue

@@ -27,6 +27,27 @@ def _fewer_malloc_arenas(arenas: int = 2) -> None:
         pass
 
 
+def _install_ingress_budget() -> None:
+    """Put dashboard/ingress.py's per-tab budget in front of Streamlit's own middleware. Streamlit 1.67
+    offers middleware only to an `st.App` script, which plain `streamlit run app.py` is not, so the list
+    its server builds is extended here; tests/test_ingress.py checks that the list still takes it."""
+    from starlette.middleware import Middleware
+    from streamlit.web.server.starlette import starlette_app
+
+    from dashboard.ingress import IngressBudget, IngressLimits
+
+    limits = IngressLimits.from_env()
+    build = starlette_app.create_streamlit_middleware
+    if getattr(build, "with_ingress_budget", False):
+        return
+
+    def with_budget() -> list[Middleware]:
+        return [Middleware(IngressBudget, limits=limits), *build()]
+
+    with_budget.with_ingress_budget = True  # type: ignore[attr-defined]
+    starlette_app.create_streamlit_middleware = with_budget
+
+
 def main(argv: list[str] | None = None) -> None:
     _fewer_malloc_arenas()
     from mtl_core.classroom import teacher_token
@@ -38,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         RunnerSettings.from_env()  # every MTL_* setting checked before anything is opened or started
         RateLimits.from_env()
+        _install_ingress_budget()
         runner = server_runner()
     except (SettingError, StoreUnavailable) as exc:
         print(f"mtl-playground: cannot start: {exc}", file=sys.stderr, flush=True)
