@@ -13,7 +13,7 @@ test:
 
 bench:
 	scripts/setup.sh app
-	MTL_DATA_DIR=$${MTL_DATA_DIR:-../shared/data} .venv/bin/python benchmarks/bench_pipeline.py
+	MTL_DATA_DIR=$${MTL_DATA_DIR:-../shared/data} .venv/bin/python benchmarks/speed.py
 
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .

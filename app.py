@@ -8,17 +8,17 @@ from dashboard.sidebar import sidebar_ui
 from dashboard.state import get_runner, keep_widget_values
 from dashboard.text import md_escape
 from dashboard.timing import timed_run
-from mtl_core.runs import StoreUnavailable
 from mtl_core.settings import SettingError
+from mtl_core.store.runs import StoreUnavailable
 
 st.set_page_config(page_title="MTL playground", page_icon="🧠", layout="wide")
 
 pages = [
-    st.Page("views/home.py", title="Home", icon="🏠", default=True),
-    st.Page("views/train.py", title="Train", icon="🏋️"),
-    st.Page("views/compare.py", title="Compare", icon="📊"),
-    st.Page("views/cross_stitch.py", title="Cross-stitch", icon="🧵"),
-    st.Page("views/draw.py", title="Draw", icon="✏️"),
+    st.Page("pages/home.py", title="Home", icon="🏠", default=True),
+    st.Page("pages/train.py", title="Train", icon="🏋️"),
+    st.Page("pages/compare.py", title="Compare", icon="📊"),
+    st.Page("pages/cross_stitch.py", title="Cross-stitch", icon="🧵"),
+    st.Page("pages/draw.py", title="Draw", icon="✏️"),
 ]
 keep_widget_values()
 nav = st.navigation(pages)

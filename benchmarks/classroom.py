@@ -28,8 +28,8 @@ from stats import percentile  # noqa: E402 - benchmarks/stats.py, beside this sc
 
 from mtl_core.config import TrainConfig  # noqa: E402
 from mtl_core.data import load_data  # noqa: E402
-from mtl_core.jobs import JobRunner, RunnerSettings  # noqa: E402
-from mtl_core.runs import Limits, RunStore  # noqa: E402
+from mtl_core.jobs.runner import JobRunner, RunnerSettings  # noqa: E402
+from mtl_core.store.runs import Limits, RunStore  # noqa: E402
 
 LRS = (1e-3, 5e-4, 2e-3)
 

@@ -18,7 +18,7 @@ import torch  # noqa: E402
 
 from mtl_core.config import TrainConfig  # noqa: E402
 from mtl_core.data import load_data  # noqa: E402
-from mtl_core.train import CONFLICT_PROBES, Training  # noqa: E402
+from mtl_core.training.loop import CONFLICT_PROBES, Training  # noqa: E402
 
 
 def train_seconds(config: TrainConfig, data, probes: int) -> float:

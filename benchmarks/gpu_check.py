@@ -23,7 +23,7 @@ import torch  # noqa: E402
 
 from mtl_core.config import MODELS, TrainConfig  # noqa: E402
 from mtl_core.data import load_data  # noqa: E402
-from mtl_core.train import Training  # noqa: E402
+from mtl_core.training.loop import Training  # noqa: E402
 
 
 def every_model(data, epochs_mlp: int = 3, epochs_cnn: int = 2) -> None:

@@ -1,8 +1,8 @@
 """What the own C++ code buys: `MTL_DATA_DIR=../shared/data python benchmarks/kernels.py [--rounds 7] [--threads 2]`.
 
-The own C++ left: the MLPs' batch loop (`mtl_core/native_steps.cpp`: ATen's operations and torch's fused Adam,
+The own C++ left: the MLPs' batch loop (`mtl_core/native/native_steps.cpp`: ATen's operations and torch's fused Adam,
 called without Python in between; without it, `MTL_NATIVE=0`, the Python loop runs the same maths) and the
-CNNs' max-pool (`mtl_core/native_pool.cpp`; its AVX-512 twin, its portable twin that `MTL_NATIVE_ISA=portable`
+CNNs' max-pool (`mtl_core/native/native_pool.cpp`; its AVX-512 twin, its portable twin that `MTL_NATIVE_ISA=portable`
 forces, or torch's pooling). The figures they move: the seed table's wall time (`python -m mtl_core compare`:
 the STL pair, hard sharing and cross-stitch, each epoch's training, test evaluation and conflict probes;
 on one thread, a classroom worker's) and a CNN run's epoch time. One Training per model, in one process;
@@ -29,7 +29,7 @@ from mtl_core.config import TrainConfig
 from mtl_core.data import load_data
 from mtl_core.models import _MaxPool2x2
 from mtl_core.reference import SEED_MODELS
-from mtl_core.train import Training
+from mtl_core.training.loop import Training
 
 CONFIGS = {"C++ loop": True, "C++ loop (again)": True, "MTL_NATIVE=0": False}  # name -> the C++ loop runs
 

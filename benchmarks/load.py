@@ -106,7 +106,7 @@ def free_port() -> int:
 
 def is_worker(p: psutil.Process) -> bool:
     try:
-        return "mtl_core.worker" in " ".join(p.cmdline())
+        return "mtl_core.jobs.worker" in " ".join(p.cmdline())
     except psutil.Error:
         return False
 

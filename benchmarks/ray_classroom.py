@@ -26,8 +26,8 @@ import ray  # noqa: E402
 from classroom import class_configs, run_class  # noqa: E402 - benchmarks/classroom.py, beside this script
 
 from mtl_core.data import load_data  # noqa: E402
-from mtl_core.jobs import RunnerSettings  # noqa: E402
-from mtl_core.runs import Limits, RunStore  # noqa: E402
+from mtl_core.jobs.runner import RunnerSettings  # noqa: E402
+from mtl_core.store.runs import Limits, RunStore  # noqa: E402
 
 ROOT = str(Path(__file__).resolve().parent.parent)
 # Ray's workers import this project from here and find the same digits as this process.

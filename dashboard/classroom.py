@@ -8,10 +8,11 @@ import streamlit as st
 
 from dashboard.identity import keep_teacher_switches, restore_teacher, sign_in_teacher, sign_out_teacher
 from dashboard.state import get_store, owner_id
-from mtl_core.classroom import NAME_MAX, clean_name, is_teacher_token, teacher_token
-from mtl_core.runs import NameTaken, StoreUnavailable
+from mtl_core.store.classroom import is_teacher_token, teacher_token
+from mtl_core.store.runs import NameTaken, StoreUnavailable
+from mtl_core.text import NAME_MAX, clean_name
 
-# The teacher's class-wide switches, kept in the run store (mtl_core.runs.SETTINGS).
+# The teacher's class-wide switches, kept in the run store (mtl_core.store.runs.SETTINGS).
 CLASS_SWITCHES = (("gallery", "Class gallery open"), ("gallery_downloads", "Students may download gallery models"))
 
 

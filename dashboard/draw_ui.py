@@ -15,7 +15,7 @@ from mtl_core.analysis import run_label
 from mtl_core.checkpoint import ModelFileError, load_model_bytes
 from mtl_core.config import TrainConfig
 from mtl_core.predict import SALIENCY_METHODS, SMOOTHGRAD_SAMPLES, predict, saliency, saliency_overlay
-from mtl_core.runs import store_problem
+from mtl_core.store.runs import store_problem
 from mtl_core.tasks import VALUE_SCALE, get_task
 from mtl_core.text import plain_text
 

@@ -21,7 +21,7 @@ from dashboard.links import (
 from dashboard.state import full_mnist_here, get_data, get_runner, get_store
 from dashboard.text import md_escape
 from mtl_core.config import ConfigError, Control, TrainConfig, controls
-from mtl_core.estimate import (
+from mtl_core.jobs.estimate import (
     Estimate,
     duration_words,
     epoch_estimate,

@@ -1,7 +1,7 @@
 """This browser's identity in the dashboard: found in its signed cookie when a session starts, made (and the
 cookie written by a tiny script) on a first visit, moved to another computer with a one-time code; the
 teacher's sign-in in a cookie of its own; the exercise lock kept per identity. The rules themselves live
-in `mtl_core/identity.py`.
+in `mtl_core/store/identity.py`.
 
 Streamlit reads cookies once, when the browser connects (`st.context.cookies`), so a cookie written during
 a session counts from the next reload or tab on; until then the session keeps what it knows in its state.
@@ -17,7 +17,7 @@ import streamlit as st
 
 from dashboard.state import client_address, get_store
 from mtl_core.config import ConfigError, TrainConfig
-from mtl_core.identity import (
+from mtl_core.store.identity import (
     CODE_TTL_S,
     ID_COOKIE,
     ID_MAX_AGE_S,

@@ -12,8 +12,8 @@ from dashboard.forms import load_into_form
 from dashboard.links import link_to
 from dashboard.state import client_address, get_runner, owner_id
 from mtl_core.config import TrainConfig
-from mtl_core.jobs import QueueFull
-from mtl_core.runs import StoreUnavailable
+from mtl_core.jobs.runner import QueueFull
+from mtl_core.store.runs import StoreUnavailable
 
 QUICK = dict(data="mnist-subset", epochs=5)  # 4,000 real digits: seconds per run for the MLPs
 
@@ -126,6 +126,6 @@ def lessons_ui() -> None:
             first = lesson.runs[0][1]
             if c2.button("✎ Open in the Train form", key=f"lesson_open_{lesson.key}", on_click=load_into_form,
                          args=(first,)):  # fmt: skip
-                st.switch_page("views/train.py")
+                st.switch_page("pages/train.py")
             with c3.popover("🔗 Link"):
                 st.code(link_to(str(st.context.url or ""), first), language=None, wrap_lines=True)

@@ -24,9 +24,9 @@ from dashboard.state import (
 from dashboard.text import md_escape
 from mtl_core.analysis import data_source, run_affinity, run_label, suggest_grouping
 from mtl_core.config import TrainConfig
-from mtl_core.estimate import duration_words, queue_spot, run_estimate
 from mtl_core.export import SUFFIXES, export_file_bytes, spec_words
-from mtl_core.runs import ACTIVE, STOPPED_BY_TEACHER, QueueFull, StoreUnavailable
+from mtl_core.jobs.estimate import duration_words, queue_spot, run_estimate
+from mtl_core.store.runs import ACTIVE, STOPPED_BY_TEACHER, QueueFull, StoreUnavailable
 from mtl_core.weighting import WEIGHTINGS
 
 POLL_S = 2.0  # while the watched run trains: an epoch takes 0.2 s to minutes; 2 s reads as live

@@ -48,18 +48,29 @@ def _install_ingress_budget() -> None:
     starlette_app.create_streamlit_middleware = with_budget
 
 
+def _router_from_the_first_request() -> None:
+    """Streamlit treats a `pages/` folder beside the main script as its legacy multipage layout until some
+    session has run `st.navigation`: before that, a deep link such as /train runs pages/train.py bare,
+    without app.py (its sidebar, identity, links). Our pages are app.py's st.Page entries, so the legacy
+    layout is switched off before the first request (tests/browser/test_first_request.py)."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    PagesManager.uses_pages_directory = False
+
+
 def main(argv: list[str] | None = None) -> None:
     _fewer_malloc_arenas()
-    from mtl_core.classroom import teacher_token
-    from mtl_core.identity import RateLimits
-    from mtl_core.jobs import RunnerSettings, server_runner
-    from mtl_core.runs import StoreUnavailable
+    from mtl_core.jobs.runner import RunnerSettings, server_runner
     from mtl_core.settings import SettingError
+    from mtl_core.store.classroom import teacher_token
+    from mtl_core.store.identity import RateLimits
+    from mtl_core.store.runs import StoreUnavailable
 
     try:
         RunnerSettings.from_env()  # every MTL_* setting checked before anything is opened or started
         RateLimits.from_env()
         _install_ingress_budget()
+        _router_from_the_first_request()
         runner = server_runner()
     except (SettingError, StoreUnavailable) as exc:
         print(f"mtl-playground: cannot start: {exc}", file=sys.stderr, flush=True)

@@ -7,7 +7,7 @@ import streamlit as st
 from dashboard.classroom import is_teacher, name_ui, teacher_ui, unlock_from_url
 from dashboard.identity import cookie_writer, identity_ui, move_ui
 from dashboard.state import SEEN_EVERY_S, data_label, get_runner, get_store, note_presence, owner_id
-from mtl_core.runs import ACTIVE
+from mtl_core.store.runs import ACTIVE
 
 
 def jobs_sentence(active: list[dict]) -> str:

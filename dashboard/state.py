@@ -9,12 +9,12 @@ import streamlit as st
 
 from mtl_core.checkpoint import load_model
 from mtl_core.data import MTLData, load_data
-from mtl_core.jobs import JobRunner, server_runner
-from mtl_core.runs import ACTIVE, RunStore, StoreUnavailable
+from mtl_core.jobs.runner import JobRunner, server_runner
+from mtl_core.store.runs import ACTIVE, RunStore, StoreUnavailable
 
 
 def get_runner() -> JobRunner:
-    """This server's one runner (`mtl_core.jobs.server_runner`): not a Streamlit cache, so clearing
+    """This server's one runner (`mtl_core.jobs.runner.server_runner`): not a Streamlit cache, so clearing
     the caches can never start a second pool. `python -m dashboard.serve` starts it before any page."""
     return server_runner()
 

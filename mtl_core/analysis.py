@@ -12,15 +12,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .classroom import clean_name
-from .config import TrainConfig
-from .data import SOURCES, MTLData
-from .metrics import mean_by_key, mean_std
-from .models import MODELS, MultiTaskModel
-from .predict import predict
-from .reference import SEED_MODELS, SEED_STUDY
-from .tasks import TASKS, VALUE_SCALE, get_task, make_targets
-from .text import label_text
+from mtl_core.config import TrainConfig
+from mtl_core.data import SOURCES, MTLData
+from mtl_core.metrics import mean_by_key, mean_std
+from mtl_core.models import MODELS, MultiTaskModel
+from mtl_core.predict import predict
+from mtl_core.reference import SEED_MODELS, SEED_STUDY
+from mtl_core.tasks import TASKS, VALUE_SCALE, get_task, make_targets
+from mtl_core.text import clean_name, label_text
 
 
 def headline(metrics: dict[str, float]) -> float:

@@ -16,9 +16,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .config import ConfigError, TrainConfig
-from .models import MultiTaskModel, build_model
-from .text import MESSAGE_MAX, plain_text, shown
+from mtl_core.config import ConfigError, TrainConfig
+from mtl_core.models import MultiTaskModel, build_model
+from mtl_core.text import MESSAGE_MAX, plain_text, shown
 
 FORMAT = "mtl-playground/1"
 MAX_FILE_BYTES = 64 * 1024 * 1024  # the largest model here is under 2 MB

@@ -1,4 +1,4 @@
-"""`python -m mtl_core train | submit | compare | bench | export | runs`: the engine and the job runner from a shell."""
+"""`python -m mtl_core train | submit | compare | export | runs`: the engine and the job runner from a shell."""
 
 from __future__ import annotations
 
@@ -10,18 +10,18 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .checkpoint import save_model
-from .config import ConfigError, TrainConfig, control, controls
-from .data import DataUnavailable, load_data
-from .export import FORMATS as EXPORT_FORMATS
-from .export import export_file
-from .jobs import EXECUTORS, JobRunner, RunnerSettings
-from .metrics import mean_std
-from .models import MODELS
-from .reference import SEED_MODELS, SEED_STUDY
-from .runs import RunStore
-from .settings import SettingError
-from .train import CONFLICT_PROBES, Training
+from mtl_core.checkpoint import save_model
+from mtl_core.config import ConfigError, TrainConfig, control, controls
+from mtl_core.data import DataUnavailable, load_data
+from mtl_core.export import FORMATS as EXPORT_FORMATS
+from mtl_core.export import export_file
+from mtl_core.jobs.runner import EXECUTORS, JobRunner, RunnerSettings
+from mtl_core.metrics import mean_std
+from mtl_core.models import MODELS
+from mtl_core.reference import SEED_MODELS, SEED_STUDY
+from mtl_core.settings import SettingError
+from mtl_core.store.runs import RunStore
+from mtl_core.training.loop import CONFLICT_PROBES, Training
 
 
 def format_record(r: dict) -> str:
@@ -208,7 +208,7 @@ def _wait_and_report(store: RunStore, run_id: str, many: bool = False) -> dict:
         "device": run["device"],
         "data": run["data_source"],
         "weights": run["weights_path"],
-        # The workers always run the probes (mtl_core/train.py): cosines and affinity are in every record.
+        # The workers always run the probes (mtl_core/training/loop.py): cosines and affinity are in every record.
         "history": [json_record(r, conflict=True, affinity=True) for r in store.epochs(run_id)],
         "config": config,
     }
@@ -252,12 +252,6 @@ def cmd_compare(a: argparse.Namespace) -> int:
     if a.json:
         write_json(a.json, rows)
     return 0
-
-
-def cmd_bench(a: argparse.Namespace) -> int:
-    from .bench import main as bench_main
-
-    return bench_main(a.bench_args)
 
 
 def cmd_export(a: argparse.Namespace) -> int:
@@ -323,7 +317,7 @@ def check_before_work(args: argparse.Namespace) -> None:
 
 
 def cmd_runs(a: argparse.Namespace) -> int:
-    from .listing import cmd_runs as list_runs  # reads the store through the salvage reader, never writes it
+    from mtl_core.listing import cmd_runs as list_runs  # reads the store through the salvage reader, never writes it
 
     return list_runs(a.json)
 
@@ -358,10 +352,6 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", type=Path, default=None, help="write a JSON summary here")
     c.set_defaults(func=cmd_compare, epochs=20, seed=0, data="auto")
 
-    b = sub.add_parser("bench", help="seconds per epoch: seed-faithful pipeline vs ours", add_help=False)
-    b.add_argument("bench_args", nargs=argparse.REMAINDER)
-    b.set_defaults(func=cmd_bench)
-
     e = sub.add_parser("export", help="write a saved model as safetensors, TorchScript or ONNX")
     e.add_argument("model_file", type=Path, metavar="MODEL.safetensors", help="a model this playground saved")
     e.add_argument("--format", choices=EXPORT_FORMATS, required=True)
@@ -376,10 +366,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["bench"]:  # its own options, also ones argparse's REMAINDER would refuse first
-        from .bench import main as bench_main
-
-        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         check_before_work(args)

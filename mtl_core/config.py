@@ -11,17 +11,17 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from .data import SOURCES
-from .models import ALPHA_INITS, MODELS, get_model_spec
-from .tasks import TASKS
-from .text import plain_text, shown
-from .weighting import WEIGHTINGS
+from mtl_core.data import SOURCES
+from mtl_core.models import ALPHA_INITS, MODELS, get_model_spec
+from mtl_core.tasks import TASKS
+from mtl_core.text import plain_text, shown
+from mtl_core.weighting import WEIGHTINGS
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "step")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "auto")
-PATHS = ("auto", "autograd")  # auto: the hand-written fast step where one exists (mtl_core/fastpath.py)
+PATHS = ("auto", "autograd")  # auto: the hand-written fast step where one exists (mtl_core/training/fastpath.py)
 
 
 class ConfigError(ValueError):
@@ -202,7 +202,7 @@ class Control:
     flag: str = ""  # "": not on the command line
     flag_help: str | None = None
     metavar: str | None = None
-    family: str = ""  # only models of this family (mtl_core/models.py)
+    family: str = ""  # only models of this family (mtl_core/models/__init__.py)
     setting: str = ""  # only models whose builder takes this setting (ModelSpec.settings)
 
     @property

@@ -8,7 +8,7 @@ output after its task. Both files say what they take and give (`input_spec`): ON
 ("config", and "mean", "std", "input_shape", "tasks", "preprocessing", "outputs", "input" with all of
 them as JSON), TorchScript in its extra files "config.json" and "input.json".
 The outputs are what `forward` returns: logits for the classification tasks, the value in [0, 1] for
-the regression one (mtl_core/models.py).
+the regression one (mtl_core/models/__init__.py).
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import atomic_write_bytes, load_model, model_bytes
-from .config import TrainConfig
-from .data import MEAN, STD
-from .models import MODELS, MultiTaskModel, head_dim
-from .tasks import get_task
+from mtl_core.checkpoint import atomic_write_bytes, load_model, model_bytes
+from mtl_core.config import TrainConfig
+from mtl_core.data import MEAN, STD
+from mtl_core.models import MODELS, MultiTaskModel, head_dim
+from mtl_core.tasks import get_task
 
 FORMATS = ("safetensors", "torchscript", "onnx")
 SUFFIXES = {"safetensors": ".safetensors", "torchscript": ".pt", "onnx": ".onnx"}

@@ -1,6 +1,6 @@
 """`python -m mtl_core runs [--json FILE]`: the store's runs as a table or JSON, read without changing it.
 
-The store is read through the salvage reader (mtl_core/salvage.py), so a damaged store still lists every
+The store is read through the salvage reader (mtl_core/store/salvage.py), so a damaged store still lists every
 run SQLite can read, and the file is never written, moved or repaired (only the server does that).
 """
 
@@ -11,8 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from . import salvage
-from .runs import default_store_path
+from mtl_core.store import salvage
+from mtl_core.store.runs import default_store_path
 
 COLUMNS = ("id", "student", "model", "tasks", "status", "best_avg", "created")
 

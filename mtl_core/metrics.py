@@ -7,7 +7,7 @@ import math
 import torch
 from torch.nn import functional as F
 
-from .tasks import VALUE_SCALE, get_task
+from mtl_core.tasks import VALUE_SCALE, get_task
 
 
 def task_loss(task: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .data import MEAN, STD
-from .metrics import probabilities
-from .models import MultiTaskModel
+from mtl_core.data import MEAN, STD
+from mtl_core.metrics import probabilities
+from mtl_core.models import MultiTaskModel
 
 INK_THRESHOLD = 0.1  # fraction of full intensity below which a pixel counts as background
 MAX_IMAGE_BYTES = 2 * 1024 * 1024  # .streamlit/config.toml caps uploads at the same 2 MB

@@ -3,7 +3,7 @@
 `spreadsheet_safe` keeps downloaded tables from being read as formulas. dashboard/text.py builds on them.
 
 Names versus labels: pages show a run as "Alice: my run · tasks · id", where "Alice: " is added by the
-server from the student's display name. Display names hold no colon (classroom.clean_name), and a label
+server from the student's display name. Display names hold no colon (clean_name, below), and a label
 holding a colon or a look-alike (：∶꞉...) is shown in quotes, “Alice: my run”: whatever stands before the
 first unquoted colon of a run's name is the server's, so a label cannot pass for another student's runs.
 """
@@ -73,3 +73,13 @@ def spreadsheet_safe(table):
         if out[column].dtype.kind not in "biufcmM":
             out[column] = out[column].map(csv_cell)
     return out
+
+
+NAME_MAX = 30
+
+
+def clean_name(raw: str) -> str:
+    """A display name as plain text (plain_text: no control, bidi or zero-width characters,
+    spaces collapsed), at most 30 characters. Markdown and HTML stay as typed; pages escape them. No colon
+    (nor a look-alike): pages show "name: run", and only the server's part may hold one."""
+    return plain_text(COLON_LIKE.sub(" ", plain_text(raw)))[:NAME_MAX].rstrip()

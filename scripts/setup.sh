@@ -28,6 +28,6 @@ if [ "$mode" = test ] && { [ ! -x /usr/bin/chromium ] || ! dpkg -s fonts-noto-co
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium fonts-noto-color-emoji
 fi
 
-# The MLPs' training loop in C++ (mtl_core/native.py): built once per machine and torch version (about
+# The MLPs' training loop in C++ (mtl_core/native/__init__.py): built once per machine and torch version (about
 # 20 s), loaded from the cache after that. Without a compiler the Python loop trains instead.
 .venv/bin/python -m mtl_core.native || echo "setup: the C++ training loop was not built; the Python loop runs instead"

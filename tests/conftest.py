@@ -54,6 +54,6 @@ def real_data():
 
 @pytest.fixture
 def store(tmp_path):
-    from mtl_core.runs import RunStore
+    from mtl_core.store.runs import RunStore
 
     return RunStore(tmp_path / "runs.sqlite")

@@ -1,4 +1,4 @@
-"""Choosing the fast path's loop in a test: the C++ one (mtl_core/native.py) or the Python one."""
+"""Choosing the fast path's loop in a test: the C++ one (mtl_core/native/__init__.py) or the Python one."""
 
 from __future__ import annotations
 

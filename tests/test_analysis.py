@@ -146,7 +146,7 @@ def test_a_label_shuffled_copy_of_a_task_gets_no_affinity_from_it(real_data):
     import torch
 
     from mtl_core.config import TrainConfig
-    from mtl_core.train import Training
+    from mtl_core.training.loop import Training
 
     training = Training(TrainConfig.preset("hard", epochs=1, data=real_data.source, path="autograd"), real_data)
     shuffled = torch.randperm(len(training._train_t["even"]), generator=torch.Generator().manual_seed(0))

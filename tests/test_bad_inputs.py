@@ -297,12 +297,12 @@ def test_hostile_names_are_shown_as_plain_text_in_markdown_and_charts():
 def test_a_hostile_run_name_is_plain_text_on_the_page(synthetic):
     from test_pages import assert_ok, open_page, stored_run
 
-    from mtl_core.jobs import shutdown_server_runners
+    from mtl_core.jobs.runner import shutdown_server_runners
 
     shutdown_server_runners()
     try:
         stored_run("hard", synthetic, label=HOSTILE[:40])
-        at = open_page("views/train.py")
+        at = open_page("pages/train.py")
         assert_ok(at)
         heading = [m.value for m in at.markdown if "even" in m.value and "bold" in m.value][0]
         assert "\\*\\*bold\\*\\*" in heading and "\\[click\\]" in heading

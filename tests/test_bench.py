@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from mtl_core import bench
+from benchmarks import speed as bench
 from mtl_core.config import TrainConfig
 from mtl_core.models import IN_FEATURES, MLP_HIDDEN, head_dim
-from mtl_core.train import Training
+from mtl_core.training.loop import Training
 
 
 def test_hard_sharing_flops_equal_a_hand_count():
@@ -93,7 +93,7 @@ def test_quick_run_prints_every_section_and_a_verdict(capsys):
 
 def test_the_seed_table_on_the_worker_pool_trains_all_three_side_by_side(tmp_path, monkeypatch):
     """The dashboard's way: the three seed-table runs queued at once on the pool of worker processes."""
-    from mtl_core.bench import pool_seed_table
+    from benchmarks.speed import pool_seed_table
 
     monkeypatch.setenv("MTL_HOME", str(tmp_path))
     wall, runs = pool_seed_table("synthetic", epochs=1, workers=2)

@@ -176,7 +176,7 @@ def inject(at, url) -> None:
 
 def test_the_draw_page_refuses_huge_canvas_pictures_with_a_sentence(synthetic, bombs):
     stored_run("hard", synthetic)
-    at = open_page("views/draw.py")
+    at = open_page("pages/draw.py")
     assert_ok(at)
     for side in (9000, 14000):
         inject(at, bombs[side])

@@ -10,8 +10,9 @@ import pytest
 from test_pages import OWNER, assert_ok, open_page, stored_run, texts
 
 from mtl_core.analysis import run_label
-from mtl_core.classroom import clean_name, is_teacher_token, teacher_token
-from mtl_core.runs import RunStore
+from mtl_core.store.classroom import is_teacher_token, teacher_token
+from mtl_core.store.runs import RunStore
+from mtl_core.text import clean_name
 
 TOKEN = "class-token-123"
 OTHER = "bbbbbbbbbbbb"
@@ -19,7 +20,7 @@ OTHER = "bbbbbbbbbbbb"
 
 @pytest.fixture(autouse=True)
 def _fresh_app_state():
-    from mtl_core.jobs import shutdown_server_runners
+    from mtl_core.jobs.runner import shutdown_server_runners
 
     shutdown_server_runners()
     yield
@@ -63,7 +64,7 @@ def test_display_names_are_plain_bounded_text(raw, clean):
 def test_a_student_sees_only_their_runs_and_no_teacher_switches(synthetic, teacher_env):
     mine = stored_run("hard", synthetic)
     theirs = stored_run("stl", synthetic, owner=OTHER)
-    at = open_page("views/train.py")
+    at = open_page("pages/train.py")
     assert_ok(at)
     store = RunStore()
     assert at.selectbox(key="watch_select").options == [run_label(store.get_run(mine))]
@@ -75,7 +76,7 @@ def test_a_wrong_token_is_refused_and_the_right_one_unlocks_the_teacher_view(syn
     stored_run("hard", synthetic)
     other = stored_run("stl", synthetic, owner=OTHER)
     RunStore().touch_owner(OTHER, "Grace")
-    at = open_page("views/train.py")
+    at = open_page("pages/train.py")
     at.query_params["teacher"] = "wrong"
     at.run()
     assert "not valid" in texts(at.sidebar.error)
@@ -96,13 +97,13 @@ def test_a_wrong_token_is_refused_and_the_right_one_unlocks_the_teacher_view(syn
 
 
 def test_a_name_is_saved_for_the_owner_and_found_again(synthetic):
-    at = open_page("views/train.py")
+    at = open_page("pages/train.py")
     at.sidebar.text_input(key="student_name").input("  Ada  <i>L</i> ").run()
     assert_ok(at)
     assert RunStore().owner_names()[OWNER] == "Ada <i>L</i>"
     rid = stored_run("hard", synthetic)
     assert run_label(RunStore().get_run(rid)).startswith("Ada <i>L</i>: hard")
-    again = open_page("views/train.py")  # a new session of the same identity (a reload)
+    again = open_page("pages/train.py")  # a new session of the same identity (a reload)
     assert again.sidebar.text_input(key="student_name").value == "Ada <i>L</i>"
 
 
@@ -110,7 +111,7 @@ def test_the_class_gallery_shows_others_finished_runs_read_only(synthetic, teach
     stored_run("hard", synthetic)
     theirs = stored_run("cross_stitch", synthetic, owner=OTHER)
     store = RunStore()
-    at = open_page("views/train.py")
+    at = open_page("pages/train.py")
     assert "Class gallery" not in sidebar_toggles(at)  # closed until the teacher opens it
     store.set_setting("gallery", True)
     at.run()
@@ -135,7 +136,7 @@ def test_settings_move_the_change_counter(store):
 
 
 def test_the_teachers_switches_set_the_class_settings(teacher_env):
-    at = open_page("views/train.py")
+    at = open_page("pages/train.py")
     at.query_params["teacher"] = TOKEN
     at.run()
     store = RunStore()
@@ -159,7 +160,7 @@ def test_students_see_no_server_paths_and_the_teacher_sees_where_the_data_is(tea
     # Where the data came from (full MNIST) or where it was looked for (the subset instead): a server path.
     # The data is cached for the process, so the folder is the one of whichever test loaded it first.
     where = re.compile(r"(cached in|looked for it in) /")
-    at = open_page("views/home.py")
+    at = open_page("pages/home.py")
     assert_ok(at)
     assert "digits" in all_text(at)  # which data is in use is said either way
     assert not where.search(all_text(at))
@@ -173,7 +174,7 @@ def test_full_mnist_cannot_be_chosen_where_the_server_has_none(monkeypatch):
     from dashboard import forms
 
     monkeypatch.setattr(forms, "full_mnist_here", lambda: False)
-    at = open_page("views/train.py")
+    at = open_page("pages/train.py")
     at.radio(key="train_model").set_value("hard").run()
     assert "not on this server" in at.selectbox(key="f_data_hard").format_func("mnist")
     at.selectbox(key="f_data_hard").set_value("mnist")
@@ -190,7 +191,7 @@ def test_the_teachers_compare_names_each_student_and_pools_students_only_when_as
     store = RunStore()
     store.touch_owner(OWNER, "Ada")
     store.touch_owner(OTHER, "Grace")
-    at = open_page("views/compare.py")
+    at = open_page("pages/compare.py")
     at.query_params["teacher"] = TOKEN
     at.run()
     at.sidebar.toggle(key="show_all_runs").set_value(True).run()

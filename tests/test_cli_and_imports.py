@@ -16,12 +16,30 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_core_does_not_import_streamlit():
     code = (
         "import sys, pkgutil, importlib, mtl_core\n"
-        "for m in pkgutil.iter_modules(mtl_core.__path__):\n"
-        "    if m.name != '__main__': importlib.import_module('mtl_core.' + m.name)\n"
-        "print('streamlit' in sys.modules)"
+        "names = [m.name for m in pkgutil.walk_packages(mtl_core.__path__, 'mtl_core.')]\n"
+        "for name in names:\n"
+        "    if not name.endswith('__main__'): importlib.import_module(name)\n"
+        "print(len(names), 'streamlit' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
-    assert out.stdout.strip() == "False"
+    n, imported = out.stdout.split()
+    assert int(n) >= 30 and imported == "False"  # every module of every package was imported
+
+
+ENGINE = ("tasks", "data", "config", "models", "weighting", "training.loop", "training.steps", "metrics", "predict",
+          "checkpoint", "export", "analysis", "reference")  # fmt: skip
+
+
+def test_the_engine_knows_no_store_and_no_queue():
+    """The one-way shape: the engine (tasks, data, models, config, training, weighting, metrics, predict)
+    imports nothing from mtl_core.store or mtl_core.jobs, so it trains as well from a notebook."""
+    code = (
+        "import sys, importlib\n"
+        f"for name in {ENGINE!r}: importlib.import_module('mtl_core.' + name)\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('mtl_core.store', 'mtl_core.jobs'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_train_writes_json_summary_and_model(tmp_path, capsys):
@@ -50,16 +68,6 @@ def test_compare_prints_the_reference_beside_ours(capsys):
     for name in ("stl", "hard", "cross_stitch"):
         assert name in out
     assert "771.1" in out and "98.51%" in out and "104,706" in out and "52,386" in out
-
-
-def test_bench_takes_its_own_options_first(monkeypatch):
-    """`python -m mtl_core bench --no-cnn` once failed in argparse before the benchmark saw it."""
-    from mtl_core import bench, cli
-
-    seen = []
-    monkeypatch.setattr(bench, "main", lambda argv: seen.append(argv) or 0)
-    assert cli.main(["bench", "--no-cnn", "--no-table"]) == 0
-    assert seen == [["--no-cnn", "--no-table"]]
 
 
 @pytest.mark.parametrize("executor", ["local", "ray"])

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from dashboard.charts import alpha_animation, alpha_heatmaps, alpha_lines, bars, training_curves
+from mtl_core.models import MMOE_EXPERTS, MODELS
 from mtl_core.predict import preprocess_canvas, read_image_bytes
 
 
@@ -134,6 +135,9 @@ def test_legends_hang_below_the_plot_and_grow_downwards():
         ("hard", ("even", "digit", "value"), 1, 3, 0),
         ("cross_stitch", ("even", "mult3"), 0, 6, 2),
         ("cnn", ("even", "gt4", "digit", "value"), 1, 4, 0),
+        ("stl_cnn", ("digit", "even"), 0, 8, 0),
+        ("cross_stitch_cnn", ("digit", "even"), 0, 8, 3),
+        ("mmoe", ("even", "mult3"), 2, 4, 0),
     ],
 )
 def test_architecture_pictures_show_what_is_shared_and_what_is_each_tasks(model, tasks, shared, own, mixing):
@@ -146,6 +150,27 @@ def test_architecture_pictures_show_what_is_shared_and_what_is_each_tasks(model,
         assert f"{t} head" in dot
     if model == "hard" and "digit" in tasks:
         assert "32→10" in dot  # the digit head: ten logits
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_every_registered_model_has_a_picture_of_its_own_sharing(model):
+    """Drawn from the registry: every model's picture follows its ModelSpec.sharing and family."""
+    from dashboard.architecture import MIX, SHARED, architecture_dot
+    from mtl_core.models import body_stages
+
+    spec = MODELS[model]
+    dot = architecture_dot(model, spec.default_tasks)
+    shared = {"nothing": 0, "trunk": 1, "cross_stitch": 0, "experts": MMOE_EXPERTS}[spec.sharing]
+    mixing = len(body_stages(spec.family)) if spec.sharing == "cross_stitch" else 0
+    assert (dot.count(SHARED), dot.count(MIX)) == (shared, mixing)
+    assert all(f"{t} head" in dot for t in spec.default_tasks)
+
+
+def test_a_model_that_says_nothing_of_its_sharing_is_refused():
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="sharing 'some' is not one of"):
+        replace(MODELS["hard"], sharing="some")
 
 
 def test_epoch_axes_show_whole_epochs_only():

@@ -5,7 +5,7 @@ import sqlite3
 import pytest
 
 from mtl_core.config import TrainConfig
-from mtl_core.estimate import duration_words, epoch_estimate, queue_spot, run_estimate
+from mtl_core.jobs.estimate import duration_words, epoch_estimate, queue_spot, run_estimate
 
 
 def _finished(store, model="hard", seconds=(2.0, 4.0, 3.0), epochs=20, source="mnist", batch=128):
@@ -66,7 +66,7 @@ def test_epoch_estimates_ignore_unfinished_json(store):
 
 
 def test_runs_queued_together_share_the_workers():
-    from mtl_core.estimate import parallel_seconds
+    from mtl_core.jobs.estimate import parallel_seconds
 
     assert parallel_seconds([10, 5, 5], workers=1) == 20
     assert parallel_seconds([10, 5, 5], workers=2) == 10

@@ -11,9 +11,9 @@ import time
 import pytest
 from waiting import wait_for  # tests/waiting.py
 
-import mtl_core.worker as worker
+import mtl_core.jobs.worker as worker
 from mtl_core.config import TrainConfig
-from mtl_core.jobs import JobRunner, RunnerSettings
+from mtl_core.jobs.runner import JobRunner, RunnerSettings
 
 CFG = TrainConfig.preset("hard", epochs=1, data="synthetic").to_dict()
 
@@ -263,7 +263,7 @@ def test_the_monitor_says_a_paused_run_goes_on_by_itself(store, monkeypatch):
 
 def test_the_sidebar_counts_a_paused_run_apart_from_the_running_ones(store):
     from dashboard.sidebar import jobs_sentence
-    from mtl_core.runs import ACTIVE
+    from mtl_core.store.runs import ACTIVE
 
     _start(store, "a", 300)
     _start(store, "b", 100)

@@ -10,11 +10,11 @@ import torch
 from native_kernel import kernel_device, use_kernel  # tests/native_kernel.py
 
 from mtl_core.config import TrainConfig
-from mtl_core.fastpath import make_step
 from mtl_core.metrics import task_loss
 from mtl_core.models import build_model
 from mtl_core.tasks import make_targets
-from mtl_core.train import Training
+from mtl_core.training.fastpath import make_step
+from mtl_core.training.loop import Training
 
 TASK_SETS = {
     "the study's two binary tasks": (("even", "mult3"), {"mult3": 2.5}),
@@ -53,7 +53,7 @@ def test_gradients_equal_autograd(case, model_name, synthetic):
 
 @pytest.mark.parametrize("optimizer", ["adam", "adamw"])
 def test_flat_adam_takes_exactly_torchs_fused_steps(optimizer):
-    from mtl_core.fastpath import FlatAdam
+    from mtl_core.training.fastpath import FlatAdam
 
     torch.manual_seed(0)
     ours = torch.nn.Parameter(torch.randn(1000))
@@ -157,8 +157,8 @@ def test_the_bf16_first_layer_gives_autograds_gradients_to_bf16_precision(case, 
     ],
 )
 def test_auto_precision_takes_bf16_only_where_it_is_native_and_pays(model, changes, native, expected, monkeypatch):
-    from mtl_core import steps
     from mtl_core.data import make_synthetic
+    from mtl_core.training import steps
 
     monkeypatch.setattr(steps, "bf16_is_native", lambda device: native)
     cfg = TrainConfig.preset(model, data="synthetic", **changes)
@@ -204,7 +204,7 @@ def test_a_diverging_fast_run_stops_at_the_first_bad_loss_and_keeps_its_last_goo
 
 
 def test_flat_adam_gives_the_tail_its_own_learning_rate_like_a_second_group():
-    from mtl_core.fastpath import FlatAdam
+    from mtl_core.training.fastpath import FlatAdam
 
     torch.manual_seed(0)
     ours = torch.nn.Parameter(torch.randn(100))
@@ -222,7 +222,7 @@ def test_flat_adam_gives_the_tail_its_own_learning_rate_like_a_second_group():
 
 
 def test_flat_parameters_keep_each_parameters_layout_and_take_autograds_gradients_in_place():
-    from mtl_core.fastpath import FlatParameters
+    from mtl_core.training.fastpath import FlatParameters
 
     conv = torch.nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
     before = conv.weight.detach().clone()
@@ -243,8 +243,8 @@ def test_the_autograd_path_on_one_flat_adam_trains_as_torchs_adam(model_name, sy
     """A static-weight run on autograd keeps its gradients in one flat buffer and updates it with one
     fused Adam call (alphas at their own learning rate); torch's Adam over the same parameters takes
     the same steps."""
-    from mtl_core.fastpath import FlatAdam
-    from mtl_core.steps import make_optimizer
+    from mtl_core.training.fastpath import FlatAdam
+    from mtl_core.training.steps import make_optimizer
 
     cfg = TrainConfig.preset(
         model_name, epochs=2, batch_size=32, max_batches=6, data="synthetic", precision="fp32", weight_decay=0.01

@@ -3,7 +3,7 @@ form, a name or a label, an upload, a canvas message, a model file, a damaged or
 read-only disk, a killed worker or server), where it enters, and the sentence that person then reads.
 
 One test drives the whole table. Before each case a finished run is recorded the way a worker records one
-(mtl_core/run_link.py: epochs, model file, the record kept beside it); after the case it must still be
+(mtl_core/store/run_link.py: epochs, model file, the record kept beside it); after the case it must still be
 listed with the same best accuracy, and its model file must be byte for byte the one it had.
 
 The cases go through the real pages (Streamlit's AppTest) and the real store files. The job runner's
@@ -44,10 +44,10 @@ from waiting import wait_for
 from dashboard.state import has_model
 from mtl_core.checkpoint import FORMAT, load_model, model_bytes
 from mtl_core.config import TrainConfig
-from mtl_core.jobs import JobRunner, _Worker, server_runner, shutdown_server_runners
-from mtl_core.run_link import StoreLink
-from mtl_core.runs import PUBLIC_NOTICE, RunStore, default_store_path
-from mtl_core.train import Training
+from mtl_core.jobs.runner import JobRunner, _Worker, server_runner, shutdown_server_runners
+from mtl_core.store.run_link import StoreLink
+from mtl_core.store.runs import PUBLIC_NOTICE, RunStore, default_store_path
+from mtl_core.training.loop import Training
 
 KEPT_LABEL = "kept run"
 REAL_SPAWN = JobRunner._spawn
@@ -65,7 +65,7 @@ class Kept:
     digest: str  # sha256 of its model file
 
 
-# None of these faults is about the C++ step (mtl_core/native.py); after an edit of its sources its first
+# None of these faults is about the C++ step (mtl_core/native/__init__.py); after an edit of its sources its first
 # build takes a minute or more on 2 cores, which the killed-worker cases would otherwise wait for.
 NO_NATIVE = {"MTL_NATIVE": "0"}
 
@@ -153,7 +153,7 @@ def _dies_at_once(self, extra=False) -> _Worker:
     return _Worker(proc, f"dying-{proc.pid}")
 
 
-def page(path: str = "views/train.py", teacher: bool = False, query: dict | None = None, state: dict | None = None):
+def page(path: str = "pages/train.py", teacher: bool = False, query: dict | None = None, state: dict | None = None):
     """A page as this case's browser opens it; a teacher sees every run and what happened to the store."""
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
     at.session_state["owner"] = OWNER
@@ -339,7 +339,7 @@ def _uploaded(ctx: Ctx, key: str, payload: bytes, name: str) -> None:
 def upload(make: Callable[[], bytes]) -> Callable[[Ctx], Seen]:
     def enter(ctx: Ctx) -> Seen:
         _uploaded(ctx, "upload", make(), "digit.png")
-        at = page("views/draw.py")
+        at = page("pages/draw.py")
         return Seen(texts(at.error), at)
 
     return enter
@@ -347,7 +347,7 @@ def upload(make: Callable[[], bytes]) -> Callable[[Ctx], Seen]:
 
 def canvas(message: object) -> Callable[[Ctx], Seen]:
     def enter(ctx: Ctx) -> Seen:
-        at = page("views/draw.py")
+        at = page("pages/draw.py")
         inject(at, message() if callable(message) else message)
         assert not at.get("progress")  # no prediction from a refused picture
         return Seen(texts(at.error), at)
@@ -358,7 +358,7 @@ def canvas(message: object) -> Callable[[Ctx], Seen]:
 def model_file(make: Callable[[Path], bytes], name: str = "model.safetensors") -> Callable[[Ctx], Seen]:
     def enter(ctx: Ctx) -> Seen:
         _uploaded(ctx, "model_file", make(ctx.tmp_path), name)
-        at = page("views/draw.py")
+        at = page("pages/draw.py")
         assert not (ctx.tmp_path / "sentinel").exists(), "a loader ran the file's code"
         return Seen(texts(at.error), at)
 
@@ -450,12 +450,12 @@ def truncated_during_a_save(ctx: Ctx) -> Seen:
 
 def model_save_fails(ctx: Ctx) -> Seen:
     """A full disk when the model file is written (ENOSPC, at the write the worker makes)."""
-    import mtl_core.run_link
+    import mtl_core.store.run_link
 
     def full_disk(path, payload):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    ctx.monkeypatch.setattr(mtl_core.run_link, "atomic_write_bytes", full_disk)
+    ctx.monkeypatch.setattr(mtl_core.store.run_link, "atomic_write_bytes", full_disk)
     rid = _train_in_process(RunStore(), 2)
     at = page(teacher=True, state={"watch_select": rid})
     return Seen(texts(at.success), at)
@@ -490,8 +490,8 @@ def killed_server(ctx: Ctx) -> Seen:
     script = textwrap.dedent(f"""
         import time
         from mtl_core.config import TrainConfig
-        from mtl_core.jobs import JobRunner
-        from mtl_core.runs import RunStore
+        from mtl_core.jobs.runner import JobRunner
+        from mtl_core.store.runs import RunStore
         store = RunStore()
         runner = JobRunner(store)
         rid = runner.submit(TrainConfig.preset("hard", **{LONG_RUN!r}), owner={OWNER!r}, label="long")

@@ -35,14 +35,14 @@ def _in_private_mount(tmp_path: Path, body: str) -> dict:
         os.environ["MTL_HOME"] = os.path.join(MNT, "home")
         os.environ["MTL_DATA_DIR"] = os.path.join(MNT, "no-mnist")
         from mtl_core.config import TrainConfig
-        from mtl_core.runs import RunStore, StoreUnavailable
+        from mtl_core.store.runs import RunStore, StoreUnavailable
         CFG = TrainConfig.preset("hard", epochs=1, data="synthetic").to_dict()
 
         def finished_run(store):
             rid = store.create_run(CFG, owner="0123456789ab", label="kept")
             store.claim_next("w")
             from mtl_core.data import make_synthetic
-            from mtl_core.train import Training
+            from mtl_core.training.loop import Training
             training = Training(TrainConfig.from_dict(CFG), make_synthetic(256, 128))
             for record in training.records():
                 store.add_epoch(rid, record, worker="w")
@@ -88,14 +88,14 @@ def test_a_read_only_disk_keeps_runs_viewable_and_starts_nothing(tmp_path):
             ro.create_run(CFG)
         except StoreUnavailable as exc:
             result["submit"] = str(exc)
-        from mtl_core.jobs import JobRunner
+        from mtl_core.jobs.runner import JobRunner
         runner = JobRunner(ro)
         time.sleep(2.5)
         result["pool"], result["workers"] = runner.has_pool, len(runner.worker_pids())
         from streamlit.testing.v1 import AppTest
         at = AppTest.from_file(os.path.abspath("app.py"), default_timeout=60)
         at.session_state["owner"] = "0123456789ab"  # AppTest has no cookie: the identity is set directly
-        at.switch_page("views/train.py")
+        at.switch_page("pages/train.py")
         at.run()
         result["exceptions"] = [e.value + "".join(e.stack_trace) for e in at.exception]
         result["sidebar"] = [w.value for w in at.sidebar.warning]
@@ -148,8 +148,8 @@ def test_a_damaged_store_is_moved_aside_and_the_page_says_so():
     damaged file is kept beside the new one. (Students' sentence: tests/test_store_salvage.py.)"""
     from streamlit.testing.v1 import AppTest
 
-    from mtl_core.jobs import shutdown_server_runners
-    from mtl_core.runs import default_store_path
+    from mtl_core.jobs.runner import shutdown_server_runners
+    from mtl_core.store.runs import default_store_path
 
     path = default_store_path()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -159,7 +159,7 @@ def test_a_damaged_store_is_moved_aside_and_the_page_says_so():
         at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
         at.query_params["u"] = "0123456789ab"
         at.session_state["teacher"] = True
-        at.switch_page("views/train.py")
+        at.switch_page("pages/train.py")
         at.run()
         assert not at.exception
         warning = " ".join(w.value for w in at.sidebar.warning)

@@ -11,7 +11,7 @@ from test_pages import assert_ok, open_page
 from mtl_core import config as config_module
 from mtl_core.config import CONTROLS, NOT_CONTROLS, ConfigError, Control, TrainConfig
 from mtl_core.models import MODELS
-from mtl_core.runs import RunStore
+from mtl_core.store.runs import RunStore
 
 
 def test_every_config_field_is_a_control_or_says_why_not():
@@ -80,7 +80,7 @@ def test_a_new_row_in_the_table_is_a_flag_and_a_link_name(momentum_control):
 
 
 def test_a_new_row_in_the_table_is_a_widget_of_the_form(momentum_control):
-    at = open_page("views/train.py")
+    at = open_page("pages/train.py")
     at.radio(key="train_model").set_value("hard").run()
     assert_ok(at)
     widget = at.number_input(key="f_mom_hard")

@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 from test_pages import ROOT, _fresh_app_state, assert_ok, stored_run, texts  # noqa: F401 - an autouse fixture
 
 from mtl_core.analysis import run_label
-from mtl_core.identity import (
+from mtl_core.store.identity import (
     CODE_TTL_S,
     ID_COOKIE,
     TEACHER_COOKIE,
@@ -30,7 +30,7 @@ from mtl_core.identity import (
     verify_identity,
     verify_teacher,
 )
-from mtl_core.runs import NameTaken, RunStore
+from mtl_core.store.runs import NameTaken, RunStore
 
 KEY = "k" * 43
 TOKEN = "class-token-123"
@@ -213,7 +213,7 @@ def test_display_names_are_unique_in_the_class_however_they_are_typed(store):
 # ----------------------------------------------------------------------------- through the app
 
 
-def app(cookies: dict | None = None, page: str | None = "views/train.py") -> AppTest:
+def app(cookies: dict | None = None, page: str | None = "pages/train.py") -> AppTest:
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
     if page:
         at.switch_page(page)

@@ -11,8 +11,8 @@ import pytest
 from waiting import wait_for  # tests/waiting.py
 
 from mtl_core.config import TrainConfig
-from mtl_core.jobs import JobRunner, Limits, QueueFull, RunnerSettings
-from mtl_core.runs import RunStore
+from mtl_core.jobs.runner import JobRunner, Limits, QueueFull, RunnerSettings
+from mtl_core.store.runs import RunStore
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def executor(request):
 
 @pytest.fixture
 def runner(store, executor):
-    """The same contract on both backends: worker processes here, or tasks on Ray (mtl_core/ray_backend.py)."""
+    """The same contract on both backends: worker processes here, or tasks on Ray (mtl_core/jobs/ray_backend.py)."""
     r = JobRunner(store, settings=RunnerSettings(limits=Limits(per_owner=3), executor=executor))
     yield r
     r.shutdown()
@@ -73,13 +73,13 @@ def test_a_run_whose_model_cannot_be_saved_keeps_its_record_and_says_why(store, 
     """A full disk (ENOSPC, simulated: the one edge a test cannot reach) when saving the model."""
     import errno
 
-    import mtl_core.run_link
-    import mtl_core.worker as worker
+    import mtl_core.jobs.worker as worker
+    import mtl_core.store.run_link
 
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(mtl_core.run_link, "atomic_write_bytes", full_disk)
+    monkeypatch.setattr(mtl_core.store.run_link, "atomic_write_bytes", full_disk)
     rid = store.create_run(TrainConfig.preset("hard", epochs=2, data="synthetic").to_dict())
     assert store.claim_next("w") == rid
     assert worker.execute_run(store, rid, worker._DataCache(), "w") == "finished"
@@ -134,8 +134,8 @@ def test_a_killed_server_stops_its_workers_and_a_restart_resumes_with_one_pool(t
     script = textwrap.dedent(f"""
         import sys, time
         from mtl_core.config import TrainConfig
-        from mtl_core.jobs import JobRunner
-        from mtl_core.runs import RunStore
+        from mtl_core.jobs.runner import JobRunner
+        from mtl_core.store.runs import RunStore
         store = RunStore({str(db)!r})
         r = JobRunner(store)
         long = r.submit(TrainConfig.preset("hard", epochs=500, batch_size=8, data="synthetic"))
@@ -222,7 +222,7 @@ def test_workers_that_die_at_once_are_not_respawned_in_a_loop(store, monkeypatch
     supervisor start worker after worker (55 in 80 s before this was fixed): the server backs off, then
     renews the store as a restart would (damaged file kept, readable rows salvaged) and trains again.
     Workers that die for a reason the server cannot mend: tests/test_store_salvage.py."""
-    import mtl_core.jobs as jobs
+    import mtl_core.jobs.runner as jobs
 
     spawned = []
     real_spawn = JobRunner._spawn
@@ -276,7 +276,7 @@ def test_a_long_epoch_reports_how_far_it_is_with_the_heartbeat(runner, store):
 
 def test_a_ray_task_that_never_reads_its_stop_flag_is_cancelled(ray_instance, store, monkeypatch):
     """Stop's fallback: a task stuck where the training loop cannot look at its flag is cancelled."""
-    import mtl_core.ray_backend as ray_backend
+    import mtl_core.jobs.ray_backend as ray_backend
 
     monkeypatch.setattr(ray_backend, "CANCEL_AFTER_S", 1.0)
     runner = JobRunner(store, settings=RunnerSettings(executor="ray"))
@@ -323,7 +323,7 @@ def test_runs_take_turns_across_students_on_either_backend(store, executor):
 
 
 def test_a_run_alone_takes_every_core_and_shares_them_when_others_train():
-    from mtl_core.worker import threads_for
+    from mtl_core.jobs.worker import threads_for
 
     assert [threads_for(n, cores=2, base=1) for n in (0, 1, 2, 3, 30)] == [2, 2, 1, 1, 1]
     assert [threads_for(n, cores=8, base=1) for n in (1, 2, 3, 4, 9)] == [8, 4, 2, 2, 1]
@@ -334,7 +334,7 @@ def test_a_worker_gives_a_lone_run_its_max_threads(tmp_path, synthetic):
     """Through the real worker process: one run on its own trains with --max-threads threads."""
     store = RunStore(tmp_path / "runs.db")
     run_id = store.create_run(TrainConfig.preset("hard", epochs=2, data="synthetic").to_dict())
-    cmd = [sys.executable, "-m", "mtl_core.worker", "--db", str(store.path), "--once", "--threads", "1",
+    cmd = [sys.executable, "-m", "mtl_core.jobs.worker", "--db", str(store.path), "--once", "--threads", "1",
            "--max-threads", "2"]  # fmt: skip
     subprocess.run(cmd, check=True, timeout=180, cwd=Path(__file__).resolve().parent.parent, capture_output=True)
     assert store.get_run(run_id)["status"] == "finished"

@@ -7,7 +7,7 @@ from test_pages import OWNER, assert_ok, open_page, stored_run, texts
 
 from dashboard.links import config_from_query, hidden_from_query, link_to, query_from_config
 from mtl_core.config import ConfigError, TrainConfig
-from mtl_core.runs import RunStore
+from mtl_core.store.runs import RunStore
 
 CONFIGS = {
     "a preset": TrainConfig.preset("hard"),
@@ -65,7 +65,7 @@ def test_the_link_points_at_the_train_page_of_the_same_server():
 
 
 def test_opening_a_link_fills_the_form_and_hides_what_it_fixes():
-    at = open_page("views/train.py")
+    at = open_page("pages/train.py")
     for name, value in {"model": "hard", "epochs": "3", "lr": "0.002", "data": "synthetic", "hide": "lr,batch"}.items():
         at.query_params[name] = value
     at.run()
@@ -87,7 +87,7 @@ def test_opening_a_link_fills_the_form_and_hides_what_it_fixes():
 
 
 def test_a_bad_link_says_why_and_leaves_the_recipe():
-    at = open_page("views/train.py")
+    at = open_page("pages/train.py")
     at.query_params["model"] = "hard"
     at.query_params["epochs"] = "-3"
     at.run()
@@ -99,7 +99,7 @@ def test_a_bad_link_says_why_and_leaves_the_recipe():
 
 def test_train_again_puts_a_runs_settings_in_the_form(synthetic):
     run_id = stored_run("cross_stitch", synthetic)  # 2 epochs, synthetic data: not the recipe
-    at = open_page("views/train.py")
+    at = open_page("pages/train.py")
     assert_ok(at)
     at.button(key=f"again_{run_id}").click().run()
     assert_ok(at)
@@ -140,7 +140,7 @@ def test_compare_opens_on_exactly_the_runs_a_lesson_queued(synthetic):
     assert len(lesson) == 4
     while store.claim_next("test-worker"):  # they start (Compare lists runs once they have started)
         pass
-    at.switch_page("views/compare.py").run()
+    at.switch_page("pages/compare.py").run()
     assert_ok(at)
     assert set(at.multiselect(key="compare_runs").value) == lesson
 
@@ -235,7 +235,7 @@ def test_a_link_with_settings_but_no_model_gets_a_sentence():
     ],
 )
 def test_a_link_outside_the_form_is_refused_on_the_page_before_anything_is_loaded(query, expected):
-    at = open_page("views/train.py")
+    at = open_page("pages/train.py")
     for name, value in query.items():
         at.query_params[name] = value
     at.run()
@@ -254,7 +254,7 @@ def test_a_link_outside_the_form_is_refused_on_the_page_before_anything_is_loade
 def test_the_forms_widgets_and_the_link_check_read_one_table_of_ranges(model):
     from mtl_core.config import FORM_RANGES, controls
 
-    at = open_page("views/train.py")
+    at = open_page("pages/train.py")
     at.radio(key="train_model").set_value(model).run()
     assert_ok(at)
     inputs = {w.key: w for w in at.number_input}

@@ -1,4 +1,4 @@
-"""The C++ step and batch loop (mtl_core/native_steps.cpp): gradients against autograd, whole runs
+"""The C++ step and batch loop (mtl_core/native/native_steps.cpp): gradients against autograd, whole runs
 against the Python loop, and what a run reports about which loop trained it."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from native_kernel import use_kernel  # tests/native_kernel.py
 
 from mtl_core import native
 from mtl_core.config import TrainConfig
-from mtl_core.fastpath import make_step
 from mtl_core.metrics import task_loss
 from mtl_core.models import build_model
 from mtl_core.tasks import make_targets
-from mtl_core.train import Training
+from mtl_core.training.fastpath import make_step
+from mtl_core.training.loop import Training
 
 BINARY = ("even", "mult3", "gt4")  # the study's kind of task: one logit each
 MIXED = ("digit", "even", "value")  # ten logits (softmax), one (BCE), one (MSE on the sigmoid)
@@ -183,7 +183,7 @@ def test_where_it_cannot_be_built_the_python_loop_trains_and_says_why(tmp_path, 
 
 
 def test_the_thread_picker_runs_the_cheaper_count_and_retries_the_other():
-    from mtl_core.fastpath import ThreadPicker
+    from mtl_core.training.fastpath import ThreadPicker
 
     picker = ThreadPicker(retry=3, window=3, margin=0.05)
     # each count's first chunk (start-up) is not counted; then the two take turns until each has 3 measured
@@ -208,7 +208,7 @@ def test_the_thread_picker_runs_the_cheaper_count_and_retries_the_other():
 def test_one_slow_first_chunk_does_not_pick_the_slower_thread_count():
     """Two threads are faster, but their first measured chunk was slow (a cold cache): the pick waits for
     three chunks of each, and their medians pick two threads."""
-    from mtl_core.fastpath import ThreadPicker
+    from mtl_core.training.fastpath import ThreadPicker
 
     picker = ThreadPicker(retry=24, window=3, margin=0.05)
     seconds = {2: iter([9.0, 3.0] + [1.0] * 8), 1: iter([9.0] + [1.5] * 8)}  # each count's first is start-up

@@ -1,4 +1,4 @@
-"""The CNNs' max-pooling in C++ (mtl_core/native_pool.cpp), both twins (AVX-512 and portable): torch's
+"""The CNNs' max-pooling in C++ (mtl_core/native/native_pool.cpp), both twins (AVX-512 and portable): torch's
 values and gradients bit for bit, ties and NaN included; the same CNN step either way; what a run reports;
 exports still record torch's pooling."""
 
@@ -16,7 +16,7 @@ from mtl_core.config import TrainConfig
 from mtl_core.export import export_bytes
 from mtl_core.models import _MaxPool2x2, _NativeMaxPool, build_model, use_native_pooling
 from mtl_core.tasks import make_targets
-from mtl_core.train import Training
+from mtl_core.training.loop import Training
 
 CNN_TASKS = ("digit", "even", "gt4", "value")
 

@@ -21,17 +21,17 @@ from mtl_core.checkpoint import save_model
 from mtl_core.config import TrainConfig
 from mtl_core.models import MODELS
 from mtl_core.reference import SEED_STUDY
-from mtl_core.runs import RunStore
-from mtl_core.train import Training
+from mtl_core.store.runs import RunStore
+from mtl_core.training.loop import Training
 
 ROOT = Path(__file__).resolve().parent.parent
 OWNER = "abcdefabcdef"  # the identity (normally from the browser's cookie) every test browses as
 PAGES = {
     "home": (None, "Multi-task learning playground"),
-    "train": ("views/train.py", "Train"),
-    "compare": ("views/compare.py", "Compare"),
-    "cross_stitch": ("views/cross_stitch.py", "Cross-stitch units"),
-    "draw": ("views/draw.py", "Draw a digit"),
+    "train": ("pages/train.py", "Train"),
+    "compare": ("pages/compare.py", "Compare"),
+    "cross_stitch": ("pages/cross_stitch.py", "Cross-stitch units"),
+    "draw": ("pages/draw.py", "Draw a digit"),
 }
 
 
@@ -41,7 +41,7 @@ PAGES = {
 @pytest.fixture(autouse=True)
 def _fresh_app_state():
     """This test's MTL_HOME gets its own server runner; it is shut down (workers included) afterwards."""
-    from mtl_core.jobs import shutdown_server_runners
+    from mtl_core.jobs.runner import shutdown_server_runners
 
     shutdown_server_runners()
     yield
@@ -115,7 +115,7 @@ def test_every_page_renders_with_an_empty_store(name):
 
 
 def test_train_form_queues_a_run_with_the_chosen_config():
-    at = open_page("views/train.py")
+    at = open_page("pages/train.py")
     at.radio(key="train_model").set_value("hard").run()
     assert_ok(at)
     at.number_input(key="f_epochs_hard").set_value(3)
@@ -144,7 +144,7 @@ def test_train_form_queues_a_run_with_the_chosen_config():
 
 
 def test_train_form_rejects_an_invalid_config_with_the_reason():
-    at = open_page("views/train.py")
+    at = open_page("pages/train.py")
     at.radio(key="train_model").set_value("hard").run()
     at.selectbox(key="f_data_hard").set_value("synthetic")
     at.number_input(key="f_w_even_hard").set_value(0.0)
@@ -158,7 +158,7 @@ def test_train_form_rejects_an_invalid_config_with_the_reason():
 
 
 def test_train_form_with_no_tasks_shows_an_error_and_queues_nothing():
-    at = open_page("views/train.py")
+    at = open_page("pages/train.py")
     at.radio(key="train_model").set_value("hard").run()
     at.selectbox(key="f_data_hard").set_value("synthetic")
     at.multiselect(key="f_tasks_hard").set_value([])
@@ -175,7 +175,7 @@ def test_compare_shows_stored_runs_and_the_reference_study(synthetic):
     stl = stored_run("stl", synthetic)
     hard = stored_run("hard", synthetic)
     stored_run("hard", synthetic, owner="0123456789ab")  # someone else's: not listed
-    at = open_page("views/compare.py")
+    at = open_page("pages/compare.py")
     assert_ok(at)
     assert set(at.multiselect(key="compare_runs").value) == {stl, hard}
 
@@ -215,7 +215,7 @@ def test_compare_shows_stored_runs_and_the_reference_study(synthetic):
 def test_train_page_offers_the_model_file_and_deletes_an_owned_run(synthetic):
     mine = stored_run("hard", synthetic)
     path = RunStore().get_run(mine)["weights_path"]
-    at = open_page("views/train.py")
+    at = open_page("pages/train.py")
     assert_ok(at)
     assert at.selectbox(key="watch_select").value == mine
     assert "Finished all 2 epochs" in texts(at.success)
@@ -235,7 +235,7 @@ def test_cross_stitch_page_draws_the_stored_alphas(synthetic):
     run_id = stored_run("cross_stitch", synthetic)
     history = [r["alphas"] for r in RunStore().epochs(run_id)]
     assert len(history) == 2
-    at = open_page("views/cross_stitch.py")
+    at = open_page("pages/cross_stitch.py")
     assert_ok(at)
     assert at.selectbox(key="cs_run").value == run_id
 
@@ -267,7 +267,7 @@ def test_cross_stitch_page_opens_on_a_run_with_alphas_not_one_cancelled_in_the_q
     queued = store.create_run(TrainConfig.preset("cross_stitch", data="synthetic").to_dict(), owner=OWNER)
     store.request_stop(queued)  # cancelled while queued: newer, but nothing to show
     assert store.get_run(queued)["status"] == "cancelled"
-    at = open_page("views/cross_stitch.py")
+    at = open_page("pages/cross_stitch.py")
     assert_ok(at)
     assert at.selectbox(key="cs_run").value == trained
 
@@ -278,7 +278,7 @@ def test_cross_stitch_page_opens_on_a_run_with_alphas_not_one_cancelled_in_the_q
 def test_draw_page_predicts_a_drawn_digit(synthetic):
     hard = stored_run("hard", synthetic)
     cnn = stored_run("cnn", synthetic)
-    at = open_page("views/draw.py")
+    at = open_page("pages/draw.py")
     assert_ok(at)
     assert set(at.multiselect(key="draw_models").value) == {hard, cnn}
     assert "draw a digit" in texts(at.info).lower()  # blank canvas: an invitation, no predictions
@@ -326,7 +326,7 @@ def test_draw_preselects_finished_models_of_every_kind_and_tabulates_many(synthe
     assert newest_first[0]["id"] == stopped  # newer than the finished hard run, but only one epoch
     assert set(default_models(newest_first)) == set(kinds.values())  # finished first, all four kinds
 
-    at = open_page("views/draw.py")
+    at = open_page("pages/draw.py")
     assert_ok(at)
     assert set(at.multiselect(key="draw_models").value) == set(kinds.values())
     at.session_state["canvas"] = {"drawing": {"raw": {"objects": [{}]}, "data": stroke_png()}, "backgroundFit": None}
@@ -340,7 +340,7 @@ def test_draw_preselects_finished_models_of_every_kind_and_tabulates_many(synthe
 
 
 def test_draw_page_without_models_offers_a_quick_model():
-    at = open_page("views/draw.py")
+    at = open_page("pages/draw.py")
     assert_ok(at)
     assert "No trained model yet" in texts(at.info)
     at.button(key="quick_model").click().run()
@@ -356,7 +356,7 @@ def test_draw_page_without_models_offers_a_quick_model():
 
 
 def test_draw_quick_model_click_gives_feedback_at_once():
-    at = open_page("views/draw.py")
+    at = open_page("pages/draw.py")
     at.button(key="quick_model").click().run()
     assert_ok(at)
     assert len(RunStore().list_runs()) == 1
@@ -366,11 +366,11 @@ def test_draw_quick_model_click_gives_feedback_at_once():
 def test_each_full_run_of_the_app_is_timed_only_when_asked(tmp_path, monkeypatch):
     """benchmarks/load.py reads these lines for the server's own share of an interaction."""
     log = tmp_path / "timing.tsv"
-    open_page("views/compare.py")
+    open_page("pages/compare.py")
     assert not log.exists()  # off unless the variable is set
     monkeypatch.setenv("MTL_TIMING_LOG", str(log))
-    at = open_page("views/compare.py")
-    at.switch_page("views/home.py").run()
+    at = open_page("pages/compare.py")
+    at.switch_page("pages/home.py").run()
     lines = [line.split("\t") for line in log.read_text().splitlines()]
     assert [page for _, page, _, _ in lines] == ["Compare", "Home"]
     assert all(0 < float(seconds) < 60 for _, _, seconds, _ in lines)
@@ -379,7 +379,7 @@ def test_each_full_run_of_the_app_is_timed_only_when_asked(tmp_path, monkeypatch
 
 
 def test_the_form_keeps_its_values_across_pages_and_reset_brings_the_recipe_back():
-    at = open_page("views/train.py")
+    at = open_page("pages/train.py")
     at.radio(key="train_model").set_value("hard").run()
     assert at.number_input(key="f_epochs_hard").value == 20  # the reference recipe to start with
     at.number_input(key="f_epochs_hard").set_value(3)
@@ -390,8 +390,8 @@ def test_the_form_keeps_its_values_across_pages_and_reset_brings_the_recipe_back
     assert_ok(at)
     assert len(RunStore().list_runs()) == 1
     for _ in range(3):  # away and back, three times: the model and the submitted values stay
-        at.switch_page("views/compare.py").run()
-        at.switch_page("views/train.py").run()
+        at.switch_page("pages/compare.py").run()
+        at.switch_page("pages/train.py").run()
         assert_ok(at)
     assert at.radio(key="train_model").value == "hard"
     assert at.number_input(key="f_epochs_hard").value == 3
@@ -412,7 +412,7 @@ def test_a_run_that_failed_before_training_does_not_say_it_waits_for_a_worker():
     run_id = store.create_run(TrainConfig.preset("hard", data="mnist").to_dict(), owner=OWNER)
     assert store.claim_next("test-worker", os.getpid()) == run_id
     store.finish(run_id, "failed", "the data is not available here (offline)", worker="test-worker")
-    at = open_page("views/train.py")
+    at = open_page("pages/train.py")
     assert_ok(at)
     assert "waiting for a worker" not in " ".join(m.value for m in at.markdown)
     assert "the data is not available here" in texts(at.error)
@@ -429,7 +429,7 @@ def test_home_describes_every_model_in_full():
 
 
 def test_the_monitor_shows_how_far_a_long_first_epoch_is():
-    at = open_page("views/train.py")  # first: a starting server interrupts runs it finds running
+    at = open_page("pages/train.py")  # first: a starting server interrupts runs it finds running
     store = RunStore()
     run_id = store.create_run(TrainConfig.preset("cnn", data="synthetic").to_dict(), owner=OWNER)
     assert store.claim_next("test-worker", os.getpid()) == run_id
@@ -442,7 +442,7 @@ def test_the_monitor_shows_how_far_a_long_first_epoch_is():
 
 
 def test_train_and_home_picture_the_models():
-    at = open_page("views/train.py")
+    at = open_page("pages/train.py")
     at.radio(key="train_model").set_value("cross_stitch").run()
     assert_ok(at)
     (chart,) = at.get("graphviz_chart")
@@ -453,7 +453,7 @@ def test_train_and_home_picture_the_models():
 
 
 def test_the_seed_study_says_how_long_it_will_take_before_it_is_queued():
-    at = open_page("views/compare.py")
+    at = open_page("pages/compare.py")
     assert_ok(at)
     caption = texts(at.caption)
     assert "⏱ 20 epochs each on" in caption and "all three" in caption
@@ -471,7 +471,7 @@ def test_a_confusion_cell_opens_the_digits_it_counts(synthetic):
     run_id = stored_run("hard", synthetic)
     model, _, _ = load_model(RunStore().get_run(run_id)["weights_path"])
     preds = predictions_on_test_set(model, load_data("synthetic"))["even"]  # the test set the page scores
-    at = open_page("views/compare.py")
+    at = open_page("pages/compare.py")
     at.session_state["compare_view"] = "🔍 Look inside one run"
     at.run()
     assert_ok(at)
@@ -490,7 +490,7 @@ def test_a_run_stopped_in_the_queue_does_not_promise_kept_weights():
     run_id = store.create_run(TrainConfig.preset("hard", data="synthetic").to_dict(), owner=OWNER)
     store.request_stop(run_id)
     assert store.get_run(run_id)["status"] == "cancelled"
-    at = open_page("views/train.py")
+    at = open_page("pages/train.py")
     assert_ok(at)
     warning = texts(at.warning)
     assert "there is no model to keep" in warning and "best" not in warning.lower()
@@ -499,7 +499,7 @@ def test_a_run_stopped_in_the_queue_does_not_promise_kept_weights():
 def test_compare_puts_a_finished_seed_study_beside_the_reference(synthetic):
     for m in ("stl", "hard", "cross_stitch"):
         stored_run(m, synthetic, label=f"seed study {m}")
-    at = open_page("views/compare.py")
+    at = open_page("pages/compare.py")
     assert_ok(at)
     assert "Your seed study beside the reference" in [h.value for h in at.subheader]
     study = at.dataframe[1].value  # after "Your runs"
@@ -511,7 +511,7 @@ def test_compare_puts_a_finished_seed_study_beside_the_reference(synthetic):
 def test_runs_on_different_task_sets_are_charted_apart(synthetic):
     stored_run("hard", synthetic)
     stored_run("cnn", synthetic)
-    at = open_page("views/compare.py")
+    at = open_page("pages/compare.py")
     titles = [json.dumps(spec["layout"].get("title", ""), ensure_ascii=False) for spec in plotly_specs(at)]
     assert len(titles) == 4  # accuracy and loss, once per task set
     assert sum("Test average accuracy · even+mult3" in t for t in titles) == 1
@@ -529,7 +529,7 @@ def test_task_affinity_suggests_a_grouping_and_one_click_trains_it(synthetic):
     for record in store.epochs(mine):  # what the probe would record for two tasks that hurt each other
         aff = {"even|even": 0.01, "even|mult3": -0.003, "mult3|even": -0.002, "mult3|mult3": 0.008}
         store.add_epoch(mine, {**record, "conflict": {**(record["conflict"] or {}), "affinity": aff, "cos": {}}})
-    at = open_page("views/train.py")
+    at = open_page("pages/train.py")
     assert_ok(at)
     assert any(d.get("type") == "heatmap" for s in plotly_specs(at) for d in s.get("data", []))
     assert "Suggested grouping: even · mult3" in texts(at.caption)
@@ -541,7 +541,7 @@ def test_task_affinity_suggests_a_grouping_and_one_click_trains_it(synthetic):
 
 
 def test_train_form_queues_one_run_per_seed_with_a_validation_split():
-    at = open_page("views/train.py")
+    at = open_page("pages/train.py")
     at.radio(key="train_model").set_value("hard").run()
     at.selectbox(key="f_data_hard").set_value("synthetic")
     at.number_input(key="f_epochs_hard").set_value(2)
@@ -562,7 +562,7 @@ def test_compare_combines_seeds_into_mean_std_with_bands_and_pairs_delta_m_by_se
         stored_run("hard", synthetic, label=f"hard · seed {seed}", seed=seed)
     stored_run("stl", synthetic, seed=0)  # a baseline for seed 0 only
     stored_run("stl", synthetic, seed=1, epochs=1)  # seed 1, but another budget: not a baseline
-    at = open_page("views/compare.py")
+    at = open_page("pages/compare.py")
     assert_ok(at)
     assert at.toggle(key="compare_combine").value  # seeds combined by default
     table = at.dataframe[0].value
@@ -589,7 +589,7 @@ def test_compare_counts_a_repeated_seed_once_and_names_the_duplicate(synthetic):
     first = stored_run("hard", synthetic, seed=0)
     again = stored_run("hard", synthetic, seed=0)  # the same experiment again, not a second seed
     stored_run("hard", synthetic, seed=1)
-    at = open_page("views/compare.py")
+    at = open_page("pages/compare.py")
     assert_ok(at)
     table = at.dataframe[0].value
     (row,) = table.to_dict("records")
@@ -605,7 +605,7 @@ def test_the_download_box_states_what_the_exported_files_take_and_give(synthetic
     from mtl_core.data import MEAN, STD
 
     stored_run("hard", synthetic)
-    at = open_page("views/train.py")
+    at = open_page("pages/train.py")
     assert_ok(at)
     caption = texts(at.caption)
     assert f"Input: N×1×28×28 float32, pixels in 0–1 (white ink on black), then (x − {MEAN}) / {STD}." in caption
@@ -614,7 +614,7 @@ def test_the_download_box_states_what_the_exported_files_take_and_give(synthetic
 
 def test_a_run_with_a_validation_split_says_where_its_epoch_was_picked(synthetic):
     run_id = stored_run("hard", synthetic, val_split=100)
-    at = open_page("views/train.py")
+    at = open_page("pages/train.py")
     at.selectbox(key="watch_select").set_value(run_id).run()
     assert_ok(at)
     assert "picked on 100 held-out training digits; on the test set, scored once after" in texts(at.success)
@@ -625,7 +625,7 @@ def test_a_run_with_a_validation_split_says_where_its_epoch_was_picked(synthetic
 
 def test_an_mmoe_run_shows_how_much_of_each_expert_every_task_reads(synthetic):
     run_id = stored_run("mmoe", synthetic)
-    at = open_page("views/train.py")
+    at = open_page("pages/train.py")
     at.selectbox(key="watch_select").set_value(run_id).run()
     assert_ok(at)
     gates = [s for s in plotly_specs(at) if "Gate weights per task" in json.dumps(s["layout"].get("title", ""))]

@@ -13,7 +13,7 @@ import pytest
 from waiting import wait_for  # tests/waiting.py
 
 from mtl_core.config import TrainConfig
-from mtl_core.jobs import JobRunner, RunnerSettings
+from mtl_core.jobs.runner import JobRunner, RunnerSettings
 
 ray = pytest.importorskip("ray")
 ROOT = str(Path(__file__).resolve().parent.parent)

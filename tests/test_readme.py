@@ -15,7 +15,7 @@ UNDOCUMENTED_ON_PURPOSE = {"MTL_TIMING_LOG"}
 
 def settings_read_by_the_code() -> set[str]:
     names = set()
-    for folder in ("mtl_core", "dashboard", "views"):
+    for folder in ("mtl_core", "dashboard", "pages"):
         for path in (ROOT / folder).rglob("*.py"):
             names |= set(re.findall(r"[\"'](MTL_[A-Z_]+)[\"']", path.read_text()))
     names |= set(re.findall(r"[\"'](MTL_[A-Z_]+)[\"']", (ROOT / "app.py").read_text()))
@@ -30,8 +30,8 @@ def test_every_setting_the_code_reads_is_in_the_readme():
 
 
 def test_every_file_the_docs_name_exists():
-    named = set(re.findall(r"`((?:mtl_core|dashboard|views|benchmarks|scripts|tests)/[\w/.-]+\.\w+)`", README))
-    named |= set(re.findall(r"`((?:mtl_core|dashboard|views|benchmarks|scripts|tests)/[\w/.-]+\.\w+)`", BENCHMARKS))
+    named = set(re.findall(r"`((?:mtl_core|dashboard|pages|benchmarks|scripts|tests)/[\w/.-]+\.\w+)`", README))
+    named |= set(re.findall(r"`((?:mtl_core|dashboard|pages|benchmarks|scripts|tests)/[\w/.-]+\.\w+)`", BENCHMARKS))
     named |= set(re.findall(r"\]\(([\w/.-]+\.(?:png|md))\)", README))
     assert len(named) >= 10
     gone = sorted(p for p in named if not (ROOT / p).exists())

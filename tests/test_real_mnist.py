@@ -1,7 +1,7 @@
 """One real-data check: a short run on real digits reaches a sensible accuracy."""
 
 from mtl_core.config import TrainConfig
-from mtl_core.train import Training
+from mtl_core.training.loop import Training
 
 
 def test_hard_sharing_learns_real_digits(real_data):

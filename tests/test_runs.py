@@ -96,7 +96,7 @@ def test_round_robin_across_owners(store):
 
 
 def test_caps_are_checked_in_the_inserting_transaction(store):
-    from mtl_core.runs import Limits, QueueFull
+    from mtl_core.store.runs import Limits, QueueFull
 
     cfg = TrainConfig.preset("hard").to_dict()
     limits = Limits(per_owner=3, per_client=4, total=5)
@@ -128,7 +128,7 @@ def test_parallel_submits_cannot_pass_a_cap(store, monkeypatch):
 
 
 def _submit_one(path: str) -> bool:
-    from mtl_core.runs import Limits, QueueFull, RunStore
+    from mtl_core.store.runs import Limits, QueueFull, RunStore
 
     try:
         RunStore(path).create_runs([TrainConfig.preset("hard").to_dict()], owner="same", limits=Limits(3, 8, 32))
@@ -167,7 +167,7 @@ def test_the_change_counter_moves_with_changes_but_not_heartbeats(store):
 
 
 def test_a_corrupt_store_is_moved_aside_not_overwritten(tmp_path):
-    from mtl_core.runs import RunStore
+    from mtl_core.store.runs import RunStore
 
     path = tmp_path / "runs.sqlite"
     path.write_bytes(b"this is not a database" * 100)
@@ -178,7 +178,7 @@ def test_a_corrupt_store_is_moved_aside_not_overwritten(tmp_path):
 
 
 def test_a_truncated_store_is_moved_aside_and_said(tmp_path):
-    from mtl_core.runs import RunStore
+    from mtl_core.store.runs import RunStore
 
     path = tmp_path / "runs.sqlite"
     RunStore(path).create_run(TrainConfig.preset("hard").to_dict())
@@ -190,7 +190,7 @@ def test_a_truncated_store_is_moved_aside_and_said(tmp_path):
 
 
 def test_a_store_damaged_in_the_middle_is_found_by_the_check(tmp_path):
-    from mtl_core.runs import RunStore
+    from mtl_core.store.runs import RunStore
 
     path = tmp_path / "runs.sqlite"
     s = RunStore(path)
@@ -209,7 +209,7 @@ def test_a_store_damaged_in_the_middle_is_found_by_the_check(tmp_path):
 
 
 def test_an_older_store_without_the_progress_column_reads_as_no_progress(tmp_path):
-    from mtl_core.runs import RunStore
+    from mtl_core.store.runs import RunStore
 
     path = tmp_path / "runs.sqlite"
     store = RunStore(path)

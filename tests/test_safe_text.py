@@ -20,10 +20,9 @@ from test_pages import OWNER, assert_ok, open_page, stored_run, stroke_png
 from dashboard.text import chart_text, md_escape
 from mtl_core.analysis import compare_rows, curve_rows, group_label, run_label
 from mtl_core.checkpoint import FORMAT, ModelFileError, load_model_bytes
-from mtl_core.classroom import clean_name
 from mtl_core.config import ConfigError, TrainConfig
-from mtl_core.runs import RunStore
-from mtl_core.text import csv_cell, label_text, plain_text, shown, spreadsheet_safe
+from mtl_core.store.runs import RunStore
+from mtl_core.text import clean_name, csv_cell, label_text, plain_text, shown, spreadsheet_safe
 
 HOSTILE = {
     "image": "![x](http://evil.test/a.png)",
@@ -316,7 +315,7 @@ def assert_page_inert(at: AppTest) -> int:
 
 @pytest.fixture
 def fresh_runner():
-    from mtl_core.jobs import shutdown_server_runners
+    from mtl_core.jobs.runner import shutdown_server_runners
 
     shutdown_server_runners()
     yield
@@ -370,7 +369,7 @@ def hostile_runs(synthetic, fresh_runner):
 
 def test_hostile_labels_are_inert_on_every_page(hostile_runs, downloads):
     runs = list(hostile_runs.values())
-    at = open_page("views/train.py")  # the run header of each run in turn
+    at = open_page("pages/train.py")  # the run header of each run in turn
     seen = []
     for run_id in runs:
         at.selectbox(key="watch_select").set_value(run_id).run()
@@ -379,7 +378,7 @@ def test_hostile_labels_are_inert_on_every_page(hostile_runs, downloads):
         seen += [m.value for m in at.markdown]
     assert "evil" in readable(" ".join(seen))  # the hostile labels were on the page, as text
 
-    at = open_page("views/compare.py")
+    at = open_page("pages/compare.py")
     at.multiselect(key="compare_runs").set_value(runs).run()
     assert_ok(at)
     options = at.multiselect(key="compare_runs").options
@@ -401,11 +400,11 @@ def test_hostile_labels_are_inert_on_every_page(hostile_runs, downloads):
     assert bars and any("evil" in str(t["x"]) for t in bars)  # the runs' names under the bars
     assert_page_inert(at)
 
-    at = open_page("views/cross_stitch.py")
+    at = open_page("pages/cross_stitch.py")
     assert_ok(at)
     assert_page_inert(at)
 
-    at = open_page("views/draw.py")  # with a drawing: every chosen model's title and answers are shown
+    at = open_page("pages/draw.py")  # with a drawing: every chosen model's title and answers are shown
     at.session_state["canvas"] = {"drawing": {"raw": {"objects": [{}]}, "data": stroke_png()}, "backgroundFit": None}
     at.session_state["draw_models"] = runs
     at.run()
@@ -418,7 +417,7 @@ def test_hostile_labels_are_inert_on_every_page(hostile_runs, downloads):
 def test_a_hostile_display_name_is_inert_and_cannot_hold_a_colon(synthetic, fresh_runner):
     run_id = stored_run("hard", synthetic, label="my run")
     _force_name(OWNER, "Alice: " + HOSTILE["image"] + HOSTILE["bidi"] + HOSTILE["autolink email"])
-    for page in ("views/train.py", "views/compare.py", "views/draw.py"):
+    for page in ("pages/train.py", "pages/compare.py", "pages/draw.py"):
         at = open_page(page)
         assert_ok(at)
         assert_page_inert(at)
@@ -429,7 +428,7 @@ def test_a_hostile_display_name_is_inert_and_cannot_hold_a_colon(synthetic, fres
 @pytest.mark.parametrize("name", ["model", "epochs", "w_even", "opt"])
 @pytest.mark.parametrize("value", [HOSTILE["image"], HOSTILE["link"], HOSTILE["bidi"], HOSTILE["autolink www"]])
 def test_a_hostile_link_parameter_is_shown_as_plain_text(fresh_runner, name, value):
-    at = open_page("views/train.py")
+    at = open_page("pages/train.py")
     if name != "model":
         at.query_params["model"] = "hard"
     at.query_params[name] = value

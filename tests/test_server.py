@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 from waiting import wait_for  # tests/waiting.py
 
 from mtl_core.config import TrainConfig
-from mtl_core.runs import RunStore
+from mtl_core.store.runs import RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,10 +29,13 @@ def test_server_settings_suit_a_classroom():
     assert cfg["client"]["showErrorDetails"] == "none"  # a sentence, never a traceback with paths
 
 
-def test_no_legacy_pages_folder_beside_the_router():
-    """A `pages/` folder next to app.py is served by Streamlit's legacy discovery on deep links,
-    bypassing the router (and the runner)."""
-    assert not (ROOT / "pages").exists()
+def test_the_pages_folder_holds_only_the_routers_pages():
+    """pages/ sits beside app.py as the design card names it; every file in it is one of app.py's
+    st.Page entries (a stray script there would be served by Streamlit's legacy discovery), and the very
+    first request of a fresh server still gets the router (tests/browser/test_first_request.py)."""
+    routed = set(re.findall(r'st\.Page\("(pages/\w+\.py)"', (ROOT / "app.py").read_text()))
+    present = {f"pages/{p.name}" for p in (ROOT / "pages").iterdir() if p.name != "__pycache__"}
+    assert len(routed) == 5 and present == routed
 
 
 def _wait(pred, timeout: float) -> bool:
@@ -72,7 +76,7 @@ def test_the_launcher_trains_queued_jobs_with_no_browser_open(tmp_path):
 def test_a_second_server_on_the_same_folder_runs_no_pool_and_says_so():
     from streamlit.testing.v1 import AppTest
 
-    from mtl_core.jobs import JobRunner, shutdown_server_runners
+    from mtl_core.jobs.runner import JobRunner, shutdown_server_runners
 
     shutdown_server_runners()
     first = JobRunner(RunStore())  # the server that already trains for this folder

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from mtl_core.config import TrainConfig
-from mtl_core.runs import PUBLIC_NOTICE, RunStore, StoreLost, StoreUnavailable
+from mtl_core.store.runs import PUBLIC_NOTICE, RunStore, StoreLost, StoreUnavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 N_RUNS = 30
@@ -74,7 +74,7 @@ def damaged(tmp_path):
 def test_a_damaged_store_gives_every_readable_row_to_the_new_one(damaged):
     path, ids, lost = damaged
     before = path.read_bytes()
-    assert not __import__("mtl_core.salvage").salvage.intact(path)
+    assert not __import__("mtl_core.store.salvage").salvage.intact(path)
     store = RunStore(path)  # what the server does on start (and on recovering while it runs)
     runs = {r["id"]: r for r in store.list_runs()}
     assert set(runs) == set(ids) - lost  # those behind the bad page too: found by rowid
@@ -152,8 +152,8 @@ def test_a_deleted_or_replaced_store_is_lost_to_a_worker(tmp_path):
 def _train_in_process(store: RunStore, epochs: int, when_epoch=None) -> str:
     """Claim and train one synthetic run here (the worker's own code); `when_epoch(n)` runs after epoch n
     was recorded, to break the store at a chosen moment."""
-    import mtl_core.run_link as run_link
-    import mtl_core.worker as worker
+    import mtl_core.jobs.worker as worker
+    import mtl_core.store.run_link as run_link
 
     cfg = TrainConfig.preset("hard", epochs=epochs, batch_size=64, data="synthetic").to_dict()
     rid = store.create_run(cfg, owner="0123456789ab", label="kept")
@@ -227,7 +227,7 @@ def test_a_store_gone_read_only_mid_run_ends_the_run_and_the_page_does_not_show_
 
 
 def test_a_full_disk_never_offers_a_file_that_does_not_match_its_numbers(tmp_path, monkeypatch):
-    import mtl_core.run_link
+    import mtl_core.store.run_link
     from dashboard.state import has_model
     from mtl_core.checkpoint import atomic_write_bytes, load_model
 
@@ -239,7 +239,7 @@ def test_a_full_disk_never_offers_a_file_that_does_not_match_its_numbers(tmp_pat
             raise OSError(errno.ENOSPC, "No space left on device")
         atomic_write_bytes(path, payload)
 
-    monkeypatch.setattr(mtl_core.run_link, "atomic_write_bytes", full_after_the_first)
+    monkeypatch.setattr(mtl_core.store.run_link, "atomic_write_bytes", full_after_the_first)
     store = RunStore(tmp_path / "runs.sqlite")
     rid = _train_in_process(store, 4)
     run = store.get_run(rid)
@@ -253,7 +253,7 @@ def test_a_full_disk_never_offers_a_file_that_does_not_match_its_numbers(tmp_pat
 def test_workers_that_die_at_once_back_off_without_starting_over(store, monkeypatch):
     """A worker that cannot start at all (the store is fine: here the process exits at once) is retried
     after 2, 4, 8 ... s, never reset to fast retries because no worker is alive."""
-    from mtl_core.jobs import JobRunner, _Worker
+    from mtl_core.jobs.runner import JobRunner, _Worker
 
     spawned = []
 
@@ -278,7 +278,7 @@ def test_workers_that_die_at_once_back_off_without_starting_over(store, monkeypa
 def test_students_see_a_plain_sentence_and_the_teacher_what_happened(damaged):
     from streamlit.testing.v1 import AppTest
 
-    from mtl_core.jobs import shutdown_server_runners
+    from mtl_core.jobs.runner import shutdown_server_runners
 
     shutdown_server_runners()
     try:
@@ -287,7 +287,7 @@ def test_students_see_a_plain_sentence_and_the_teacher_what_happened(damaged):
             at.query_params["u"] = "0123456789ab"
             if teacher:
                 at.session_state["teacher"] = True
-            at.switch_page("views/train.py")
+            at.switch_page("pages/train.py")
             at.run()
             assert not at.exception
             shown = " ".join(w.value for w in at.sidebar.warning)
@@ -307,7 +307,7 @@ def test_a_store_emptied_under_a_training_server_loses_no_run(store):
     and the pool trains again, without a crash loop."""
     from waiting import wait_for
 
-    from mtl_core.jobs import JobRunner
+    from mtl_core.jobs.runner import JobRunner
 
     runner = JobRunner(store)
     try:
@@ -341,7 +341,7 @@ def test_a_store_emptied_under_a_training_server_loses_no_run(store):
 def test_a_store_damaged_while_the_server_runs_is_renewed_and_students_never_see_sqlite(tmp_path):
     from streamlit.testing.v1 import AppTest
 
-    from mtl_core.jobs import server_runner, shutdown_server_runners
+    from mtl_core.jobs.runner import server_runner, shutdown_server_runners
 
     path = Path(os.environ["MTL_HOME"]) / "runs.sqlite"
     ids = _finished_store(path)
@@ -349,7 +349,7 @@ def test_a_store_damaged_while_the_server_runs_is_renewed_and_students_never_see
     try:
         at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
         at.query_params["u"] = f"{1:012d}"  # Ada, whose runs 16 and 19 sit on the page about to be hit
-        at.switch_page("views/train.py")
+        at.switch_page("pages/train.py")
         at.run()
         assert not at.exception and not at.error
         hit = _scribble_over_the_page_of(path, b"run-016-")

@@ -6,7 +6,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from mtl_core.config import TrainConfig
-from mtl_core.runs import STOPPED_BY_TEACHER
+from mtl_core.store.runs import STOPPED_BY_TEACHER
 
 CFG = TrainConfig.preset("hard", epochs=10, data="synthetic").to_dict()
 

@@ -8,7 +8,7 @@ from native_kernel import kernel_device, use_kernel  # tests/native_kernel.py
 
 from mtl_core.config import ConfigError, TrainConfig
 from mtl_core.models import MODELS
-from mtl_core.train import Training, iter_train, resolve_device, state_copy
+from mtl_core.training.loop import Training, iter_train, resolve_device, state_copy
 
 
 def tiny(model="hard", **kw):
@@ -228,7 +228,7 @@ def test_best_checkpoint_can_be_an_earlier_epoch(synthetic):
 def test_how_far_the_epoch_is_can_be_read_while_it_trains(synthetic, kernel, monkeypatch):
     """The worker's heartbeat reports `epoch_done`: it must move through each epoch, on every loop (the
     C++ one reports between its chunks of batches)."""
-    from mtl_core.steps import NATIVE_CHUNK
+    from mtl_core.training.steps import NATIVE_CHUNK
 
     if kernel != "autograd":
         use_kernel(kernel, monkeypatch)

@@ -1,4 +1,4 @@
-"""Loss weighting (mtl_core/weighting.py): every method in the registry through the one seam, each
+"""Loss weighting (mtl_core/weighting/__init__.py): every method in the registry through the one seam, each
 paper's checkable behaviour on a small case, and what the optimiser does to non-network parameters."""
 
 import math
@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from mtl_core.config import ConfigError, TrainConfig
-from mtl_core.fastpath import FlatAdam
 from mtl_core.models import build_model, shares_parameters
-from mtl_core.steps import make_optimizer
-from mtl_core.train import Training
+from mtl_core.training.fastpath import FlatAdam
+from mtl_core.training.loop import Training
+from mtl_core.training.steps import make_optimizer
 from mtl_core.weighting import DWA, FAMO, WEIGHTINGS, GradNorm, UncertaintyWeighting, task_gradient_rows
 
 
@@ -223,7 +223,7 @@ def test_famos_second_look_at_the_batch_leaves_batchnorm_statistics_alone(synthe
     """FAMO measures each loss again after the step; that forward must not count as a training step
     for BatchNorm (its running statistics and batch count move once a step, as without FAMO)."""
     from mtl_core.config import TrainConfig
-    from mtl_core.train import Training
+    from mtl_core.training.loop import Training
 
     cfg = TrainConfig.preset("cnn", epochs=1, batch_size=32, max_batches=5, data="synthetic", precision="fp32")
     famo = Training(cfg.replace(loss_weighting="famo"), synthetic, conflict_probes=0)

@@ -3,12 +3,13 @@ Debian's chromium.
 
 The server runs with its own MTL_HOME (a temp folder) and full MNIST from ../shared/data when that
 holds MNIST/raw, else an empty folder (the app then falls back to the embedded 5,000-digit subset).
-The server is started in its own session; its training workers (`python -m mtl_core.worker`) exit
+The server is started in its own session; its training workers (`python -m mtl_core.jobs.worker`) exit
 within a second of the server, whichever way it stops.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -77,12 +78,12 @@ def _stop_group(proc: subprocess.Popen) -> None:
     _signal_group(proc, signal.SIGKILL, 5)
 
 
-@pytest.fixture(scope="session")
-def streamlit_server(tmp_path_factory):
-    """Base URL of a fresh `python -m dashboard.serve` (Streamlit on app.py) on a free port."""
+@contextlib.contextmanager
+def dashboard_server(tmp: Path):
+    """A fresh `python -m dashboard.serve` (Streamlit on app.py) on a free port, with its own MTL_HOME
+    under `tmp`; yields its base URL once healthy, stops it (and its process group) after."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium)")
-    tmp = tmp_path_factory.mktemp("browser_server")
     home = tmp / "mtl_home"
     home.mkdir()
     data_dir = SHARED_DATA if (SHARED_DATA / "MNIST" / "raw").is_dir() else tmp / "no-mnist"
@@ -124,6 +125,20 @@ def streamlit_server(tmp_path_factory):
         yield base
     finally:
         _stop_group(proc)
+
+
+@pytest.fixture(scope="session")
+def streamlit_server(tmp_path_factory):
+    """Base URL of the session's dashboard server (dashboard_server)."""
+    with dashboard_server(tmp_path_factory.mktemp("browser_server")) as base:
+        yield base
+
+
+@pytest.fixture
+def fresh_server(tmp_path):
+    """A dashboard server of this test's own, that nothing has visited yet."""
+    with dashboard_server(tmp_path) as base:
+        yield base
 
 
 @pytest.fixture(scope="session")

@@ -14,13 +14,13 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from .config import ConfigError, TrainConfig
-from .data import MTLData, batch_indices
-from .metrics import MetricAccumulator, average_accuracy, mean_by_key, probabilities, selection_score, task_loss
-from .models import MultiTaskModel, build_model, count_parameters, get_model_spec
-from .steps import TrainStep, choose_step, split_shared
-from .tasks import make_targets
-from .weighting import build_weighting, split_like, task_gradient_rows
+from mtl_core.config import ConfigError, TrainConfig
+from mtl_core.data import MTLData, batch_indices
+from mtl_core.metrics import MetricAccumulator, average_accuracy, mean_by_key, probabilities, selection_score, task_loss
+from mtl_core.models import MultiTaskModel, build_model, count_parameters, get_model_spec
+from mtl_core.tasks import make_targets
+from mtl_core.training.steps import TrainStep, choose_step, split_shared
+from mtl_core.weighting import build_weighting, split_like, task_gradient_rows
 
 # Gradient-conflict probes per epoch: each costs one forward and one backward per task on one batch.
 CONFLICT_PROBES = 4

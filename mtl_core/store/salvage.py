@@ -18,7 +18,7 @@ import sqlite3
 import tempfile
 from pathlib import Path
 
-from .checkpoint import atomic_write_bytes
+from mtl_core.checkpoint import atomic_write_bytes
 
 TABLES = ("runs", "epochs", "owners", "meta")
 MISS_LIMIT = 2000  # consecutive rowids that could not be read before giving up on a table

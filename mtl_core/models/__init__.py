@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .batchfold import can_fold, folded_conv_bn
-from .tasks import get_task
+from mtl_core.tasks import get_task
+from mtl_core.training.batchfold import can_fold, folded_conv_bn
 
 MLP_HIDDEN = (64, 32)  # SPEC.md: the study's parameter counts imply [64, 32], not [256, 128]
 IN_FEATURES = 28 * 28
@@ -239,7 +239,7 @@ PatchMoments = tuple[torch.Tensor, torch.Tensor]  # this batch's rows of mtl_cor
 
 def _run_first_stage(layers: nn.Sequential, x: torch.Tensor, patch_moments: PatchMoments | None) -> torch.Tensor:
     """`layers(x)`; in training, given the batch's patch moments, the leading conv + BatchNorm run as one
-    convolution with the batch statistics folded in (mtl_core/batchfold.py: the same result, without
+    convolution with the batch statistics folded in (mtl_core/training/batchfold.py: the same result, without
     BatchNorm's passes over the largest activation)."""
     conv, bn = layers[0], layers[1]
     if patch_moments is None or not (bn.training and torch.is_grad_enabled()) or not can_fold(conv, bn):
@@ -290,7 +290,7 @@ class _Flatten(nn.Flatten):
 
 
 class _NativeMaxPool(torch.autograd.Function):
-    """2x2 max-pooling by the C++ kernel (mtl_core/native_pool.cpp): torch's values and gradient bit for
+    """2x2 max-pooling by the C++ kernel (mtl_core/native/native_pool.cpp): torch's values and gradient bit for
     bit, with a byte per output for which position won instead of an int64 index, and a backward that
     writes each input position once instead of zero-filling the gradient and scattering into it."""
 
@@ -333,7 +333,7 @@ class _MaxPool2x2(nn.MaxPool2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.native and _native_pool_fits(x):
-            from . import native  # built and loaded already: use_native_pooling switched it on
+            from mtl_core import native  # built and loaded already: use_native_pooling switched it on
 
             kernels = native.get()
             if torch.is_grad_enabled() and x.requires_grad:
@@ -349,7 +349,7 @@ def use_native_pooling(model: nn.Module) -> bool:
     pools = [m for m in model.modules() if isinstance(m, _MaxPool2x2)]
     if not pools:
         return False
-    from . import native
+    from mtl_core import native
 
     kernels = native.get()
     if kernels is None or not kernels.pool_supported():
@@ -445,6 +445,34 @@ class MultiTaskCNN(MultiTaskModel):
 # ----------------------------------------------------------------------------- registry
 
 
+SHARING = {  # what a model shares between its tasks; the architecture pictures are drawn from this
+    "nothing": "one column per task, nothing shared",
+    "trunk": "one shared body, a head per task",
+    "cross_stitch": "one column per task, mixed by learned alphas after each stage",
+    "experts": "shared experts, mixed for each task by its own gate",
+}
+
+
+def body_stages(family: str) -> tuple[str, ...]:
+    """The stages of one column (or of the shared trunk), input to features, as pictures name them."""
+    if family == "mlp":
+        h1, h2 = MLP_HIDDEN
+        return (f"{IN_FEATURES}→{h1}", f"{h1}→{h2}")
+    if family == "cnn":
+        return ("conv block 1\\n(conv 3x3, BN, ReLU, pool)", "conv block 2", "FC 3136→128")
+    raise ValueError(f"no stages known for model family {family!r}")
+
+
+def head_sizes(task: str, family: str) -> str:
+    """A task's head as pictures name it: its layer widths, features to outputs."""
+    if family == "mlp":
+        return f"{MLP_HIDDEN[1]}→{head_dim(task, family)}"
+    if family == "cnn":
+        hidden = 64 if get_task(task).kind == "multiclass" else 32
+        return f"128→{hidden}→{head_dim(task, family)}"
+    raise ValueError(f"no head known for model family {family!r}")
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
@@ -453,8 +481,13 @@ class ModelSpec:
     default_tasks: tuple[str, ...]
     builder: Callable[..., MultiTaskModel]
     description: str
+    sharing: str  # a key of SHARING
     settings: tuple[str, ...] = ()  # the config fields its builder takes besides the tasks
     baseline: str = "stl"  # the single-task model of its family, which Δm is measured against
+
+    def __post_init__(self) -> None:
+        if self.sharing not in SHARING:
+            raise ValueError(f"model {self.name!r}: sharing {self.sharing!r} is not one of {sorted(SHARING)}")
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -465,6 +498,7 @@ MODELS: dict[str, ModelSpec] = {
         ("even", "mult3"),
         STLMLP,
         "One independent 784-64-32 MLP per task; nothing is shared.",
+        sharing="nothing",
     ),
     "hard": ModelSpec(
         "hard",
@@ -473,6 +507,7 @@ MODELS: dict[str, ModelSpec] = {
         ("even", "mult3"),
         HardSharingMLP,
         "One shared 784-64-32 trunk, a linear head per task.",
+        sharing="trunk",
     ),
     "cross_stitch": ModelSpec(
         "cross_stitch",
@@ -481,6 +516,7 @@ MODELS: dict[str, ModelSpec] = {
         ("even", "mult3"),
         CrossStitchMLP,
         "One column per task, mixed after each hidden layer by learned alphas.",
+        sharing="cross_stitch",
         settings=("alpha_init",),
     ),
     "mmoe": ModelSpec(
@@ -490,6 +526,7 @@ MODELS: dict[str, ModelSpec] = {
         ("even", "mult3"),
         MMoEMLP,
         f"{MMOE_EXPERTS} shared 784-64-32 experts; each task's own softmax gate mixes them for its head.",
+        sharing="experts",
     ),
     "cnn": ModelSpec(
         "cnn",
@@ -498,6 +535,7 @@ MODELS: dict[str, ModelSpec] = {
         ("digit", "even", "gt4", "value"),
         MultiTaskCNN,
         "Shared conv trunk (2 conv blocks, 128-d), a small MLP head per task.",
+        sharing="trunk",
         baseline="stl_cnn",
     ),
     "stl_cnn": ModelSpec(
@@ -507,6 +545,7 @@ MODELS: dict[str, ModelSpec] = {
         ("digit", "even", "gt4", "value"),
         STLCNN,
         "One full tutorial CNN per task (2 conv blocks, 128-d FC, head); nothing is shared.",
+        sharing="nothing",
         baseline="stl_cnn",
     ),
     "cross_stitch_cnn": ModelSpec(
@@ -516,6 +555,7 @@ MODELS: dict[str, ModelSpec] = {
         ("digit", "even", "gt4", "value"),
         CrossStitchCNN,
         "One tutorial CNN per task, mixed by learned alphas after each conv block and after the FC layer.",
+        sharing="cross_stitch",
         settings=("alpha_init",),
         baseline="stl_cnn",
     ),

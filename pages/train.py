@@ -10,9 +10,9 @@ from dashboard.state import client_address, get_runner, owner_id
 from dashboard.text import md_escape
 from mtl_core.analysis import run_label
 from mtl_core.config import ConfigError, TrainConfig
-from mtl_core.jobs import QueueFull
+from mtl_core.jobs.runner import QueueFull
 from mtl_core.models import MODELS
-from mtl_core.runs import StoreUnavailable
+from mtl_core.store.runs import StoreUnavailable
 
 projector = is_teacher() and st.session_state.get("projector")
 if not projector:  # on the projector every line of height goes to the run

@@ -11,12 +11,12 @@ import time
 
 import torch
 
-from .batchfold import patch_moments
-from .config import TrainConfig
-from .fastpath import FlatAdam, FlatParameters, ThreadPicker, make_step, native_loop
-from .metrics import task_loss
-from .models import STLMLP, CrossStitchMLP, HardSharingMLP, MMoEMLP, MultiTaskModel, use_native_pooling
-from .weighting import Weighting
+from mtl_core.config import TrainConfig
+from mtl_core.metrics import task_loss
+from mtl_core.models import STLMLP, CrossStitchMLP, HardSharingMLP, MMoEMLP, MultiTaskModel, use_native_pooling
+from mtl_core.training.batchfold import patch_moments
+from mtl_core.training.fastpath import FlatAdam, FlatParameters, ThreadPicker, make_step, native_loop
+from mtl_core.weighting import Weighting
 
 # Batches the C++ loop runs between two looks at Stop and progress (about 5-10 ms).
 NATIVE_CHUNK = 16

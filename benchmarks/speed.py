@@ -1,5 +1,8 @@
 """Benchmark: where our training time stands, against the seed pipeline and against the machine.
 
+`python benchmarks/speed.py [--full] [--accuracy SEEDS] ...`; reads full MNIST from $MTL_DATA_DIR when it is
+there (e.g. MTL_DATA_DIR=../shared/data), else the embedded subset.
+
 For each model (the three MLPs of the seed study, and the 4-task CNN):
 - seconds per epoch of a seed-faithful pipeline and of ours, measured side by side in one run, and
   the ratio. Seed-faithful = what the reference studies do: a per-sample `Dataset` (PIL image ->
@@ -28,22 +31,26 @@ import contextlib
 import math
 import os
 import statistics
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
-import numpy as np
-import torch
-from torch.utils.flop_counter import FlopCounterMode
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
-from .config import TrainConfig
-from .data import MEAN, STD, MTLData, load_data
-from .metrics import MetricAccumulator, average_accuracy, mean_std, selection_score, task_loss
-from .models import HardSharingMLP, MultiTaskCNN, MultiTaskModel, PlainCrossStitch, PlainSTL, build_model
-from .predict import predict
-from .reference import SEED_MODELS
-from .steps import bf16_is_native
-from .tasks import make_targets
-from .train import Training
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from mtl_core.config import TrainConfig  # noqa: E402
+from mtl_core.data import MEAN, STD, MTLData, load_data  # noqa: E402
+from mtl_core.metrics import MetricAccumulator, average_accuracy, mean_std, selection_score, task_loss  # noqa: E402
+from mtl_core.models import HardSharingMLP, MultiTaskCNN, MultiTaskModel, PlainCrossStitch, PlainSTL, build_model  # noqa: E402
+from mtl_core.predict import predict  # noqa: E402
+from mtl_core.reference import SEED_MODELS  # noqa: E402
+from mtl_core.tasks import make_targets  # noqa: E402
+from mtl_core.training.loop import Training  # noqa: E402
+from mtl_core.training.steps import bf16_is_native  # noqa: E402
 
 # The goals (issue 10): our epoch against the seed-faithful one, and the seed table's wall time.
 MLP_GOAL = 25.0  # x the seed-faithful s/epoch, every MLP
@@ -437,8 +444,8 @@ def pool_seed_table(source: str, epochs: int = 20, workers: int | None = None) -
     import tempfile
     from pathlib import Path
 
-    from .jobs import JobRunner, RunnerSettings
-    from .runs import RunStore
+    from mtl_core.jobs.runner import JobRunner, RunnerSettings
+    from mtl_core.store.runs import RunStore
 
     workers = workers or os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as home:
@@ -546,7 +553,7 @@ def _peaks_line(peaks: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mtl_core bench", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python benchmarks/speed.py", description=__doc__)
     ap.add_argument("--data", default="auto")
     ap.add_argument("--seed-batches", type=int, default=150, help="seed-faithful batches timed per model")
     ap.add_argument("--full", action="store_true", help="time whole seed-faithful epochs")

@@ -11,9 +11,9 @@ import heapq
 import math
 from dataclasses import dataclass
 
-from .models import MODELS
-from .runs import RunStore
-from .weighting import WEIGHTINGS
+from mtl_core.models import MODELS
+from mtl_core.store.runs import RunStore
+from mtl_core.weighting import WEIGHTINGS
 
 # Seconds per epoch on full MNIST (60,000 digits, batch 128), one thread, training plus test pass.
 GUESS_FULL_EPOCH_S = {

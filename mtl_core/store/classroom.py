@@ -12,10 +12,6 @@ import os
 import secrets
 from pathlib import Path
 
-from .text import COLON_LIKE, plain_text
-
-NAME_MAX = 30
-
 
 def kept_secret(path: Path, nbytes: int) -> str:
     """A random secret made once and kept in `path` (readable by the server's user only), so a restart
@@ -54,10 +50,3 @@ _unsaved: dict[str, str] = {}  # secrets a read-only disk could not keep: stable
 def is_teacher_token(given: str, token: str) -> bool:
     """Constant-time comparison, so the token cannot be guessed character by character."""
     return bool(given) and hmac.compare_digest(given.strip().encode(), token.encode())
-
-
-def clean_name(raw: str) -> str:
-    """A display name as plain text (mtl_core.text.plain_text: no control, bidi or zero-width characters,
-    spaces collapsed), at most 30 characters. Markdown and HTML stay as typed; pages escape them. No colon
-    (nor a look-alike): pages show "name: run", and only the server's part may hold one."""
-    return plain_text(COLON_LIKE.sub(" ", plain_text(raw)))[:NAME_MAX].rstrip()

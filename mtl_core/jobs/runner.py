@@ -1,9 +1,9 @@
 """The job runner: a bounded, fair queue of training runs (kept in the run store) and what trains them:
 worker processes on this machine (the default) or tasks on a Ray cluster (MTL_EXECUTOR=ray, see
-mtl_core/ray_backend.py). The pages, the store and the CLI are the same for both.
+mtl_core/jobs/ray_backend.py). The pages, the store and the CLI are the same for both.
 
 The dashboard submits, watches, stops and lists runs through this; training happens in
-`mtl_core.worker` processes, so no click, page switch or closed tab can kill or duplicate a run.
+`mtl_core.jobs.worker` processes, so no click, page switch or closed tab can kill or duplicate a run.
 A supervisor thread replaces dead workers (backing off when they die at once, so a broken disk
 cannot start a crash loop), ends runs whose heartbeat went stale, and cancels queued runs of
 browsers long gone. One pool per run store: a lock file keeps a second server from starting another.
@@ -25,8 +25,9 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import TrainConfig
-from .runs import (
+from mtl_core.config import TrainConfig
+from mtl_core.settings import env_choice, env_float, env_int
+from mtl_core.store.runs import (
     STORE_EXIT,
     Limits,
     QueueFull,
@@ -36,7 +37,6 @@ from .runs import (
     default_store_path,
     is_store_failure,
 )
-from .settings import env_choice, env_float, env_int
 
 __all__ = [
     "EXECUTORS",
@@ -147,7 +147,7 @@ class JobRunner:
             self.store.interrupt_stale(0.0, "the server restarted while it was training; the curve so far is kept")
             if settings.executor == "ray":
                 try:
-                    from .ray_backend import RayPool
+                    from mtl_core.jobs.ray_backend import RayPool
 
                     self._ray = RayPool(store, settings.threads, settings.max_job_s, settings.ray_address)
                 except Exception as exc:  # noqa: BLE001 - no cluster: the pages still open and say why
@@ -188,9 +188,9 @@ class JobRunner:
     def _spawn(self, extra: bool = False) -> _Worker:
         """A worker process; `extra`: one that trains one run and exits (fair share, `share_workers`)."""
         token = uuid.uuid4().hex
-        root = str(Path(__file__).resolve().parent.parent)
+        root = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-        cmd = [sys.executable, "-m", "mtl_core.worker", "--db", str(self.store.path), "--token", token]
+        cmd = [sys.executable, "-m", "mtl_core.jobs.worker", "--db", str(self.store.path), "--token", token]
         cmd += ["--watch-stdin", "--threads", str(self.settings.threads)]
         cmd += ["--max-threads", str(self.settings.max_threads)]
         cmd += ["--max-seconds", str(self.settings.max_job_s), "--nice", str(self.settings.nice)]

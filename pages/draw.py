@@ -18,7 +18,7 @@ from dashboard.state import has_model, note_presence, read_if_changed, rerun_app
 from dashboard.text import md_escape
 from mtl_core.analysis import run_label
 from mtl_core.predict import ImageInputError, prepare_drawing, read_data_url, read_image_bytes, to_display
-from mtl_core.runs import ACTIVE
+from mtl_core.store.runs import ACTIVE
 
 st.title("✏️ Draw a digit")
 runs = [r for r in visible_runs() if has_model(r)]

@@ -1,7 +1,7 @@
 """What training one claimed run needs from the run store, as one small object per run.
 
-A local worker process (mtl_core/worker.py) holds a StoreLink, which writes to the store itself. A
-task on a Ray node (mtl_core/ray_backend.py) never opens the store: its link sends the same calls as
+A local worker process (mtl_core/jobs/worker.py) holds a StoreLink, which writes to the store itself. A
+task on a Ray node (mtl_core/jobs/ray_backend.py) never opens the store: its link sends the same calls as
 messages to the dashboard host, which applies them through a StoreLink. So one code path writes every
 run, whichever backend trained it, and every write is guarded by the worker token that holds the run.
 
@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from . import salvage
-from .checkpoint import atomic_write_bytes
-from .runs import RunStore, StoreUnavailable, is_store_failure, store_problem
+from mtl_core.checkpoint import atomic_write_bytes
+from mtl_core.store import salvage
+from mtl_core.store.runs import RunStore, StoreUnavailable, is_store_failure, store_problem
 
 STORE_ERRORS = (StoreUnavailable, sqlite3.DatabaseError)
 
@@ -145,7 +145,7 @@ class StoreLink:
     def stop_requested(self) -> bool:
         return self._call(self.store.stop_requested, self.run_id)
 
-    # Fair share, local pool only (mtl_core/worker.py `_StopCheck`): a Ray task's link has neither.
+    # Fair share, local pool only (mtl_core/jobs/worker.py `_StopCheck`): a Ray task's link has neither.
     def yield_requested(self) -> bool:
         return self._call(self.store.yield_requested, self.run_id)
 

@@ -1,6 +1,6 @@
-// The MLPs' hand-written training step and batch loop in C++ (built by mtl_core/native.py).
+// The MLPs' hand-written training step and batch loop in C++ (built by mtl_core/native/__init__.py).
 //
-// The same maths as the Python steps in mtl_core/fastpath.py, called without Python in between: at batch
+// The same maths as the Python steps in mtl_core/training/fastpath.py, called without Python in between: at batch
 // 128 a step is about 40 small operations, and Python's cost per operation (2-3 us) was a quarter of the
 // step. Every operation is ATen's (oneDNN's products, torch's fused Adam); only the loss heads and the
 // folded heads' weights, a few hundred values each, are plain loops here. No ISA-specific code here: the
@@ -360,7 +360,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         double total = 0;
         return step(kind, x, y, p, g, weights, kinds, offsets, bf16, total);
       },
-      "one training step's losses and gradients (see mtl_core/native_steps.cpp)");
+      "one training step's losses and gradients (see mtl_core/native/native_steps.cpp)");
   m.def("train_batches", &train_batches, "batches [begin, end) of an epoch: step and fused Adam each");
   m.def("pool_supported", &pool_supported, "whether runs use the C++ max-pool here (AVX-512, or the portable twin forced)");
   m.def("pool_simd", &pool_simd, "whether a max-pool call now runs the AVX-512 twin (not MTL_NATIVE_ISA=portable)");

@@ -22,12 +22,12 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .run_link import StoreLink
-from .runs import RunStore
+from mtl_core.store.run_link import StoreLink
+from mtl_core.store.runs import RunStore
 
 PUMP_S = 0.2
 CANCEL_AFTER_S = 5.0  # a task that has not stopped this long after its flag was set is cancelled
-ROOT = str(Path(__file__).resolve().parent.parent)
+ROOT = str(Path(__file__).resolve().parents[2])
 
 
 def _python_path() -> str:
@@ -78,7 +78,7 @@ def _channel_class():
 
 
 class ChannelLink:
-    """A run's link (mtl_core/run_link.py) inside a Ray task: every call becomes a message to the host.
+    """A run's link (mtl_core/store/run_link.py) inside a Ray task: every call becomes a message to the host.
     Calls from one process reach an actor in the order they were made; `finish` waits until the actor
     has everything, so the run's record is complete before the task returns."""
 
@@ -127,7 +127,7 @@ def _train_task(run_id: str, config: dict, channel, threads: int, max_seconds: f
     global _DATA
     import torch
 
-    from . import worker
+    from mtl_core.jobs import worker
 
     if threads > 0:
         torch.set_num_threads(threads)

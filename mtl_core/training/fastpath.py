@@ -19,9 +19,9 @@ import statistics
 import torch
 from torch.nn import functional as F
 
-from . import native
-from .models import STLMLP, CrossStitchMLP, HardSharingMLP, MMoEMLP, MultiTaskModel
-from .tasks import get_task
+from mtl_core import native
+from mtl_core.models import STLMLP, CrossStitchMLP, HardSharingMLP, MMoEMLP, MultiTaskModel
+from mtl_core.tasks import get_task
 
 
 class FlatParameters:

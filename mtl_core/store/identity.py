@@ -23,8 +23,8 @@ from pathlib import Path
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from .classroom import kept_secret
-from .settings import env_float, env_int
+from mtl_core.settings import env_float, env_int
+from mtl_core.store.classroom import kept_secret
 
 ID_COOKIE = "mtl_id"
 TEACHER_COOKIE = "mtl_teacher"

@@ -1,6 +1,6 @@
 """A training worker process: claims queued runs from the run store one at a time and trains them.
 
-Run as `python -m mtl_core.worker --db PATH --token T`. Liveness never rests on process ids: the
+Run as `python -m mtl_core.jobs.worker --db PATH --token T`. Liveness never rests on process ids: the
 worker writes a heartbeat for its run every second, every write is guarded by its token, and with
 `--watch-stdin` it stops within a second once its server is gone (the server holds the other end of
 the worker's stdin pipe; the operating system closes it whichever way the server dies).
@@ -21,13 +21,13 @@ from pathlib import Path
 
 import torch
 
-from .analysis import predictions_bytes, predictions_from_outputs
-from .checkpoint import model_bytes
-from .config import ConfigError, TrainConfig
-from .data import DataUnavailable, MTLData, load_data
-from .run_link import STORE_ERRORS, RunLink, StoreLink, is_store_failure, store_problem
-from .runs import STORE_EXIT, RunStore
-from .train import Training
+from mtl_core.analysis import predictions_bytes, predictions_from_outputs
+from mtl_core.checkpoint import model_bytes
+from mtl_core.config import ConfigError, TrainConfig
+from mtl_core.data import DataUnavailable, MTLData, load_data
+from mtl_core.store.run_link import STORE_ERRORS, RunLink, StoreLink, is_store_failure, store_problem
+from mtl_core.store.runs import STORE_EXIT, RunStore
+from mtl_core.training.loop import Training
 
 POLL_S = 0.3
 STOP_CHECK_S = 0.2
@@ -94,7 +94,7 @@ class _Heartbeat:
 
 def threads_for(running: int, cores: int, base: int) -> int:
     """Torch threads for one run while `running` runs train on this machine's `cores`: the cores shared
-    out, never fewer than the worker's `base`. Measured (`python -m mtl_core bench`, one vs two threads):
+    out, never fewer than the worker's `base`. Measured (`python benchmarks/speed.py`, one vs two threads):
     on an otherwise idle machine every model kind trains faster on two threads than on one (1.2x the
     MLPs, 1.6x the CNN), but two runs on one thread each get more done than one after the other on two;
     and two runs with two threads each on two cores wait on each other's spinning threads (many times
@@ -220,7 +220,7 @@ def train_run(
         if training.kernel:
             how += f" ({training.kernel})"  # the MLPs' loop (C++ or Python); the CNNs' C++ max-pool
         if training.path_note:
-            how += f": {training.path_note}"  # why not a faster step (mtl_core/steps.py, choose_step)
+            how += f": {training.path_note}"  # why not a faster step (mtl_core/training/steps.py, choose_step)
         link.started(training.params, dataset.source, how)
         run_id = link.run_id
         saved_epoch, save_error = 0, ""

@@ -8,8 +8,8 @@ inserts, so two quick submits cannot both pass a cap.
 Only the server (and the CLI) create or repair the store; a worker only attaches to one. Each store has
 an identity (meta 'store_id'), checked on every connection, so a process whose store was deleted, emptied
 or replaced gets StoreLost instead of a silently recreated, empty store. A damaged store is moved aside
-and every row SQLite can still read goes into the new one (mtl_core/salvage.py), with the runs that
-workers kept beside their model files when their store failed under them (mtl_core/run_link.py).
+and every row SQLite can still read goes into the new one (mtl_core/store/salvage.py), with the runs that
+workers kept beside their model files when their store failed under them (mtl_core/store/run_link.py).
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import salvage
-from .settings import env_int
-from .text import LABEL_MAX, plain_text
+from mtl_core.settings import env_int
+from mtl_core.store import salvage
+from mtl_core.text import LABEL_MAX, plain_text
 
 STATUSES = ("queued", "running", "finished", "failed", "cancelled", "diverged", "interrupted")
 ACTIVE = ("queued", "running")

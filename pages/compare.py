@@ -27,10 +27,10 @@ from mtl_core.analysis import (
 )
 from mtl_core.config import TrainConfig
 from mtl_core.data import SOURCES
-from mtl_core.jobs import QueueFull
+from mtl_core.jobs.runner import QueueFull
 from mtl_core.metrics import mean_std
 from mtl_core.reference import SEED_MODELS, SEED_STUDY
-from mtl_core.runs import StoreUnavailable
+from mtl_core.store.runs import StoreUnavailable
 from mtl_core.text import spreadsheet_safe
 
 st.title("📊 Compare")

@@ -8,7 +8,7 @@ from dashboard.classroom import visible_runs
 from dashboard.state import get_store, read_if_changed, rerun_app
 from mtl_core.analysis import run_label
 from mtl_core.models import MODELS
-from mtl_core.runs import ACTIVE
+from mtl_core.store.runs import ACTIVE
 
 CROSS_STITCH_MODELS = [name for name, spec in MODELS.items() if "alpha_init" in spec.settings]
 
