@@ -52,9 +52,19 @@ def _router_from_the_first_request() -> None:
     """Streamlit treats a `pages/` folder beside the main script as its legacy multipage layout until some
     session has run `st.navigation`: before that, a deep link such as /train runs pages/train.py bare,
     without app.py (its sidebar, identity, links). Our pages are app.py's st.Page entries, so the legacy
-    layout is switched off before the first request (tests/browser/test_first_request.py)."""
+    layout is off for every session from the first request on (tests/browser/test_first_request.py), and
+    in AppTest, which asks again for each run (tests/conftest.py calls this too)."""
     from streamlit.runtime.pages_manager import PagesManager
 
+    init = PagesManager.__init__
+    if not getattr(init, "router_only", False):
+
+        def router_only(self: PagesManager, *args: object, **kwargs: object) -> None:
+            init(self, *args, **kwargs)
+            PagesManager.uses_pages_directory = False
+
+        router_only.router_only = True  # type: ignore[attr-defined]
+        PagesManager.__init__ = router_only  # type: ignore[method-assign]
     PagesManager.uses_pages_directory = False
 
 

@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from dashboard.serve import _router_from_the_first_request
+
+_router_from_the_first_request()  # AppTest runs app.py beside pages/ as the server does
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
