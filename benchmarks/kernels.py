@@ -27,7 +27,7 @@ import torch
 
 from mtl_core.config import TrainConfig
 from mtl_core.data import load_data
-from mtl_core.models import _MaxPool2x2
+from mtl_core.models.cnn import _MaxPool2x2
 from mtl_core.reference import SEED_MODELS
 from mtl_core.training.loop import Training
 

@@ -92,10 +92,11 @@ class _TupleOutputs(nn.Module):
 
 @contextlib.contextmanager
 def _quiet():
-    """Silence warnings a user of the export can do nothing about. `_finish` branches on a head's width,
-    a constant of the model, which the tracer cannot know; torch marks the tracer and the TorchScript-based
-    ONNX exporter deprecated, yet they export these models with no extra package, and the tests compare
-    every export's outputs with the model's, so a change there shows up in the tests instead."""
+    """Silence warnings a user of the export can do nothing about. `finish_output` (mtl_core/models/base.py)
+    branches on a head's width, a constant of the model, which the tracer cannot know; torch marks the
+    tracer and the TorchScript-based ONNX exporter deprecated, yet they export these models with no extra
+    package, and the tests compare every export's outputs with the model's, so a change there shows up in
+    the tests instead."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Converting a tensor to a Python boolean", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", r".*torch\.jit\.\w+` is deprecated", FutureWarning)

@@ -210,13 +210,13 @@ def test_the_cnn_trunk_pools_before_its_relu_with_the_tutorials_outputs_and_grad
 
 @pytest.mark.parametrize("momentum", [0.1, None])
 def test_the_first_conv_and_batchnorm_fold_into_one_convolution_with_batchnorms_numbers(momentum):
-    """mtl_core/training/batchfold.py against Conv2d then BatchNorm2d in training mode, in float64: the output,
+    """mtl_core/models/batchfold.py against Conv2d then BatchNorm2d in training mode, in float64: the output,
     every parameter's gradient and the running statistics (two steps, so the momentum shows)."""
     import copy
 
     from torch import nn
 
-    from mtl_core.training.batchfold import folded_conv_bn, patch_moments
+    from mtl_core.models.batchfold import folded_conv_bn, patch_moments
 
     torch.manual_seed(0)
     conv, bn = nn.Conv2d(1, 8, 3, padding=1).double(), nn.BatchNorm2d(8, momentum=momentum).double()

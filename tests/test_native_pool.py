@@ -14,7 +14,8 @@ from torch.nn import functional as F
 from mtl_core import native
 from mtl_core.config import TrainConfig
 from mtl_core.export import export_bytes
-from mtl_core.models import _MaxPool2x2, _NativeMaxPool, build_model, use_native_pooling
+from mtl_core.models import build_model, use_native_pooling
+from mtl_core.models.cnn import _MaxPool2x2, _NativeMaxPool
 from mtl_core.tasks import make_targets
 from mtl_core.training.loop import Training
 

@@ -1,5 +1,5 @@
 // The CNNs' 2x2 max-pooling (stride 2) on channels_last batches, forward and backward, in AVX-512
-// (built by mtl_core/native/__init__.py into the same module as native_steps.cpp; used by models._MaxPool2x2).
+// (built by mtl_core/native/__init__.py into the same module as native_steps.cpp; used by mtl_core/models/cnn.py's _MaxPool2x2).
 //
 // Why: torch's CPU pooling keeps the position of each maximum as an int64 index (8 bytes per output,
 // as large as a bf16 input) and its backward zero-fills the whole input gradient before scattering into

@@ -14,7 +14,7 @@ import torch
 from mtl_core.config import TrainConfig
 from mtl_core.metrics import task_loss
 from mtl_core.models import STLMLP, CrossStitchMLP, HardSharingMLP, MMoEMLP, MultiTaskModel, use_native_pooling
-from mtl_core.training.batchfold import patch_moments
+from mtl_core.models.batchfold import patch_moments
 from mtl_core.training.fastpath import FlatAdam, FlatParameters, ThreadPicker, make_step, native_loop
 from mtl_core.weighting import Weighting
 
