@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from unittest.mock import MagicMock
 
 import pytest
@@ -68,7 +69,9 @@ def run_connection(messages: list[dict], scope_type: str = "websocket", limits: 
             read.append(await receive())
 
     budget = IngressBudget(app, limits, clock=t.clock, sleep=t.sleep)
-    asyncio.run(budget({"type": scope_type}, receive, None))
+    # in a thread of its own: the browser tests' Playwright may hold a running event loop in this one
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, budget({"type": scope_type}, receive, None)).result()
     return read, t, budget
 
 
