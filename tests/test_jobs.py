@@ -330,11 +330,30 @@ def test_a_run_alone_takes_every_core_and_shares_them_when_others_train():
     assert threads_for(5, cores=8, base=2) == 2  # never below the worker's own setting
 
 
+def test_a_draining_worker_trains_the_waiting_runs_in_one_process_then_exits(tmp_path, synthetic):
+    """The fair-share extra worker: one process start for a wave of waiting runs, and it leaves as soon as
+    none can be claimed, also when one waits but every slot trains."""
+    store = RunStore(tmp_path / "runs.db")
+    cfg = TrainConfig.preset("hard", epochs=1, data="synthetic").to_dict()
+    ids = [store.create_run(cfg) for _ in range(3)]
+    cmd = [sys.executable, "-m", "mtl_core.jobs.worker", "--db", str(store.path), "--drain", "--threads", "1",
+           "--slots", "1"]  # fmt: skip
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run(cmd, check=True, timeout=180, cwd=root, capture_output=True)
+    runs = [store.get_run(i) for i in ids]
+    assert [r["status"] for r in runs] == ["finished"] * 3
+    assert len({r["worker_pid"] for r in runs}) == 1
+    busy, waiting = store.create_run(cfg), store.create_run(cfg)
+    assert store.claim_next("another-worker", 1) == busy  # the one slot trains
+    subprocess.run(cmd, check=True, timeout=60, cwd=root, capture_output=True)
+    assert store.get_run(waiting)["status"] == "queued"
+
+
 def test_a_worker_gives_a_lone_run_its_max_threads(tmp_path, synthetic):
     """Through the real worker process: one run on its own trains with --max-threads threads."""
     store = RunStore(tmp_path / "runs.db")
     run_id = store.create_run(TrainConfig.preset("hard", epochs=2, data="synthetic").to_dict())
-    cmd = [sys.executable, "-m", "mtl_core.jobs.worker", "--db", str(store.path), "--once", "--threads", "1",
+    cmd = [sys.executable, "-m", "mtl_core.jobs.worker", "--db", str(store.path), "--drain", "--threads", "1",
            "--max-threads", "2"]  # fmt: skip
     subprocess.run(cmd, check=True, timeout=180, cwd=Path(__file__).resolve().parent.parent, capture_output=True)
     assert store.get_run(run_id)["status"] == "finished"

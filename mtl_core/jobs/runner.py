@@ -186,7 +186,8 @@ class JobRunner:
         return f
 
     def _spawn(self, extra: bool = False) -> _Worker:
-        """A worker process; `extra`: one that trains one run and exits (fair share, `share_workers`)."""
+        """A worker process; `extra`: one that trains the waiting runs and exits once none can be claimed
+        (fair share, `share_workers`)."""
         token = uuid.uuid4().hex
         root = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
@@ -195,7 +196,7 @@ class JobRunner:
         cmd += ["--max-threads", str(self.settings.max_threads)]
         cmd += ["--max-seconds", str(self.settings.max_job_s), "--nice", str(self.settings.nice)]
         # However many processes the pool has, no more runs train at once than it has workers.
-        cmd += ["--slots", str(self.settings.workers)] + (["--once"] if extra else [])
+        cmd += ["--slots", str(self.settings.workers)] + (["--drain"] if extra else [])
         # stdin is a pipe we never write: when this process dies, however it dies, the worker sees EOF.
         # A session of its own: Ctrl+C on the server reaches the worker only through that pipe.
         proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
@@ -323,8 +324,9 @@ class JobRunner:
         whose run waits has nothing running while every slot trains, one long run (of the student with
         the most running, trained `yield_after_s` at least) is asked to pause in place, and one extra
         worker starts for the waiting run. Once nobody waits, paused runs go on, the longest paused
-        first, as slots free up. Extra workers train one run each and exit, so the pool grows by at most
-        its size in processes (the paused runs' memory), and no more runs than `workers` train at once."""
+        first, as slots free up. Extra workers train waiting runs until none can be claimed, then exit (a
+        wave of short runs pays one process start, not one each), so the pool grows by at most its size
+        in processes (the paused runs' memory), and no more runs than `workers` train at once."""
         if not self.has_pool or self._closed.is_set() or self.settings.executor != "local":
             return
         slots = self.settings.workers

@@ -309,7 +309,7 @@ def execute_run(
 def serve(
     db_path: str,
     worker: str | None = None,
-    once: bool = False,
+    drain: bool = False,
     watch_stdin: bool = False,
     threads: int = 0,
     max_seconds: float = 0,
@@ -319,7 +319,9 @@ def serve(
 ) -> None:
     """`threads`: torch threads per run; with `max_threads` above it, a run alone on the machine takes
     up to that many and gives them back when other runs start (`ThreadShare`). `slots` (the pool's size):
-    claim a run only while fewer runs than that train (runs paused for fair share do not count)."""
+    claim a run only while fewer runs than that train (runs paused for fair share do not count). `drain`:
+    train queued runs one after another and exit as soon as none can be claimed (the fair-share extra
+    worker: one process start for a whole wave of waiting runs, not one per run)."""
     worker = worker or uuid.uuid4().hex
     if nice > 0:
         # Below the server in the CPU's queue: on a busy box a click is answered first and training
@@ -352,10 +354,8 @@ def serve(
         if run_id is not None:
             execute_run(store, run_id, data, worker, max_seconds, beat, share)
             beat.link, beat.training = None, None
-            if once:
-                return
             continue
-        if once:
+        if drain:
             return
         _terminating.wait(POLL_S)
 
@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--db", required=True, type=Path)
     ap.add_argument("--token", default=None, help="this worker's id in the store (default: a random one)")
     ap.add_argument("--watch-stdin", action="store_true", help="exit once stdin closes (the server is gone)")
-    ap.add_argument("--once", action="store_true", help="train at most one queued run, then exit")
+    ap.add_argument("--drain", action="store_true", help="train queued runs until none can be claimed, then exit")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--max-seconds", type=float, default=0, help="stop a job after this long (0: no limit)")
     ap.add_argument("--nice", type=int, default=0, help="lower this worker's CPU priority by this much")
@@ -383,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
     serve(
         str(args.db),
         args.token,
-        args.once,
+        args.drain,
         args.watch_stdin,
         args.threads,
         args.max_seconds,
