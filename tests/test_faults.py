@@ -36,6 +36,8 @@ def _in_private_mount(tmp_path: Path, body: str) -> dict:
         os.environ["MTL_DATA_DIR"] = os.path.join(MNT, "no-mnist")
         from mtl_core.config import TrainConfig
         from mtl_core.store.runs import RunStore, StoreUnavailable
+        from dashboard.serve import _router_from_the_first_request
+        _router_from_the_first_request()  # AppTest runs app.py beside pages/ as the server does
         CFG = TrainConfig.preset("hard", epochs=1, data="synthetic").to_dict()
 
         def finished_run(store):

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from mtl_core.config import TrainConfig
+from mtl_core.store import salvage
 from mtl_core.store.runs import PUBLIC_NOTICE, RunStore, StoreLost, StoreUnavailable
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,7 +75,7 @@ def damaged(tmp_path):
 def test_a_damaged_store_gives_every_readable_row_to_the_new_one(damaged):
     path, ids, lost = damaged
     before = path.read_bytes()
-    assert not __import__("mtl_core.store.salvage").salvage.intact(path)
+    assert not salvage.intact(path)
     store = RunStore(path)  # what the server does on start (and on recovering while it runs)
     runs = {r["id"]: r for r in store.list_runs()}
     assert set(runs) == set(ids) - lost  # those behind the bad page too: found by rowid
