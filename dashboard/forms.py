@@ -115,19 +115,31 @@ def form_defaults(model: str) -> dict:
     return form_values(TrainConfig.preset(model))
 
 
-def load_into_form(config: TrainConfig, hidden: frozenset[str] = frozenset()) -> None:
-    """Show `config` in the Train form (its model chosen); `hidden` controls are left out of the form."""
+def load_into_form(config: TrainConfig, hidden: frozenset[str] = frozenset(), from_link: bool = False) -> None:
+    """Show `config` in the Train form (its model chosen); `hidden` controls are left out of the form.
+    `from_link`: an exercise link's settings, which Reset then returns to (instead of the recipe)."""
     st.session_state["train_model"] = config.model
     for key, value in form_values(config).items():
         st.session_state[key] = value
     st.session_state["form_hidden"] = hidden
+    if from_link:
+        st.session_state["form_link"] = config.to_dict()
+    else:
+        st.session_state.pop("form_link", None)
+
+
+def _link_config(model: str) -> TrainConfig | None:
+    """The exercise link's settings for `model`'s form, if a link filled it."""
+    link = st.session_state.get("form_link")
+    return TrainConfig.from_dict(link) if link and link.get("model") == model else None
 
 
 def _reset_form(model: str) -> None:
     # Set, not deleted: a deleted key leaves the browser showing (and sending back) the old values.
     # Controls a link hid keep the link's values: the exercise stays what the teacher made it.
     hidden = st.session_state.get("form_hidden", frozenset())
-    for key, value in form_defaults(model).items():
+    link = _link_config(model)
+    for key, value in (form_values(link) if link else form_defaults(model)).items():
         if _short(key, model) not in hidden:
             st.session_state[key] = value
 
@@ -139,8 +151,35 @@ def _short(key: str, model: str) -> str:
 
 
 def reset_form_ui(model: str) -> None:
-    """One click back to the reference recipe for this model's form."""
-    st.button("↺ Reset to the reference recipe", key=f"reset_{model}", on_click=_reset_form, args=(model,))
+    """One click back to the exercise link's settings, or else to the reference recipe, for this model's form."""
+    label = "↺ Reset to the link's settings" if _link_config(model) else "↺ Reset to the reference recipe"
+    st.button(label, key=f"reset_{model}", on_click=_reset_form, args=(model,))
+
+
+def _value_words(c: Control | None, value) -> str:
+    if c is None:  # "weights": every loss weight at once
+        changed = {t: w for t, w in value.items() if w != 1.0}
+        return ", ".join(f"{t} ×{w:g}" for t, w in changed.items()) if changed else "all 1"
+    if c.field == "tasks":
+        return ", ".join(value)
+    if c.field == "loss_weighting":
+        return WEIGHTINGS[value].title
+    if c.field == "data":
+        return SOURCE_NAMES.get(value, str(value))
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def setting_words(config: dict, name: str) -> str:
+    """One control of a link (its hide= name) in plain words with its value: "Learning rate 0.002"."""
+    if name == "weights":
+        return f"Loss weights {_value_words(None, config.get('loss_weights') or {})}"
+    c = next((c for c in controls() if c.name == name), None)
+    if c is None:
+        return name
+    value = config.get(c.field)
+    return f"{c.label or c.field} {_value_words(c, value)}"
 
 
 def estimate_ui(model: str) -> None:
@@ -260,14 +299,21 @@ def train_form_ui(model: str) -> dict | None:
     hidden = state.get("form_hidden", frozenset())
     with st.form(f"train_form{k}"):
         if hidden:
-            st.caption("🔒 This link fixes some settings for the exercise: " + ", ".join(sorted(hidden)) + ".")
+            fixed = form_config(model)
+            words = "; ".join(md_escape(setting_words(fixed, h)) for h in sorted(hidden))
+            st.caption(f"🔒 This link fixes some settings for the exercise: {words}.")
         _section_ui("main", model, hidden)
         # Start sits above the rarely changed settings, so on a projector it and the live curves it
         # starts are both in view without scrolling; a form submits every field wherever it is.
-        submitted = st.form_submit_button("Start training", type="primary", key=f"train_submit{k}")
+        start, share = st.columns([1, 1])
+        submitted = start.form_submit_button("Start training", type="primary", key=f"train_submit{k}")
+        if share.form_submit_button("🔗 Share these settings", key=f"train_share{k}"):
+            state[f"sharing{k}"] = True  # the link below the form, for the values just committed
         for section, title in SECTIONS.items():
             with st.expander(title):
                 _section_ui(section, model, hidden)
+    if state.get(f"sharing{k}"):
+        _form_link_ui(model)
     if not submitted:
         return None
     fields = _fields(model, state)
@@ -289,14 +335,37 @@ def seed_runs(config: TrainConfig, label: str, n_seeds: int) -> tuple[list[Train
     return configs, [f"{label or config.model} · seed {c.seed}" for c in configs]
 
 
+def _link_body_ui(config: TrainConfig, key: str) -> None:
+    """The hide list in plain words with each value, and the link itself."""
+    values = config.to_dict()
+    hide = st.multiselect(
+        "Fix these settings (hidden from the student's form, kept at these values)",
+        list(hideable()),
+        key=f"hide_{key}",
+        placeholder="none: the student can change everything",
+        format_func=lambda name: setting_words(values, name),
+    )
+    st.code(link_to(str(st.context.url or ""), config, tuple(hide)), language=None, wrap_lines=True)
+    st.caption("Anyone who opens it gets these settings in the Train form (their own runs, as always).")
+
+
 def share_link_ui(config: TrainConfig, key: str) -> None:
     """A link that opens the Train page with `config` in the form; optionally with controls hidden."""
     with st.popover("🔗 Link to these settings"):
-        hide = st.multiselect(
-            "Hide these controls (a focused exercise)", list(hideable()), key=f"hide_{key}", placeholder="none"
-        )
-        st.code(link_to(str(st.context.url or ""), config, tuple(hide)), language=None, wrap_lines=True)
-        st.caption("Anyone who opens it gets these settings in the Train form (their own runs, as always).")
+        _link_body_ui(config, key)
+
+
+def _form_link_ui(model: str) -> None:
+    """After "Share these settings": the link to what the form holds, before anything is trained."""
+    try:
+        config = TrainConfig(**form_config(model))
+    except ConfigError as exc:
+        st.warning(f"These settings cannot be shared: {md_escape(exc)}")
+        return
+    with st.container(border=True):
+        st.markdown("**🔗 A link to these settings** (change the form and press Share again to update it)")
+        _link_body_ui(config, f"form_{model}")
+        st.button("Close", key=f"sharing_close_{model}", on_click=st.session_state.pop, args=(f"sharing_{model}",))
 
 
 def apply_link_ui() -> None:
@@ -310,14 +379,14 @@ def apply_link_ui() -> None:
         return
     if not params:
         if lock := pending_exercise_lock():  # a reload keeps an exercise link's lock (dashboard/identity.py)
-            load_into_form(*lock)
+            load_into_form(*lock, from_link=True)
         return
     try:
         config = config_from_query(params)
     except ConfigError as exc:
         st.warning(f"This link's settings cannot be used ({md_escape(exc)}). The form shows the reference recipe.")
         return
-    load_into_form(config, hidden_from_query(params))
+    load_into_form(config, hidden_from_query(params), from_link=True)
     save_exercise_lock(config, st.session_state["form_hidden"])
     st.toast("The link's settings are in the form: press Start training.")
 

@@ -237,19 +237,32 @@ def affinity_ui(run: dict, records: list[dict]) -> None:
         + (" (all together, as this run already is)." if len(groups) == 1 else ".")
     )
     if len(groups) > 1 and run["status"] not in ACTIVE:
-        config = TrainConfig.from_dict(run["config"])
-        if st.button("▶ Train the suggested grouping", key=f"grouping_{run['id']}"):
-            configs = [
-                config.replace(tasks=g, loss_weights={t: w for t, w in config.loss_weights.items() if t in g})
-                for g in groups
-            ]
-            labels = [f"grouping of {run['id'][-6:]}: {'+'.join(g)}" for g in groups]
-            try:
-                get_runner().submit_many(configs, owner_id(), labels, client=client_address())
-            except (QueueFull, StoreUnavailable) as exc:
-                st.warning(str(exc))
-            else:
-                st.success(f"Queued {len(configs)} runs; compare them with this one on the **Compare** page.")
+        st.button(
+            "▶ Train the suggested grouping", key=f"grouping_{run['id']}", on_click=_queue_grouping, args=(run, groups)
+        )
+    if st.session_state.pop("grouping_queued", False):  # the whole page again: the run picker lists them
+        st.rerun(scope="app")
+
+
+def _queue_grouping(run: dict, groups: list[tuple[str, ...]]) -> None:
+    """One run per group, the same settings on just that group's tasks; then the Train page watches the first
+    (set here, in the click's callback: the run picker above is already drawn when this panel runs)."""
+    config = TrainConfig.from_dict(run["config"])
+    configs = [
+        config.replace(tasks=g, loss_weights={t: w for t, w in config.loss_weights.items() if t in g}) for g in groups
+    ]
+    labels = [f"grouping of {run['id'][-6:]}: {'+'.join(g)}" for g in groups]
+    try:
+        ids = get_runner().submit_many(configs, owner_id(), labels, client=client_address())
+    except (QueueFull, StoreUnavailable) as exc:
+        st.session_state["train_flash"] = ("warning", str(exc))
+        return
+    st.session_state["watch_select"] = ids[0]
+    st.session_state["train_flash"] = (
+        "success",
+        f"Queued {len(configs)} runs, one per group; compare them with this one on the **Compare** page.",
+    )
+    st.session_state["grouping_queued"] = True
 
 
 def gates_ui(run_id: str, records: list[dict]) -> None:

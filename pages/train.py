@@ -54,6 +54,9 @@ if left is not None:
                 st.toast(f"Queued {md_escape(run_label(queued))}{more}")
 
 with right:
+    if flash := st.session_state.pop("train_flash", None):  # said once, by what queued runs from the panel
+        kind, words = flash
+        (st.success if kind == "success" else st.warning)(words)
     runs = visible_runs()
     if not runs:
         st.info("No runs yet. Choose a model, keep the defaults or change them, and press **Start training**.")

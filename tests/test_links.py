@@ -74,16 +74,54 @@ def test_opening_a_link_fills_the_form_and_hides_what_it_fixes():
     assert at.number_input(key="f_epochs_hard").value == 3
     keys = [w.key for w in at.number_input]
     assert "f_lr_hard" not in keys and "f_batch_hard" not in keys  # fixed by the link, not shown
-    assert "This link fixes some settings" in texts(at.caption)
+    # in plain words, with the values the link fixed
+    shown = texts(at.caption).replace("\\", "")  # as the page renders it (markdown escapes "0\\.002")
+    assert "This link fixes some settings for the exercise: Batch size 128; Learning rate 0.002." in shown
     assert "epochs" not in at.query_params and "u" not in at.query_params  # the address is tidy again
     at.button(key="train_submit_hard").click().run()
     assert_ok(at)
     (run,) = RunStore().list_runs()
     assert run["config"]["lr"] == pytest.approx(0.002) and run["config"]["epochs"] == 3
     assert run["config"]["batch_size"] == 128 and run["config"]["data"] == "synthetic"
-    at.button(key="reset_hard").click().run()  # Reset keeps what the link fixed
+    at.number_input(key="f_epochs_hard").set_value(9).run()
+    assert at.button(key="reset_hard").label == "↺ Reset to the link's settings"
+    at.button(key="reset_hard").click().run()  # back to the link's settings, not to the 20-epoch recipe
     assert at.session_state["f_lr_hard"] == pytest.approx(0.002)
-    assert at.number_input(key="f_epochs_hard").value == 20
+    assert at.number_input(key="f_epochs_hard").value == 3
+
+
+def test_share_these_settings_gives_a_link_before_anything_is_trained():
+    """A teacher makes an exercise from the form itself: Share commits the form's values (no run is
+    queued) and shows the link, with the settings to fix named in plain words with their values."""
+    at = open_page("pages/train.py")
+    at.radio(key="train_model").set_value("hard").run()
+    at.number_input(key="f_epochs_hard").set_value(7)
+    at.number_input(key="f_lr_hard").set_value(0.002)
+    at.button(key="train_share_hard").click().run()
+    assert_ok(at)
+    assert RunStore().list_runs() == []  # shared, not started
+    (link,) = [c.value for c in at.code if "/train?" in c.value]
+    assert "model=hard" in link and "epochs=7" in link and "lr=0.002" in link and "hide=" not in link
+    hide = at.multiselect(key="hide_form_hard")
+    assert "Learning rate 0.002" in hide.options and "Epochs 7" in hide.options and "Batch size 128" in hide.options
+    hide.select("lr").select("batch").run()
+    (link,) = [c.value for c in at.code if "/train?" in c.value]
+    assert "hide=lr%2Cbatch" in link or "hide=lr,batch" in link
+    at.button(key="sharing_close_hard").click().run()
+    assert not [c for c in at.code if "/train?" in c.value]
+
+
+def test_the_link_a_student_opened_stays_what_reset_returns_to_after_a_reload():
+    at = open_page("pages/train.py")
+    for name, value in {"model": "hard", "epochs": "4", "lr": "0.002", "hide": "lr"}.items():
+        at.query_params[name] = value
+    at.run()
+    again = open_page("pages/train.py")  # the same identity, a new session: a reload
+    assert_ok(again)
+    assert "Learning rate 0.002" in texts(again.caption).replace("\\", "")  # the lock is back
+    again.number_input(key="f_epochs_hard").set_value(11).run()
+    again.button(key="reset_hard").click().run()
+    assert again.number_input(key="f_epochs_hard").value == 4
 
 
 def test_a_bad_link_says_why_and_leaves_the_recipe():

@@ -538,6 +538,11 @@ def test_task_affinity_suggests_a_grouping_and_one_click_trains_it(synthetic):
     queued = [r for r in store.list_runs() if r["label"].startswith("grouping of")]
     assert sorted(tuple(r["config"]["tasks"]) for r in queued) == [("even",), ("mult3",)]
     assert all(r["config"]["model"] == "hard" and r["config"]["epochs"] == 2 for r in queued)
+    # at once, with no other click: the run picker lists the new runs and watches the first one
+    picker = at.selectbox(key="watch_select")
+    assert all(any(r["id"][-6:] in option for option in picker.options) for r in queued)  # labels end in the id
+    assert picker.value in {r["id"] for r in queued}
+    assert "Queued 2 runs, one per group" in texts(at.success)
 
 
 def test_train_form_queues_one_run_per_seed_with_a_validation_split():
