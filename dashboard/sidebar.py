@@ -6,7 +6,16 @@ import streamlit as st
 
 from dashboard.classroom import is_teacher, name_ui, teacher_ui, unlock_from_url
 from dashboard.identity import cookie_writer, identity_ui, move_ui
-from dashboard.state import SEEN_EVERY_S, data_label, get_runner, get_store, note_presence, owner_id
+from dashboard.state import (
+    SEEN_EVERY_S,
+    data_label,
+    get_runner,
+    get_store,
+    note_presence,
+    owner_id,
+    read_if_changed,
+    rerun_app,
+)
 from mtl_core.store.runs import ACTIVE
 
 
@@ -28,6 +37,24 @@ def _keep_present() -> None:
     note_presence()
 
 
+TEACHER_POLL_S = 1.0  # the teacher's lists and counters follow the class within about a second
+
+
+def class_overview() -> tuple:
+    """Every run's id, status, label, flags and student (RunStore.overview), read again only when the
+    store's change counter moved."""
+    return read_if_changed("_class_overview", get_store().overview)
+
+
+@st.fragment(run_every=TEACHER_POLL_S)
+def _follow_the_class() -> None:
+    """The teacher's page, whichever it is, redraws when a run of the class is queued, starts, stops,
+    finishes, is deleted, renamed or paused: the run lists, the counters and the run's status stay live
+    without a click. Epochs alone do not redraw it (the watched run's panel follows those itself)."""
+    if class_overview() != st.session_state.get("_class_drawn"):
+        rerun_app()
+
+
 def sidebar_ui() -> None:
     identity_ui()
     unlock_from_url()
@@ -35,6 +62,9 @@ def sidebar_ui() -> None:
     note_presence()
     if get_store().list_runs(owner=owner_id(), statuses=ACTIVE):
         _keep_present()  # an open tab keeps its queued runs, whichever page it shows
+    if is_teacher():
+        st.session_state["_class_drawn"] = class_overview()
+        _follow_the_class()
     with st.sidebar:
         cookie_writer()  # first, so a new identity's cookie is set before anything slow runs
         # What happened to the store, with file names, is the teacher's; students get a plain sentence.

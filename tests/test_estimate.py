@@ -54,6 +54,17 @@ def test_queue_spot_fills_free_workers_first(store):
     assert queue_spot(store, runs[a], 1, "mnist", 60_000).wait_s == pytest.approx(190.0)
 
 
+def test_a_queued_runs_wait_counts_down_between_the_running_runs_epochs(store):
+    """The wait is asked again every few seconds: it falls with the time since the running run's last
+    epoch, instead of standing still for a whole epoch, and never passes the next epoch's end."""
+    rid = _finished(store, seconds=(10.0,))  # running: 1 of 20 epochs done, 10 s each
+    started = store.get_run(rid)["started"]
+    waiting = store.get_run(store.create_run(TrainConfig.preset("hard", epochs=2).to_dict(), owner="b"))
+    at = [queue_spot(store, waiting, 1, "mnist", 60_000, now=started + t).wait_s for t in (10, 13, 16, 19.9, 40)]
+    assert at[:3] == pytest.approx([190.0, 187.0, 184.0])  # 19 epochs left; 3 s, then 6 s into the 2nd
+    assert at[3] == pytest.approx(180.5) and at[4] == pytest.approx(180.5)  # at most 95 % of that epoch
+
+
 def test_duration_words():
     assert [duration_words(s) for s in (0.2, 42, 150, 7200)] == ["1 s", "42 s", "2 min", "2.0 h"]
 

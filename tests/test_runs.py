@@ -220,3 +220,24 @@ def test_an_older_store_without_the_progress_column_reads_as_no_progress(tmp_pat
     con.commit()
     con.close()
     assert store.within_epoch(rid) is None
+
+
+def test_the_class_overview_changes_with_what_run_lists_show_and_not_with_epochs(store):
+    """RunStore.overview is what the teacher's live page compares: a new run, a start, a Stop, a rename,
+    a delete change it; an epoch (the watched run's own panel follows those) does not."""
+    cfg = TrainConfig.preset("hard", data="synthetic").to_dict()
+    seen = [store.overview()]
+    rid = store.create_run(cfg, owner="alice", label="first")
+    seen.append(store.overview())
+    store.claim_next("w1", 123)
+    seen.append(store.overview())
+    store.add_epoch(rid, {"epoch": 1, "avg_acc": 0.5, "train_loss": {"even": 0.3}})
+    assert store.overview() == seen[-1]  # an epoch alone
+    store.request_stop(rid, by_teacher=True)
+    seen.append(store.overview())
+    store.set_owner_name("alice", "Alice")
+    seen.append(store.overview())
+    store.delete_run(rid)
+    seen.append(store.overview())
+    assert len(set(seen[:-1])) == 5 and seen[-1] == seen[0] == ()  # each step a change; deleted: as before
+    assert ("first", "Alice") == (seen[-2][0][2], seen[-2][0][5])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import time
 from dataclasses import dataclass
 
 from mtl_core.models import MODELS
@@ -85,10 +86,15 @@ class QueueSpot:
     measured: bool
 
 
-def queue_spot(store: RunStore, run: dict, workers: int, data_source: str, n_train: int) -> QueueSpot:
+def queue_spot(
+    store: RunStore, run: dict, workers: int, data_source: str, n_train: int, now: float | None = None
+) -> QueueSpot:
     """Where a queued run stands: how many start before it and roughly when it starts, simulating
     first-come-first-served on `workers` workers (the real order is round robin across students, so a
-    run of someone with nothing running yet starts sooner)."""
+    run of someone with nothing running yet starts sooner). A running run's remaining time counts down
+    between its epochs too (time since its last epoch ended, up to 95 % of an epoch), so a page that
+    asks again every few seconds shows the wait falling, not standing still until the next epoch."""
+    now = time.time() if now is None else now
     active = store.list_runs(statuses=("queued", "running"))
     running = [r for r in active if r["status"] == "running"]
     ahead = sorted(
@@ -111,7 +117,9 @@ def queue_spot(store: RunStore, run: dict, workers: int, data_source: str, n_tra
         if not per:
             est = per_epoch(r["config"])
             per, measured = est.seconds, measured and est.measured
-        free_at.append(max(0.0, (r["config"]["epochs"] - done) * per))
+        in_epoch = now - (r.get("started") or now) - done * per  # into the epoch under way, roughly
+        in_epoch = min(max(0.0, in_epoch), 0.95 * per)
+        free_at.append(max(0.0, (r["config"]["epochs"] - done) * per - in_epoch))
     # A Ray cluster with no CPUs right now has 0 workers: estimate as for one (the page says why it waits).
     free_at += [0.0] * max(0, max(1, workers) - len(free_at))
     heapq.heapify(free_at)

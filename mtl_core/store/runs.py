@@ -984,6 +984,16 @@ class RunStore:
     # Every run comes with its student's display name (empty when none was given).
     _SELECT = "SELECT runs.*, COALESCE(owners.name, '') AS student FROM runs LEFT JOIN owners USING (owner)"
 
+    def overview(self) -> tuple[tuple, ...]:
+        """What the class's run lists and counters show of every run, in one small query: id, status,
+        label, Stop and pause flags, and the student's name (no configs, no curves). Equal overviews draw
+        the same lists, so a live page redraws only when this changes."""
+        rows = self._query(
+            "SELECT runs.id, runs.status, runs.label, runs.stop_requested, runs.yield_requested,"
+            " COALESCE(owners.name, '') FROM runs LEFT JOIN owners USING (owner) ORDER BY runs.id"
+        )
+        return tuple(tuple(r) for r in rows)
+
     def get_run(self, run_id: str) -> dict | None:
         rows = self._query(self._SELECT + " WHERE id=?", (run_id,))
         return self._row(rows[0]) if rows else None
