@@ -93,8 +93,10 @@ def test_estimates_know_what_a_loss_weighting_and_a_validation_split_cost(store)
     pcgrad = {**static, "loss_weighting": "pcgrad"}
     uncertainty = {**static, "loss_weighting": "uncertainty"}
     base = epoch_estimate(store, static, "mnist", 60_000).seconds
-    assert epoch_estimate(store, pcgrad, "mnist", 60_000).seconds == pytest.approx(5.0 * base)
-    assert epoch_estimate(store, uncertainty, "mnist", 60_000).seconds == pytest.approx(2.6 * base)
+    assert epoch_estimate(store, pcgrad, "mnist", 60_000).seconds == pytest.approx(6.5 * base)
+    assert epoch_estimate(store, uncertainty, "mnist", 60_000).seconds == pytest.approx(3.0 * base)
+    mgda = epoch_estimate(store, {**static, "loss_weighting": "mgda"}, "mnist", 60_000).seconds
+    assert mgda == pytest.approx(5.5 * base)  # a gradient method without its own measured cost
     cnn = TrainConfig.preset("cnn").to_dict()
     cnn_base = epoch_estimate(store, cnn, "mnist", 60_000).seconds
     assert epoch_estimate(store, {**cnn, "loss_weighting": "uncertainty"}, "mnist", 60_000).seconds == cnn_base

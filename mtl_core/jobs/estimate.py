@@ -16,21 +16,27 @@ from mtl_core.models import MODELS
 from mtl_core.store.runs import RunStore
 from mtl_core.weighting import WEIGHTINGS
 
-# Seconds per epoch on full MNIST (60,000 digits, batch 128), one thread, training plus test pass.
+# Seconds per epoch on full MNIST (60,000 digits, batch 128), one thread, training plus test pass, as
+# `python benchmarks/estimates.py` measured them on a quiet 2-core machine (BENCHMARKS.md).
 GUESS_FULL_EPOCH_S = {
-    "stl": 1.2,
-    "hard": 0.6,
-    "cross_stitch": 1.5,
-    "mmoe": 1.2,  # on its hand-written step, about as fast as STL
-    "cnn": 25.0,
-    "stl_cnn": 100.0,  # one CNN per task: about four times the shared CNN
-    "cross_stitch_cnn": 100.0,
+    "stl": 0.3,
+    "hard": 0.2,
+    "cross_stitch": 0.3,
+    "mmoe": 0.35,
+    "cnn": 9.5,
+    "stl_cnn": 40.0,  # one CNN per task
+    "cross_stitch_cnn": 55.0,
 }
 FULL_N_TRAIN = 60_000
-# An MLP epoch with another loss weighting than static, over the static one (hard sharing and cross-stitch,
-# full MNIST, one thread): learned weights leave the hand-written step for autograd (2.5-2.7x);
-# a gradient method adds a backward per task and its aggregation (4-10x). A CNN is on autograd anyway.
-WEIGHTING_COST = {"mlp": {"loss": 2.6, "gradients": 5.0}, "cnn": {"loss": 1.0, "gradients": 2.5}}
+# An epoch with another loss weighting than static, over the static one, from the same measurements. On
+# the MLPs, learned loss weights leave the hand-written step for autograd; a gradient method adds a
+# backward per task and its aggregation (CAGrad solves a small problem each step); a CNN is on autograd
+# anyway, so only the gradient methods cost it more.
+WEIGHTING_COST = {
+    "mlp": {"uncertainty": 3.0, "dwa": 3.0, "famo": 4.5, "gradnorm": 5.0, "pcgrad": 6.5, "cagrad": 12.0},
+    "cnn": {"uncertainty": 1.0, "dwa": 1.0, "famo": 1.3, "cagrad": 4.0},
+}
+DEFAULT_GRADIENT_COST = {"mlp": 5.5, "cnn": 2.6}  # the other gradient methods (MGDA, IMTL-G, Aligned-MTL, UPGrad)
 
 
 @dataclass(frozen=True)
@@ -71,7 +77,11 @@ def _weighting_cost(config: dict) -> float:
     if weighting == "static" or weighting not in WEIGHTINGS:
         return 1.0
     family = MODELS[config["model"]].family if config["model"] in MODELS else "mlp"
-    return WEIGHTING_COST[family]["gradients" if WEIGHTINGS[weighting].needs_shared else "loss"]
+    if weighting in WEIGHTING_COST[family]:
+        return WEIGHTING_COST[family][weighting]
+    return (
+        DEFAULT_GRADIENT_COST[family] if WEIGHTINGS[weighting].needs_shared else WEIGHTING_COST[family]["uncertainty"]
+    )
 
 
 def run_estimate(store: RunStore, config: dict, data_source: str, n_train: int) -> Estimate:
