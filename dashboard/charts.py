@@ -11,7 +11,20 @@ from plotly.subplots import make_subplots
 from dashboard.text import chart_text
 from mtl_core.tasks import VALUE_SCALE, get_task
 
-PALETTE = ["#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A", "#19D3F3", "#FF6692", "#B6E880"]
+# Okabe and Ito's colours, told apart with the common kinds of colour blindness (their yellow, faint on
+# white, comes last); lines differ by dash and marker too, so no reading rests on colour alone.
+PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#999999", "#F0E442"]
+DASHES = ["solid", "dash", "dot", "dashdot", "longdash", "longdashdot"]
+SYMBOLS = ["circle", "square", "diamond", "triangle-up", "x", "triangle-down", "cross", "pentagon"]
+# Heat-map scales readable with colour blindness: one hue (Blues), or blue against red (RdBu), never
+# red against green.
+SAFE_SCALES = ("Blues", "RdBu")
+
+
+def series_style(i: int) -> dict:
+    """The i-th line's look: colour, dash and marker all differ from the previous lines'."""
+    return dict(line=dict(color=PALETTE[i % len(PALETTE)], dash=DASHES[i % len(DASHES)]),
+                marker=dict(symbol=SYMBOLS[i % len(SYMBOLS)], size=7))  # fmt: skip
 
 
 def epoch_axis(fig: go.Figure, last_epoch: int) -> None:
@@ -39,14 +52,10 @@ def training_curves(records: list[dict], total_epochs: int | None = None) -> go.
     epochs = [r["epoch"] for r in records]
     tasks = list(records[0]["train_loss"]) if records else []
     for i, t in enumerate(tasks):
-        color = PALETTE[i % len(PALETTE)]
+        style = series_style(i)
         fig.add_trace(
             go.Scatter(
-                x=epochs,
-                y=[r["train_loss"][t] for r in records],
-                name=f"{t} loss",
-                mode="lines+markers",
-                line=dict(color=color),
+                x=epochs, y=[r["train_loss"][t] for r in records], name=f"{t} loss", mode="lines+markers", **style
             ),
             row=1,
             col=1,
@@ -55,7 +64,7 @@ def training_curves(records: list[dict], total_epochs: int | None = None) -> go.
             ys, name = [1 - r["metrics"][t]["mae"] for r in records], f"{t} 1-MAE"
         else:
             ys, name = [r["metrics"][t]["acc"] for r in records], f"{t} acc"
-        fig.add_trace(go.Scatter(x=epochs, y=ys, name=name, mode="lines+markers", line=dict(color=color)), row=1, col=2)
+        fig.add_trace(go.Scatter(x=epochs, y=ys, name=name, mode="lines+markers", **style), row=1, col=2)
     if records and records[0].get("avg_acc") is not None:
         fig.add_trace(
             go.Scatter(
@@ -63,7 +72,8 @@ def training_curves(records: list[dict], total_epochs: int | None = None) -> go.
                 y=[r["avg_acc"] for r in records],
                 name="average acc",
                 mode="lines+markers",
-                line=dict(color="black", dash="dash"),
+                line=dict(color="black", dash="dash", width=3),
+                marker=dict(symbol="star", size=9),
             ),
             row=1,
             col=2,
@@ -92,7 +102,8 @@ def overlay(
     several seeds: the line is their mean), a shaded band of mean ± std around it."""
     fig = go.Figure()
     for i, (name, (x, y)) in enumerate(series.items()):
-        color = PALETTE[i % len(PALETTE)]
+        style = series_style(i)
+        color = style["line"]["color"]
         std = (spread or {}).get(name)
         if std is not None and len(x):
             # The band's lower edge, then its upper edge filled down to it; neither in the legend.
@@ -101,7 +112,7 @@ def overlay(
             band = dict(x=x, mode="lines", line=dict(width=0), hoverinfo="skip", showlegend=False)
             fig.add_trace(go.Scatter(y=lower, **band))
             fig.add_trace(go.Scatter(y=upper, fill="tonexty", fillcolor=_rgba(color, 0.2), **band))
-        fig.add_trace(go.Scatter(x=x, y=y, name=chart_text(name), mode="lines+markers", line=dict(color=color)))
+        fig.add_trace(go.Scatter(x=x, y=y, name=chart_text(name), mode="lines+markers", **style))
     epoch_axis(fig, max((x[-1] for x, _ in series.values() if len(x)), default=1))
     fig.update_yaxes(title_text=y_title)
     if y_max is not None:
@@ -300,6 +311,7 @@ def alpha_lines(history: list[list[list[list[float]]]], tasks: list[str], first_
                         legendgroup=f"{i}{j}",
                         showlegend=u == 0,
                         line=dict(color=color, dash="solid" if i == j else "dot"),
+                        marker=dict(symbol=SYMBOLS[(k - 1) % len(SYMBOLS)], size=7),
                     ),
                     row=1,
                     col=u + 1,

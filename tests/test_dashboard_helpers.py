@@ -258,3 +258,33 @@ def test_a_clicked_cell_opens_the_cell_picker_on_it():
     assert at.selectbox(key="cell_true_even").value == 0 and at.selectbox(key="cell_pred_even").value == 1
     assert any(c.value.startswith("1 test digits are") for c in at.caption)
     assert at.session_state["cell_open"] is True
+
+
+def test_lines_differ_by_dash_and_marker_and_heat_maps_use_colour_blind_safe_scales():
+    """Issue 24: readable by colour-blind students. Every line of a chart differs from the others by dash
+    and marker, not only by colour; the palette is Okabe-Ito's; heat maps use one hue or blue against red."""
+    from plotly.colors import get_colorscale
+
+    from dashboard.charts import PALETTE, SAFE_SCALES, affinity_heatmap, confusion_heatmap, overlay
+
+    fig = overlay({f"run {i}": ([1, 2], [0.5, 0.6]) for i in range(6)}, "t", "y")
+    looks = [(t.line.dash, t.marker.symbol) for t in fig.data]
+    assert len({d for d, _ in looks}) == len({s for _, s in looks}) == 6
+    assert PALETTE[:3] == ["#0072B2", "#E69F00", "#009E73"]
+    records = [{"epoch": 1, "train_loss": {"even": 0.5, "mult3": 0.4},
+                "metrics": {"even": {"acc": 0.9}, "mult3": {"acc": 0.8}}, "avg_acc": 0.85}]  # fmt: skip
+    curves = training_curves(records).data
+    assert curves[0].line.dash != curves[2].line.dash and curves[0].marker.symbol != curves[2].marker.symbol
+    assert (curves[0].line.dash, curves[0].marker.symbol) == (curves[1].line.dash, curves[1].marker.symbol)
+    safe = [[colour for _, colour in get_colorscale(name)] for name in SAFE_SCALES]
+    heat_maps = [
+        confusion_heatmap(np.arange(9).reshape(3, 3), ("0", "1", "2"), "digit"),
+        alpha_heatmaps([[[0.9, 0.1], [0.1, 0.9]]], ["even", "mult3"]),
+        affinity_heatmap(
+            {"even|even": 0.01, "even|mult3": -0.003, "mult3|even": 0.002, "mult3|mult3": 0.01}, ["even", "mult3"]
+        ),  # fmt: skip
+    ]
+    for fig in heat_maps:
+        for t in fig.data:
+            if t.type == "heatmap":
+                assert [colour for _, colour in t.colorscale] in safe
