@@ -20,22 +20,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 import torch  # noqa: E402
 
-from mtl_core.config import TrainConfig  # noqa: E402
+from mtl_core.config import TrainConfig, weightings_for  # noqa: E402
 from mtl_core.data import load_data  # noqa: E402
 from mtl_core.jobs.estimate import epoch_estimate  # noqa: E402
-from mtl_core.models import MODELS, shares_parameters  # noqa: E402
+from mtl_core.models import MODELS  # noqa: E402
 from mtl_core.store.runs import RunStore  # noqa: E402
 from mtl_core.training.loop import Training  # noqa: E402
 from mtl_core.weighting import WEIGHTINGS  # noqa: E402
 
 
 def pairs(models: list[str], weightings: list[str]) -> list[tuple[str, str]]:
-    return [
-        (m, w)
-        for m in models
-        for w, method in WEIGHTINGS.items()
-        if w in weightings and (not method.needs_shared or shares_parameters(m))
-    ]
+    return [(m, w) for m in models for w in weightings_for(m) if w in weightings]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,12 +15,12 @@ from dashboard.links import (
     hideable,
     link_keys,
     link_to,
+    linked_controls,
     settings_without_model,
-    weightings_for,
 )
 from dashboard.state import full_mnist_here, get_data, get_runner, get_store
 from dashboard.text import md_escape
-from mtl_core.config import ConfigError, Control, TrainConfig, controls
+from mtl_core.config import ConfigError, Control, TrainConfig, controls, weightings_for
 from mtl_core.jobs.estimate import (
     Estimate,
     duration_words,
@@ -175,7 +175,7 @@ def setting_words(config: dict, name: str) -> str:
     """One control of a link (its hide= name) in plain words with its value: "Learning rate 0.002"."""
     if name == "weights":
         return f"Loss weights {_value_words(None, config.get('loss_weights') or {})}"
-    c = next((c for c in controls() if c.name == name), None)
+    c = linked_controls().get(name)
     if c is None:
         return name
     value = config.get(c.field)

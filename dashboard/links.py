@@ -10,17 +10,22 @@ import math
 from collections.abc import Mapping
 from urllib.parse import urlencode
 
-from mtl_core.config import ConfigError, Control, TrainConfig, control, controls
-from mtl_core.models import MODELS, shares_parameters
+from mtl_core.config import ConfigError, Control, TrainConfig, control, controls, weightings_for
+from mtl_core.models import MODELS
 from mtl_core.tasks import TASKS
 from mtl_core.weighting import WEIGHTINGS
 
 WEIGHT = "w_"  # w_<task>: that task's loss weight
 
 
+def linked_controls() -> dict[str, Control]:
+    """Link name -> control, for every control a link carries (mtl_core/config.py, CONTROLS)."""
+    return {c.name: c for c in controls() if c.link}
+
+
 def link_fields() -> dict[str, str]:
-    """Link name -> TrainConfig field, for every control a link carries (mtl_core/config.py, CONTROLS)."""
-    return {c.name: c.field for c in controls() if c.link}
+    """Link name -> TrainConfig field, for every control a link carries."""
+    return {name: c.field for name, c in linked_controls().items()}
 
 
 def hideable() -> tuple[str, ...]:
@@ -30,12 +35,6 @@ def hideable() -> tuple[str, ...]:
 
 def link_keys() -> tuple[str, ...]:
     return ("model", "hide", *link_fields(), *(WEIGHT + t for t in TASKS))
-
-
-def weightings_for(model: str) -> list[str]:
-    """The loss weightings the form offers for `model`: methods that balance the shared parameters'
-    gradients need a model that shares some."""
-    return [n for n, m in WEIGHTINGS.items() if not m.needs_shared or shares_parameters(model)]
 
 
 def _shown(text: str) -> str:
@@ -79,7 +78,7 @@ def config_from_query(params: Mapping[str, str]) -> TrainConfig:
         raise ConfigError(f"unknown model {_shown(model)!r}; valid models: {', '.join(MODELS)}")
     preset = TrainConfig.preset(model)
     changes, weights, problems = {}, dict(preset.loss_weights), []
-    linked = {c.name: c for c in controls() if c.link}
+    linked = linked_controls()
     for name, text in params.items():
         if (c := linked.get(name)) is not None:
             try:

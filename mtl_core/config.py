@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from mtl_core.data import SOURCES
-from mtl_core.models import ALPHA_INITS, MODELS, get_model_spec
+from mtl_core.models import ALPHA_INITS, MODELS, get_model_spec, shares_parameters
 from mtl_core.tasks import TASKS
 from mtl_core.text import plain_text, shown
 from mtl_core.weighting import WEIGHTINGS
@@ -342,6 +342,12 @@ NOT_CONTROLS = {
 def controls(model: str | None = None) -> tuple[Control, ...]:
     """The table, in the form's order; with `model`, only the controls that apply to it."""
     return CONTROLS if model is None else tuple(c for c in CONTROLS if c.applies(model))
+
+
+def weightings_for(model: str) -> list[str]:
+    """The loss weightings `model` can take: methods that balance the shared parameters' gradients need a
+    model that shares some."""
+    return [n for n, m in WEIGHTINGS.items() if not m.needs_shared or shares_parameters(model)]
 
 
 def control(field: str) -> Control:
