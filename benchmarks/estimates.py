@@ -4,7 +4,8 @@ loss weighting within 2x.
 
 `python benchmarks/estimates.py [--models stl,hard,...] [--threads 1]`: for each model and each loss
 weighting it can take, one epoch as a worker trains it (Training with the worker's defaults, one torch
-thread, batch 128) on full MNIST from $MTL_DATA_DIR when it is there, else the embedded subset, against
+thread, its recipe's batch size) on full MNIST (MultiMNIST built from it for the LeNets) from
+$MTL_DATA_DIR when it is there, else the embedded subset, against
 the guess an empty store gives for the same config. Prints measured / guess per pair and how many are
 within 2x either way.
 """
@@ -40,14 +41,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads, as a worker of a busy server has")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    data = load_data("auto", download=False)
-    print(f"data: {data.describe(detail=False)}; {a.threads} thread(s)")
+    sources: dict[str, object] = {}  # the data each recipe trains on (MultiMNIST for the LeNets), loaded once
     store = RunStore(Path(tempfile.mkdtemp()) / "runs.sqlite")  # empty: every estimate is the first guess
     within = 0
     rows = pairs([m for m in a.models.split(",") if m in MODELS], a.weightings.split(","))
     print(f"{'model':<18}{'weighting':<13}{'guess s':>9}{'measured s':>12}{'measured/guess':>16}")
     for model, weighting in rows:
         config = TrainConfig.preset(model, epochs=1, loss_weighting=weighting)
+        if config.data not in sources:
+            sources[config.data] = data = load_data(config.data, download=False)
+            print(f"data: {data.describe(detail=False)}; {a.threads} thread(s)")
+        data = sources[config.data]
         guess = epoch_estimate(store, config.to_dict(), data.source, data.n_train).seconds
         (record,) = list(Training(config, data).records())
         ratio = record["seconds"] / guess

@@ -13,7 +13,7 @@ from dashboard.charts import cell_of_point, confusion_heatmap, error_histogram, 
 from dashboard.state import get_data, has_model, model_of
 from mtl_core.analysis import confusion, data_source, is_mistake, load_predictions, predictions_on_test_set
 from mtl_core.predict import to_display
-from mtl_core.tasks import get_task
+from mtl_core.tasks import get_task, label_words
 
 GRID = 24
 
@@ -43,8 +43,8 @@ def _tile(image: np.ndarray, wrong: bool) -> Image.Image:
     return ImageOps.expand(tile, border=4, fill=(230, 60, 50) if wrong else (60, 170, 90))
 
 
-def _caption(preds: dict, i: int, digit: int) -> str:
-    """The true digit, then every task's answer; ✗ marks a wrong one."""
+def _caption(preds: dict, i: int, digit: str) -> str:
+    """The true digit (a MultiMNIST pair: "left | right"), then every task's answer; ✗ marks a wrong one."""
     parts = []
     for task, p in preds.items():
         t = get_task(task)
@@ -103,7 +103,7 @@ def details_ui(run: dict) -> None:
     idx = rng.choice(data.n_test, size=min(GRID, data.n_test), replace=False)
     idx = sorted(idx, key=lambda i: not is_mistake(preds, i))  # mistakes first: they teach the most
     images = [_tile(data.test_x[i, 0].numpy(), is_mistake(preds, i)) for i in idx]
-    st.image(images, caption=[_caption(preds, i, int(data.test_y[i])) for i in idx], width=92)
+    st.image(images, caption=[_caption(preds, i, label_words(data.test_y[i])) for i in idx], width=92)
 
 
 def _open_clicked_cell(task: str, n_classes: int) -> None:
@@ -147,6 +147,6 @@ def cell_digits_ui(preds: dict, data, tasks: list[str]) -> None:
             wrong = row != col
             st.image(
                 [_tile(data.test_x[i, 0].numpy(), wrong) for i in shown],
-                caption=[f"{int(data.test_y[i])}" for i in shown],
+                caption=[label_words(data.test_y[i]) for i in shown],
                 width=92,
             )

@@ -42,6 +42,7 @@ SOURCE_NAMES = {
     "mnist": "full MNIST (60,000 / 10,000)",
     "mnist-subset": "embedded subset (4,000 / 1,000 real digits)",
     "synthetic": "synthetic (random tensors, for a smoke test)",
+    "multimnist": "MultiMNIST (two overlapping digits per image: tasks left and right)",
 }
 # The form's parts below Start, each in an expander: a control's section -> the expander's title.
 SECTIONS = {

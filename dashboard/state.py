@@ -8,7 +8,7 @@ import time
 import streamlit as st
 
 from mtl_core.checkpoint import load_model
-from mtl_core.data import MTLData, load_data
+from mtl_core.data import MTLData, load_data, make_multimnist
 from mtl_core.jobs.runner import JobRunner, server_runner
 from mtl_core.store.runs import ACTIVE, RunStore, StoreUnavailable
 
@@ -34,7 +34,10 @@ def client_address() -> str:
 
 @st.cache_resource(show_spinner="Loading digits…")
 def get_data(source: str) -> MTLData:
-    """Read-only dataset tensors, shared by every session (style rule 10)."""
+    """Read-only dataset tensors, shared by every session (style rule 10). MultiMNIST is built from the
+    digits "auto" already holds, not from a second copy of them."""
+    if source == "multimnist":
+        return make_multimnist(get_data("auto"))
     return load_data(source)
 
 

@@ -13,11 +13,12 @@ from typing import Any
 
 from mtl_core.data import SOURCES
 from mtl_core.models import ALPHA_INITS, MODELS, get_model_spec, shares_parameters
-from mtl_core.tasks import TASKS
+from mtl_core.tasks import PAIR_TASKS, TASKS
 from mtl_core.text import plain_text, shown
 from mtl_core.weighting import WEIGHTINGS
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+LENET_LR = 0.01  # the MultiMNIST recipe's SGD learning rate (BENCHMARKS.md: the table it reproduces)
 SCHEDULERS = ("none", "step")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "auto")
@@ -89,6 +90,20 @@ class TrainConfig:
                 loss_weights={"value": 10.0} if "value" in tasks else {},
                 channels_last=True,
             )
+        if MODELS[model].family == "lenet":
+            # Sener & Koltun's MultiMNIST recipe: SGD with momentum 0.9, batch 256, 100 epochs, the learning
+            # rate times 0.85 every 10 epochs (their train_multi_task.py), on MultiMNIST.
+            base.update(
+                data="multimnist",
+                epochs=100,
+                optimizer="sgd",
+                lr=LENET_LR,
+                batch_size=256,
+                scheduler="step",
+                step_size=10,
+                gamma=0.85,
+                precision="fp32",
+            )
         base.update(overrides)
         return cls(**base)
 
@@ -145,6 +160,9 @@ class TrainConfig:
             p.append(f"unknown task(s) {', '.join(map(repr, bad))}; valid tasks: {', '.join(TASKS)}")
         if not self.tasks:
             p.append("choose at least one task")
+        pair = [t for t in self.tasks if t in PAIR_TASKS]
+        if pair and self.data != "multimnist":
+            p.append(f"task(s) {', '.join(pair)} need two digits per image: choose the MultiMNIST data (multimnist)")
         if len(set(self.tasks)) != len(self.tasks):
             p.append(f"tasks repeat: {', '.join(self.tasks)}")
         check_int("epochs", 1, 500)
@@ -309,7 +327,8 @@ CONTROLS: tuple[Control, ...] = (
         help="How the task losses become one update. Static: the weights below. The others learn or compute "
         "weights as training goes (scaled by the weights below); the Train page plots them per epoch. The "
         "gradient methods (GradNorm, PCGrad, MGDA, CAGrad, IMTL-G, Aligned-MTL, UPGrad) work on each task's "
-        "gradient on the shared layers: one extra backward per task.",
+        "gradient on the shared layers: one extra backward per task. MGDA-UB works on each task's gradient "
+        "on the shared trunk's output instead (models with one shared trunk).",
         flag="--weighting",
         flag_help=f"how the task losses become one update: {', '.join(WEIGHTINGS)} "
         f"(default: {TrainConfig.loss_weighting})",
@@ -347,7 +366,15 @@ def controls(model: str | None = None) -> tuple[Control, ...]:
 def weightings_for(model: str) -> list[str]:
     """The loss weightings `model` can take: methods that balance the shared parameters' gradients need a
     model that shares some."""
-    return [n for n, m in WEIGHTINGS.items() if not m.needs_shared or shares_parameters(model)]
+    return [n for n, m in WEIGHTINGS.items() if weighting_fits(m, model)]
+
+
+def weighting_fits(method, model: str) -> bool:
+    """Whether a loss weighting (a WEIGHTINGS class) can train `model`: the methods that balance gradients
+    on shared parameters need some, MGDA-UB needs one shared trunk whose output it reads."""
+    if method.needs_representation:
+        return MODELS[model].sharing == "trunk"
+    return not method.needs_shared or shares_parameters(model)
 
 
 def control(field: str) -> Control:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 MEAN, STD = 0.1307, 0.3081
-SOURCES = ("auto", "mnist", "mnist-subset", "synthetic")
+SOURCES = ("auto", "mnist", "mnist-subset", "synthetic", "multimnist")
 DOWNLOAD_TIMEOUT_S = 8.0
 
 # The four files torchvision downloads, with their md5 (torchvision.datasets.MNIST.resources).
@@ -40,7 +40,8 @@ class DataUnavailable(RuntimeError):
 
 @dataclass
 class MTLData:
-    """Train and test digits as tensors: images normalised, shape (N, 1, 28, 28); labels are digits."""
+    """Train and test images as tensors: normalised, shape (N, 1, 28, 28); labels are their digits, (N,),
+    or for MultiMNIST the left and right digit, (N, 2)."""
 
     train_x: torch.Tensor
     train_y: torch.Tensor
@@ -61,7 +62,13 @@ class MTLData:
     def describe(self, detail: bool = True) -> str:
         """One line; `detail=False` leaves out server paths and raw errors (what students see)."""
         notes = "; ".join(filter(None, [self.note, self.detail if detail else ""]))
-        return f"{self.source}: {self.n_train:,} train / {self.n_test:,} test digits" + (f" ({notes})" if notes else "")
+        what = "images" if self.pairs else "digits"
+        return f"{self.source}: {self.n_train:,} train / {self.n_test:,} test {what}" + (f" ({notes})" if notes else "")
+
+    @property
+    def pairs(self) -> bool:
+        """Two digits per image (MultiMNIST)."""
+        return self.train_y.ndim == 2
 
     def limited(self, n_train: int | None = None, n_test: int | None = None) -> MTLData:
         """The first n digits of each split (a quick model, a dry run)."""
@@ -104,6 +111,11 @@ def default_data_dir() -> Path:
 def normalise(images_u8: torch.Tensor) -> torch.Tensor:
     """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28) with MNIST's mean and std."""
     return ((images_u8.float() / 255.0 - MEAN) / STD).unsqueeze(1).contiguous()
+
+
+def pixels(images: torch.Tensor) -> torch.Tensor:
+    """`normalise` undone: float32 (N, 1, 28, 28) -> the uint8 (N, 28, 28) it came from (exactly)."""
+    return ((images.squeeze(1) * STD + MEAN) * 255.0).round().clamp(0, 255).to(torch.uint8)
 
 
 # ----------------------------------------------------------------------------- full MNIST
@@ -264,6 +276,29 @@ def make_synthetic(n_train: int = 1024, n_test: int = 256, seed: int = 0) -> MTL
     return MTLData(tx, ty, vx, vy, "synthetic", f"random tensors, seed {seed}")
 
 
+# ----------------------------------------------------------------------------- MultiMNIST
+
+
+def make_multimnist(base: MTLData) -> MTLData:
+    """MultiMNIST (mtl_core/multimnist.py) from the digits of `base`, each split paired within itself."""
+    from mtl_core import multimnist
+
+    train_x, train_y = multimnist.build(pixels(base.train_x), base.train_y, "train")
+    test_x, test_y = multimnist.build(pixels(base.test_x), base.test_y, "test")
+    note = "two overlapping digits per image (Sener & Koltun 2018), built from " + (base.note or base.source)
+    return MTLData(normalise(train_x), train_y, normalise(test_x), test_y, "multimnist", note, base.detail)
+
+
+def multimnist_samples(base: MTLData, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `k` training images of `make_multimnist(base)` (uint8, (k, 28, 28)) and their (k, 2) labels,
+    without building the rest: what a page shows as examples."""
+    from mtl_core import multimnist
+
+    partner = multimnist.partners(base.n_train, "train")[:k]
+    left, right = pixels(base.train_x[:k]), pixels(base.train_x[partner])
+    return multimnist.overlay(left, right), torch.stack([base.train_y[:k], base.train_y[partner]], dim=1)
+
+
 # ----------------------------------------------------------------------------- choosing a source
 
 
@@ -274,6 +309,8 @@ def load_data(source: str = "auto", data_dir: Path | None = None, download: bool
         raise ValueError(f"unknown data source {source!r}; valid: {', '.join(SOURCES)}")
     if source == "synthetic":
         return make_synthetic()
+    if source == "multimnist":  # from the digits "auto" finds: full MNIST where it is here
+        return make_multimnist(load_data("auto", data_dir, download))
     if source == "mnist-subset":
         return load_subset()
     if source == "mnist":

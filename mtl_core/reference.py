@@ -9,3 +9,18 @@ SEED_STUDY = {
     },
 }
 SEED_MODELS = ("stl", "hard", "cross_stitch")
+
+# Sener & Koltun, "Multi-Task Learning as Multi-Objective Optimization" (NeurIPS 2018), Table 3: MultiMNIST
+# test accuracy in %, (left digit, right digit); Yu et al. 2020 (PCGrad), Appendix E, reran the same code.
+# Each row: the name shown, the registry model and loss weighting that train it, and the published figures.
+MULTIMNIST_STUDY = {
+    "source": "Sener & Koltun 2018, Table 3; Yu et al. 2020, Appendix E (MultiMNIST, LeNet, test accuracy %)",
+    "rows": (
+        ("single task", "stl_lenet", "static", {"Sener & Koltun 2018": (97.23, 95.90)}),
+        ("uniform scaling", "lenet", "static", {"Sener & Koltun 2018": (96.46, 94.99)}),
+        ("Kendall et al. (uncertainty)", "lenet", "uncertainty", {"Sener & Koltun 2018": (96.47, 95.29)}),
+        ("GradNorm", "lenet", "gradnorm", {"Sener & Koltun 2018": (96.27, 94.84)}),
+        ("MGDA-UB", "lenet", "mgda_ub", {"Sener & Koltun 2018": (97.26, 95.90), "Yu et al. 2020": (96.45, 94.95)}),
+        ("PCGrad", "lenet", "pcgrad", {"Yu et al. 2020": (96.58, 95.50)}),
+    ),
+}

@@ -1,4 +1,8 @@
-"""The task table of SPEC.md, declared once: how each task's label comes from the digit."""
+"""The task table of SPEC.md, declared once: how each task's label comes from the digit.
+
+Labels are one digit per image (MNIST), or two (MultiMNIST: the left and the right digit, one column
+each). The tasks read off one digit (even, mult3, ...) read the left one of a pair; `left` and `right`
+need pairs."""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ class Task:
     title: str
     label: Callable[[torch.Tensor], torch.Tensor]
     classes: tuple[str, ...] = ()  # display names of the classes (classification only)
+    column: int | None = None  # reads this column of a pair of digits (MultiMNIST); None: the (left) digit
 
     @property
     def is_classification(self) -> bool:
@@ -54,6 +59,11 @@ TASKS: dict[str, Task] = {
     "value": Task("value", "regression", "Digit value d/9 (regression)", _value),
 }
 
+# MultiMNIST (mtl_core/multimnist.py): two overlapping digits, one task each.
+TASKS["left"] = Task("left", "multiclass", "The left (upper) digit", _digit, TASKS["digit"].classes, column=0)
+TASKS["right"] = Task("right", "multiclass", "The right (lower) digit", _digit, TASKS["digit"].classes, column=1)
+PAIR_TASKS = tuple(name for name, task in TASKS.items() if task.column is not None)
+
 # Units for showing the regression task in digits rather than in [0, 1].
 VALUE_SCALE = 9.0
 
@@ -65,6 +75,26 @@ def get_task(name: str) -> Task:
         raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}") from None
 
 
-def make_targets(digits: torch.Tensor, tasks: tuple[str, ...] | list[str]) -> dict[str, torch.Tensor]:
-    """Label every task from one tensor of digits."""
-    return {name: get_task(name).label(digits) for name in tasks}
+def first_digit(labels: torch.Tensor) -> torch.Tensor:
+    """The digit of each image: itself for MNIST's (N,) labels, the left one of MultiMNIST's (N, 2)."""
+    return labels[:, 0] if labels.ndim == 2 else labels
+
+
+def make_targets(labels: torch.Tensor, tasks: tuple[str, ...] | list[str]) -> dict[str, torch.Tensor]:
+    """Label every task from the images' digits: (N,) for MNIST, (N, 2) left and right for MultiMNIST."""
+    out = {}
+    for name in tasks:
+        task = get_task(name)
+        if task.column is None:
+            out[name] = task.label(first_digit(labels))
+        elif labels.ndim == 2:
+            out[name] = task.label(labels[:, task.column])
+        else:
+            raise ValueError(f"task {name!r} needs two digits per image (the MultiMNIST data)")
+    return out
+
+
+def label_words(label) -> str:
+    """One image's digits as a caption: "7", or "7 | 2" for a MultiMNIST pair (left | right)."""
+    values = torch.as_tensor(label).reshape(-1).tolist()
+    return " | ".join(str(int(v)) for v in values)

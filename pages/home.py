@@ -5,6 +5,7 @@ import streamlit as st
 from dashboard.architecture import architecture_dot
 from dashboard.classroom import is_teacher
 from dashboard.lessons import lessons_ui
+from dashboard.samples import multimnist_samples_ui
 from dashboard.state import data_label
 from mtl_core.models import MODELS
 from mtl_core.tasks import TASKS
@@ -24,7 +25,11 @@ with left:
         "only has a small head of its own. Half the parameters, often the same accuracy.\n"
         "- **Soft sharing (cross-stitch)**: each task keeps its own network, and learned *alpha* weights "
         "decide how much each layer borrows from the other tasks' layers (Misra et al., CVPR 2016).\n"
-        "- **The 4-task CNN** answers four questions about one digit at once with a shared conv trunk."
+        "- **The 4-task CNN** answers four questions about one digit at once with a shared conv trunk.\n"
+        "- **MultiMNIST** puts two digits in one image, one over the other (Sener & Koltun, NeurIPS 2018): "
+        "reading the left one and reading the right one are tasks that compete for the same features, so "
+        "sharing can cost accuracy and the balancing methods (MGDA-UB, PCGrad, ...) face a real conflict. "
+        "The LeNet models train on it."
     )
     st.subheader("The pages")
     st.markdown(
@@ -52,6 +57,8 @@ with right:
             for s in MODELS.values()
         )
     )
+
+multimnist_samples_ui()
 
 lessons_ui()
 

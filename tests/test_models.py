@@ -24,6 +24,9 @@ EXPECTED_PARAMS = {
     "cnn": 441_999,
     "stl_cnn": 1_703_631,  # 4 x 420,544 (conv 320 + BN 64 + conv 18,496 + BN 128 + FC 401,536) + the 4 heads
     "cross_stitch_cnn": 1_703_679,  # the same + 3 units x 4 x 4 alphas
+    # Sener & Koltun's LeNet (Figure 5): conv 260 + conv 5,020 + FC 320->50 16,050 = 21,330, heads 50->10 510 each
+    "lenet": 21_330 + 2 * 510,
+    "stl_lenet": 2 * (21_330 + 510),
 }
 
 
@@ -267,3 +270,35 @@ def test_a_cnn_trains_the_same_with_its_first_block_folded(synthetic):
         ours, theirs = folded.model(synthetic.test_x[:256]), plain.model(synthetic.test_x[:256])
     for task in ours:
         torch.testing.assert_close(ours[task], theirs[task], rtol=0.0, atol=0.01, msg=task)
+
+
+def test_stl_lenet_is_two_independent_lenets():
+    """No parameter of stl_lenet reaches two tasks: each task's output moves only its own trunk and head,
+    and each of those is exactly one `lenet` (trunk and head) of one task."""
+    from mtl_core.models import LeNetMTL
+
+    torch.manual_seed(0)
+    model = build_model("stl_lenet", ("left", "right"))
+    assert model.shared_parameters() == []
+    one = LeNetMTL(("left",))
+    assert count_parameters(model) == 2 * count_parameters(one)
+    for task, other in (("left", "right"), ("right", "left")):
+        model.zero_grad()
+        model(torch.randn(5, 1, 28, 28))[task].sum().backward()
+        mine = [p.grad for n, p in model.named_parameters() if f".{task}." in n]
+        theirs = [p.grad for n, p in model.named_parameters() if f".{other}." in n]
+        assert mine and all(g is not None and g.abs().sum() > 0 for g in mine)
+        assert all(g is None or not g.any() for g in theirs)
+    # A task's column computes exactly what a one-task LeNet with its weights computes.
+    one.trunk.load_state_dict(model.trunks["right"].state_dict())
+    one.heads["left"].load_state_dict(model.heads["right"].state_dict())
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.equal(one(x)["left"], model(x)["right"])
+
+
+def test_lenet_shares_its_trunk_and_keeps_its_output():
+    model = build_model("lenet")
+    assert [id(p) for p in model.shared_parameters()] == [id(p) for p in model.trunk.parameters()]
+    out = model(torch.randn(3, 1, 28, 28))
+    assert model.representation.shape == (3, 50)
+    assert torch.equal(model.heads["left"](model.representation), out["left"])

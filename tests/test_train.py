@@ -7,20 +7,25 @@ import torch
 from native_kernel import kernel_device, use_kernel  # tests/native_kernel.py
 
 from mtl_core.config import ConfigError, TrainConfig
+from mtl_core.data import make_multimnist
 from mtl_core.models import MODELS
 from mtl_core.training.loop import Training, iter_train, resolve_device, state_copy
 
 
 def tiny(model="hard", **kw):
-    return TrainConfig.preset(
-        model, epochs=kw.pop("epochs", 3), batch_size=kw.pop("batch_size", 64), data="synthetic", **kw
-    )
+    data = "multimnist" if MODELS[model].family == "lenet" else "synthetic"  # its tasks need pairs of digits
+    return TrainConfig.preset(model, epochs=kw.pop("epochs", 3), batch_size=kw.pop("batch_size", 64), data=data, **kw)
+
+
+def tiny_data(model, synthetic):
+    """The synthetic digits, or for the MultiMNIST models the MultiMNIST built from them."""
+    return make_multimnist(synthetic) if MODELS[model].family == "lenet" else synthetic
 
 
 @pytest.mark.parametrize("model", list(MODELS))
 def test_training_reduces_loss_on_synthetic(model, synthetic):
     cnn = MODELS[model].family == "cnn"
-    records = list(iter_train(tiny(model, epochs=3, max_batches=8 if cnn else 0), synthetic))
+    records = list(iter_train(tiny(model, epochs=3, max_batches=8 if cnn else 0), tiny_data(model, synthetic)))
     assert [r["epoch"] for r in records] == [1, 2, 3]
     assert records[-1]["train_loss_total"] < records[0]["train_loss_total"]
     for r in records:
@@ -120,12 +125,13 @@ def test_cuda_without_gpu_is_a_clear_error(synthetic):
 
 
 @pytest.mark.parametrize("model_name", list(MODELS))
-def test_device_auto_gives_a_gpu_to_the_cnns_only(model_name, synthetic, monkeypatch):
-    """Where there is a GPU (faked here: the device chosen, nothing run on it), "auto" puts the CNNs on it
-    and keeps the MLPs, whose steps are too small for it, on the CPU; without one, everything on the CPU."""
+def test_device_auto_gives_a_gpu_to_the_convolutional_models_only(model_name, synthetic, monkeypatch):
+    """Where there is a GPU (faked here: the device chosen, nothing run on it), "auto" puts the CNNs and
+    LeNets on it and keeps the MLPs, whose steps are too small for it, on the CPU; without one, everything
+    on the CPU."""
     family = MODELS[model_name].family
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert resolve_device("auto", family).type == ("cuda" if family == "cnn" else "cpu")
+    assert resolve_device("auto", family).type == ("cpu" if family == "mlp" else "cuda")
     assert resolve_device("cuda", family).type == "cuda"  # asked for: any model
     if family == "mlp":  # a whole run: it trains on the CPU, and its record says so
         training = Training(TrainConfig.preset(model_name, epochs=1, max_batches=2, data="synthetic"), synthetic)

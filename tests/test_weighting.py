@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from mtl_core.config import ConfigError, TrainConfig
+from mtl_core.config import ConfigError, TrainConfig, weightings_for
 from mtl_core.models import build_model, shares_parameters
 from mtl_core.training.fastpath import FlatAdam
 from mtl_core.training.loop import Training
@@ -88,6 +88,8 @@ def test_the_cnn_recipe_takes_any_subset_of_its_tasks():
 @pytest.mark.parametrize("method", list(WEIGHTINGS))
 @pytest.mark.parametrize("model", ["hard", "cross_stitch"])
 def test_every_method_trains_through_the_seam_and_records_its_weights(method, model, synthetic):
+    if method not in weightings_for(model):
+        pytest.skip(f"{method} does not fit {model} (weightings_for)")
     cfg = TrainConfig.preset(model, epochs=2, data="synthetic", loss_weighting=method)
     training = Training(cfg, synthetic)
     records = list(training.records())
@@ -100,7 +102,7 @@ def test_every_method_trains_through_the_seam_and_records_its_weights(method, mo
 
 @pytest.mark.parametrize("method", [m for m, cls in WEIGHTINGS.items() if cls.needs_shared])
 def test_gradient_methods_refuse_a_model_that_shares_nothing(method, synthetic):
-    with pytest.raises(ConfigError, match="stl shares none"):
+    with pytest.raises(ConfigError, match="stl (shares|has) none"):
         Training(TrainConfig.preset("stl", epochs=1, data="synthetic", loss_weighting=method), synthetic)
 
 

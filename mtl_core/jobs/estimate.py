@@ -26,6 +26,8 @@ GUESS_FULL_EPOCH_S = {
     "cnn": 9.5,
     "stl_cnn": 40.0,  # one CNN per task
     "cross_stitch_cnn": 55.0,
+    "lenet": 7.5,  # MultiMNIST, batch 256
+    "stl_lenet": 14.5,
 }
 FULL_N_TRAIN = 60_000
 # An epoch with another loss weighting than static, over the static one, from the same measurements. On
@@ -35,8 +37,10 @@ FULL_N_TRAIN = 60_000
 WEIGHTING_COST = {
     "mlp": {"uncertainty": 3.0, "dwa": 3.0, "famo": 4.5, "gradnorm": 5.0, "pcgrad": 6.5, "cagrad": 12.0},
     "cnn": {"uncertainty": 1.0, "dwa": 1.0, "famo": 1.3, "cagrad": 4.0},
+    "lenet": {"uncertainty": 1.05, "dwa": 1.0, "famo": 1.5, "mgda_ub": 1.0, "pcgrad": 1.75},
 }
-DEFAULT_GRADIENT_COST = {"mlp": 5.5, "cnn": 2.6}  # the other gradient methods (MGDA, IMTL-G, Aligned-MTL, UPGrad)
+# The other gradient methods (MGDA, IMTL-G, Aligned-MTL, UPGrad).
+DEFAULT_GRADIENT_COST = {"mlp": 5.5, "cnn": 2.6, "lenet": 1.5}
 
 
 @dataclass(frozen=True)

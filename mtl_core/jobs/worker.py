@@ -24,7 +24,7 @@ import torch
 from mtl_core.analysis import predictions_bytes, predictions_from_outputs
 from mtl_core.checkpoint import model_bytes
 from mtl_core.config import ConfigError, TrainConfig
-from mtl_core.data import DataUnavailable, MTLData, load_data
+from mtl_core.data import DataUnavailable, MTLData, load_data, make_multimnist
 from mtl_core.store.run_link import STORE_ERRORS, RunLink, StoreLink, is_store_failure, store_problem
 from mtl_core.store.runs import STORE_EXIT, RunStore
 from mtl_core.training.loop import Training
@@ -49,7 +49,8 @@ class _DataCache:
 
     def get(self, source: str) -> MTLData:
         if source not in self._cache:
-            self._cache[source] = load_data(source)
+            # MultiMNIST from the digits "auto" holds (already here, or kept for the next MNIST run).
+            self._cache[source] = make_multimnist(self.get("auto")) if source == "multimnist" else load_data(source)
         return self._cache[source]
 
 

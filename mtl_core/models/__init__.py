@@ -1,7 +1,8 @@
 """The model kinds behind one interface, `forward(x) -> {task: output}`, and their registry (MODELS).
 
 One file per family: `base` (the interface, sizes, heads), `mlp` (STL, hard sharing, cross-stitch, MMoE),
-`cnn` (the 4-task CNN, one CNN per task, cross-stitched CNNs), `cross_stitch` (the mixing units and their
+`cnn` (the 4-task CNN, one CNN per task, cross-stitched CNNs), `lenet` (MultiMNIST's LeNet, shared
+and one per task), `cross_stitch` (the mixing units and their
 starting values), `plain` (the textbook per-column MLPs the tests check the stacked ones against) and
 `batchfold` (the CNNs' first block as one convolution in training). Adding a model: its class in its
 family's file, one ModelSpec entry below (its `sharing` draws its picture), and its parameter count in
@@ -18,6 +19,8 @@ from typing import Any
 from mtl_core.models.base import IN_FEATURES, MLP_HIDDEN, MultiTaskModel, count_parameters, head_dim
 from mtl_core.models.cnn import STLCNN, CrossStitchCNN, MultiTaskCNN, use_native_pooling
 from mtl_core.models.cross_stitch import ALPHA_INITS, alpha_matrix
+from mtl_core.models.lenet import FEATURES as LENET_FEATURES
+from mtl_core.models.lenet import LeNetMTL, STLLeNet
 from mtl_core.models.mlp import MMOE_EXPERTS, STLMLP, CrossStitchMLP, HardSharingMLP, MMoEMLP
 from mtl_core.models.plain import PlainCrossStitch, PlainSTL
 from mtl_core.tasks import get_task
@@ -40,6 +43,8 @@ def body_stages(family: str) -> tuple[str, ...]:
         return (f"{IN_FEATURES}→{h1}", f"{h1}→{h2}")
     if family == "cnn":
         return ("conv block 1\\n(conv 3x3, BN, ReLU, pool)", "conv block 2", "FC 3136→128")
+    if family == "lenet":
+        return ("conv 5x5 →10, ReLU, pool", "conv 5x5 →20, ReLU, pool", f"FC 320→{LENET_FEATURES}")
     raise ValueError(f"no stages known for model family {family!r}")
 
 
@@ -50,6 +55,8 @@ def head_sizes(task: str, family: str) -> str:
     if family == "cnn":
         hidden = 64 if get_task(task).kind == "multiclass" else 32
         return f"128→{hidden}→{head_dim(task, family)}"
+    if family == "lenet":
+        return f"{LENET_FEATURES}→{head_dim(task, family)}"
     raise ValueError(f"no head known for model family {family!r}")
 
 
@@ -139,6 +146,26 @@ MODELS: dict[str, ModelSpec] = {
         settings=("alpha_init",),
         baseline="stl_cnn",
     ),
+    "lenet": ModelSpec(
+        "lenet",
+        "LeNet (MultiMNIST)",
+        "lenet",
+        ("left", "right"),
+        LeNetMTL,
+        "Sener & Koltun's MultiMNIST network: a shared LeNet trunk (2 conv layers, 50-d), a linear head per task.",
+        sharing="trunk",
+        baseline="stl_lenet",
+    ),
+    "stl_lenet": ModelSpec(
+        "stl_lenet",
+        "STL LeNets",
+        "lenet",
+        ("left", "right"),
+        STLLeNet,
+        "One whole LeNet (2 conv layers, 50-d, head) per task; nothing is shared.",
+        sharing="nothing",
+        baseline="stl_lenet",
+    ),
 }
 
 
@@ -169,6 +196,7 @@ __all__ = [
     "CrossStitchMLP",
     "HardSharingMLP",
     "IN_FEATURES",
+    "LeNetMTL",
     "MLP_HIDDEN",
     "MMOE_EXPERTS",
     "MMoEMLP",
@@ -180,6 +208,7 @@ __all__ = [
     "PlainSTL",
     "SHARING",
     "STLCNN",
+    "STLLeNet",
     "STLMLP",
     "alpha_matrix",
     "body_stages",

@@ -16,7 +16,8 @@ IN_FEATURES = 28 * 28
 
 def head_dim(task_name: str, family: str) -> int:
     """Output width of a task's head. The MLP study uses one logit per binary task (BCE); the CNN
-    tutorial uses two logits (cross-entropy). Both keep their reference parameter counts."""
+    tutorial (and the LeNet family after it) uses two logits (cross-entropy). Both keep their reference
+    parameter counts."""
     task = get_task(task_name)
     if task.kind == "multiclass":
         return task.n_classes
@@ -34,6 +35,9 @@ def finish_output(task_name: str, out: torch.Tensor) -> torch.Tensor:
 
 class MultiTaskModel(nn.Module):
     family = "mlp"
+    # The shared trunk's output in the last forward pass, where the model has one trunk and keeps it (what
+    # MGDA-UB balances the task gradients on); None for models without one.
+    representation: torch.Tensor | None = None
 
     def __init__(self, tasks: tuple[str, ...]):
         super().__init__()

@@ -213,6 +213,7 @@ class MultiTaskCNN(MultiTaskModel):
 
     def forward(self, x: torch.Tensor, patch_moments: PatchMoments | None = None) -> dict[str, torch.Tensor]:
         z = _run_first_stage(self.trunk, x, patch_moments)
+        self.representation = z
         return _run_cnn_heads(self.heads, {name: z for name in self.tasks})
 
     def shared_parameters(self) -> list[nn.Parameter]:

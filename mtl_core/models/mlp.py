@@ -93,6 +93,7 @@ class HardSharingMLP(MultiTaskModel):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         z = self.trunk(x)
+        self.representation = z
         return {name: finish_output(name, self.heads[name](z)) for name in self.tasks}
 
     def shared_parameters(self) -> list[nn.Parameter]:

@@ -30,12 +30,12 @@ DIVERGED_HINT = "kept the last good weights (try a smaller learning rate)"
 
 
 def resolve_device(name: str, family: str = "cnn") -> torch.device:
-    """ "auto": a CUDA GPU, where there is one, for the CNNs; the CPU for the MLPs (`family` "mlp")
+    """ "auto": a CUDA GPU, where there is one, for the CNNs and LeNets; the CPU for the MLPs (`family` "mlp")
     everywhere. An MLP step is a few dozen tiny kernels, too small to keep a GPU busy: on an H200 machine
     (benchmarks/gpu_check.py) hard sharing took 0.63 ms a step on CUDA against 0.32 ms on that machine's
     CPU. "cuda" puts any model on the GPU."""
     if name == "auto":
-        return torch.device("cuda" if family == "cnn" and torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if family != "mlp" and torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device 'cuda' was asked for, but no CUDA GPU is available on this machine")
     return torch.device(name)
@@ -136,6 +136,11 @@ class Training:
         shared, _ = split_shared(self.model)
         names = {id(p): n for n, p in self.model.named_parameters()}
         self._shared_names = [names[id(p)] for p in shared]
+        if self.weighting.needs_representation and get_model_spec(self.config.model).sharing != "trunk":
+            raise ConfigError(
+                f"{self.weighting.title} balances the tasks' gradients on the output of one shared trunk, and "
+                f"{self.config.model} has none: choose hard sharing, the CNN or LeNet"
+            )
         if self.weighting.needs_shared and not shared:
             raise ConfigError(
                 f"{self.weighting.title} balances the tasks' gradients on shared parameters, and "

@@ -168,7 +168,10 @@ class AutogradStep(TrainStep):
                 return b, losses
             self.optimizer.zero_grad(set_to_none=True)
             # The weighting method owns the backward and says what it minimised.
-            total = weighting.backward(losses, self.shared, self.others)
+            if weighting.needs_representation:  # MGDA-UB: the trunk's output of this forward pass
+                total = weighting.backward(losses, self.shared, self.others, representation=model.representation)
+            else:
+                total = weighting.backward(losses, self.shared, self.others)
             self._update()
             if weighting.needs_losses_after_step:  # FAMO: how much each loss fell on this batch
                 saved = [buf.clone() for buf in model.buffers()]  # a look, not a second training step:

@@ -14,7 +14,7 @@ The config's static weights (the tutorial's x10 on `value`) scale each task's lo
 from __future__ import annotations
 
 from mtl_core.weighting.base import Weighting, split_like, task_gradient_rows
-from mtl_core.weighting.gradient import FAMO, GradNorm, aggregator_method, from_torchjd
+from mtl_core.weighting.gradient import FAMO, MGDAUB, GradNorm, aggregator_method, from_torchjd
 from mtl_core.weighting.loss import DWA, StaticWeighting, UncertaintyWeighting
 
 WEIGHTINGS: dict[str, type[Weighting]] = {
@@ -25,6 +25,7 @@ WEIGHTINGS: dict[str, type[Weighting]] = {
     "famo": FAMO,
     "pcgrad": aggregator_method("PCGradWeighting", "PCGrad (Yu et al. 2020), torchjd", from_torchjd("PCGrad")),
     "mgda": aggregator_method("MGDAWeighting", "MGDA (Sener and Koltun 2018), torchjd", from_torchjd("MGDA")),
+    "mgda_ub": MGDAUB,
     "cagrad": aggregator_method(
         "CAGradWeighting", "CAGrad, c = 0.4 (Liu et al. 2021), torchjd", from_torchjd("CAGrad", c=0.4)
     ),
@@ -48,6 +49,7 @@ __all__ = [
     "FAMO",
     "WEIGHTINGS",
     "GradNorm",
+    "MGDAUB",
     "StaticWeighting",
     "UncertaintyWeighting",
     "Weighting",

@@ -41,6 +41,9 @@ class Weighting(nn.Module):
 
     title = ""
     needs_shared = False  # it works on the shared parameters: a model without any (STL) is refused
+    # It reads the shared trunk's output (`MultiTaskModel.representation`): `backward` then gets it as
+    # `representation=`, and only models with one shared trunk can take it.
+    needs_representation = False
     needs_losses_after_step = False  # it wants the batch's losses again after the step (FAMO)
 
     def __init__(self, weights: dict[str, float]):

@@ -1,5 +1,6 @@
 """Methods that read the task gradients on the shared parameters: GradNorm (Chen et al. 2018), FAMO
-(Liu et al. 2023) and the gradient aggregators of torchjd (PCGrad, MGDA, CAGrad, IMTL-G, Aligned-MTL, UPGrad)."""
+(Liu et al. 2023), the gradient aggregators of torchjd (PCGrad, MGDA, CAGrad, IMTL-G, Aligned-MTL, UPGrad),
+and MGDA-UB (Sener & Koltun 2018), which reads them on the shared representation instead."""
 
 from __future__ import annotations
 
@@ -148,3 +149,50 @@ def from_torchjd(cls_name: str, **kwargs):
         return getattr(agg, cls_name)(**kwargs)
 
     return make
+
+
+def min_norm_weights(rows: torch.Tensor) -> torch.Tensor:
+    """The convex weights w (w >= 0, sum 1) whose combination sum_t w_t g_t of the rows g_t has the least
+    norm: MGDA's subproblem. Two rows: the closed form of Sener & Koltun's Algorithm 1, with an even split
+    where every split is as short (the rows are equal). More rows: torchjd's Frank-Wolfe solver on the
+    Gramian (their Algorithm 2)."""
+    rows = rows.double()
+    if len(rows) == 1:
+        return torch.ones(1, dtype=rows.dtype)
+    if len(rows) == 2:
+        g1, g2 = rows
+        gap = (g1 - g2).dot(g1 - g2)
+        if gap <= 1e-12 * max(float(g1.dot(g1) + g2.dot(g2)), 1e-300):
+            return torch.full((2,), 0.5, dtype=rows.dtype)
+        gamma = ((g2 - g1).dot(g2) / gap).clamp(0.0, 1.0)
+        return torch.stack([gamma, 1 - gamma])
+    from torchjd.aggregation import MGDAWeighting
+
+    return MGDAWeighting()(rows @ rows.T)
+
+
+class MGDAUB(Weighting):
+    """MGDA-UB (Sener & Koltun, NeurIPS 2018): MGDA's min-norm task weights, found on each task loss's
+    gradient with respect to the shared representation z (the trunk's output for the batch) rather than
+    the shared parameters: the paper's upper bound, one backward per task through the heads only. The
+    step is then one backward of sum_t w_t L_t. Their code's optional gradient normalisation stays off,
+    as in the paper."""
+
+    title = "MGDA-UB (Sener and Koltun 2018)"
+    needs_shared = True
+    needs_representation = True
+
+    def backward(self, losses, shared, others, representation=None):
+        if representation is None:
+            raise ValueError("MGDA-UB needs the model's shared representation (a model with one shared trunk)")
+        tasks = list(losses)
+        scaled = [self.fixed[t] * losses[t] for t in tasks]
+        rows = [torch.autograd.grad(s, representation, retain_graph=True)[0].float().reshape(-1) for s in scaled]
+        weights = min_norm_weights(torch.stack(rows)).tolist()
+        total = sum(w * s for w, s in zip(weights, scaled))
+        total.backward()
+        self._record({t: w * self.fixed[t] for t, w in zip(tasks, weights)})
+        return total.detach()
+
+    def current(self) -> dict[str, float]:
+        return {}
