@@ -31,7 +31,7 @@ from mtl_core.jobs.estimate import (
 )
 from mtl_core.models import MODELS
 from mtl_core.reference import SEED_MODELS
-from mtl_core.tasks import TASKS
+from mtl_core.tasks import OWN_TASK_HELP, TASKS
 from mtl_core.text import LABEL_MAX, plain_text
 from mtl_core.weighting import WEIGHTINGS
 
@@ -236,7 +236,16 @@ def _control_ui(c: Control, where, model: str) -> None:
         return _weights_ui(c, model)
     kw = {"key": _key(c, model), "help": c.help or None}
     if c.field == "tasks":
-        where.multiselect(c.label, list(c.choices), format_func=lambda t: f"{t}: {TASKS[t].title}", **kw)
+        # A student's own task (NAME=DIGITS) is typed into the box; those already chosen stay options.
+        chosen = [t for t in st.session_state.get(kw["key"], []) if t not in c.choices]
+        where.multiselect(
+            c.label,
+            [*c.choices, *chosen],
+            format_func=task_words,
+            accept_new_options=True,
+            placeholder="Choose, or type your own: loop=0689",
+            **(kw | {"help": f"Choose built-in tasks, or type {OWN_TASK_HELP} and press Enter."}),
+        )
     elif c.kind == "bool":
         where.checkbox(c.label, **kw)
     elif c.field == "loss_weighting":  # some weightings need a model that shares layers
@@ -246,6 +255,12 @@ def _control_ui(c: Control, where, model: str) -> None:
     else:
         lo, hi = c.bounds
         where.number_input(c.label, min_value=lo, max_value=hi, step=c.step, format=c.format, **kw)
+
+
+def task_words(name: str) -> str:
+    """A task in the picker: a built-in one's name and question; a typed one as typed (a student's own
+    NAME=DIGITS says what it is; anything else, plain, and Start says why it cannot train)."""
+    return f"{name}: {TASKS[name].title}" if name in TASKS else plain_text(name, 40)
 
 
 def _label_ui(where, model: str) -> None:

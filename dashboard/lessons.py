@@ -72,6 +72,27 @@ LESSONS = (
         "settings → Runs) make the spread a better estimate.",
     ),
     Lesson(
+        "hurt",
+        "When does sharing hurt? Add a task that nothing can learn.",
+        tuple(
+            (
+                f"lesson: hard sharing, {title} · seed {seed}",
+                TrainConfig.preset("hard", tasks=tasks, seed=seed, val_split=500, **QUICK),
+            )
+            for tasks, title in ((("even", "mult3"), "even + mult3"), (("even", "mult3", "noise"), "+ noise"))
+            for seed in (0, 1, 2)
+        ),  # fmt: skip
+        "**Compare** with *Combine seeds* on: the even and mult3 accuracy of the two rows, each mean ± std over "
+        "three seeds; the noise column stays near 50 % (chance). **Train**: pick a run with noise and read the "
+        "chart *Gradient agreement on the shared layers*: the cosine between noise and the other two tasks.",
+        "`noise` is the even labels shuffled across the images: nothing in a digit predicts it, so its head can "
+        "only memorise, and the shared trunk spends some of itself on that. If even and mult3 drop by more "
+        "than the ± spread when noise joins, sharing with an unrelated task cost them accuracy; a cosine near "
+        "0 (or below) says noise pulls the shared layers in directions the others do not need. Expect a small "
+        "drop, about as large as the spread between seeds: an unrelated task costs less than one might fear, "
+        "and only seeds tell a real drop from luck.",
+    ),
+    Lesson(
         "four",
         "What does one network learn for four tasks at once?",
         (("lesson: 4-task CNN", TrainConfig.preset("cnn", data="mnist-subset", epochs=3)),),

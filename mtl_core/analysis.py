@@ -18,7 +18,7 @@ from mtl_core.metrics import mean_by_key, mean_std
 from mtl_core.models import MODELS, MultiTaskModel
 from mtl_core.predict import predict
 from mtl_core.reference import SEED_MODELS, SEED_STUDY
-from mtl_core.tasks import TASKS, VALUE_SCALE, get_task, make_targets
+from mtl_core.tasks import TASKS, VALUE_SCALE, get_task, is_task, make_targets
 from mtl_core.text import clean_name, label_text
 
 
@@ -364,9 +364,7 @@ def group_rows(
         cell(row, "Δm vs STL %", dms)
         row["params"] = first["params"]
         cell(row, "train_s", [r["train_seconds"] for r in done], digits=1)
-        for task in TASKS:
-            if task not in first["config"]["tasks"]:
-                continue
+        for task in first["config"]["tasks"]:
             if get_task(task).kind == "regression":
                 cell(row, f"{task} MAE (digits)", [r["best"][task]["mae"] for r in done], VALUE_SCALE, 3)
             else:
@@ -405,7 +403,9 @@ def ordered_columns(rows: list[dict]) -> list[str]:
     """The comparison table's columns in one fixed order, whichever run is selected first: the summary,
     then every task's column in the task list's order, then the run's details."""
     seen = list(dict.fromkeys(k for r in rows for k in r))
-    per_task = [c for t in TASKS for c in seen if c.startswith(f"{t} ")]
+    # Built-in tasks in the table's order, then the students' own in the order they appear.
+    tasks = list(dict.fromkeys([*(t for t in TASKS), *(c.split(" ")[0] for c in seen if is_task(c.split(" ")[0]))]))
+    per_task = [c for t in tasks for c in seen if c.startswith(f"{t} ")]
     summary = (
         "student",
         "run",

@@ -21,6 +21,7 @@ from mtl_core.models import MODELS
 from mtl_core.reference import SEED_MODELS, SEED_STUDY
 from mtl_core.settings import SettingError
 from mtl_core.store.runs import RunStore
+from mtl_core.tasks import OWN_TASK_HELP
 from mtl_core.training.loop import CONFLICT_PROBES, Training
 
 
@@ -44,15 +45,16 @@ def add_config_flags(p: argparse.ArgumentParser, fields: tuple[str, ...] | None 
     for c in controls() if fields is None else map(control, fields):
         if not c.flag:
             continue
-        if c.field == "tasks":
-            how = {"nargs": "+", "choices": c.choices}
+        if c.field == "tasks":  # the built-in ones, or a student's own (NAME=DIGITS): TrainConfig checks each
+            how = {"nargs": "+", "metavar": "TASK", "help": f"{', '.join(c.choices)}, or {OWN_TASK_HELP}"}
         elif c.kind == "bool":
             how = {"action": argparse.BooleanOptionalAction}
         elif c.choices:
             how = {"choices": c.choices}
         else:
             how = {"type": {"int": int, "float": float}[c.kind]}
-        p.add_argument(c.flag, dest=c.field, default=None, help=c.flag_help, metavar=c.metavar, **how)
+        how = {"help": c.flag_help, "metavar": c.metavar, **how}
+        p.add_argument(c.flag, dest=c.field, default=None, **how)
 
 
 def run_training(config: TrainConfig, data, out=None, label: str = "", probes: int = 0) -> Training:

@@ -13,7 +13,7 @@ from typing import Any
 
 from mtl_core.data import SOURCES
 from mtl_core.models import ALPHA_INITS, MODELS, get_model_spec, shares_parameters
-from mtl_core.tasks import PAIR_TASKS, TASKS
+from mtl_core.tasks import OWN_TASK_HELP, PAIR_TASKS, TASKS, is_task
 from mtl_core.text import plain_text, shown
 from mtl_core.weighting import WEIGHTINGS
 
@@ -155,9 +155,11 @@ class TrainConfig:
                 p.append(f"unknown {name} {shown(v)}; valid: {', '.join(choices)}")
 
         check_choice("model", MODELS)
-        bad = [t for t in self.tasks if t not in TASKS]
+        bad = [t for t in self.tasks if not is_task(t)]
         if bad:
-            p.append(f"unknown task(s) {', '.join(map(repr, bad))}; valid tasks: {', '.join(TASKS)}")
+            p.append(
+                f"unknown task(s) {', '.join(map(shown, bad))}; valid tasks: {', '.join(TASKS)}, or {OWN_TASK_HELP}"
+            )
         if not self.tasks:
             p.append("choose at least one task")
         pair = [t for t in self.tasks if t in PAIR_TASKS]

@@ -6,6 +6,8 @@ need pairs."""
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -59,6 +61,18 @@ TASKS: dict[str, Task] = {
     "value": Task("value", "regression", "Digit value d/9 (regression)", _value),
 }
 
+NOISE_SEED = 20_240_229  # fixed: `noise` shuffles the same way on every server and in every run
+
+
+def _noise(d: torch.Tensor) -> torch.Tensor:
+    """The labels of `even`, shuffled across the images by a fixed permutation: as balanced as `even`, and
+    unrelated to what each image shows, so nothing can learn it (a task that can only hurt its partners)."""
+    order = torch.randperm(len(d), generator=torch.Generator().manual_seed(NOISE_SEED))
+    return _even(d)[order.to(d.device)]
+
+
+TASKS["noise"] = Task("noise", "binary", "Noise: the labels of even, shuffled (unlearnable)", _noise, ("0", "1"))
+
 # MultiMNIST (mtl_core/multimnist.py): two overlapping digits, one task each.
 TASKS["left"] = Task("left", "multiclass", "The left (upper) digit", _digit, TASKS["digit"].classes, column=0)
 TASKS["right"] = Task("right", "multiclass", "The right (lower) digit", _digit, TASKS["digit"].classes, column=1)
@@ -68,11 +82,39 @@ PAIR_TASKS = tuple(name for name, task in TASKS.items() if task.column is not No
 VALUE_SCALE = 9.0
 
 
+# A task a student designs: a name, "=", and the digits that answer yes ("loop=0689": has a loop).
+OWN_TASK = re.compile(r"^([a-z][a-z0-9_]{0,15})=([0-9]{1,9})$")
+OWN_TASK_HELP = "your own yes/no task: a name, =, and the digits that answer yes (for example loop=0689)"
+
+
+@functools.cache
+def own_task(spec: str) -> Task | None:
+    """The binary task `spec` ("name=digits") describes, or None when it is not one. Its key everywhere (the
+    run's config, the model's head, the records) is the whole spec, so a saved run can be rebuilt from it."""
+    match = OWN_TASK.match(spec)
+    if not match or spec in TASKS:
+        return None
+    name, digits = match.group(1), tuple(sorted({int(c) for c in match.group(2)}))
+    if len(digits) != len(match.group(2)):
+        return None  # a digit twice: "loop=0068" is a typo more likely than a wish
+    chosen = torch.tensor(digits)
+
+    def label(d: torch.Tensor) -> torch.Tensor:
+        return torch.isin(d, chosen.to(d.device)).long()
+
+    listed = " ".join(map(str, digits))
+    return Task(spec, "binary", f"{name}: is it one of {listed}?", label, (f"not {name}", name))
+
+
 def get_task(name: str) -> Task:
-    try:
-        return TASKS[name]
-    except KeyError:
-        raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}") from None
+    task = TASKS.get(name) or own_task(name)
+    if task is None:
+        raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}, or {OWN_TASK_HELP}")
+    return task
+
+
+def is_task(name: object) -> bool:
+    return isinstance(name, str) and (name in TASKS or own_task(name) is not None)
 
 
 def first_digit(labels: torch.Tensor) -> torch.Tensor:
