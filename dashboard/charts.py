@@ -366,3 +366,35 @@ def affinity_heatmap(affinity: dict[str, float], tasks: list[str] | tuple[str, .
     fig.update_xaxes(title_text="loss that changed (task j)", side="bottom")
     fig.update_yaxes(title_text="step on task i", autorange="reversed")
     return _layout(fig, "Task affinity (lookahead, averaged over training)")
+
+
+def pareto_chart(points, tasks: tuple[str, str], names: list[str]) -> go.Figure:
+    """Each run as a point (task A's test accuracy against task B's), the ones no other point beats on both
+    joined into the front; dominated points hollow and grey. `names` label the points (weights or method)."""
+    a, b = tasks
+    fig = go.Figure()
+    best = sorted((p.accuracy[a], p.accuracy[b]) for p in points if not p.dominated)
+    if len(best) > 1:
+        fig.add_trace(go.Scatter(x=[x for x, _ in best], y=[y for _, y in best], mode="lines", name="front",
+                                 line=dict(color=PALETTE[0], dash="dash"), hoverinfo="skip"))  # fmt: skip
+    for flag, name, color, symbol in ((False, "on the front", PALETTE[0], "circle"),
+                                      (True, "dominated", PALETTE[6], "circle-open")):  # fmt: skip
+        chosen = [(p, n) for p, n in zip(points, names) if p.dominated == flag]
+        if not chosen:
+            continue
+        fig.add_trace(
+            go.Scatter(
+                x=[p.accuracy[a] for p, _ in chosen],
+                y=[p.accuracy[b] for p, _ in chosen],
+                customdata=[p.run_id for p, _ in chosen],
+                text=[n for _, n in chosen],
+                mode="markers+text",
+                textposition="top center",
+                name=name,
+                marker=dict(color=color, symbol=symbol, size=11, line=dict(width=2, color=color)),
+                hovertemplate=f"%{{text}}<br>{a} %{{x:.2f}} %<br>{b} %{{y:.2f}} %<extra></extra>",
+            )
+        )
+    fig.update_xaxes(title_text=f"{a} test accuracy (%)")
+    fig.update_yaxes(title_text=f"{b} test accuracy (%)")
+    return _layout(fig, f"Pareto front: {a} against {b}", height=420)

@@ -3,26 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import time
+import uuid
 from dataclasses import replace
 from pathlib import Path
 
 from mtl_core.checkpoint import save_model
-from mtl_core.config import ConfigError, TrainConfig, control, controls
+from mtl_core.config import ConfigError, TrainConfig, control, controls, weightings_for
 from mtl_core.data import DataUnavailable, load_data
 from mtl_core.export import FORMATS as EXPORT_FORMATS
 from mtl_core.export import export_file
 from mtl_core.jobs.runner import EXECUTORS, JobRunner, RunnerSettings
 from mtl_core.metrics import mean_std
-from mtl_core.models import MODELS
+from mtl_core.models import MODELS, shares_parameters
+from mtl_core.pareto import front, hypervolume, sweep_configs
 from mtl_core.reference import SEED_MODELS, SEED_STUDY
 from mtl_core.settings import SettingError
 from mtl_core.store.runs import RunStore
 from mtl_core.tasks import OWN_TASK_HELP
 from mtl_core.training.loop import CONFLICT_PROBES, Training
+from mtl_core.weighting import WEIGHTINGS
 
 
 def format_record(r: dict) -> str:
@@ -305,7 +309,7 @@ MAX_SEEDS = 1000
 def check_before_work(args: argparse.Namespace) -> None:
     """What can be checked before a command trains or loads anything: the server settings in the
     environment and every output path. ValueError (SettingError included) with a sentence."""
-    if args.command in ("train", "submit", "compare"):
+    if args.command in ("train", "submit", "compare", "pareto"):
         RunnerSettings.from_env()
     seeds = getattr(args, "seeds", 1)
     if not 1 <= seeds <= MAX_SEEDS:
@@ -316,6 +320,60 @@ def check_before_work(args: argparse.Namespace) -> None:
     model_file = getattr(args, "model_file", None)
     if model_file is not None and model_file.is_dir():
         raise ValueError(f"cannot read {model_file}: it is a folder, not a model file")
+
+
+def cmd_pareto(a: argparse.Namespace) -> int:
+    """A sweep of static weights on two tasks (and any methods), queued like `submit`, waited for; then the
+    front: each point's weights, test accuracies, run and whether another point beats it on both tasks."""
+    base = _config_from_args(a)
+    tasks = tuple(base.tasks)
+    if len(tasks) != 2:
+        raise ConfigError(f"a front is drawn for two tasks: give --tasks A B ({base.model} has {len(tasks)} here)")
+    if not shares_parameters(base.model):
+        raise ConfigError(
+            f"{base.model} shares no parameters, so its tasks cannot trade accuracy: choose a model that shares"
+        )
+    methods = tuple(a.methods or ())
+    unfit = [m for m in methods if m not in weightings_for(base.model)]
+    if unfit:
+        raise ConfigError(
+            f"{', '.join(unfit)} cannot train {base.model}; it can take {', '.join(weightings_for(base.model))}"
+        )
+    sweep = uuid.uuid4().hex[:6]
+    points = sweep_configs(base, tasks, a.points, methods, sweep)
+    runner = JobRunner(RunStore(), RunnerSettings.from_env())
+    try:
+        run_ids = runner.submit_many([c for _, c in points], owner="cli", labels=[label for label, _ in points])
+        print(f"queued front {sweep}: {len(run_ids)} runs ({base.model} on {base.data}, {base.epochs} epochs each)")
+        runs = _wait_for_all(runner.store, run_ids)
+    finally:
+        runner.shutdown()
+    found = front(runs, tasks)
+    hv = hypervolume([(p.accuracy[tasks[0]] / 100, p.accuracy[tasks[1]] / 100) for p in found])
+    for p in found:
+        what = p.method if p.method != "static" else ", ".join(f"{t} ×{w:g}" for t, w in p.weights.items())
+        acc = "  ".join(f"{t} {v:.2f}%" for t, v in p.accuracy.items())
+        print(f"{what:<28} {acc}  {'dominated' if p.dominated else 'on the front'}  ({p.run_id})")
+    print(f"hypervolume {hv:.4f} (the area of ({tasks[0]} accuracy, {tasks[1]} accuracy) the points dominate)")
+    if a.json:
+        write_json(a.json, {"sweep": sweep, "tasks": list(tasks), "hypervolume": hv,
+                            "points": [dataclasses.asdict(p) for p in found]})  # fmt: skip
+        print(f"wrote {a.json}")
+    return 0 if len(found) == len(run_ids) else 1
+
+
+def _wait_for_all(store: RunStore, run_ids: list[str]) -> list[dict]:
+    """Every run once it is over, a line for each as it ends."""
+    over: dict[str, dict] = {}
+    while len(over) < len(run_ids):
+        for run_id in run_ids:
+            run = store.get_run(run_id)
+            if run_id not in over and run["status"] not in ("queued", "running"):
+                over[run_id] = run
+                best = "" if run["best_avg"] is None else f", best avg {100 * run['best_avg']:.2f}%"
+                print(f"{run['label']}: {run['status']}{best}", flush=True)
+        time.sleep(0.25 if len(over) < len(run_ids) else 0)
+    return [over[i] for i in run_ids]
 
 
 def cmd_runs(a: argparse.Namespace) -> int:
@@ -359,6 +417,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--format", choices=EXPORT_FORMATS, required=True)
     e.add_argument("--out", type=Path, required=True, metavar="FILE", help="the file to write")
     e.set_defaults(func=cmd_export)
+
+    f = sub.add_parser("pareto", help="a sweep of loss weights on two tasks: the Pareto front and its hypervolume")
+    f.add_argument("--model", choices=list(MODELS), required=True)
+    add_config_flags(f)
+    f.add_argument("--points", type=int, default=5, metavar="K", help="static weight pairs from (1, 0) to (0, 1)")
+    f.add_argument("--methods", nargs="*", choices=list(WEIGHTINGS), help="loss weighting methods to add as points")
+    f.add_argument("--json", type=Path, default=None, help="write the points here")
+    f.set_defaults(func=cmd_pareto)
 
     r = sub.add_parser("runs", help="list the run store's runs (a damaged store: every run still readable)")
     r.add_argument("--json", default=None, metavar="FILE", help="write them as JSON here ('-': standard output)")

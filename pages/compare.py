@@ -7,6 +7,7 @@ from dashboard.charts import bars, overlay
 from dashboard.classroom import is_teacher, visible_runs
 from dashboard.details import details_ui
 from dashboard.forms import SOURCE_NAMES, study_estimate_ui
+from dashboard.front import front_ui
 from dashboard.lessons import COMPARE_FOCUS
 from dashboard.state import client_address, get_runner, get_store, owner_id
 from dashboard.text import md_escape
@@ -216,8 +217,10 @@ d3.download_button(
 
 # Only the open tab is built and sent (on_change="rerun"): with a class's worth of runs, seven Plotly
 # figures at once made opening this page slow in the browser as much as on the server.
-curves_tab, bars_tab, inside_tab = st.tabs(
-    ["📈 Curves", "📊 Parameters, time, accuracy", "🔍 Look inside one run"], key="compare_view", on_change="rerun"
+curves_tab, bars_tab, inside_tab, front_tab = st.tabs(
+    ["📈 Curves", "📊 Parameters, time, accuracy", "🔍 Look inside one run", "⚖ Pareto front"],
+    key="compare_view",
+    on_change="rerun",
 )
 
 
@@ -315,3 +318,7 @@ if inside_tab.open:
     with inside_tab:
         detail = st.selectbox("Run", chosen, format_func=lambda i: run_label(by_id[i]), key="detail_run")
         details_ui(by_id[detail])
+
+if front_tab.open:
+    with front_tab:
+        front_ui(selected)

@@ -63,7 +63,7 @@ CASES = {
     "compare with zero epochs": (["compare", "--data", "synthetic", "--epochs", "0"], {}, "epochs must be"),
     # names
     "unknown model": (["train", "--model", "resnet", *QUICK], {}, "invalid choice: 'resnet'"),
-    "unknown task": (TRAIN + ["--tasks", "even", "prime"], {}, "invalid choice: 'prime'"),
+    "unknown task": (TRAIN + ["--tasks", "even", "prime"], {}, "unknown task(s) 'prime'"),
     "unknown weighting": (TRAIN + ["--weighting", "magic"], {}, "invalid choice: 'magic'"),
     "unknown data": (["train", "--model", "hard", "--data", "imagenet"], {}, "invalid choice: 'imagenet'"),
     "a weighting STL cannot use": (
