@@ -17,9 +17,10 @@ from mtl_core.config import ConfigError, TrainConfig, control, controls, weighti
 from mtl_core.data import DataUnavailable, load_data
 from mtl_core.export import FORMATS as EXPORT_FORMATS
 from mtl_core.export import export_file
-from mtl_core.jobs.runner import EXECUTORS, JobRunner, RunnerSettings
+from mtl_core.jobs.runner import EXECUTORS, JobRunner, QueueFull, RunnerSettings
 from mtl_core.metrics import mean_std
 from mtl_core.models import MODELS, shares_parameters
+from mtl_core.paper_table import PAPER_EPOCHS, VAL_SPLIT, differences, table_configs, table_rows
 from mtl_core.pareto import front, hypervolume, sweep_configs
 from mtl_core.reference import SEED_MODELS, SEED_STUDY
 from mtl_core.settings import SettingError
@@ -309,7 +310,7 @@ MAX_SEEDS = 1000
 def check_before_work(args: argparse.Namespace) -> None:
     """What can be checked before a command trains or loads anything: the server settings in the
     environment and every output path. ValueError (SettingError included) with a sentence."""
-    if args.command in ("train", "submit", "compare", "pareto"):
+    if args.command in ("train", "submit", "compare", "pareto", "table"):
         RunnerSettings.from_env()
     seeds = getattr(args, "seeds", 1)
     if not 1 <= seeds <= MAX_SEEDS:
@@ -343,9 +344,8 @@ def cmd_pareto(a: argparse.Namespace) -> int:
     points = sweep_configs(base, tasks, a.points, methods, sweep)
     runner = JobRunner(RunStore(), RunnerSettings.from_env())
     try:
-        run_ids = runner.submit_many([c for _, c in points], owner="cli", labels=[label for label, _ in points])
-        print(f"queued front {sweep}: {len(run_ids)} runs ({base.model} on {base.data}, {base.epochs} epochs each)")
-        runs = _wait_for_all(runner.store, run_ids)
+        print(f"front {sweep}: {len(points)} runs ({base.model} on {base.data}, {base.epochs} epochs each)")
+        runs = _queue_in_waves(runner, points)
     finally:
         runner.shutdown()
     found = front(runs, tasks)
@@ -359,21 +359,69 @@ def cmd_pareto(a: argparse.Namespace) -> int:
         write_json(a.json, {"sweep": sweep, "tasks": list(tasks), "hypervolume": hv,
                             "points": [dataclasses.asdict(p) for p in found]})  # fmt: skip
         print(f"wrote {a.json}")
-    return 0 if len(found) == len(run_ids) else 1
+    return 0 if len(found) == len(runs) else 1
 
 
-def _wait_for_all(store: RunStore, run_ids: list[str]) -> list[dict]:
-    """Every run once it is over, a line for each as it ends."""
-    over: dict[str, dict] = {}
-    while len(over) < len(run_ids):
-        for run_id in run_ids:
+def _queue_in_waves(runner: JobRunner, points: list[tuple[str, TrainConfig]]) -> list[dict]:
+    """Queue every (label, config) and wait for all, a line for each run as it ends. A sweep or a table is
+    longer than one owner's cap on active jobs (MTL_MAX_PER_OWNER): it is queued as far as the cap allows,
+    and topped up as runs end."""
+    store, waiting, ids, over = runner.store, list(points), [], {}
+    while waiting or len(over) < len(ids):
+        active = len(ids) - len(over)
+        room = runner.limits.per_owner - active
+        if waiting and room > 0:
+            wave = waiting[:room]
+            try:
+                ids += runner.submit_many([c for _, c in wave], owner="cli", labels=[label for label, _ in wave])
+                waiting = waiting[room:]
+            except QueueFull:  # other jobs hold the room (another command, the server's cap): try again soon
+                pass
+        for run_id in ids:
             run = store.get_run(run_id)
             if run_id not in over and run["status"] not in ("queued", "running"):
                 over[run_id] = run
                 best = "" if run["best_avg"] is None else f", best avg {100 * run['best_avg']:.2f}%"
                 print(f"{run['label']}: {run['status']}{best}", flush=True)
-        time.sleep(0.25 if len(over) < len(run_ids) else 0)
-    return [over[i] for i in run_ids]
+        if waiting or len(over) < len(ids):
+            time.sleep(0.25)
+    return [over[i] for i in ids]
+
+
+def cmd_table(a: argparse.Namespace) -> int:
+    """Sener & Koltun's MultiMNIST table: every row over seeds, queued like `submit` and waited for; then
+    ours beside the published figures and which differences survive the spread."""
+    t0 = time.perf_counter()
+    points = table_configs(a.seeds, a.epochs, a.val_split, a.train_limit)
+    runner = JobRunner(RunStore(), RunnerSettings.from_env())
+    try:
+        print(f"the MultiMNIST table: {len(points)} runs ({a.seeds} seeds, {a.epochs} epochs each)")
+        runs = _queue_in_waves(runner, points)
+    finally:
+        runner.shutdown()
+    rows = table_rows(runs)
+    wall = time.perf_counter() - t0
+    for row in rows:
+        ours = "  ".join(f"{t} {_mean_std_text(row.mean[t], row.std[t])}" for t in ("left", "right"))
+        pub = "; ".join(f"{k} {x:.2f} / {y:.2f}" for k, (x, y) in row.published.items())
+        close = ", ".join(f"{k}: {'close' if row.close_to(k) else 'not close'}" for k in row.published)
+        print(f"{row.name:<30} {ours}   published {pub}   ({close})")
+    found = differences(rows)
+    if found:
+        print("Against single task: " + "; ".join(found) + ".")
+    print(f"the whole table took {wall / 60:.1f} min")
+    if a.json:
+        write_json(a.json, {"seeds": a.seeds, "epochs": a.epochs, "wall_s": wall, "differences": found,
+                            "rows": [dataclasses.asdict(r) | {"close": {k: r.close_to(k) for k in r.published}}
+                                     for r in rows]})  # fmt: skip
+        print(f"wrote {a.json}")
+    return 0 if all(r["status"] == "finished" for r in runs) else 1
+
+
+def _mean_std_text(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.2f}" + ("" if std is None else f" ± {std:.2f}")
 
 
 def cmd_runs(a: argparse.Namespace) -> int:
@@ -425,6 +473,20 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--methods", nargs="*", choices=list(WEIGHTINGS), help="loss weighting methods to add as points")
     f.add_argument("--json", type=Path, default=None, help="write the points here")
     f.set_defaults(func=cmd_pareto)
+
+    tb = sub.add_parser(
+        "table", help="Sener & Koltun's MultiMNIST table, every row over seeds, beside the published one"
+    )
+    tb.add_argument("--seeds", type=int, default=3, metavar="N")
+    tb.add_argument(
+        "--epochs", type=int, default=PAPER_EPOCHS, help=f"the paper's {PAPER_EPOCHS}, or fewer (a lesson: 20)"
+    )
+    tb.add_argument("--val-split", type=int, default=VAL_SPLIT, metavar="N", help="training images that pick the epoch")
+    tb.add_argument(
+        "--train-limit", type=int, default=0, metavar="N", help="only the first N training images (a dry run)"
+    )
+    tb.add_argument("--json", type=Path, default=None, help="write the table here")
+    tb.set_defaults(func=cmd_table)
 
     r = sub.add_parser("runs", help="list the run store's runs (a damaged store: every run still readable)")
     r.add_argument("--json", default=None, metavar="FILE", help="write them as JSON here ('-': standard output)")

@@ -9,6 +9,7 @@ from dashboard.details import details_ui
 from dashboard.forms import SOURCE_NAMES, study_estimate_ui
 from dashboard.front import front_ui
 from dashboard.lessons import COMPARE_FOCUS
+from dashboard.paper import queue_table_ui, table_ui
 from dashboard.state import client_address, get_runner, get_store, owner_id
 from dashboard.text import md_escape
 from mtl_core.analysis import (
@@ -57,6 +58,8 @@ with st.expander("Run the seed study (STL, hard sharing, cross-stitch on the sam
                 st.warning(str(exc))
             else:
                 st.success("Queued STL, hard sharing and cross-stitch. Watch them on the Train page.")
+
+queue_table_ui()
 
 if not runs:
     st.info("No runs to compare yet: train one on the Train page, or queue the seed study above.")
@@ -165,6 +168,7 @@ if study:
         + (f"; this study used {', '.join(sorted(unlike))}, so expect its numbers to differ." if unlike else ".")
         + " Differences of a few tenths of a point are what another seed gives."
     )
+table_ui(runs)
 left, right = st.columns([3, 2])
 with left:
     st.markdown("**Reference study** (published figures, not measured here)")

@@ -63,7 +63,8 @@ def assert_ok(at: AppTest) -> None:
 def stored_run(model: str, data, owner: str = OWNER, label: str = "", **overrides) -> str:
     """Train `model` for 2 epochs in this process and record it in the store like the worker would."""
     store = RunStore()
-    config = TrainConfig.preset(model, **({"epochs": 2, "data": "synthetic"} | overrides))
+    source = "multimnist" if MODELS[model].family == "lenet" else "synthetic"  # (the LeNets' tasks need pairs)
+    config = TrainConfig.preset(model, **({"epochs": 2, "data": source} | overrides))
     training = Training(config, data)
     run_id = store.create_run(config.to_dict(), owner=owner, label=label)
     assert store.claim_next("test-worker", os.getpid()) == run_id
