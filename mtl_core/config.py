@@ -92,7 +92,8 @@ class TrainConfig:
             )
         if MODELS[model].family == "lenet":
             # Sener & Koltun's MultiMNIST recipe: SGD with momentum 0.9, batch 256, 100 epochs, the learning
-            # rate times 0.85 every 10 epochs (their train_multi_task.py), on MultiMNIST.
+            # rate times 0.85 every 10 epochs (their train_multi_task.py), on MultiMNIST. Like the CNN's,
+            # channels_last and (precision "auto") bf16 where native: 2.8x a step on this project's CPUs.
             base.update(
                 data="multimnist",
                 epochs=100,
@@ -102,7 +103,7 @@ class TrainConfig:
                 scheduler="step",
                 step_size=10,
                 gamma=0.85,
-                precision="fp32",
+                channels_last=True,
             )
         base.update(overrides)
         return cls(**base)
@@ -222,7 +223,7 @@ class Control:
     flag: str = ""  # "": not on the command line
     flag_help: str | None = None
     metavar: str | None = None
-    family: str = ""  # only models of this family (mtl_core/models/__init__.py)
+    family: str = ""  # only models of this family (mtl_core/models/__init__.py); "conv": every one but the MLPs
     setting: str = ""  # only models whose builder takes this setting (ModelSpec.settings)
 
     @property
@@ -232,7 +233,8 @@ class Control:
 
     def applies(self, model: str) -> bool:
         spec = MODELS[model]
-        return (not self.family or spec.family == self.family) and (not self.setting or self.setting in spec.settings)
+        family = spec.family == self.family or (self.family == "conv" and spec.family != "mlp")
+        return (not self.family or family) and (not self.setting or self.setting in spec.settings)
 
     def cast(self, value: Any) -> Any:
         """`value` (a widget's, a parsed flag's) as the field holds it."""
@@ -315,7 +317,7 @@ CONTROLS: tuple[Control, ...] = (
         flag="--precision",
     ),
     Control(
-        "channels_last", "cl", "channels_last memory layout", "more", "precision", family="cnn", flag="--channels-last"
+        "channels_last", "cl", "channels_last memory layout", "more", "precision", family="conv", flag="--channels-last"
     ),
     # Not in a link: the GPU belongs to the server that trains, not to the settings passed on.
     Control("device", "gpu", "Train on the GPU", "more", "device", choices=DEVICES, link=False, flag="--device"),

@@ -123,7 +123,7 @@ class Training:
 
     @property
     def channels_last(self) -> bool:
-        return self.config.channels_last and get_model_spec(self.config.model).family == "cnn"
+        return self.config.channels_last and get_model_spec(self.config.model).family != "mlp"
 
     def _build_model(self) -> MultiTaskModel:
         torch.manual_seed(self.config.seed)
