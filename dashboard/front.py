@@ -1,6 +1,10 @@
 """The Pareto front on the Compare page: start a sweep of loss weights on two tasks, then see its runs as
 points (task A's accuracy against task B's), the front, and its hypervolume; a click on a point opens its
-run. While a sweep trains, the view refreshes itself as its points finish."""
+run. While a sweep trains, the view refreshes itself as its points finish.
+
+In class mode the teacher opens the sweep to the class instead of queueing it: each student's "Train the
+next point" queues the next point nobody has yet as that student's run (RunStore.claim_sweep_point), and
+the projector's front fills in as the class's points finish."""
 
 from __future__ import annotations
 
@@ -11,9 +15,9 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.charts import pareto_chart
-from dashboard.classroom import visible_runs
+from dashboard.classroom import is_teacher, visible_runs
 from dashboard.forms import SOURCE_NAMES
-from dashboard.state import client_address, get_runner, owner_id
+from dashboard.state import client_address, get_runner, get_store, owner_id
 from dashboard.text import md_escape
 from mtl_core.analysis import run_label
 from mtl_core.config import TrainConfig, weightings_for
@@ -68,21 +72,60 @@ def start_sweep_ui() -> None:
             format_func=lambda n: WEIGHTINGS[n].title,
             key=f"front_methods_{model}",
         )
-        if st.button("▶ Queue the sweep", key="front_queue", type="primary"):
+        for_class = is_teacher() and st.checkbox(
+            "For the class: each student's ▶ Train the next point trains one point",
+            key="front_for_class",
+            help="Nothing is queued now: the students' pages offer the sweep, and every Start takes the next "
+            "point nobody has yet. The front here fills in as their points finish (for a projector).",
+        )
+        if st.button("▶ Open the sweep to the class" if for_class else "▶ Queue the sweep", key="front_queue",
+                     type="primary"):  # fmt: skip
             sweep = uuid.uuid4().hex[:6]
             try:
                 base = recipe.replace(
                     data=st.session_state[f"front_data_{model}"], epochs=int(st.session_state[f"front_epochs_{model}"])
                 )
                 points = sweep_configs(base, (a, b), int(k), tuple(methods), sweep)
-                get_runner().submit_many(
-                    [c for _, c in points], owner_id(), [label for label, _ in points], client=client_address()
-                )
+                if for_class:
+                    get_store().open_sweep(sweep, [(label, c.to_dict()) for label, c in points], owner_id())
+                else:
+                    get_runner().submit_many(
+                        [c for _, c in points], owner_id(), [label for label, _ in points], client=client_address()
+                    )
             except (QueueFull, StoreUnavailable, ValueError) as exc:  # ConfigError is a ValueError
                 st.warning(str(exc))
             else:
                 st.session_state["front_source"] = sweep
-                st.success(f"Queued {len(points)} runs (sweep {sweep}). Their points appear below as they finish.")
+                done = "Opened to the class" if for_class else "Queued"
+                st.success(f"{done}: {len(points)} points (sweep {sweep}). They appear below as they finish.")
+
+
+def class_sweep_ui() -> None:
+    """For a student: the teacher's open sweeps that still have a point nobody trains, each with one button
+    that queues the next point as this student's run."""
+    for sweep in get_store().open_sweeps():
+        left = len(sweep["points"]) - sweep["taken"]
+        if left <= 0:
+            continue
+        config = sweep["points"][0][1]
+        tasks = " against ".join(config["tasks"])
+        c1, c2 = st.columns([3, 1])
+        c1.info(
+            f"🧪 Your teacher's sweep {sweep['id']}: {MODELS[config['model']].title}, {md_escape(tasks)} on "
+            f"{config['data']}, {left} of {len(sweep['points'])} points still to train. Train one, and the "
+            "class's front grows by a point."
+        )
+        if c2.button("▶ Train the next point", key=f"sweep_claim_{sweep['id']}", type="primary"):
+            try:
+                run_id = get_runner().claim_sweep_point(sweep["id"], owner_id(), client_address())
+            except (QueueFull, StoreUnavailable) as exc:
+                st.warning(str(exc))
+            else:
+                if run_id is None:
+                    st.info("Every point of this sweep is taken already.")
+                else:
+                    st.session_state["watch_select"] = run_id
+                    st.success("Queued your point. Watch it on the Train page; the front is on Compare.")
 
 
 def front_ui(selected: list[dict]) -> None:
@@ -90,31 +133,49 @@ def front_ui(selected: list[dict]) -> None:
         st.session_state["watch_select"] = run_id
         st.switch_page("pages/train.py")
     start_sweep_ui()
+    class_sweep_ui()
     found = sweeps(visible_runs())
+    for sweep in get_store().open_sweeps():  # a class's sweep: every student's points are the class's front
+        found[sweep["id"]] = class_points(sweep["id"])
     source = st.selectbox(
         "Points",
         [SELECTED, *found],
-        format_func=lambda s: (
-            "the runs selected above"
-            if s == SELECTED
-            else f"sweep {s}: {len(found[s])} runs, {MODELS[found[s][0]['model']].title}"
-        ),
+        format_func=lambda s: "the runs selected above" if s == SELECTED else _sweep_words(s, found[s]),
         key="front_source",
     )
     if source == SELECTED:
         _front_view(selected)
-    elif any(r["status"] in ACTIVE for r in found[source]):
-        _live_front_view(source)  # refreshes itself until the sweep's last point is over
     else:
-        _front_view(found[source])
+        if is_teacher() and source in {s["id"] for s in get_store().open_sweeps()}:
+            if st.button("■ Close the sweep to the class", key=f"sweep_close_{source}"):
+                get_store().close_sweep(source)
+        class_sweep = source in {s["id"] for s in get_store().open_sweeps()}
+        if class_sweep or any(r["status"] in ACTIVE for r in found[source]):
+            _live_front_view(source)  # refreshes itself while points train (or, for a class, may come)
+        else:
+            _front_view(found[source])
+
+
+def _sweep_words(sweep_id: str, runs: list[dict]) -> str:
+    if not runs:
+        return f"sweep {sweep_id}: open to the class, no point taken yet"
+    return f"sweep {sweep_id}: {len(runs)} runs, {MODELS[runs[0]['model']].title}"
+
+
+def class_points(sweep_id: str) -> list[dict]:
+    """Every student's runs of a class sweep (their labels name it)."""
+    return [
+        r for r in get_store().list_runs(None) if (SWEEP.match(r.get("label") or "") or [None, None])[1] == sweep_id
+    ]
 
 
 @st.fragment(run_every=2)
 def _live_front_view(source: str) -> None:
-    """A sweep still training, read afresh every 2 s; once its last point is over, one whole-page rerun
-    draws it as a still view (nothing polls a finished sweep)."""
-    pool = sweeps(visible_runs()).get(source, [])
-    if not any(r["status"] in ACTIVE for r in pool):
+    """A sweep still training, read afresh every 2 s; once its last point is over (and a class's sweep is
+    closed), one whole-page rerun draws it as a still view (nothing polls a finished sweep)."""
+    open_ids = {s["id"] for s in get_store().open_sweeps()}
+    pool = class_points(source) if source in open_ids else sweeps(visible_runs()).get(source, [])
+    if source not in open_ids and not any(r["status"] in ACTIVE for r in pool):
         st.rerun(scope="app")
     _front_view(pool)
 

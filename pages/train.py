@@ -5,6 +5,7 @@ import streamlit as st
 from dashboard.architecture import architecture_dot
 from dashboard.classroom import is_teacher, visible_runs
 from dashboard.forms import apply_link_ui, estimate_ui, model_picker_ui, reset_form_ui, seed_runs, train_form_ui
+from dashboard.front import class_sweep_ui
 from dashboard.monitor import monitor_ui
 from dashboard.state import client_address, get_runner, owner_id
 from dashboard.text import md_escape
@@ -24,6 +25,7 @@ else:
 
 if left is not None:
     with left:
+        class_sweep_ui()  # the teacher's sweep, open to the class: one click trains its next point
         apply_link_ui()  # before the model picker: a link may choose the model
         model = model_picker_ui()
         st.caption(MODELS[model].description + " Defaults are the reference recipe for this model.")

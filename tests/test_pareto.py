@@ -160,3 +160,80 @@ def test_compare_queues_a_sweep_in_one_click(synthetic):
     swept = [r for r in RunStore().list_runs() if r["label"].startswith("front ")]
     assert len(swept) == 3 and {r["config"]["loss_weights"].get("even", 1.0) for r in swept} == {0.0, 0.5, 1.0}
     assert at.session_state["front_source"] == swept[0]["label"][6:12]
+
+
+# --- class mode: the teacher opens a sweep, each student's Start trains its next point -------------------
+
+
+def _class_sweep(k=3):
+    from mtl_core.store.runs import RunStore
+
+    store = RunStore()
+    points = sweep_configs(TrainConfig.preset("hard", data="synthetic", epochs=1), ("even", "mult3"), k, (), "c1a55e")
+    store.open_sweep("c1a55e", [(label, c.to_dict()) for label, c in points], owner="teacher")
+    return store, points
+
+
+def test_each_student_gets_the_next_point_nobody_has_and_a_failed_one_is_offered_again():
+    from mtl_core.store.runs import Limits
+
+    store, points = _class_sweep(3)
+    labels = [label for label, _ in points]
+    a = store.claim_sweep_point("c1a55e", "alice", limits=Limits())
+    b = store.claim_sweep_point("c1a55e", "bob", limits=Limits())
+    assert [store.get_run(i)["label"] for i in (a, b)] == labels[:2]
+    assert store.get_run(a)["owner"] == "alice" and store.get_run(b)["config"]["loss_weights"] == {
+        "even": 0.5,
+        "mult3": 0.5,
+    }
+    (sweep,) = store.open_sweeps()
+    assert sweep["taken"] == 2 and len(sweep["points"]) == 3
+    store.finish(a, "failed", "boom", {}, None)  # a point whose run failed is free again
+    c = store.claim_sweep_point("c1a55e", "carol")
+    assert store.get_run(c)["label"] == labels[0]
+    d = store.claim_sweep_point("c1a55e", "dave")
+    assert store.get_run(d)["label"] == labels[2]
+    assert store.claim_sweep_point("c1a55e", "erin") is None  # every point is taken
+    store.close_sweep("c1a55e")
+    assert store.open_sweeps() == []
+
+
+def test_two_students_pressing_start_at_once_never_get_the_same_point():
+    import threading
+
+    store, points = _class_sweep(6)
+    got, barrier = [], threading.Barrier(6)
+
+    def press(name):
+        barrier.wait()
+        got.append(store.claim_sweep_point("c1a55e", name))
+
+    threads = [threading.Thread(target=press, args=(f"s{i}",)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    labels = sorted(store.get_run(i)["label"] for i in got)
+    assert labels == sorted(label for label, _ in points)
+
+
+def test_a_students_cap_applies_to_sweep_points():
+    from mtl_core.jobs.runner import QueueFull
+    from mtl_core.store.runs import Limits
+
+    store, _ = _class_sweep(3)
+    store.claim_sweep_point("c1a55e", "alice", limits=Limits(per_owner=1))
+    with pytest.raises(QueueFull):
+        store.claim_sweep_point("c1a55e", "alice", limits=Limits(per_owner=1))
+
+
+def test_a_student_trains_the_teachers_next_point_from_the_train_page():
+    from test_pages import OWNER, _fresh_app_state, assert_ok, open_page  # noqa: F401
+
+    store, points = _class_sweep(2)
+    at = open_page("pages/train.py")
+    assert any("Your teacher's sweep c1a55e" in i.value for i in at.info)
+    at.button(key="sweep_claim_c1a55e").click().run()
+    assert_ok(at)
+    (run,) = store.list_runs(OWNER)
+    assert run["label"] == points[0][0] and at.session_state["watch_select"] == run["id"]

@@ -386,6 +386,13 @@ class JobRunner:
         self.ensure_workers()
         return ids
 
+    def claim_sweep_point(self, sweep_id: str, owner: str, client: str = "") -> str | None:
+        """Queue the next untaken point of a class's sweep as `owner`'s run (None: every point is taken)."""
+        run_id = self.store.claim_sweep_point(sweep_id, owner, client, self.limits)
+        if run_id is not None:
+            self.ensure_workers()
+        return run_id
+
     def stop(self, run_id: str, by_teacher: bool = False) -> None:
         self.store.request_stop(run_id, by_teacher)
 

@@ -72,6 +72,13 @@ CREATE TABLE IF NOT EXISTS owners (
     seen REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS sweeps (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL,
+    points TEXT NOT NULL,
+    open INTEGER NOT NULL DEFAULT 1
+);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('version', 0);
 CREATE INDEX IF NOT EXISTS runs_owner ON runs(owner, created);
 CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
@@ -625,14 +632,73 @@ class RunStore:
         with self._connect(write=True) as db:
             if limits is not None:
                 self._check_caps(db, len(configs), owner, client, limits)
-            now = time.time()
-            for run_id, config, label in zip(ids, configs, labels):
-                db.execute(
-                    "INSERT INTO runs (id, owner, label, model, config, status, created, client) "
-                    "VALUES (?,?,?,?,?,?,?,?)",
-                    (run_id, owner, label, config["model"], json.dumps(config), "queued", now, client),
-                )
+            self._insert_runs(db, ids, configs, owner, labels, client)
         return ids
+
+    @staticmethod
+    def _insert_runs(
+        db: sqlite3.Connection, ids: list[str], configs: list[dict], owner: str, labels: list[str], client: str
+    ) -> None:
+        now = time.time()
+        for run_id, config, label in zip(ids, configs, labels):
+            db.execute(
+                "INSERT INTO runs (id, owner, label, model, config, status, created, client) VALUES (?,?,?,?,?,?,?,?)",
+                (run_id, owner, label, config["model"], json.dumps(config), "queued", now, client),
+            )
+
+    # -- a class's sweep: the teacher opens it, each student's Start trains its next point ---------------
+
+    def open_sweep(self, sweep_id: str, points: list[tuple[str, dict]], owner: str = "") -> None:
+        """Offer `points` ((label, config) each) to the class, one per Start, until every one has a run."""
+        with self._connect(write=True) as db:
+            db.execute(
+                "INSERT INTO sweeps (id, owner, created, points) VALUES (?,?,?,?)",
+                (sweep_id, owner, time.time(), json.dumps([[plain_text(label, LABEL_MAX), c] for label, c in points])),
+            )
+
+    def close_sweep(self, sweep_id: str) -> None:
+        with self._connect(write=True) as db:
+            db.execute("UPDATE sweeps SET open=0 WHERE id=?", (sweep_id,))
+
+    def open_sweeps(self) -> list[dict]:
+        """The class sweeps still open, newest first: id, created, points and how many of them have a run."""
+        out = []
+        for sweep_id, created, points in self._query(
+            "SELECT id, created, points FROM sweeps WHERE open=1 ORDER BY created DESC"
+        ):
+            points = [tuple(p) for p in json.loads(points)]
+            taken = self._taken_labels(sweep_id, [label for label, _ in points])
+            out.append({"id": sweep_id, "created": created, "points": points, "taken": len(taken)})
+        return out
+
+    def _taken_labels(self, sweep_id: str, labels: list[str], db: sqlite3.Connection | None = None) -> set[str]:
+        """The points that have a run that is waiting, training or done (a failed or stopped one is offered
+        again)."""
+        sql = "SELECT label FROM runs WHERE status IN ('queued','running','finished') AND label IN ({})"
+        sql = sql.format(",".join("?" * len(labels)))
+        rows = db.execute(sql, labels).fetchall() if db is not None else self._query(sql, labels)
+        return {r[0] for r in rows}
+
+    def claim_sweep_point(
+        self, sweep_id: str, owner: str, client: str = "", limits: Limits | None = None
+    ) -> str | None:
+        """Queue the sweep's next point without a run as `owner`'s run: its id, or None when every point has
+        one. One transaction: two students pressing Start at once get two different points."""
+        with self._connect(write=True) as db:
+            row = db.execute("SELECT points FROM sweeps WHERE id=? AND open=1", (sweep_id,)).fetchone()
+            if row is None:
+                return None
+            points = [tuple(p) for p in json.loads(row[0])]
+            taken = self._taken_labels(sweep_id, [label for label, _ in points], db)
+            free = [(label, config) for label, config in points if label not in taken]
+            if not free:
+                return None
+            if limits is not None:
+                self._check_caps(db, 1, owner, client, limits)
+            label, config = free[0]
+            run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+            self._insert_runs(db, [run_id], [config], owner, [label], client)
+        return run_id
 
     @staticmethod
     def _check_caps(db: sqlite3.Connection, n: int, owner: str, client: str, limits: Limits) -> None:
