@@ -17,7 +17,7 @@ import streamlit as st
 from dashboard.charts import pareto_chart
 from dashboard.classroom import is_teacher, visible_runs
 from dashboard.forms import SOURCE_NAMES
-from dashboard.state import client_address, get_runner, get_store, owner_id
+from dashboard.state import client_address, get_runner, get_store, owner_id, rerun_app
 from dashboard.text import md_escape
 from mtl_core.analysis import run_label
 from mtl_core.config import TrainConfig, weightings_for
@@ -176,7 +176,7 @@ def _live_front_view(source: str) -> None:
     open_ids = {s["id"] for s in get_store().open_sweeps()}
     pool = class_points(source) if source in open_ids else sweeps(visible_runs()).get(source, [])
     if source not in open_ids and not any(r["status"] in ACTIVE for r in pool):
-        st.rerun(scope="app")
+        rerun_app()  # never over a student's click (dashboard/state.py)
     _front_view(pool)
 
 

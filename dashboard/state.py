@@ -130,24 +130,50 @@ def full_rerun_pending(requests=None) -> bool:
     link or a button while a fragment was running). Reads Streamlit's request queue, which has no public
     reader; tests/test_dashboard_helpers.py checks it against the pinned Streamlit's own classes."""
     from streamlit.runtime.scriptrunner import get_script_run_ctx
-    from streamlit.runtime.scriptrunner_utils.script_requests import ScriptRequestType
 
     if requests is None:
         requests = getattr(get_script_run_ctx(), "script_requests", None)
     try:
         with requests._lock:
-            data = requests._rerun_data
-            return requests._state == ScriptRequestType.RERUN and not (
-                data.fragment_id or data.fragment_id_queue or data.is_fragment_scoped_rerun
-            )
+            return _full_rerun_queued(requests)
     except AttributeError:  # no session (bare mode), or Streamlit changed its internals: rerun as before
         return False
 
 
+def _full_rerun_queued(requests) -> bool:
+    """`full_rerun_pending` with the queue's lock already held."""
+    from streamlit.runtime.scriptrunner_utils.script_requests import ScriptRequestType
+
+    data = requests._rerun_data
+    return requests._state == ScriptRequestType.RERUN and not (
+        data.fragment_id or data.fragment_id_queue or data.is_fragment_scoped_rerun
+    )
+
+
+def request_app_rerun(requests, rerun_data) -> bool:
+    """Queue `rerun_data` (a rerun of the whole app on this page) unless a rerun of the whole app is queued
+    already: the check and the queueing under the queue's own lock, so a click that lands in between cannot
+    be overridden (Streamlit merges queued reruns, and the newest request's page wins). True: queued."""
+    with requests._lock:
+        if _full_rerun_queued(requests):
+            return False
+        return requests._request_rerun_locked(rerun_data)
+
+
 def rerun_app() -> None:
     """A polling fragment's `st.rerun(scope="app")` when what it watches changed, unless the student's
-    own rerun is already on its way: Streamlit merges queued reruns and the newest page wins, so ours
-    would take a student who just clicked away back to this page (benchmarks/load.py caught it). The
-    student's rerun redraws everything anyway."""
-    if not full_rerun_pending():
-        st.rerun(scope="app")
+    own rerun is already on its way: ours would take a student who just clicked away back to this page
+    (benchmarks/load.py caught it). The student's rerun redraws everything anyway."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+    from streamlit.runtime.scriptrunner_utils.script_requests import RerunData
+
+    ctx = get_script_run_ctx()
+    requests = getattr(ctx, "script_requests", None)
+    if requests is None or not hasattr(requests, "_request_rerun_locked"):
+        st.rerun(scope="app")  # bare mode, or another Streamlit: as before
+        return
+    # What st.rerun(scope="app") asks for (streamlit/commands/execution_control.py), queued atomically.
+    data = RerunData(query_string=ctx.query_string, page_script_hash=ctx.page_script_hash,
+                     cached_message_hashes=ctx.cached_message_hashes, context_info=ctx.context_info)  # fmt: skip
+    if request_app_rerun(requests, data):
+        st.empty()  # a yield point: the script runner acts on the queued rerun here, as st.rerun does

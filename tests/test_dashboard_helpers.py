@@ -200,6 +200,33 @@ def test_a_polling_fragment_does_not_undo_a_students_click():
     assert not full_rerun_pending(None)  # outside a session: rerun as before
 
 
+@pytest.mark.parametrize("click_first", [True, False])
+def test_a_poll_and_a_page_switch_colliding_always_end_on_the_clicked_page(click_first):
+    """The collision, provoked both ways with the pinned Streamlit's own request queue: the student's click
+    to Compare and a polling fragment's rerun of the Train page meet in one queue. Whichever comes first,
+    the queued rerun is the student's page, with the student's widget change kept."""
+    from streamlit.proto.WidgetStates_pb2 import WidgetStates
+    from streamlit.runtime.scriptrunner_utils.script_requests import RerunData, ScriptRequests
+
+    from dashboard.state import request_app_rerun
+
+    requests = ScriptRequests()
+    requests.request_rerun(RerunData(fragment_id_queue=["monitor"], is_auto_rerun=True))  # the poll itself
+    widgets = WidgetStates()
+    widgets.widgets.add(id="f_epochs_hard", int_value=7)
+    click = RerunData(page_script_hash="compare-page", widget_states=widgets)
+    poll = RerunData(page_script_hash="train-page")  # what the fragment's st.rerun(scope="app") asks for
+    if click_first:
+        requests.request_rerun(click)
+        assert not request_app_rerun(requests, poll)  # the poll sees the click and leaves it alone
+    else:
+        assert request_app_rerun(requests, poll)
+        requests.request_rerun(click)  # the click lands after: the newest request's page wins
+    data = requests._rerun_data
+    assert data.page_script_hash == "compare-page" and not data.fragment_id_queue
+    assert [w.id for w in data.widget_states.widgets] == ["f_epochs_hard"]
+
+
 def test_the_conflict_chart_has_one_line_per_task_pair_and_a_zero_line():
     from dashboard.charts import conflict_chart
 
