@@ -89,7 +89,8 @@ def name_ui() -> None:
         key="student_name",
         max_chars=NAME_MAX,
         on_change=_save_name,
-        placeholder="so your teacher can tell your runs apart",
+        placeholder="for example Alice",  # short: a longer one was cut in the sidebar's width
+        help="So your teacher can tell your runs apart. Only you and your teacher can change it.",
     )
 
 

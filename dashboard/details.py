@@ -103,7 +103,8 @@ def details_ui(run: dict) -> None:
     idx = rng.choice(data.n_test, size=min(GRID, data.n_test), replace=False)
     idx = sorted(idx, key=lambda i: not is_mistake(preds, i))  # mistakes first: they teach the most
     images = [_tile(data.test_x[i, 0].numpy(), is_mistake(preds, i)) for i in idx]
-    st.image(images, caption=[_caption(preds, i, label_words(data.test_y[i])) for i in idx], width=92)
+    captions = [_caption(preds, i, label_words(data.test_y[i])) for i in idx]
+    st.image(images, caption=captions, width=92, alt=[f"Test digit {c}" for c in captions])
 
 
 def _open_clicked_cell(task: str, n_classes: int) -> None:

@@ -114,7 +114,10 @@ def predictions_table_ui(models: list[tuple[str, object]], image: np.ndarray) ->
     tasks = list(dict.fromkeys(t for a in answers.values() for t in a))
     rows = [{"task": f"{t}: {get_task(t).title}", **{m: a.get(t, "—") for m, a in answers.items()}} for t in tasks]
     rows.append({"task": "inference time", **times})
-    st.dataframe(rows, hide_index=True, width="stretch")  # plain text: run names are user input
+    # A static table, wrapped to the page's width (a scrolling grid was cut at the right with four models and
+    # is no region a keyboard can reach); its cells are Markdown, and run names are user input: escaped.
+    safe = [{md_escape(k): md_escape(v) for k, v in row.items()} for row in rows]
+    st.table(safe)
 
 
 def predictions_ui(title: str, model, image: np.ndarray, key: str) -> None:
@@ -172,7 +175,8 @@ def saliency_ui(models: list[tuple[str, object]], image: np.ndarray) -> None:
     items = list(maps.items())
     for row in range(0, len(items), 2):  # two 224-px maps a row fit beside the drawing at 1280 px
         for col, (task, heat) in zip(st.columns(2), items[row : row + 2]):
-            col.image(saliency_overlay(image, heat), width=224, caption=md_escape(f"{task} · {title}"))
+            col.image(saliency_overlay(image, heat), width=224, caption=md_escape(f"{task} · {title}"),
+                      alt=f"The drawing with the pixels behind the {task} answer in colour")  # fmt: skip
     how = (
         f"averaged over {SMOOTHGRAD_SAMPLES} copies of the input with noise added, which keeps the strokes that "
         "matter and drops the speckle of a single gradient (SmoothGrad, Smilkov et al. 2017)"

@@ -37,12 +37,13 @@ from mtl_core.weighting import WEIGHTINGS
 
 MAX_SEEDS = 10  # runs one Start may queue (each is a job of its own in the class's queue)
 
+# Short enough for the form's Data box at 1280 px (a longer name was cut); the control's help says more.
 SOURCE_NAMES = {
-    "auto": "auto (full MNIST if available, else the embedded subset)",
-    "mnist": "full MNIST (60,000 / 10,000)",
-    "mnist-subset": "embedded subset (4,000 / 1,000 real digits)",
-    "synthetic": "synthetic (random tensors, for a smoke test)",
-    "multimnist": "MultiMNIST (two overlapping digits per image: tasks left and right)",
+    "auto": "auto",
+    "mnist": "full MNIST",
+    "mnist-subset": "subset (5,000)",
+    "synthetic": "synthetic",
+    "multimnist": "MultiMNIST",
 }
 # The form's parts below Start, each in an expander: a control's section -> the expander's title.
 SECTIONS = {
@@ -208,7 +209,7 @@ def estimate_ui(model: str) -> None:
 
 def _source_name(source: str) -> str:
     if source == "mnist" and not full_mnist_here():
-        return SOURCE_NAMES[source] + " · not on this server"
+        return SOURCE_NAMES[source] + " (not here)"
     return SOURCE_NAMES[source]
 
 
@@ -241,10 +242,14 @@ def _control_ui(c: Control, where, model: str) -> None:
         where.multiselect(
             c.label,
             [*c.choices, *chosen],
-            format_func=task_words,
+            # Just the names (typed ones plain): with their questions two tasks took two lines; the help lists them.
+            format_func=lambda t: plain_text(t, 40),
             accept_new_options=True,
             placeholder="Choose, or type your own: loop=0689",
-            **(kw | {"help": f"Choose built-in tasks, or type {OWN_TASK_HELP} and press Enter."}),
+            **(
+                kw
+                | {"help": "; ".join(task_words(t) for t in c.choices) + f". Or type {OWN_TASK_HELP} and press Enter."}
+            ),
         )
     elif c.kind == "bool":
         where.checkbox(c.label, **kw)
@@ -323,7 +328,7 @@ def train_form_ui(model: str) -> dict | None:
         # starts are both in view without scrolling; a form submits every field wherever it is.
         start, share = st.columns([1, 1])
         submitted = start.form_submit_button("Start training", type="primary", key=f"train_submit{k}")
-        if share.form_submit_button("🔗 Share these settings", key=f"train_share{k}"):
+        if share.form_submit_button("🔗 Share", key=f"train_share{k}", help="A link to these settings"):
             state[f"sharing{k}"] = True  # the link below the form, for the values just committed
         for section, title in SECTIONS.items():
             with st.expander(title):

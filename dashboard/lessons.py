@@ -72,6 +72,21 @@ LESSONS = (
         "settings → Runs) make the spread a better estimate.",
     ),
     Lesson(
+        "compete",
+        "Two digits in one image: do the tasks compete for a shared network?",
+        tuple(
+            (f"lesson: MultiMNIST, {title}", TrainConfig.preset(model, epochs=5, train_limit=20_000, val_split=2000))
+            for model, title in (("stl_lenet", "one LeNet per digit"), ("lenet", "one shared LeNet"))
+        ),
+        "**Home**: the MultiMNIST pictures (a digit at the upper left, another at the lower right). **Compare**: "
+        "left and right accuracy of the two runs, the parameters, and Δm of the shared LeNet against the two "
+        "single-task ones.",
+        "Reading the left digit and reading the right one need different parts of the same picture. Where the "
+        "shared LeNet loses accuracy against one LeNet per digit (a negative Δm), the tasks competed for its "
+        "50 shared features; the Pareto front tab on Compare then shows how weighting the two losses trades "
+        "one digit against the other.",
+    ),
+    Lesson(
         "hurt",
         "When does sharing hurt? Add a task that nothing can learn.",
         tuple(
@@ -118,7 +133,8 @@ def queued_sentence(lesson: Lesson) -> str:
 def lessons_ui() -> None:
     st.subheader("🎓 Lessons for a class")
     st.caption(
-        "Each one queues small runs (4,000 real digits, a few epochs) for you: seconds to a minute here. "
+        "Each one queues small runs (4,000 real digits or 20,000 MultiMNIST images, a few epochs) for you: "
+        "seconds to a couple of minutes here. "
         "Teachers: share a lesson's link, and every student opens it with the settings in place."
     )
     for lesson in LESSONS:

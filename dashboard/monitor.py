@@ -31,6 +31,13 @@ from mtl_core.weighting import WEIGHTINGS
 
 POLL_S = 2.0  # while the watched run trains: an epoch takes 0.2 s to minutes; 2 s reads as live
 QUEUED_POLL_S = 3.0  # while it waits in the queue
+# While it trains, the charts and the epoch numbers take new epochs this often (the progress bar every
+# poll): redrawing them each 2 s cost a watching tab about 15 % of a core in Chromium
+# (benchmarks/watch_cpu.py); a chart that grows every 15 s is still one a person can follow.
+CHART_EVERY_S = 15.0
+# Our own style rule, no user text in it: the progress bar jumps to its new width instead of animating
+# there; the animation repainted the page for a while after every 2-s poll (about 1.5 % of a core a tab).
+STILL_PROGRESS_CSS = "<style>[data-testid='stProgress'] * {transition: none !important;}</style>"
 
 
 def _eta(records: list[dict], total: int) -> str:
@@ -295,6 +302,9 @@ def monitor_ui(run_id: str, projector: bool = False) -> None:
     started_as = run["status"]
     every = {"running": POLL_S, "queued": QUEUED_POLL_S}.get(started_as)
 
+    if started_as == "running":
+        st.markdown(STILL_PROGRESS_CSS, unsafe_allow_html=True)
+
     @st.fragment(run_every=every)
     def live() -> None:
         note_presence()
@@ -306,6 +316,11 @@ def monitor_ui(run_id: str, projector: bool = False) -> None:
             # Queued -> running polls faster; running -> over stops polling. Before drawing anything,
             # so the page never shows the old and the new state at once.
             rerun_app()
+        if records and not st.session_state.get(f"_first_epoch_{run_id}"):
+            # The first epoch is in: the charts below draw it now, not at their next turn (CHART_EVERY_S).
+            st.session_state[f"_first_epoch_{run_id}"] = True
+            if started_as == "running":
+                rerun_app()
         head, stop = st.columns([5, 1])
         where = run["device"] or ("waiting for a worker" if run["status"] == "queued" else "")
         head.markdown(" · ".join(filter(None, [f"**{md_escape(run_label(run))}**", data_source(run), where])))
@@ -316,7 +331,15 @@ def monitor_ui(run_id: str, projector: bool = False) -> None:
                 st.warning(f"Stop could not be recorded. {exc}")
             else:
                 st.toast("Stopping…")
-        status_ui(run, records)
+        status_ui(run, records)  # live every poll: the progress bar shows the run moves
+
+    # The epoch numbers and the charts: a fragment of their own, so the 2-s poll above redraws only the status
+    # line, and these take new epochs at a pace a person can follow (CHART_EVERY_S) while the run trains.
+    @st.fragment(run_every=CHART_EVERY_S if started_as == "running" else None)
+    def epochs_view() -> None:
+        run, records = read_if_changed(f"_monitor_{run_id}", lambda: (store.get_run(run_id), store.epochs(run_id)))
+        if run is None:
+            return
         if not projector:  # on the projector the numbers and buttons go under the curves
             if run["status"] not in ACTIVE:
                 run_actions_ui(run)
@@ -363,3 +386,4 @@ def monitor_ui(run_id: str, projector: bool = False) -> None:
             st.caption(WEIGHTING_HINTS.get(method, WEIGHTING_HINTS["gradients"]))
 
     live()
+    epochs_view()

@@ -33,4 +33,5 @@ def multimnist_samples_ui() -> None:
         "on the Train page."
     )
     tiles = _samples()
-    st.image([t for t, _ in tiles], caption=[c for _, c in tiles], width=TILE_PX)
+    captions = [c for _, c in tiles]
+    st.image([t for t, _ in tiles], caption=captions, width=TILE_PX, alt=[f"MultiMNIST image: {c}" for c in captions])

@@ -342,12 +342,8 @@ def cmd_pareto(a: argparse.Namespace) -> int:
         )
     sweep = uuid.uuid4().hex[:6]
     points = sweep_configs(base, tasks, a.points, methods, sweep)
-    runner = JobRunner(RunStore(), RunnerSettings.from_env())
-    try:
-        print(f"front {sweep}: {len(points)} runs ({base.model} on {base.data}, {base.epochs} epochs each)")
-        runs = _queue_in_waves(runner, points)
-    finally:
-        runner.shutdown()
+    print(f"front {sweep}: {len(points)} runs ({base.model} on {base.data}, {base.epochs} epochs each)")
+    runs = _queue_in_waves(points)
     found = front(runs, tasks)
     hv = hypervolume([(p.accuracy[tasks[0]] / 100, p.accuracy[tasks[1]] / 100) for p in found])
     for p in found:
@@ -362,10 +358,18 @@ def cmd_pareto(a: argparse.Namespace) -> int:
     return 0 if len(found) == len(runs) else 1
 
 
-def _queue_in_waves(runner: JobRunner, points: list[tuple[str, TrainConfig]]) -> list[dict]:
-    """Queue every (label, config) and wait for all, a line for each run as it ends. A sweep or a table is
-    longer than one owner's cap on active jobs (MTL_MAX_PER_OWNER): it is queued as far as the cap allows,
-    and topped up as runs end."""
+def _queue_in_waves(points: list[tuple[str, TrainConfig]]) -> list[dict]:
+    """Queue every (label, config) through the job runner (as `submit` does) and wait for all, a line for
+    each run as it ends. A sweep or a table is longer than one owner's cap on active jobs
+    (MTL_MAX_PER_OWNER): it is queued as far as the cap allows, and topped up as runs end."""
+    runner = JobRunner(RunStore(), RunnerSettings.from_env())
+    try:
+        return _waves(runner, points)
+    finally:
+        runner.shutdown()
+
+
+def _waves(runner: JobRunner, points: list[tuple[str, TrainConfig]]) -> list[dict]:
     store, waiting, ids, over = runner.store, list(points), [], {}
     while waiting or len(over) < len(ids):
         active = len(ids) - len(over)
@@ -393,12 +397,8 @@ def cmd_table(a: argparse.Namespace) -> int:
     ours beside the published figures and which differences survive the spread."""
     t0 = time.perf_counter()
     points = table_configs(a.seeds, a.epochs, a.val_split, a.train_limit)
-    runner = JobRunner(RunStore(), RunnerSettings.from_env())
-    try:
-        print(f"the MultiMNIST table: {len(points)} runs ({a.seeds} seeds, {a.epochs} epochs each)")
-        runs = _queue_in_waves(runner, points)
-    finally:
-        runner.shutdown()
+    print(f"the MultiMNIST table: {len(points)} runs ({a.seeds} seeds, {a.epochs} epochs each)")
+    runs = _queue_in_waves(points)
     rows = table_rows(runs)
     wall = time.perf_counter() - t0
     for row in rows:

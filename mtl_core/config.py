@@ -251,7 +251,19 @@ CONTROLS: tuple[Control, ...] = (
     Control("epochs", "epochs", "Epochs", "main", "basics", bounds=(1, 500), flag="--epochs"),
     Control("lr", "lr", "Learning rate", "main", "basics", bounds=(1e-6, 10.0), step=1e-4, format="%.5f", flag="--lr"),
     Control("batch_size", "batch", "Batch size", "main", "basics", bounds=(1, 8192), flag="--batch-size"),
-    Control("data", "data", "Data", "main", "data", width=3, choices=SOURCES, flag="--data"),
+    Control(
+        "data",
+        "data",
+        "Data",
+        "main",
+        "data",
+        width=3,
+        choices=SOURCES,
+        help="auto: full MNIST (60,000 / 10,000) where this server has it, else the 5,000 real digits that ship "
+        "with the app (4,000 / 1,000). synthetic: random tensors, a smoke test. MultiMNIST: two overlapping "
+        "digits per image, for the tasks left and right (the LeNets).",
+        flag="--data",
+    ),
     # Cross-stitch: the alphas are the point, kept in sight.
     Control(
         "alpha_init",

@@ -46,7 +46,7 @@ chosen = st.multiselect(
 )
 models = [run_model(by_id[i]) for i in chosen] + ([from_file] if from_file else [])
 
-left, mid, right = st.columns([3, 1, 5], gap="medium")
+left, mid, right = st.columns([4, 1, 4], gap="medium")  # the upload's own text fits its column at 1280 px
 with left:
     # Also the room the canvas's floating toolbar needs: without it the toolbar covered the model chips.
     st.markdown("**Draw here** ↓")  # short: the toolbar floats over the right half of this line
@@ -88,7 +88,8 @@ elif (drawing := canvas_data_url(canvas_key)) is not None:
 with mid:
     st.markdown("**Model input**")
     if image is not None:
-        st.image(to_display(image), width=112, clamp=True, caption=f"28×28 from the {source}")
+        st.image(to_display(image), width=112, clamp=True, caption=f"28×28 from the {source}",
+                 alt="The model's 28 x 28 input")  # fmt: skip
         if hint:
             st.caption(hint)
         with st.expander("How?"):

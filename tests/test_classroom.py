@@ -176,7 +176,7 @@ def test_full_mnist_cannot_be_chosen_where_the_server_has_none(monkeypatch):
     monkeypatch.setattr(forms, "full_mnist_here", lambda: False)
     at = open_page("pages/train.py")
     at.radio(key="train_model").set_value("hard").run()
-    assert "not on this server" in at.selectbox(key="f_data_hard").format_func("mnist")
+    assert "(not here)" in at.selectbox(key="f_data_hard").format_func("mnist")
     at.selectbox(key="f_data_hard").set_value("mnist")
     at.button(key="train_submit_hard").click().run()
     assert_ok(at)

@@ -333,7 +333,7 @@ def test_draw_preselects_finished_models_of_every_kind_and_tabulates_many(synthe
     at.session_state["canvas"] = {"drawing": {"raw": {"objects": [{}]}, "data": stroke_png()}, "backgroundFit": None}
     at.run()
     assert_ok(at)
-    table = at.dataframe[0].value  # four models: one row per task, one column per model
+    table = at.table[0].value  # four models: one row per task, one column per model
     assert list(table.columns)[0] == "task" and len(table.columns) == 1 + 4
     assert table["task"].iloc[-1] == "inference time"
     assert all(str(v).endswith(" ms") for v in table.iloc[-1, 1:])

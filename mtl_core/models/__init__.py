@@ -148,7 +148,7 @@ MODELS: dict[str, ModelSpec] = {
     ),
     "lenet": ModelSpec(
         "lenet",
-        "LeNet (MultiMNIST)",
+        "LeNet",
         "lenet",
         ("left", "right"),
         LeNetMTL,

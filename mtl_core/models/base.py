@@ -61,6 +61,22 @@ class MultiTaskModel(nn.Module):
         return []
 
 
+class SharedTrunkModel(MultiTaskModel):
+    """Hard sharing: `self.trunk` every task reads, `self.heads[task]` each task's own. The forward pass keeps
+    the trunk's output as `representation` (what MGDA-UB balances the task gradients on)."""
+
+    trunk: nn.Module
+    heads: nn.ModuleDict
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        z = self.trunk(x)
+        self.representation = z
+        return {name: finish_output(name, self.heads[name](z)) for name in self.tasks}
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return list(self.trunk.parameters())
+
+
 def init_linear_(weight: torch.Tensor, bias: torch.Tensor) -> None:
     """nn.Linear's default initialisation, applied to one column of a stacked weight."""
     nn.init.kaiming_uniform_(weight, a=math.sqrt(5))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mtl_core.models.base import MultiTaskModel, finish_output, head_dim
+from mtl_core.models.base import MultiTaskModel, SharedTrunkModel, finish_output, head_dim
 
 FEATURES = 50  # the trunk's output: the shared representation MGDA-UB balances the gradients on
 
@@ -35,7 +35,7 @@ def lenet_head(task: str) -> nn.Linear:
     return nn.Linear(FEATURES, head_dim(task, "lenet"))
 
 
-class LeNetMTL(MultiTaskModel):
+class LeNetMTL(SharedTrunkModel):
     """Hard sharing: one LeNet trunk, a linear head per task (22,350 parameters for left and right)."""
 
     family = "lenet"
@@ -44,14 +44,6 @@ class LeNetMTL(MultiTaskModel):
         super().__init__(tasks)
         self.trunk = lenet_trunk()
         self.heads = nn.ModuleDict({name: lenet_head(name) for name in self.tasks})
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        z = self.trunk(x)
-        self.representation = z
-        return {name: finish_output(name, self.heads[name](z)) for name in self.tasks}
-
-    def shared_parameters(self) -> list[nn.Parameter]:
-        return list(self.trunk.parameters())
 
 
 class STLLeNet(MultiTaskModel):

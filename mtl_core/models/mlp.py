@@ -9,7 +9,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mtl_core.models.base import IN_FEATURES, MLP_HIDDEN, MultiTaskModel, finish_output, head_dim, init_linear_
+from mtl_core.models.base import (
+    IN_FEATURES,
+    MLP_HIDDEN,
+    MultiTaskModel,
+    SharedTrunkModel,
+    finish_output,
+    head_dim,
+    init_linear_,
+)
 from mtl_core.models.cross_stitch import CrossStitchMixin, alpha_matrix
 
 
@@ -82,7 +90,7 @@ class CrossStitchMLP(CrossStitchMixin, _StackedColumns):
         return [self.w1, self.b1, self.w2, self.b2, *self.alpha]
 
 
-class HardSharingMLP(MultiTaskModel):
+class HardSharingMLP(SharedTrunkModel):
     """One shared 784-64-32 trunk, one small head per task (52,386 parameters for two binary tasks)."""
 
     def __init__(self, tasks: tuple[str, ...]):
@@ -90,14 +98,6 @@ class HardSharingMLP(MultiTaskModel):
         h1, h2 = MLP_HIDDEN
         self.trunk = nn.Sequential(nn.Flatten(), nn.Linear(IN_FEATURES, h1), nn.ReLU(), nn.Linear(h1, h2), nn.ReLU())
         self.heads = nn.ModuleDict({name: nn.Linear(h2, head_dim(name, "mlp")) for name in self.tasks})
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        z = self.trunk(x)
-        self.representation = z
-        return {name: finish_output(name, self.heads[name](z)) for name in self.tasks}
-
-    def shared_parameters(self) -> list[nn.Parameter]:
-        return list(self.trunk.parameters())
 
 
 MMOE_EXPERTS = 2  # two 784-64-32 experts: about the parameters of STL or cross-stitch on two tasks

@@ -38,7 +38,7 @@ def test_a_thin_session_queues_trains_and_draws_like_a_browser(streamlit_server)
             await s.go("train", "Train")
             await s.act(has("One shared 784-64-32 trunk"), {"train_model": value(string_value="Hard sharing")})
             form = {
-                "f_data_hard": value(string_value="synthetic (random tensors, for a smoke test)"),
+                "f_data_hard": value(string_value="synthetic"),
                 "f_epochs_hard": value(int_value=2),
                 "train_submit_hard": value(trigger_value=True),
             }
