@@ -15,9 +15,7 @@ st.set_page_config(page_title="MTL playground", page_icon="🧠", layout="wide")
 # Our own style rule (no user text in it): captions and small print dark enough to read on a projector and
 # to pass axe-core's colour-contrast check (Streamlit fades them to 60 % opacity, about 3.9:1 on white; this
 # grey at full opacity is about 7:1).
-st.html(
-    "<style>[data-testid='stCaptionContainer'] {color: #55575f !important; opacity: 1 !important;}</style>"
-)
+st.html("<style>[data-testid='stCaptionContainer'] {color: #55575f !important; opacity: 1 !important;}</style>")
 
 pages = [
     st.Page("pages/home.py", title="Home", icon="🏠", default=True),
