@@ -265,7 +265,7 @@ async def one_session(i: int, browser, base: str, out: Outcome, pace: Pace, plan
         home = page.get_by_role("heading", name="Multi-task learning playground")
         await timed(latencies, "load the app", lambda: page.goto(base + "/"), home)
         step = "name"
-        name = page.get_by_test_id("stSidebar").get_by_label("Your name")
+        name = page.get_by_test_id("stSidebar").get_by_role("textbox", name="Your name")
         await name.fill(student_name(i))
         await name.press("Enter")
         await expect(name).to_have_value(student_name(i), timeout=T)

@@ -28,7 +28,7 @@ def new_browser(browser: Browser, browser_context_args, streamlit_server):
 
 
 def name_box(page: Page):
-    return page.get_by_test_id("stSidebar").get_by_label("Your name")
+    return page.get_by_test_id("stSidebar").get_by_role("textbox", name="Your name")
 
 
 def wait_for_cookie(page: Page, name: str) -> None:
