@@ -113,7 +113,3 @@ def main() -> int:
         return 0 if disabled() else 1
     print(f"mtl_core.native: {module_name()} ready in {build_dir()}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
