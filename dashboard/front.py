@@ -135,8 +135,9 @@ def front_ui(selected: list[dict]) -> None:
     start_sweep_ui()
     class_sweep_ui()
     found = sweeps(visible_runs())
-    for sweep in get_store().open_sweeps():  # a class's sweep: every student's points are the class's front
-        found[sweep["id"]] = class_points(sweep["id"])
+    open_ids = {sweep["id"] for sweep in get_store().open_sweeps()}
+    for sweep_id in open_ids:  # a class's sweep: every student's points are the class's front
+        found[sweep_id] = class_points(sweep_id)
     source = st.selectbox(
         "Points",
         [SELECTED, *found],
@@ -146,11 +147,14 @@ def front_ui(selected: list[dict]) -> None:
     if source == SELECTED:
         _front_view(selected)
     else:
-        if is_teacher() and source in {s["id"] for s in get_store().open_sweeps()}:
-            if st.button("■ Close the sweep to the class", key=f"sweep_close_{source}"):
-                get_store().close_sweep(source)
-        class_sweep = source in {s["id"] for s in get_store().open_sweeps()}
-        if class_sweep or any(r["status"] in ACTIVE for r in found[source]):
+        if (
+            source in open_ids
+            and is_teacher()
+            and st.button("■ Close the sweep to the class", key=f"sweep_close_{source}")
+        ):
+            get_store().close_sweep(source)
+            open_ids.discard(source)
+        if source in open_ids or any(r["status"] in ACTIVE for r in found[source]):
             _live_front_view(source)  # refreshes itself while points train (or, for a class, may come)
         else:
             _front_view(found[source])
