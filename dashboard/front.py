@@ -25,13 +25,12 @@ from mtl_core.data import SOURCES
 from mtl_core.jobs.runner import QueueFull
 from mtl_core.models import MODELS, shares_parameters
 from mtl_core.pareto import LABEL, front, hypervolume, sweep_configs
-from mtl_core.store.runs import StoreUnavailable
+from mtl_core.store.runs import ACTIVE, StoreUnavailable
 from mtl_core.tasks import TASKS
 from mtl_core.weighting import WEIGHTINGS
 
 SWEEP = re.compile(rf"^{LABEL} ([0-9a-f]{{6}}): ")
 SELECTED = ""  # the source "the runs selected above"
-ACTIVE = ("queued", "running")
 
 
 def sweeps(runs: list[dict]) -> dict[str, list[dict]]:
@@ -136,8 +135,9 @@ def front_ui(selected: list[dict]) -> None:
     class_sweep_ui()
     found = sweeps(visible_runs())
     open_ids = {sweep["id"] for sweep in get_store().open_sweeps()}
-    for sweep_id in open_ids:  # a class's sweep: every student's points are the class's front
-        found[sweep_id] = class_points(sweep_id)
+    if open_ids:  # a class's sweep: every student's points are the class's front
+        everyone = sweeps(get_store().list_runs(None))
+        found |= {sweep_id: everyone.get(sweep_id, []) for sweep_id in open_ids}
     source = st.selectbox(
         "Points",
         [SELECTED, *found],
@@ -168,9 +168,7 @@ def _sweep_words(sweep_id: str, runs: list[dict]) -> str:
 
 def class_points(sweep_id: str) -> list[dict]:
     """Every student's runs of a class sweep (their labels name it)."""
-    return [
-        r for r in get_store().list_runs(None) if (SWEEP.match(r.get("label") or "") or [None, None])[1] == sweep_id
-    ]
+    return sweeps(get_store().list_runs(None)).get(sweep_id, [])
 
 
 @st.fragment(run_every=2)
@@ -196,7 +194,7 @@ def _front_view(pool: list[dict]) -> None:
     b = c2.selectbox("Up", [t for t in common if t != a], index=0, key="front_y")
     points = front(pool, (a, b))
     by_id = {r["id"]: r for r in pool}
-    names = [_point_name(by_id[p.run_id], p) for p in points]
+    names = [_point_name(p) for p in points]
     if points:
         st.plotly_chart(
             pareto_chart(points, (a, b), names),
@@ -223,7 +221,7 @@ def _front_view(pool: list[dict]) -> None:
         st.info(f"None of these runs has finished with both {md_escape(a)} and {md_escape(b)}.")
 
 
-def _point_name(run: dict, point) -> str:
+def _point_name(point) -> str:
     if point.method != "static":
         return WEIGHTINGS[point.method].title.split(" (")[0]
     return " / ".join(f"{w:g}" for w in point.weights.values())

@@ -8,15 +8,14 @@ import streamlit as st
 
 from dashboard.state import client_address, get_runner, owner_id
 from mtl_core.jobs.runner import QueueFull
+from mtl_core.metrics import mean_std_text
 from mtl_core.paper_table import PAPER_EPOCHS, QUICK_EPOCHS, ROWS, differences, table_configs, table_rows
 from mtl_core.reference import MULTIMNIST_STUDY
 from mtl_core.store.runs import StoreUnavailable
 
 
 def _cell(mean: float | None, std: float | None) -> str:
-    if mean is None:
-        return "–"
-    return f"{mean:.2f}" + ("" if std is None else f" ± {std:.2f}")
+    return "–" if mean is None else mean_std_text(mean, std)
 
 
 def queue_table_ui() -> None:

@@ -14,7 +14,7 @@ import torch
 
 from mtl_core.config import TrainConfig
 from mtl_core.data import SOURCES, MTLData
-from mtl_core.metrics import mean_by_key, mean_std
+from mtl_core.metrics import mean_by_key, mean_std, mean_std_text
 from mtl_core.models import MODELS, MultiTaskModel
 from mtl_core.predict import predict
 from mtl_core.reference import SEED_MODELS, SEED_STUDY
@@ -344,10 +344,7 @@ def group_rows(
     def cell(row: dict, name: str, values: list[float], scale: float = 1.0, digits: int = 2) -> None:
         mean, std = mean_std([v * scale for v in values if v is not None])
         if rounded:
-            if mean is None:
-                row[name] = None
-            else:
-                row[name] = f"{mean:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
+            row[name] = None if mean is None else mean_std_text(mean, std, digits)
         else:
             row[f"{name} mean"], row[f"{name} std"] = mean, std
 

@@ -18,13 +18,13 @@ from mtl_core.data import DataUnavailable, load_data
 from mtl_core.export import FORMATS as EXPORT_FORMATS
 from mtl_core.export import export_file
 from mtl_core.jobs.runner import EXECUTORS, JobRunner, QueueFull, RunnerSettings
-from mtl_core.metrics import mean_std
+from mtl_core.metrics import mean_std, mean_std_text
 from mtl_core.models import MODELS, shares_parameters
 from mtl_core.paper_table import PAPER_EPOCHS, VAL_SPLIT, differences, table_configs, table_rows
 from mtl_core.pareto import front, hypervolume, sweep_configs
 from mtl_core.reference import SEED_MODELS, SEED_STUDY
 from mtl_core.settings import SettingError
-from mtl_core.store.runs import RunStore
+from mtl_core.store.runs import ACTIVE, RunStore
 from mtl_core.tasks import OWN_TASK_HELP
 from mtl_core.training.loop import CONFLICT_PROBES, Training
 from mtl_core.weighting import WEIGHTINGS
@@ -383,7 +383,7 @@ def _waves(runner: JobRunner, points: list[tuple[str, TrainConfig]]) -> list[dic
                 pass
         for run_id in ids:
             run = store.get_run(run_id)
-            if run_id not in over and run["status"] not in ("queued", "running"):
+            if run_id not in over and run["status"] not in ACTIVE:
                 over[run_id] = run
                 best = "" if run["best_avg"] is None else f", best avg {100 * run['best_avg']:.2f}%"
                 print(f"{run['label']}: {run['status']}{best}", flush=True)
@@ -402,7 +402,9 @@ def cmd_table(a: argparse.Namespace) -> int:
     rows = table_rows(runs)
     wall = time.perf_counter() - t0
     for row in rows:
-        ours = "  ".join(f"{t} {_mean_std_text(row.mean[t], row.std[t])}" for t in ("left", "right"))
+        ours = "  ".join(
+            f"{t} {'-' if row.mean[t] is None else mean_std_text(row.mean[t], row.std[t])}" for t in ("left", "right")
+        )
         pub = "; ".join(f"{k} {x:.2f} / {y:.2f}" for k, (x, y) in row.published.items())
         close = ", ".join(f"{k}: {'close' if row.close_to(k) else 'not close'}" for k in row.published)
         print(f"{row.name:<30} {ours}   published {pub}   ({close})")
@@ -416,12 +418,6 @@ def cmd_table(a: argparse.Namespace) -> int:
                                      for r in rows]})  # fmt: skip
         print(f"wrote {a.json}")
     return 0 if all(r["status"] == "finished" for r in runs) else 1
-
-
-def _mean_std_text(mean: float | None, std: float | None) -> str:
-    if mean is None:
-        return "-"
-    return f"{mean:.2f}" + ("" if std is None else f" ± {std:.2f}")
 
 
 def cmd_runs(a: argparse.Namespace) -> int:

@@ -101,6 +101,11 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
+def mean_std_text(mean: float, std: float | None, digits: int = 2) -> str:
+    """The text "mean ± std" as tables show it; the mean alone where there is no spread (one value)."""
+    return f"{mean:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
+
+
 def mean_by_key(dicts: list[dict[str, float]] | tuple[dict[str, float], ...]) -> dict[str, float]:
     """The mean of each key over dicts that share their keys (those of the first); {} for none."""
     if not dicts:

@@ -628,12 +628,17 @@ class RunStore:
     ) -> list[str]:
         """Queue all of `configs` or none: the caps are checked in the transaction that inserts them."""
         labels = [plain_text(label, LABEL_MAX) for label in labels or [""] * len(configs)]  # stored as shown
-        ids = [time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6] for _ in configs]
+        ids = [self._new_run_id() for _ in configs]
         with self._connect(write=True) as db:
             if limits is not None:
                 self._check_caps(db, len(configs), owner, client, limits)
             self._insert_runs(db, ids, configs, owner, labels, client)
         return ids
+
+    @staticmethod
+    def _new_run_id() -> str:
+        """When it was queued, to the second, and six random hex digits: sortable and unique."""
+        return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
     @staticmethod
     def _insert_runs(
@@ -667,11 +672,11 @@ class RunStore:
             "SELECT id, created, points FROM sweeps WHERE open=1 ORDER BY created DESC"
         ):
             points = [tuple(p) for p in json.loads(points)]
-            taken = self._taken_labels(sweep_id, [label for label, _ in points])
+            taken = self._taken_labels([label for label, _ in points])
             out.append({"id": sweep_id, "created": created, "points": points, "taken": len(taken)})
         return out
 
-    def _taken_labels(self, sweep_id: str, labels: list[str], db: sqlite3.Connection | None = None) -> set[str]:
+    def _taken_labels(self, labels: list[str], db: sqlite3.Connection | None = None) -> set[str]:
         """The points that have a run that is waiting, training or done (a failed or stopped one is offered
         again)."""
         sql = "SELECT label FROM runs WHERE status IN ('queued','running','finished') AND label IN ({})"
@@ -689,14 +694,14 @@ class RunStore:
             if row is None:
                 return None
             points = [tuple(p) for p in json.loads(row[0])]
-            taken = self._taken_labels(sweep_id, [label for label, _ in points], db)
+            taken = self._taken_labels([label for label, _ in points], db)
             free = [(label, config) for label, config in points if label not in taken]
             if not free:
                 return None
             if limits is not None:
                 self._check_caps(db, 1, owner, client, limits)
             label, config = free[0]
-            run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+            run_id = self._new_run_id()
             self._insert_runs(db, [run_id], [config], owner, [label], client)
         return run_id
 

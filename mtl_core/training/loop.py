@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from mtl_core.config import ConfigError, TrainConfig
+from mtl_core.config import ConfigError, TrainConfig, weighting_fits
 from mtl_core.data import MTLData, batch_indices
 from mtl_core.metrics import MetricAccumulator, average_accuracy, mean_by_key, probabilities, selection_score, task_loss
 from mtl_core.models import MultiTaskModel, build_model, count_parameters, get_model_spec
@@ -136,7 +136,7 @@ class Training:
         shared, _ = split_shared(self.model)
         names = {id(p): n for n, p in self.model.named_parameters()}
         self._shared_names = [names[id(p)] for p in shared]
-        if self.weighting.needs_representation and get_model_spec(self.config.model).sharing != "trunk":
+        if self.weighting.needs_representation and not weighting_fits(type(self.weighting), self.config.model):
             raise ConfigError(
                 f"{self.weighting.title} balances the tasks' gradients on the output of one shared trunk, and "
                 f"{self.config.model} has none: choose hard sharing, the CNN or LeNet"
