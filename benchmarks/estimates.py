@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default="stl,hard,cross_stitch,mmoe", help="comma-separated (CNN epochs take minutes)")
     ap.add_argument("--weightings", default=",".join(WEIGHTINGS), help="comma-separated; default: all")
     ap.add_argument("--threads", type=int, default=1, help="torch threads, as a worker of a busy server has")
+    ap.add_argument("--limit", type=int, default=0, help="train on the first N digits only (the CNNs' long epochs)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     sources: dict[str, object] = {}  # the data each recipe trains on (MultiMNIST for the LeNets), loaded once
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = pairs([m for m in a.models.split(",") if m in MODELS], a.weightings.split(","))
     print(f"{'model':<18}{'weighting':<13}{'guess s':>9}{'measured s':>12}{'measured/guess':>16}")
     for model, weighting in rows:
-        config = TrainConfig.preset(model, epochs=1, loss_weighting=weighting)
+        config = TrainConfig.preset(model, epochs=1, loss_weighting=weighting, train_limit=a.limit)
         if config.data not in sources:
             sources[config.data] = data = load_data(config.data, download=False)
             print(f"data: {data.describe(detail=False)}; {a.threads} thread(s)")

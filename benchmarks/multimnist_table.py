@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from mtl_core.paper_table import PATIENCE  # noqa: E402
 from mtl_core.reference import MULTIMNIST_STUDY  # noqa: E402
 
 _DATA = None
@@ -49,6 +50,9 @@ def _one(job: tuple[str, str, str, int, dict]) -> dict:
         "seed": seed,
         "status": training.status,
         "best_epoch": training.best_epoch,
+        "epochs_run": len(training.history),
+        # the validation score (mean accuracy) of every epoch: what a patience would have stopped on
+        "val_curve": [round(r["avg_acc"], 5) for r in training.history],
         "left": test["left"]["acc"] * 100,
         "right": test["right"]["acc"] * 100,
         "seconds": time.perf_counter() - t0,
@@ -57,7 +61,7 @@ def _one(job: tuple[str, str, str, int, dict]) -> dict:
     }
     print(
         f"{row:30s} seed {seed}: left {out['left']:.2f} right {out['right']:.2f} "
-        f"(epoch {out['best_epoch']}, {out['seconds']:.0f} s, {out['device']})",
+        f"(epoch {out['best_epoch']} of {out['epochs_run']}, {out['seconds']:.0f} s, {out['device']})",
         flush=True,
     )
     return out
@@ -72,21 +76,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--val-split", type=int, default=6000)
+    ap.add_argument("--patience", type=int, default=PATIENCE, help="0: every epoch, as the paper")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time (each in its own process)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--lr", type=float, default=None, help="another learning rate than the recipe's")
     ap.add_argument("--rows", nargs="*", default=None, help="row names' first words (default: every row)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--jsonl", default=None, help="also append each run here as it ends (kept if the table is cut)")
     a = ap.parse_args(argv)
     over = {"epochs": a.epochs, "val_split": a.val_split, "device": a.device, "threads": a.threads}
+    over["patience"] = a.patience if a.patience < a.epochs else 0
     if a.lr:
         over["lr"] = a.lr
     rows = [r for r in MULTIMNIST_STUDY["rows"] if not a.rows or any(r[0].startswith(w) for w in a.rows)]
     jobs = [(name, model, weighting, seed, dict(over)) for name, model, weighting, _ in rows for seed in range(a.seeds)]
     t0 = time.perf_counter()
+    results = []
     with mp.get_context("spawn").Pool(a.jobs) as pool:
-        results = pool.map(_one, jobs, chunksize=1)
+        for out in pool.imap_unordered(_one, jobs, chunksize=1):
+            results.append(out)
+            if a.jsonl:
+                with open(a.jsonl, "a") as f:
+                    f.write(json.dumps(out) + "\n")
     wall = time.perf_counter() - t0
     print(f"\n{results[0]['data']}; {a.epochs} epochs, {a.seeds} seeds, {a.jobs} at a time: {wall / 60:.1f} min")
     print(f"{'row':30s} {'ours left':>15s} {'ours right':>15s}   published (left / right)")

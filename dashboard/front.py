@@ -87,16 +87,20 @@ def start_sweep_ui() -> None:
                 points = sweep_configs(base, (a, b), int(k), tuple(methods), sweep)
                 if for_class:
                     get_store().open_sweep(sweep, [(label, c.to_dict()) for label, c in points], owner_id())
-                else:
-                    get_runner().submit_many(
+                else:  # more points than a student's cap: the rest wait their turn
+                    _, now = get_runner().queue_in_turn(
                         [c for _, c in points], owner_id(), [label for label, _ in points], client=client_address()
                     )
-            except (QueueFull, StoreUnavailable, ValueError) as exc:  # ConfigError is a ValueError
+            except (StoreUnavailable, ValueError) as exc:  # ConfigError is a ValueError
                 st.warning(str(exc))
             else:
                 st.session_state["front_source"] = sweep
-                done = "Opened to the class" if for_class else "Queued"
-                st.success(f"{done}: {len(points)} points (sweep {sweep}). They appear below as they finish.")
+                if for_class:
+                    done = f"Opened to the class: {len(points)} points"
+                else:
+                    later = f" (the other {len(points) - len(now)} as yours end)" if len(now) < len(points) else ""
+                    done = f"Queued {len(now)} of {len(points)} points{later}"
+                st.success(f"{done} (sweep {sweep}). They appear below as they finish.")
 
 
 def class_sweep_ui() -> None:

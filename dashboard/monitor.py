@@ -26,6 +26,7 @@ from mtl_core.analysis import data_source, run_affinity, run_label, suggest_grou
 from mtl_core.config import TrainConfig
 from mtl_core.export import SUFFIXES, export_file_bytes, spec_words
 from mtl_core.jobs.estimate import duration_words, queue_spot, run_estimate
+from mtl_core.settings import env_float
 from mtl_core.store.runs import ACTIVE, STOPPED_BY_TEACHER, QueueFull, StoreUnavailable
 from mtl_core.weighting import WEIGHTINGS
 
@@ -34,7 +35,8 @@ QUEUED_POLL_S = 3.0  # while it waits in the queue
 # While it trains, the charts and the epoch numbers take new epochs this often (the progress bar every
 # poll): redrawing them each 2 s cost a watching tab about 15 % of a core in Chromium
 # (benchmarks/watch_cpu.py); a chart that grows every 15 s is still one a person can follow.
-CHART_EVERY_S = 15.0
+# MTL_CHART_EVERY_S sets another pace (the browser tests use 3 s, to see a curve grow without waiting).
+CHART_EVERY_S = env_float("MTL_CHART_EVERY_S", 15.0, 1.0, 600.0)
 # Our own style rule, no user text in it: the progress bar jumps to its new width instead of animating
 # there; the animation repainted the page for a while after every 2-s poll (about 1.5 % of a core a tab).
 STILL_PROGRESS_CSS = "<style>[data-testid='stProgress'] * {transition: none !important;}</style>"
@@ -92,8 +94,13 @@ def status_ui(run: dict, records: list[dict]) -> None:
             picked = f"picked on {n_val:,} held-out training digits{test}"
         else:
             picked = "picked on the test set, as the reference studies do"
+        patience = run["config"].get("patience", 0)
+        if patience and done < total:  # done: the epochs recorded
+            ran = f"Finished after {done} of {total} epochs (stopped early: no better score in {patience})"
+        else:
+            ran = f"Finished all {_epochs(total)}"
         st.success(
-            f"Finished all {_epochs(total)} in {run['train_seconds'] or 0:.1f} s; best epoch {run['best_epoch']} "
+            f"{ran} in {run['train_seconds'] or 0:.1f} s; best epoch {run['best_epoch']} "
             f"({picked})." + (f" Note: {md_escape(run['reason'])}." if run["reason"] else "")
         )
     elif status == "cancelled" and run.get("stop_requested") == STOPPED_BY_TEACHER and done == 0:

@@ -7,9 +7,8 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.state import client_address, get_runner, owner_id
-from mtl_core.jobs.runner import QueueFull
 from mtl_core.metrics import mean_std_text
-from mtl_core.paper_table import PAPER_EPOCHS, QUICK_EPOCHS, ROWS, differences, table_configs, table_rows
+from mtl_core.paper_table import PAPER_EPOCHS, PATIENCE, QUICK_EPOCHS, ROWS, differences, table_configs, table_rows
 from mtl_core.reference import MULTIMNIST_STUDY
 from mtl_core.store.runs import StoreUnavailable
 
@@ -29,24 +28,28 @@ def queue_table_ui() -> None:
             key="table_epochs",
         )
         n = len(ROWS) * int(seeds)
+        early = (
+            f", a run ending once {PATIENCE} epochs bring no better validation score (the best epoch is kept)"
+            if PATIENCE < epochs
+            else ""
+        )
         st.caption(
             f"{n} runs: {', '.join(name for name, *_ in ROWS)}; each on the paper's recipe (SGD with momentum, "
             "batch 256, the learning rate x0.85 every 10 epochs), 6,000 training images held out to pick the "
-            "epoch. On a 2-core server one LeNet epoch takes about 8 s per worker: the quick table is about an "
-            "hour of worker time, the paper's about five. Where a student's cap on jobs is lower than "
-            f"{n}, the server's command `python -m mtl_core table --seeds {seeds} --epochs {epochs}` queues them "
-            "in waves."
+            f"epoch{early}. More runs than your cap on jobs wait their turn and join the queue as yours end. "
+            f"The same from the server's command line: `python -m mtl_core table --seeds {seeds} --epochs {epochs}`."
         )
         if st.button(f"▶ Queue the {n} runs", key="table_queue", type="primary"):
             configs = table_configs(int(seeds), int(epochs))
             try:
-                get_runner().submit_many(
+                _, now = get_runner().queue_in_turn(
                     [c for _, c in configs], owner_id(), [label for label, _ in configs], client=client_address()
                 )
-            except (QueueFull, StoreUnavailable) as exc:
+            except StoreUnavailable as exc:
                 st.warning(str(exc))
             else:
-                st.success(f"Queued {n} runs. The table below fills in as they finish.")
+                later = f"; the other {n - len(now)} join the queue as yours end" if len(now) < n else ""
+                st.success(f"Queued {len(now)} of {n} runs{later}. The table below fills in as they finish.")
 
 
 def table_ui(runs: list[dict]) -> None:

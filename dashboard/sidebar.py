@@ -32,6 +32,21 @@ def jobs_caption_ui() -> None:
     st.caption(jobs_sentence(get_store().list_runs(statuses=ACTIVE)))
 
 
+def waiting_turns_ui() -> None:
+    """Your runs that wait their turn (a table or a sweep longer than your cap on jobs), with a way to drop
+    them; the runs already queued stay."""
+    cap = get_runner().limits.per_owner
+    for turn in get_store().waiting_turns(owner_id()):
+        n = len(turn["waiting"])
+        st.caption(
+            f"{n} more of your runs wait their turn: at most {cap} of yours are queued or train at once, and "
+            "they join the queue as yours end."
+        )
+        if st.button(f"Drop the {n} waiting runs", key=f"turn_drop_{turn['id']}"):
+            get_store().cancel_turn(turn["id"])
+            rerun_app()
+
+
 @st.fragment(run_every=SEEN_EVERY_S)
 def _keep_present() -> None:
     note_presence()
@@ -79,4 +94,5 @@ def sidebar_ui() -> None:
         move_ui()
         teacher_ui()
         jobs_caption_ui()
+        waiting_turns_ui()
         st.caption(f"Data: {data_label(detail=is_teacher())}")

@@ -17,10 +17,10 @@ from mtl_core.config import ConfigError, TrainConfig, control, controls, weighti
 from mtl_core.data import DataUnavailable, load_data
 from mtl_core.export import FORMATS as EXPORT_FORMATS
 from mtl_core.export import export_file
-from mtl_core.jobs.runner import EXECUTORS, JobRunner, QueueFull, RunnerSettings
+from mtl_core.jobs.runner import EXECUTORS, JobRunner, RunnerSettings
 from mtl_core.metrics import mean_std, mean_std_text
 from mtl_core.models import MODELS, shares_parameters
-from mtl_core.paper_table import PAPER_EPOCHS, VAL_SPLIT, differences, table_configs, table_rows
+from mtl_core.paper_table import PAPER_EPOCHS, PATIENCE, VAL_SPLIT, differences, table_configs, table_rows
 from mtl_core.pareto import front, hypervolume, sweep_configs
 from mtl_core.reference import SEED_MODELS, SEED_STUDY
 from mtl_core.settings import SettingError
@@ -70,6 +70,8 @@ def run_training(config: TrainConfig, data, out=None, label: str = "", probes: i
         print(f"{label}{format_record(r)}", file=out, flush=True)
     if training.status != "finished":
         print(f"{label}stopped: {training.reason}", file=out)
+    elif training.stopped_early:
+        print(f"{label}stopped early: no better score in {config.patience} epochs", file=out)
     return training
 
 
@@ -361,7 +363,8 @@ def cmd_pareto(a: argparse.Namespace) -> int:
 def _queue_in_waves(points: list[tuple[str, TrainConfig]]) -> list[dict]:
     """Queue every (label, config) through the job runner (as `submit` does) and wait for all, a line for
     each run as it ends. A sweep or a table is longer than one owner's cap on active jobs
-    (MTL_MAX_PER_OWNER): it is queued as far as the cap allows, and topped up as runs end."""
+    (MTL_MAX_PER_OWNER): the runs wait their turn in the store (RunStore.queue_in_turn), and the runner
+    queues them as earlier ones end."""
     runner = JobRunner(RunStore(), RunnerSettings.from_env())
     try:
         return _waves(runner, points)
@@ -370,34 +373,32 @@ def _queue_in_waves(points: list[tuple[str, TrainConfig]]) -> list[dict]:
 
 
 def _waves(runner: JobRunner, points: list[tuple[str, TrainConfig]]) -> list[dict]:
-    store, waiting, ids, over = runner.store, list(points), [], {}
-    while waiting or len(over) < len(ids):
-        active = len(ids) - len(over)
-        room = runner.limits.per_owner - active
-        if waiting and room > 0:
-            wave = waiting[:room]
-            try:
-                ids += runner.submit_many([c for _, c in wave], owner="cli", labels=[label for label, _ in wave])
-                waiting = waiting[room:]
-            except QueueFull:  # other jobs hold the room (another command, the server's cap): try again soon
-                pass
-        for run_id in ids:
+    store = runner.store
+    turn_id, _ = runner.queue_in_turn([c for _, c in points], owner="cli", labels=[label for label, _ in points])
+    over: dict[str, dict] = {}
+    while True:
+        turn = store.turn(turn_id)
+        for run_id in turn["runs"]:
             run = store.get_run(run_id)
             if run_id not in over and run["status"] not in ACTIVE:
                 over[run_id] = run
-                best = "" if run["best_avg"] is None else f", best avg {100 * run['best_avg']:.2f}%"
+                if run["best_avg"] is not None:
+                    best = f", best avg {100 * run['best_avg']:.2f}% at epoch {run['best_epoch']}"
+                else:
+                    best = ""
                 print(f"{run['label']}: {run['status']}{best}", flush=True)
-        if waiting or len(over) < len(ids):
-            time.sleep(0.25)
-    return [over[i] for i in ids]
+        if not (turn["open"] and turn["waiting"]) and len(over) == len(turn["runs"]):
+            return [over[i] for i in turn["runs"]]
+        time.sleep(0.25)
 
 
 def cmd_table(a: argparse.Namespace) -> int:
     """Sener & Koltun's MultiMNIST table: every row over seeds, queued like `submit` and waited for; then
     ours beside the published figures and which differences survive the spread."""
     t0 = time.perf_counter()
-    points = table_configs(a.seeds, a.epochs, a.val_split, a.train_limit)
-    print(f"the MultiMNIST table: {len(points)} runs ({a.seeds} seeds, {a.epochs} epochs each)")
+    points = table_configs(a.seeds, a.epochs, a.val_split, a.train_limit, a.patience)
+    early = f", ending once {a.patience} bring no better validation score" if 0 < a.patience < a.epochs else ""
+    print(f"the MultiMNIST table: {len(points)} runs ({a.seeds} seeds, up to {a.epochs} epochs each{early})")
     runs = _queue_in_waves(points)
     rows = table_rows(runs)
     wall = time.perf_counter() - t0
@@ -480,6 +481,13 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--val-split", type=int, default=VAL_SPLIT, metavar="N", help="training images that pick the epoch")
     tb.add_argument(
         "--train-limit", type=int, default=0, metavar="N", help="only the first N training images (a dry run)"
+    )
+    tb.add_argument(
+        "--patience",
+        type=int,
+        default=PATIENCE,
+        metavar="N",
+        help=f"end a run once its validation score has not improved for N epochs (default {PATIENCE}; 0: never)",
     )
     tb.add_argument("--json", type=Path, default=None, help="write the table here")
     tb.set_defaults(func=cmd_table)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,17 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MTL_HOME", str(home))
     data_dir = real_mnist_dir()
     monkeypatch.setenv("MTL_DATA_DIR", str(data_dir) if data_dir else str(home / "no-mnist"))
+
+
+@pytest.fixture(autouse=True)
+def _no_runner_outlives_its_test():
+    """Every server runner a test started (an AppTest page starts one) is shut down with its workers when
+    the test ends. Left alive, their workers went on training the test's queued runs for the rest of the
+    suite: 28 of them at once by mid-suite, slowing every later test."""
+    yield
+    runner = sys.modules.get("mtl_core.jobs.runner")
+    if runner is not None:
+        runner.shutdown_server_runners()
 
 
 @pytest.fixture(scope="session")

@@ -213,6 +213,19 @@ def test_compare_shows_stored_runs_and_the_reference_study(synthetic):
     assert not any("Parameters" in t for t in titles)
 
 
+def test_a_run_that_patience_ended_says_after_how_many_epochs_and_why(synthetic):
+    import sqlite3
+
+    mine = stored_run("hard", synthetic)  # 2 epochs recorded; as if it had been asked for 9 with patience 1
+    store = RunStore()
+    config = dict(store.get_run(mine)["config"], epochs=9, patience=1)
+    with sqlite3.connect(store.path) as db:
+        db.execute("UPDATE runs SET config=? WHERE id=?", (json.dumps(config), mine))
+    at = open_page("pages/train.py")
+    assert_ok(at)
+    assert "Finished after 2 of 9 epochs (stopped early: no better score in 1)" in texts(at.success)
+
+
 def test_train_page_offers_the_model_file_and_deletes_an_owned_run(synthetic):
     mine = stored_run("hard", synthetic)
     path = RunStore().get_run(mine)["weights_path"]

@@ -24,7 +24,9 @@ def test_the_table_trains_every_row_on_the_papers_recipe_over_seeds():
         "sgd",
         256,
     )
-    assert all(c.val_split == 6000 for _, c in runs)
+    # A run ends once 15 epochs bring no better validation score (the LeNets peak well before 100).
+    assert all(c.val_split == 6000 and c.patience == 15 for _, c in runs)
+    assert {c.patience for _, c in table_configs(seeds=1, epochs=10)} == {0}  # a patience past the end: none
 
 
 def _run(label, left, right, created, status="finished"):
@@ -89,7 +91,7 @@ def test_the_command_line_trains_the_table_through_the_queue_and_writes_it(tmp_p
 
 
 def test_compare_puts_our_table_beside_the_published_one(synthetic):
-    from test_pages import _fresh_app_state, assert_ok, open_page, stored_run  # noqa: F401
+    from test_pages import OWNER, _fresh_app_state, assert_ok, open_page, stored_run  # noqa: F401
 
     from mtl_core.data import make_multimnist
     from mtl_core.store.runs import RunStore
@@ -107,6 +109,15 @@ def test_compare_puts_our_table_beside_the_published_one(synthetic):
     assert single["Sener & Koltun 2018"] == "97.23 / 95.90"
     found = differences(list(rows.values()))
     assert found and any("; ".join(found) in c.value for c in at.caption)
-    # Queueing the whole table at once is over a student's cap of 4 active jobs: refused with the reason.
+    # The whole table is over a student's cap of 4 active jobs: 4 are queued, the other 14 wait their turn
+    # in the store (the sidebar says so, with a way to drop them), and the runner queues them as runs end.
     at.button(key="table_queue").click().run()
-    assert any("limit 4" in w.value for w in at.warning)
+    assert any("Queued 4 of 18 runs; the other 14 join the queue as yours end" in s.value for s in at.success)
+    store = RunStore()
+    (turn,) = store.waiting_turns(OWNER)
+    assert [store.get_run(i)["label"] for i in turn["runs"]] == [label for label, _ in table_configs(3, 20)[:4]]
+    at.run()  # the sidebar, drawn before the page's button, says it from the next run on
+    assert any("14 more of your runs wait their turn" in c.value for c in at.sidebar.caption)
+    (drop,) = [b for b in at.sidebar.button if b.label == "Drop the 14 waiting runs"]
+    drop.click().run()
+    assert store.waiting_turns() == [] and store.turn(turn["id"])["waiting"] == turn["waiting"]

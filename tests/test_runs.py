@@ -112,6 +112,37 @@ def test_caps_are_checked_in_the_inserting_transaction(store):
         store.create_runs([cfg], owner="e", client="10.0.0.3", limits=limits)
 
 
+def test_runs_over_the_cap_wait_their_turn_and_join_the_queue_as_earlier_ones_end(store):
+    from mtl_core.store.runs import Limits
+
+    cfg = TrainConfig.preset("hard").to_dict()
+    limits = Limits(per_owner=2, per_client=3, total=5)
+    points = [(f"point {i}", dict(cfg, seed=i)) for i in range(5)]
+    turn_id, now = store.queue_in_turn(points, owner="a", client="10.0.0.1", limits=limits)
+    assert [store.get_run(i)["label"] for i in now] == ["point 0", "point 1"]
+    assert store.top_up(limits) == []  # no room until one of a's runs ends
+    (turn,) = store.waiting_turns("a")
+    assert turn["waiting"] == ["point 2", "point 3", "point 4"] and turn["runs"] == now
+    store.create_runs([cfg], owner="b", client="10.0.0.1", limits=limits)  # another tab of that computer
+    store.finish(now[0], "finished", "", {}, None)
+    (third,) = store.top_up(limits)  # the computer's cap of 3 leaves room for one
+    assert store.get_run(third)["label"] == "point 2" and store.get_run(third)["config"]["seed"] == 2
+    assert store.get_run(third)["owner"] == "a" and store.get_run(third)["client"] == "10.0.0.1"
+    store.request_stop(now[1])
+    store.finish(now[1], "cancelled", "stopped", {}, None)
+    (fourth,) = store.top_up(limits)
+    assert store.get_run(fourth)["label"] == "point 3"
+    assert store.waiting_turns("b") == [] and len(store.waiting_turns()) == 1
+    store.cancel_turn(turn_id)  # the waiting point 4 is dropped; the queued ones stay
+    assert store.waiting_turns() == [] and store.top_up(Limits()) == []
+    assert store.turn(turn_id) == {"id": turn_id, "owner": "a", "created": turn["created"], "open": False,
+                                   "waiting": ["point 4"], "runs": [*now, third, fourth]}  # fmt: skip
+    assert store.open_sweeps() == []  # a waiting list is no class sweep
+    # Every point queued: the list closes by itself.
+    done_id, _ = store.queue_in_turn(points[:1], owner="c", limits=limits)
+    assert store.turn(done_id)["open"] is False
+
+
 def test_parallel_submits_cannot_pass_a_cap(store, monkeypatch):
     """Eight processes submit at once against a cap of three: exactly three get in."""
     import multiprocessing as mp

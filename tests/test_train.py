@@ -230,6 +230,25 @@ def test_best_checkpoint_can_be_an_earlier_epoch(synthetic):
     assert not all(torch.equal(final[k], states[2][k]) for k in final)
 
 
+@pytest.mark.parametrize("patience, epochs_run", [(0, 7), (2, 5), (3, 6), (4, 7)])
+def test_patience_stops_once_the_score_has_not_improved_for_that_many_epochs(synthetic, patience, epochs_run):
+    """Scripted scores peak at epoch 3 (a tie at epoch 4 is no improvement): patience 2 ends the run after
+    epoch 5, patience 0 or one that outlasts the run trains every epoch. The best epoch is kept either way."""
+    scores = iter([0.5, 0.6, 0.9, 0.9, 0.8, 0.7, 0.95])
+
+    class Scripted(Training):
+        def evaluate(self):
+            metrics, losses = super().evaluate()
+            s = next(scores)
+            return {t: {"acc": s} for t in metrics}, losses
+
+    training = Scripted(tiny("hard", epochs=7, patience=patience), synthetic)
+    records = list(training.records())
+    assert len(records) == epochs_run and training.status == "finished"
+    assert training.stopped_early == (epochs_run if epochs_run < 7 else 0)
+    assert training.best_epoch == (7 if epochs_run == 7 else 3)
+
+
 @pytest.mark.parametrize("kernel", ["C++", "Python", "autograd"])
 def test_how_far_the_epoch_is_can_be_read_while_it_trains(synthetic, kernel, monkeypatch):
     """The worker's heartbeat reports `epoch_done`: it must move through each epoch, on every loop (the

@@ -1,46 +1,61 @@
 """How long a run will take on this server, and how long a queued run will wait, from what this
 server has measured (the median epoch of recent runs of the same model, data and batch size).
 
-Before any such run has finished an epoch here, a rough figure measured on a 2-core CPU with one
-thread per worker is used, and said to be a guess.
+Before any such run has finished an epoch here, a first guess is counted, and said to be a guess: the
+model's floating-point operations per image (forward and backward, counted by torch's FlopCounterMode)
+over the digits it trains on, times the backward passes its loss weighting makes, at the arithmetic rate
+one worker thread reached on a 2-core CPU for that kind of network (benchmarks/estimates.py).
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
 import time
 from dataclasses import dataclass
 
-from mtl_core.models import MODELS
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from mtl_core.models import MODELS, build_model
 from mtl_core.store.runs import RunStore
 from mtl_core.weighting import WEIGHTINGS
 
-# Seconds per epoch on full MNIST (60,000 digits, batch 128), one thread, training plus test pass, as
-# `python benchmarks/estimates.py` measured them on a quiet 2-core machine (BENCHMARKS.md).
-GUESS_FULL_EPOCH_S = {
-    "stl": 0.3,
-    "hard": 0.2,
-    "cross_stitch": 0.3,
-    "mmoe": 0.35,
-    "cnn": 9.5,
-    "stl_cnn": 40.0,  # one CNN per task
-    "cross_stitch_cnn": 55.0,
-    "lenet": 7.5,  # MultiMNIST, batch 256
-    "stl_lenet": 14.5,
-}
-FULL_N_TRAIN = 60_000
-# An epoch with another loss weighting than static, over the static one, from the same measurements. On
-# the MLPs, learned loss weights leave the hand-written step for autograd; a gradient method adds a
-# backward per task and its aggregation (CAGrad solves a small problem each step); a CNN is on autograd
-# anyway, so only the gradient methods cost it more.
-WEIGHTING_COST = {
-    "mlp": {"uncertainty": 3.0, "dwa": 3.0, "famo": 4.5, "gradnorm": 5.0, "pcgrad": 6.5, "cagrad": 12.0},
-    "cnn": {"uncertainty": 1.0, "dwa": 1.0, "famo": 1.3, "cagrad": 4.0},
-    "lenet": {"uncertainty": 1.05, "dwa": 1.0, "famo": 1.5, "mgda_ub": 1.0, "pcgrad": 1.75},
-}
-# The other gradient methods (MGDA, IMTL-G, Aligned-MTL, UPGrad).
-DEFAULT_GRADIENT_COST = {"mlp": 5.5, "cnn": 2.6, "lenet": 1.5}
+# FLOP/s of training (forward + backward, as counted) one worker thread reaches per family, batch 128
+# (256 for the LeNets), fitted to `python benchmarks/estimates.py` on this project's 2-core machine
+# (BENCHMARKS.md). The MLPs' hand-written step, the CNNs' folded first block and the LeNets' bf16 make
+# the rates differ more than the arithmetic does.
+FLOP_RATE = {"mlp": 8.0e10, "cnn": 1.45e11, "lenet": 5.0e10}
+# On the MLPs any weighting but static leaves the hand-written step for autograd (measured 3x).
+AUTOGRAD_COST = {"mlp": 3.0, "cnn": 1.0, "lenet": 1.0}
+# What a method costs beyond its backward passes: CAGrad solves a small problem each step, FAMO scores
+# the batch again after the step (measured, BENCHMARKS.md).
+SOLVER_COST = {"cagrad": 2.4, "famo": 1.5}
+
+
+@functools.lru_cache(maxsize=64)
+def counted_flops(model: str, tasks: tuple[str, ...]) -> tuple[float, float]:
+    """FLOPs of one image through `model` for `tasks`: (forward, forward + backward)."""
+    torch.manual_seed(0)
+    net = build_model(model, tasks)
+    x = torch.zeros(2, 1, 28, 28)  # two images: BatchNorm trains on a batch; halved below
+    with FlopCounterMode(display=False) as forward:
+        out = net(x)
+    with FlopCounterMode(display=False) as both:
+        out = net(x)
+        sum(o.float().sum() for o in out.values()).backward()
+    return forward.get_total_flops() / 2, both.get_total_flops() / 2
+
+
+def backward_passes(weighting: str, tasks: int) -> float:
+    """A step's cost over a static one's, from its backward passes: a gradient method on the shared
+    parameters runs one backward per task instead of one in all (a backward costs about two forwards);
+    MGDA-UB's per-task backwards stop at the shared representation, which costs next to nothing here."""
+    method = WEIGHTINGS.get(weighting)
+    if method is None or not method.needs_shared or method.needs_representation:
+        return 1.0
+    return (1 + 2 * tasks) / 3
 
 
 @dataclass(frozen=True)
@@ -61,31 +76,34 @@ def duration_words(seconds: float) -> str:
 
 
 def epoch_estimate(store: RunStore, config: dict, data_source: str, n_train: int) -> Estimate:
-    """Seconds for one epoch of `config` (a TrainConfig dict) on `data_source` with `n_train` digits."""
+    """Seconds for one epoch of `config` (a TrainConfig dict) on `data_source` with `n_train` digits: this
+    server's measured epochs where it has comparable ones, else the counted guess."""
     weighting = config.get("loss_weighting", "static")
     measured = store.epoch_seconds(
         config["model"], data_source, config["batch_size"], config.get("train_limit", 0), weighting
     )
     if measured:
         return Estimate(sorted(measured)[len(measured) // 2], True)
-    n = min(n_train, config.get("train_limit") or n_train) - config.get("val_split", 0)  # held out: not trained on
-    # Small batches cost more per digit: the per-step overhead, not the arithmetic, dominates here.
-    per_digit = GUESS_FULL_EPOCH_S.get(config["model"], 5.0) / FULL_N_TRAIN
-    return Estimate(
-        per_digit * max(n, 0) * max(1.0, 128 / config["batch_size"]) ** 0.8 * _weighting_cost(config), False
-    )
+    return Estimate(guess_epoch_seconds(config, n_train), False)
 
 
-def _weighting_cost(config: dict) -> float:
+def guess_epoch_seconds(config: dict, n_train: int) -> float:
+    """The counted first guess: training FLOPs over the digits trained on, times the weighting's cost,
+    plus the forward pass that scores the epoch, at the family's rate; small batches cost more per digit
+    (the per-step overhead, not the arithmetic, dominates there)."""
+    spec = MODELS[config["model"]]
+    tasks = tuple(config.get("tasks") or spec.default_tasks)
+    forward, train = counted_flops(config["model"], tasks)
+    n_all = min(n_train, config.get("train_limit") or n_train)
+    n = max(n_all - config.get("val_split", 0), 0)  # held out: scored, not trained on
+    scored = config.get("val_split", 0) or n_train / 6  # the validation digits, else the test set (1/6 of train)
     weighting = config.get("loss_weighting", "static")
-    if weighting == "static" or weighting not in WEIGHTINGS:
-        return 1.0
-    family = MODELS[config["model"]].family if config["model"] in MODELS else "mlp"
-    if weighting in WEIGHTING_COST[family]:
-        return WEIGHTING_COST[family][weighting]
-    return (
-        DEFAULT_GRADIENT_COST[family] if WEIGHTINGS[weighting].needs_shared else WEIGHTING_COST[family]["uncertainty"]
-    )
+    cost = backward_passes(weighting, len(tasks)) * SOLVER_COST.get(weighting, 1.0)
+    if weighting != "static":
+        cost *= AUTOGRAD_COST[spec.family]
+    reference_batch = 256 if spec.family == "lenet" else 128
+    small = max(1.0, reference_batch / config["batch_size"]) ** 0.8
+    return (n * train * cost * small + scored * forward) / FLOP_RATE[spec.family]
 
 
 def run_estimate(store: RunStore, config: dict, data_source: str, n_train: int) -> Estimate:

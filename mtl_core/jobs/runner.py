@@ -304,6 +304,7 @@ class JobRunner:
             return
         try:
             self.ensure_workers()
+            self.store.top_up(self.limits)  # runs waiting their turn (queue_in_turn) whose owner has room
             alive = frozenset(w.token for w in self._workers if w.proc.poll() is None)
             self.store.interrupt_stale(STALE_S, alive=alive, alive_age_s=STALE_ALIVE_S)
             if self.settings.abandon_s > 0:
@@ -385,6 +386,17 @@ class JobRunner:
         ids = self.store.create_runs([c.to_dict() for c in configs], owner, labels, client, self.limits)
         self.ensure_workers()
         return ids
+
+    def queue_in_turn(
+        self, configs: list[TrainConfig], owner: str = "", labels: list[str] | None = None, client: str = ""
+    ) -> tuple[str, list[str]]:
+        """Queue more runs than one owner's cap at once: as many now as it allows, the rest as earlier ones
+        end (RunStore.queue_in_turn). The waiting list's id and the runs queued now."""
+        labels = labels or [""] * len(configs)
+        turn = self.store.queue_in_turn([(lb, c.to_dict()) for lb, c in zip(labels, configs)], owner, client,
+                                        self.limits)  # fmt: skip
+        self.ensure_workers()
+        return turn
 
     def claim_sweep_point(self, sweep_id: str, owner: str, client: str = "") -> str | None:
         """Queue the next untaken point of a class's sweep as `owner`'s run (None: every point is taken)."""

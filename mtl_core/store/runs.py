@@ -98,6 +98,9 @@ ADDED_COLUMNS = {
     "paused_seconds": "REAL NOT NULL DEFAULT 0",
     "weights_epoch": "INTEGER",  # the epoch whose weights the model file holds (None: from before this column)
 }
+# Likewise for the sweeps table. kind "class": the teacher's sweep, a point per student's Start;
+# "turn": one student's runs that wait their turn under the per-student cap (RunStore.queue_in_turn).
+ADDED_SWEEP_COLUMNS = {"kind": "TEXT NOT NULL DEFAULT 'class'", "client": "TEXT NOT NULL DEFAULT ''"}
 # A running run whose heartbeat is older than this, on a store nobody can write, is shown as interrupted.
 SHOWN_STALE_S = 10.0
 STORE_EXIT = 3  # a worker's exit status when its store is lost, damaged or unwritable
@@ -411,10 +414,11 @@ class RunStore:
                     raise sqlite3.DatabaseError(f"database disk image is malformed: {check}")
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
-            have = {r[1] for r in db.execute("PRAGMA table_info(runs)")}
-            for col, decl in ADDED_COLUMNS.items():
-                if col not in have:
-                    db.execute(f"ALTER TABLE runs ADD COLUMN {col} {decl}")
+            for table, added in (("runs", ADDED_COLUMNS), ("sweeps", ADDED_SWEEP_COLUMNS)):
+                have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+                for col, decl in added.items():
+                    if col not in have:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {col} {decl}")
             db.executescript(TRIGGERS)
             # The store's identity, made once: a process that then reads another knows its store was replaced.
             db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', ?)", (secrets.randbits(62),))
@@ -669,7 +673,7 @@ class RunStore:
         """The class sweeps still open, newest first: id, created, points and how many of them have a run."""
         out = []
         for sweep_id, created, points in self._query(
-            "SELECT id, created, points FROM sweeps WHERE open=1 ORDER BY created DESC"
+            "SELECT id, created, points FROM sweeps WHERE open=1 AND kind='class' ORDER BY created DESC"
         ):
             points = [tuple(p) for p in json.loads(points)]
             taken = self._taken_labels([label for label, _ in points])
@@ -690,7 +694,7 @@ class RunStore:
         """Queue the sweep's next point without a run as `owner`'s run: its id, or None when every point has
         one. One transaction: two students pressing Start at once get two different points."""
         with self._connect(write=True) as db:
-            row = db.execute("SELECT points FROM sweeps WHERE id=? AND open=1", (sweep_id,)).fetchone()
+            row = db.execute("SELECT points FROM sweeps WHERE id=? AND open=1 AND kind='class'", (sweep_id,)).fetchone()
             if row is None:
                 return None
             points = [tuple(p) for p in json.loads(row[0])]
@@ -704,6 +708,78 @@ class RunStore:
             run_id = self._new_run_id()
             self._insert_runs(db, [run_id], [config], owner, [label], client)
         return run_id
+
+    # -- runs that wait their turn: more than one student's cap at once (a table, a sweep) ---------------
+
+    def queue_in_turn(
+        self, points: list[tuple[str, dict]], owner: str = "", client: str = "", limits: Limits | None = None
+    ) -> tuple[str, list[str]]:
+        """Queue `points` ((label, config) each) as `owner`'s runs, as many now as the caps allow; the rest
+        wait here, and `top_up` queues them as the owner's runs end (the runner calls it every second).
+        Returns the waiting list's id and the runs queued now."""
+        turn_id = "turn-" + uuid.uuid4().hex[:10]
+        rows = json.dumps([[plain_text(label, LABEL_MAX), c, None] for label, c in points])
+        with self._connect(write=True) as db:
+            db.execute(
+                "INSERT INTO sweeps (id, owner, created, points, kind, client) VALUES (?,?,?,?,'turn',?)",
+                (turn_id, owner, time.time(), rows, client),
+            )
+        return turn_id, self.top_up(limits, turn_id)
+
+    def top_up(self, limits: Limits | None = None, only: str | None = None) -> list[str]:
+        """Queue waiting runs (oldest list first) while their owner's and the server's caps have room; a list
+        whose every run is queued closes. The runs queued. One transaction: two servers never queue a point
+        twice."""
+        queued: list[str] = []
+        if not self._query("SELECT 1 FROM sweeps WHERE open=1 AND kind='turn' LIMIT 1"):
+            return queued  # the usual case, every second: no write lock taken
+        sql = "SELECT id, owner, client, points FROM sweeps WHERE open=1 AND kind='turn'"
+        args: tuple = ()
+        if only:
+            sql, args = sql + " AND id=?", (only,)
+        with self._connect(write=True) as db:
+            for turn_id, owner, client, raw in db.execute(sql + " ORDER BY created", args).fetchall():
+                points = json.loads(raw)
+                for point in points:
+                    if point[2] is not None:
+                        continue
+                    if limits is not None:
+                        try:
+                            self._check_caps(db, 1, owner, client, limits)
+                        except QueueFull:
+                            break
+                    point[2] = self._new_run_id()
+                    self._insert_runs(db, [point[2]], [point[1]], owner, [point[0]], client)
+                    queued.append(point[2])
+                still = any(p[2] is None for p in points)
+                db.execute("UPDATE sweeps SET points=?, open=? WHERE id=?", (json.dumps(points), int(still), turn_id))
+        return queued
+
+    def waiting_turns(self, owner: str | None = None) -> list[dict]:
+        """Open waiting lists (of `owner`, or everyone's), oldest first, as `turn` gives each."""
+        sql = "SELECT id, owner, created, points, open FROM sweeps WHERE open=1 AND kind='turn'"
+        rows = self._query(sql + (" AND owner=?" if owner is not None else "") + " ORDER BY created",
+                           (owner,) if owner is not None else ())  # fmt: skip
+        return [self._turn(row) for row in rows]
+
+    def turn(self, turn_id: str) -> dict | None:
+        """A waiting list: id, owner, created, open, the labels still waiting, and the runs queued so far."""
+        rows = self._query("SELECT id, owner, created, points, open FROM sweeps WHERE id=? AND kind='turn'", (turn_id,))
+        return self._turn(rows[0]) if rows else None
+
+    @staticmethod
+    def _turn(row: sqlite3.Row) -> dict:
+        turn_id, owner, created, raw, still = row
+        points = json.loads(raw)
+        return {
+            "id": turn_id, "owner": owner, "created": created, "open": bool(still),
+            "waiting": [p[0] for p in points if p[2] is None], "runs": [p[2] for p in points if p[2]],
+        }  # fmt: skip
+
+    def cancel_turn(self, turn_id: str) -> None:
+        """Drop the runs of a waiting list that are not queued yet (its queued runs stay)."""
+        with self._connect(write=True) as db:
+            db.execute("UPDATE sweeps SET open=0 WHERE id=? AND kind='turn'", (turn_id,))
 
     @staticmethod
     def _check_caps(db: sqlite3.Connection, n: int, owner: str, client: str, limits: Limits) -> None:

@@ -167,6 +167,7 @@ class Training:
         self.generator = torch.Generator().manual_seed(self.config.seed)
         self.status = "running"
         self.reason = ""
+        self.stopped_early = 0  # the epoch `patience` ended the run after (0: it did not)
         self.best_epoch = 0
         self.best_score = -math.inf
         self.best_record: dict | None = None
@@ -403,6 +404,9 @@ class Training:
                 self.best_state = last_good
             self.history.append(record)
             yield record
+            if cfg.patience and epoch < cfg.epochs and epoch - self.best_epoch >= cfg.patience:
+                self.status, self.stopped_early = "finished", epoch
+                break
         else:
             self.status = "finished"
         # The saved model is the best checkpoint (SPEC.md), never a diverged one.

@@ -88,7 +88,13 @@ def dashboard_server(tmp: Path):
     home.mkdir()
     data_dir = SHARED_DATA if (SHARED_DATA / "MNIST" / "raw").is_dir() else tmp / "no-mnist"
     data_dir.mkdir(exist_ok=True)
-    env = dict(os.environ, MTL_HOME=str(home), MTL_DATA_DIR=str(data_dir), MTL_TEACHER_TOKEN=TEACHER_TOKEN)
+    env = dict(
+        os.environ,
+        MTL_HOME=str(home),
+        MTL_DATA_DIR=str(data_dir),
+        MTL_TEACHER_TOKEN=TEACHER_TOKEN,
+        MTL_CHART_EVERY_S="3",
+    )
     port = _free_port()
     log_path = tmp / "streamlit.log"
     cmd = [  # the README's launcher: the job runner starts with the server, before any page view

@@ -19,7 +19,7 @@ from playwright.sync_api import Browser, Page, expect
 VIEWPORT_DEFAULT = {"width": 1400, "height": 1000}  # conftest.VIEWPORT
 T = 60_000  # ms: generous, the first render imports torch (5+ s) and the machine has 2 cores
 
-CS_EPOCHS = 40  # a cross-stitch run on synthetic data: batch 1 makes it last ~10 s on the fast step
+CS_EPOCHS = 20  # a cross-stitch run on synthetic data: batch 1 makes it last 10-20 s on the fast step
 CS_BATCH = 1
 STOP_EPOCHS = 500  # a run that would last a minute or more, stopped after a few epochs
 
