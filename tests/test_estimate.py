@@ -7,6 +7,7 @@ import pytest
 from mtl_core.config import TrainConfig
 from mtl_core.jobs.estimate import (
     FLOP_RATE,
+    SOLVER_STEP_S,
     backward_passes,
     counted_flops,
     duration_words,
@@ -105,8 +106,12 @@ def test_estimates_know_what_a_loss_weighting_and_a_validation_split_cost(store)
     forward, train = counted_flops("hard", ("even", "mult3"))
     scoring = 10_000 * forward / FLOP_RATE["mlp"]  # the epoch's test pass, the same for every weighting
     assert epoch_estimate(store, uncertainty, "mnist", 60_000).seconds - scoring == pytest.approx(3 * (base - scoring))
-    # Two tasks: 1 forward + 2 backwards (two forwards each) over 1 + 1, on autograd (x3).
-    assert epoch_estimate(store, pcgrad, "mnist", 60_000).seconds - scoring == pytest.approx(5 * (base - scoring))
+    # Two tasks: 1 forward + 2 backwards (two forwards each) over 1 + 2, on autograd (x3), and PCGrad's own
+    # 2 ms a step (469 batches of 128).
+    pcgrad_s = epoch_estimate(store, pcgrad, "mnist", 60_000).seconds - scoring
+    assert pcgrad_s == pytest.approx(5 * (base - scoring) + 469 * SOLVER_STEP_S["pcgrad"])
+    famo = epoch_estimate(store, {**static, "loss_weighting": "famo"}, "mnist", 60_000).seconds
+    assert famo - scoring == pytest.approx(3 * (1 + forward / train) * (base - scoring))  # the batch scored again
     mgda_ub = epoch_estimate(store, {**static, "loss_weighting": "mgda_ub"}, "mnist", 60_000).seconds
     assert mgda_ub - scoring == pytest.approx(3 * (base - scoring))  # its backwards stop at the representation
     cnn = TrainConfig.preset("cnn").to_dict()

@@ -169,13 +169,19 @@ def _submit_one(path: str) -> bool:
 
 
 def test_closed_tabs_lose_their_queued_runs_after_the_grace_period(store):
+    from mtl_core.store.runs import Limits
+
     cfg = TrainConfig.preset("hard").to_dict()
     gone, here, cli = store.create_run(cfg, owner="gone"), store.create_run(cfg, owner="here"), store.create_run(cfg)
     store.touch_owner("gone"), store.touch_owner("here")
     with sqlite3.connect(store.path) as db:
         db.execute("UPDATE owners SET seen = seen - 3600 WHERE owner='gone'")
-    assert store.cancel_abandoned(600) == [gone]
+    waiting, _ = store.queue_in_turn([("later", cfg)] * 3, owner="gone", limits=Limits(per_owner=2))
+    kept, _ = store.queue_in_turn([("later", cfg)] * 3, owner="here", limits=Limits(per_owner=2))
+    (first_of_gone,) = store.turn(waiting)["runs"]
+    assert sorted(store.cancel_abandoned(600)) == sorted([gone, first_of_gone])
     assert [store.get_run(r)["status"] for r in (gone, here, cli)] == ["cancelled", "queued", "queued"]
+    assert [t["id"] for t in store.waiting_turns()] == [kept]  # a closed tab's waiting runs are dropped too
 
 
 def test_the_change_counter_moves_with_changes_but_not_heartbeats(store):

@@ -26,12 +26,13 @@ from mtl_core.weighting import WEIGHTINGS
 # (256 for the LeNets), fitted to `python benchmarks/estimates.py` on this project's 2-core machine
 # (BENCHMARKS.md). The MLPs' hand-written step, the CNNs' folded first block and the LeNets' bf16 make
 # the rates differ more than the arithmetic does.
-FLOP_RATE = {"mlp": 8.0e10, "cnn": 1.45e11, "lenet": 5.0e10}
+FLOP_RATE = {"mlp": 8.0e10, "cnn": 1.25e11, "lenet": 5.0e10}
 # On the MLPs any weighting but static leaves the hand-written step for autograd (measured 3x).
 AUTOGRAD_COST = {"mlp": 3.0, "cnn": 1.0, "lenet": 1.0}
-# What a method costs beyond its backward passes: CAGrad solves a small problem each step, FAMO scores
-# the batch again after the step (measured, BENCHMARKS.md).
-SOLVER_COST = {"cagrad": 2.4, "famo": 1.5}
+# What a method's step costs beyond its arithmetic, in seconds a step on one thread of this project's
+# 2-core machine, the same for every model (benchmarks/estimates.py): CAGrad solves a small problem each
+# step, and torchjd's PCGrad spends about 2 ms where MGDA's and the others' weights cost next to nothing.
+SOLVER_STEP_S = {"cagrad": 0.004, "pcgrad": 0.002}
 
 
 @functools.lru_cache(maxsize=64)
@@ -56,6 +57,14 @@ def backward_passes(weighting: str, tasks: int) -> float:
     if method is None or not method.needs_shared or method.needs_representation:
         return 1.0
     return (1 + 2 * tasks) / 3
+
+
+def step_cost(weighting: str, tasks: int, forward: float, train: float) -> float:
+    """A training step's FLOPs over a static one's: its backward passes, and for FAMO the forward pass that
+    scores the batch again after the step."""
+    method = WEIGHTINGS.get(weighting)
+    again = forward / train if method is not None and method.needs_losses_after_step else 0.0
+    return backward_passes(weighting, tasks) + again
 
 
 @dataclass(frozen=True)
@@ -98,12 +107,14 @@ def guess_epoch_seconds(config: dict, n_train: int) -> float:
     n = max(n_all - config.get("val_split", 0), 0)  # held out: scored, not trained on
     scored = config.get("val_split", 0) or n_train / 6  # the validation digits, else the test set (1/6 of train)
     weighting = config.get("loss_weighting", "static")
-    cost = backward_passes(weighting, len(tasks)) * SOLVER_COST.get(weighting, 1.0)
+    cost = step_cost(weighting, len(tasks), forward, train)
     if weighting != "static":
         cost *= AUTOGRAD_COST[spec.family]
     reference_batch = 256 if spec.family == "lenet" else 128
     small = max(1.0, reference_batch / config["batch_size"]) ** 0.8
-    return (n * train * cost * small + scored * forward) / FLOP_RATE[spec.family]
+    steps = math.ceil(n / config["batch_size"])
+    arithmetic = (n * train * cost * small + scored * forward) / FLOP_RATE[spec.family]
+    return arithmetic + steps * SOLVER_STEP_S.get(weighting, 0.0)
 
 
 def run_estimate(store: RunStore, config: dict, data_source: str, n_train: int) -> Estimate:

@@ -1061,13 +1061,16 @@ class RunStore:
         return [r[0] for r in rows]
 
     def cancel_abandoned(self, max_age_s: float) -> list[str]:
-        """Queued runs of browsers not seen for `max_age_s` are cancelled, so a closed tab does not hold
-        the queue. Owners never seen by the dashboard (the CLI) are left alone."""
+        """Queued runs of browsers not seen for `max_age_s` are cancelled, and their runs still waiting their
+        turn dropped, so a closed tab does not hold the queue. Owners never seen by the dashboard (the CLI)
+        are left alone."""
+        gone = "SELECT owner FROM owners WHERE seen < ?"
         with self._connect(write=True) as db:
+            db.execute(f"UPDATE sweeps SET open=0 WHERE kind='turn' AND open=1 AND owner IN ({gone})",
+                       (time.time() - max_age_s,))  # fmt: skip
             rows = db.execute(
                 "UPDATE runs SET status='cancelled', reason='its browser tab was closed before it started', "
-                "finished=? WHERE status='queued' AND owner IN (SELECT owner FROM owners WHERE seen < ?) "
-                "RETURNING id",
+                f"finished=? WHERE status='queued' AND owner IN ({gone}) RETURNING id",
                 (time.time(), time.time() - max_age_s),
             ).fetchall()
         return [r[0] for r in rows]
