@@ -38,8 +38,8 @@ SOLVER_STEP_S = {"cagrad": 0.004, "pcgrad": 0.002}
 @functools.lru_cache(maxsize=64)
 def counted_flops(model: str, tasks: tuple[str, ...]) -> tuple[float, float]:
     """FLOPs of one image through `model` for `tasks`: (forward, forward + backward)."""
-    torch.manual_seed(0)
-    net = build_model(model, tasks)
+    with torch.random.fork_rng():  # the weights' random start leaves the caller's random state alone
+        net = build_model(model, tasks)
     x = torch.zeros(2, 1, 28, 28)  # two images: BatchNorm trains on a batch; halved below
     with FlopCounterMode(display=False) as forward:
         out = net(x)
