@@ -505,3 +505,49 @@ def test_every_page_is_readable_and_open_to_every_student_at_both_sizes(app: Pag
                     problems.append(f"{name} {width}x{height} axe {v['impact']} {v['id']}: {where}")
     app.set_viewport_size(VIEWPORT_DEFAULT)
     assert not problems, "\n".join(problems)
+
+
+def test_a_student_trains_and_reads_an_uploaded_digit_with_the_keyboard_alone(
+    fresh_page: Page, streamlit_server, tmp_path
+):
+    """No mouse: each control is focused (as Tab would) and worked with keys. The sidebar link opens Train,
+    the form takes synthetic data and 2 epochs, Enter on Start trains; on Draw, the upload alternative to
+    the canvas opens its file chooser from the keyboard, and the uploaded digit gets every task's answer."""
+    from PIL import Image, ImageDraw
+
+    page = fresh_page
+    page.goto(streamlit_server + "/")
+    expect(page.get_by_role("heading", name="Multi-task learning playground")).to_be_visible(timeout=T)
+
+    def open_page_by_keyboard(name: str, heading: str) -> None:
+        page.get_by_test_id("stSidebarNav").get_by_role("link", name=name, exact=True).focus()
+        page.keyboard.press("Enter")
+        expect(page.get_by_role("heading", name=heading)).to_be_visible(timeout=T)
+
+    open_page_by_keyboard("Train", "Train")
+    form = page.get_by_test_id("stForm")
+    data = form.get_by_role("combobox", name="Data", exact=True)
+    data.focus()
+    page.keyboard.type("synthetic")
+    page.keyboard.press("Enter")
+    expect(data).to_have_value(re.compile(r"^synthetic"))
+    epochs = form.get_by_label("Epochs", exact=True)
+    epochs.focus()
+    page.keyboard.press("Control+A")
+    page.keyboard.type("2")
+    form.get_by_role("button", name="Start training").focus()
+    page.keyboard.press("Enter")
+    expect(page.get_by_text("Finished all 2 epochs")).to_be_visible(timeout=120_000)
+
+    picture = tmp_path / "one.png"
+    img = Image.new("L", (280, 280), 0)
+    ImageDraw.Draw(img).line([(140, 50), (140, 230)], fill=255, width=24)  # a "1"
+    img.save(picture)
+    open_page_by_keyboard("Draw", "Draw a digit")
+    browse = page.get_by_test_id("stFileUploader").get_by_role("button").first
+    browse.focus()
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Enter")
+    chooser.value.set_files(str(picture))
+    expect(page.get_by_text(answer_re("Is it even?"))).to_be_visible(timeout=T)
+    expect(page.get_by_text(answer_re("Is it 3, 6 or 9?"))).to_be_visible()
