@@ -544,8 +544,12 @@ def test_a_student_trains_and_reads_an_uploaded_digit_with_the_keyboard_alone(
     ImageDraw.Draw(img).line([(140, 50), (140, 230)], fill=255, width=24)  # a "1"
     img.save(picture)
     open_page_by_keyboard("Draw", "Draw a digit")
+    # Once the page has settled (its models chosen, the canvas up), so no rerun takes the focus away.
+    expect(page.get_by_text("Draw a digit on the black square")).to_be_visible(timeout=T)
+    expect(page.locator("canvas.upper-canvas")).to_be_visible(timeout=T)
     browse = page.get_by_test_id("stFileUploader").get_by_role("button").first
     browse.focus()
+    expect(browse).to_be_focused()
     with page.expect_file_chooser() as chooser:
         page.keyboard.press("Enter")
     chooser.value.set_files(str(picture))
