@@ -85,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None)
     ap.add_argument("--jsonl", default=None, help="also append each run here as it ends (kept if the table is cut)")
     a = ap.parse_args(argv)
-    over = {"epochs": a.epochs, "val_split": a.val_split, "device": a.device, "threads": a.threads}
-    over["patience"] = a.patience if a.patience < a.epochs else 0
+    over = {
+        "epochs": a.epochs, "val_split": a.val_split, "patience": a.patience, "device": a.device, "threads": a.threads
+    }  # fmt: skip
     if a.lr:
         over["lr"] = a.lr
     rows = [r for r in MULTIMNIST_STUDY["rows"] if not a.rows or any(r[0].startswith(w) for w in a.rows)]

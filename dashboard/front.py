@@ -88,9 +88,7 @@ def start_sweep_ui() -> None:
                 if for_class:
                     get_store().open_sweep(sweep, [(label, c.to_dict()) for label, c in points], owner_id())
                 else:  # more points than a student's cap: the rest wait their turn
-                    _, now = get_runner().queue_in_turn(
-                        [c for _, c in points], owner_id(), [label for label, _ in points], client=client_address()
-                    )
+                    _, now = get_runner().queue_in_turn(points, owner_id(), client_address())
             except (StoreUnavailable, ValueError) as exc:  # ConfigError is a ValueError
                 st.warning(str(exc))
             else:

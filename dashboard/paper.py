@@ -8,7 +8,7 @@ import streamlit as st
 
 from dashboard.state import client_address, get_runner, owner_id
 from mtl_core.metrics import mean_std_text
-from mtl_core.paper_table import PAPER_EPOCHS, PATIENCE, QUICK_EPOCHS, ROWS, differences, table_configs, table_rows
+from mtl_core.paper_table import PAPER_EPOCHS, QUICK_EPOCHS, ROWS, differences, table_configs, table_rows
 from mtl_core.reference import MULTIMNIST_STUDY
 from mtl_core.store.runs import StoreUnavailable
 
@@ -28,9 +28,10 @@ def queue_table_ui() -> None:
             key="table_epochs",
         )
         n = len(ROWS) * int(seeds)
+        patience = table_configs(1, int(epochs))[0][1].patience  # 0 where it would outlast the run
         early = (
-            f", a run ending once {PATIENCE} epochs bring no better validation score (the best epoch is kept)"
-            if PATIENCE < epochs
+            f", a run ending once {patience} epochs bring no better validation score (the best epoch is kept)"
+            if patience
             else ""
         )
         st.caption(
@@ -42,9 +43,7 @@ def queue_table_ui() -> None:
         if st.button(f"▶ Queue the {n} runs", key="table_queue", type="primary"):
             configs = table_configs(int(seeds), int(epochs))
             try:
-                _, now = get_runner().queue_in_turn(
-                    [c for _, c in configs], owner_id(), [label for label, _ in configs], client=client_address()
-                )
+                _, now = get_runner().queue_in_turn(configs, owner_id(), client_address())
             except StoreUnavailable as exc:
                 st.warning(str(exc))
             else:

@@ -345,7 +345,7 @@ def cmd_pareto(a: argparse.Namespace) -> int:
     sweep = uuid.uuid4().hex[:6]
     points = sweep_configs(base, tasks, a.points, methods, sweep)
     print(f"front {sweep}: {len(points)} runs ({base.model} on {base.data}, {base.epochs} epochs each)")
-    runs = _queue_in_waves(points)
+    runs = _queue_and_wait(points)
     found = front(runs, tasks)
     hv = hypervolume([(p.accuracy[tasks[0]] / 100, p.accuracy[tasks[1]] / 100) for p in found])
     for p in found:
@@ -360,36 +360,31 @@ def cmd_pareto(a: argparse.Namespace) -> int:
     return 0 if len(found) == len(runs) else 1
 
 
-def _queue_in_waves(points: list[tuple[str, TrainConfig]]) -> list[dict]:
+def _queue_and_wait(points: list[tuple[str, TrainConfig]]) -> list[dict]:
     """Queue every (label, config) through the job runner (as `submit` does) and wait for all, a line for
     each run as it ends. A sweep or a table is longer than one owner's cap on active jobs
     (MTL_MAX_PER_OWNER): the runs wait their turn in the store (RunStore.queue_in_turn), and the runner
     queues them as earlier ones end."""
     runner = JobRunner(RunStore(), RunnerSettings.from_env())
     try:
-        return _waves(runner, points)
+        turn_id, _ = runner.queue_in_turn(points, owner="cli")
+        over: dict[str, dict] = {}
+        while True:
+            turn = runner.store.turn(turn_id)
+            for run_id in turn["runs"]:
+                run = runner.store.get_run(run_id)
+                if run_id not in over and run["status"] not in ACTIVE:
+                    over[run_id] = run
+                    if run["best_avg"] is not None:
+                        best = f", best avg {100 * run['best_avg']:.2f}% at epoch {run['best_epoch']}"
+                    else:
+                        best = ""
+                    print(f"{run['label']}: {run['status']}{best}", flush=True)
+            if not (turn["open"] and turn["waiting"]) and len(over) == len(turn["runs"]):
+                return [over[i] for i in turn["runs"]]
+            time.sleep(0.25)
     finally:
         runner.shutdown()
-
-
-def _waves(runner: JobRunner, points: list[tuple[str, TrainConfig]]) -> list[dict]:
-    store = runner.store
-    turn_id, _ = runner.queue_in_turn([c for _, c in points], owner="cli", labels=[label for label, _ in points])
-    over: dict[str, dict] = {}
-    while True:
-        turn = store.turn(turn_id)
-        for run_id in turn["runs"]:
-            run = store.get_run(run_id)
-            if run_id not in over and run["status"] not in ACTIVE:
-                over[run_id] = run
-                if run["best_avg"] is not None:
-                    best = f", best avg {100 * run['best_avg']:.2f}% at epoch {run['best_epoch']}"
-                else:
-                    best = ""
-                print(f"{run['label']}: {run['status']}{best}", flush=True)
-        if not (turn["open"] and turn["waiting"]) and len(over) == len(turn["runs"]):
-            return [over[i] for i in turn["runs"]]
-        time.sleep(0.25)
 
 
 def cmd_table(a: argparse.Namespace) -> int:
@@ -397,9 +392,10 @@ def cmd_table(a: argparse.Namespace) -> int:
     ours beside the published figures and which differences survive the spread."""
     t0 = time.perf_counter()
     points = table_configs(a.seeds, a.epochs, a.val_split, a.train_limit, a.patience)
-    early = f", ending once {a.patience} bring no better validation score" if 0 < a.patience < a.epochs else ""
+    patience = points[0][1].patience  # 0 where it would outlast the run
+    early = f", ending once {patience} bring no better validation score" if patience else ""
     print(f"the MultiMNIST table: {len(points)} runs ({a.seeds} seeds, up to {a.epochs} epochs each{early})")
-    runs = _queue_in_waves(points)
+    runs = _queue_and_wait(points)
     rows = table_rows(runs)
     wall = time.perf_counter() - t0
     for row in rows:

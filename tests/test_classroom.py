@@ -18,15 +18,6 @@ TOKEN = "class-token-123"
 OTHER = "bbbbbbbbbbbb"
 
 
-@pytest.fixture(autouse=True)
-def _fresh_app_state():
-    from mtl_core.jobs.runner import shutdown_server_runners
-
-    shutdown_server_runners()
-    yield
-    shutdown_server_runners()
-
-
 @pytest.fixture
 def teacher_env(monkeypatch):
     monkeypatch.setenv("MTL_TEACHER_TOKEN", TOKEN)

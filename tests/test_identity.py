@@ -11,7 +11,7 @@ import time
 
 import pytest
 from streamlit.testing.v1 import AppTest
-from test_pages import ROOT, _fresh_app_state, assert_ok, stored_run, texts  # noqa: F401 - an autouse fixture
+from test_pages import ROOT, assert_ok, stored_run, texts
 
 from mtl_core.analysis import run_label
 from mtl_core.store.identity import (

@@ -101,7 +101,7 @@ def test_compare_shows_an_own_tasks_column_in_order(synthetic):
 
 
 def test_the_form_takes_a_typed_own_task():
-    from test_pages import _fresh_app_state, open_page  # noqa: F401 - the fixture: this test's own runner
+    from test_pages import open_page
 
     at = open_page("pages/train.py")
     at.radio(key="train_model").set_value("hard").run()

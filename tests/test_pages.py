@@ -38,16 +38,6 @@ PAGES = {
 # ----------------------------------------------------------------------------- fixtures and helpers
 
 
-@pytest.fixture(autouse=True)
-def _fresh_app_state():
-    """This test's MTL_HOME gets its own server runner; it is shut down (workers included) afterwards."""
-    from mtl_core.jobs.runner import shutdown_server_runners
-
-    shutdown_server_runners()
-    yield
-    shutdown_server_runners()
-
-
 def open_page(page: str | None = None) -> AppTest:
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
     at.session_state["owner"] = OWNER  # AppTest has no cookies: the session's identity is set directly

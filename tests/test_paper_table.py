@@ -91,7 +91,7 @@ def test_the_command_line_trains_the_table_through_the_queue_and_writes_it(tmp_p
 
 
 def test_compare_puts_our_table_beside_the_published_one(synthetic):
-    from test_pages import OWNER, _fresh_app_state, assert_ok, open_page, stored_run  # noqa: F401
+    from test_pages import OWNER, assert_ok, open_page, stored_run
 
     from mtl_core.data import make_multimnist
     from mtl_core.store.runs import RunStore

@@ -112,7 +112,7 @@ def test_the_command_line_sweeps_a_front_through_the_queue_and_writes_its_points
 
 
 def test_compare_draws_a_sweeps_front_and_a_click_opens_a_point(synthetic):
-    from test_pages import _fresh_app_state, assert_ok, open_page, plotly_specs, stored_run  # noqa: F401
+    from test_pages import assert_ok, open_page, plotly_specs, stored_run
 
     from mtl_core.store.runs import RunStore
 
@@ -144,7 +144,7 @@ def test_compare_draws_a_sweeps_front_and_a_click_opens_a_point(synthetic):
 
 
 def test_compare_queues_a_sweep_in_one_click(synthetic):
-    from test_pages import _fresh_app_state, assert_ok, open_page, stored_run  # noqa: F401
+    from test_pages import assert_ok, open_page, stored_run
 
     from mtl_core.store.runs import RunStore
 
@@ -228,7 +228,7 @@ def test_a_students_cap_applies_to_sweep_points():
 
 
 def test_a_student_trains_the_teachers_next_point_from_the_train_page():
-    from test_pages import OWNER, _fresh_app_state, assert_ok, open_page  # noqa: F401
+    from test_pages import OWNER, assert_ok, open_page
 
     store, points = _class_sweep(2)
     at = open_page("pages/train.py")

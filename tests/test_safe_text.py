@@ -313,15 +313,6 @@ def assert_page_inert(at: AppTest) -> int:
     return n
 
 
-@pytest.fixture
-def fresh_runner():
-    from mtl_core.jobs.runner import shutdown_server_runners
-
-    shutdown_server_runners()
-    yield
-    shutdown_server_runners()
-
-
 def _force_label(run_id: str, label: str) -> None:
     """Write a label past the store's cleaning, as an older store (or another writer) may hold it."""
     with sqlite3.connect(RunStore().path) as db:
@@ -359,7 +350,7 @@ def downloads(monkeypatch) -> dict[str, bytes]:
 
 
 @pytest.fixture
-def hostile_runs(synthetic, fresh_runner):
+def hostile_runs(synthetic):
     ids = {}
     for model, label in LABELS.items():
         ids[model] = stored_run(model, synthetic, label="x")
@@ -414,7 +405,7 @@ def test_hostile_labels_are_inert_on_every_page(hostile_runs, downloads):
     assert "evil" in readable(" ".join(m.value for m in at.markdown))
 
 
-def test_a_hostile_display_name_is_inert_and_cannot_hold_a_colon(synthetic, fresh_runner):
+def test_a_hostile_display_name_is_inert_and_cannot_hold_a_colon(synthetic):
     run_id = stored_run("hard", synthetic, label="my run")
     _force_name(OWNER, "Alice: " + HOSTILE["image"] + HOSTILE["bidi"] + HOSTILE["autolink email"])
     for page in ("pages/train.py", "pages/compare.py", "pages/draw.py"):
@@ -427,7 +418,7 @@ def test_a_hostile_display_name_is_inert_and_cannot_hold_a_colon(synthetic, fres
 
 @pytest.mark.parametrize("name", ["model", "epochs", "w_even", "opt"])
 @pytest.mark.parametrize("value", [HOSTILE["image"], HOSTILE["link"], HOSTILE["bidi"], HOSTILE["autolink www"]])
-def test_a_hostile_link_parameter_is_shown_as_plain_text(fresh_runner, name, value):
+def test_a_hostile_link_parameter_is_shown_as_plain_text(name, value):
     at = open_page("pages/train.py")
     if name != "model":
         at.query_params["model"] = "hard"

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from mtl_core.config import TrainConfig
 from mtl_core.models import MODELS, build_model
 from mtl_core.store.runs import RunStore
 from mtl_core.weighting import WEIGHTINGS
@@ -42,7 +43,7 @@ def counted_flops(model: str, tasks: tuple[str, ...]) -> tuple[float, float]:
         net = build_model(model, tasks)
     x = torch.zeros(2, 1, 28, 28)  # two images: BatchNorm trains on a batch; halved below
     with FlopCounterMode(display=False) as forward:
-        out = net(x)
+        net(x)
     with FlopCounterMode(display=False) as both:
         out = net(x)
         sum(o.float().sum() for o in out.values()).backward()
@@ -110,8 +111,8 @@ def guess_epoch_seconds(config: dict, n_train: int) -> float:
     cost = step_cost(weighting, len(tasks), forward, train)
     if weighting != "static":
         cost *= AUTOGRAD_COST[spec.family]
-    reference_batch = 256 if spec.family == "lenet" else 128
-    small = max(1.0, reference_batch / config["batch_size"]) ** 0.8
+    fitted_batch = TrainConfig.preset(config["model"]).batch_size  # the rates were measured on the recipe's
+    small = max(1.0, fitted_batch / config["batch_size"]) ** 0.8
     steps = math.ceil(n / config["batch_size"])
     arithmetic = (n * train * cost * small + scored * forward) / FLOP_RATE[spec.family]
     return arithmetic + steps * SOLVER_STEP_S.get(weighting, 0.0)

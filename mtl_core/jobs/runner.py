@@ -388,13 +388,11 @@ class JobRunner:
         return ids
 
     def queue_in_turn(
-        self, configs: list[TrainConfig], owner: str = "", labels: list[str] | None = None, client: str = ""
+        self, points: list[tuple[str, TrainConfig]], owner: str = "", client: str = ""
     ) -> tuple[str, list[str]]:
-        """Queue more runs than one owner's cap at once: as many now as it allows, the rest as earlier ones
-        end (RunStore.queue_in_turn). The waiting list's id and the runs queued now."""
-        labels = labels or [""] * len(configs)
-        turn = self.store.queue_in_turn([(lb, c.to_dict()) for lb, c in zip(labels, configs)], owner, client,
-                                        self.limits)  # fmt: skip
+        """Queue more runs ((label, config) each) than one owner's cap at once: as many now as it allows, the
+        rest as earlier ones end (RunStore.queue_in_turn). The waiting list's id and the runs queued now."""
+        turn = self.store.queue_in_turn([(label, c.to_dict()) for label, c in points], owner, client, self.limits)
         self.ensure_workers()
         return turn
 
