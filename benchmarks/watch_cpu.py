@@ -101,13 +101,13 @@ def main(argv: list[str] | None = None) -> int:
                 form.get_by_label("Epochs", exact=True).fill("500")
                 form.get_by_role("button", name=re.compile("Start")).click()
                 pages.append(page)
-            for page in pages[:0]:  # every run trains and its curve is drawn
+            for page in pages:  # every run trains and its curve is drawn
                 page.wait_for_function(
                     "() => { const p = document.querySelector('.js-plotly-plot'); return p && p.data && "
                     "p.data.length && p.data[0].x.length >= 2; }",
                     timeout=T,
                 )
-            time.sleep(25)
+            time.sleep(5)
             server_ps.cpu_percent()
             watching = cpu_of(chromium_tree, a.seconds)
             server_cpu = server_ps.cpu_percent()
