@@ -705,14 +705,17 @@ def store_figures(db: Path, owners: list[str], plan: Plan) -> dict:
     }
 
 
-def server_times(log: Path, since: float, until: float) -> tuple[list[float], int]:
-    """Seconds of each full script run the server finished in [since, until] (dashboard/timing.py), and how
-    many of them a newer message from the same tab cut short."""
+def server_times(log: Path, since: float, until: float) -> tuple[dict[str, list[float]], int]:
+    """Seconds of each full script run the server finished in [since, until] (dashboard/timing.py), by page,
+    and how many of them a newer message from the same tab cut short."""
     if not log.exists():
-        return [], 0
+        return {}, 0
     rows = [line.split("\t") for line in log.read_text().splitlines()]
     rows = [r for r in rows if len(r) >= 4 and since <= float(r[0]) <= until]
-    return sorted(float(r[2]) for r in rows), sum(r[3] == "RerunException" for r in rows)
+    by_page: dict[str, list[float]] = {}
+    for r in rows:
+        by_page.setdefault(r[1], []).append(float(r[2]))
+    return by_page, sum(r[3] == "RerunException" for r in rows)
 
 
 def data_dir(given: str | None) -> str | None:
@@ -760,7 +763,8 @@ def measure(n: int, pace: Pace, plan: Plan, browser_nice: int, browsers: int, mn
             everyone_left = time.monotonic()
             figures = store_figures(db, out.owners, plan)
             wall = everyone_left - phases.setup
-            script_runs, cut_short = server_times(Path(env["MTL_TIMING_LOG"]), wall_t0, wall_t0 + wall)
+            script_runs_by_page, cut_short = server_times(Path(env["MTL_TIMING_LOG"]), wall_t0, wall_t0 + wall)
+            script_runs = sorted(v for values in script_runs_by_page.values() for v in values)
             time.sleep(15)  # the 10 s session lifetime, and a little more
             after_mb = statistics.median(s.server_mb for s in sampler.samples[-3:])
             sampler.stop.set()
@@ -808,6 +812,9 @@ def measure(n: int, pace: Pace, plan: Plan, browser_nice: int, browsers: int, mn
         "server_script_runs_cut_short": cut_short,
         "server_script_p50_s": round(percentile(script_runs, 0.5), 3) if script_runs else None,
         "server_script_p95_s": round(percentile(script_runs, 0.95), 3) if script_runs else None,
+        "server_script_runs_p50_p95_s_by_page": {
+            page: [len(v), *p50_p95(v)] for page, v in sorted(script_runs_by_page.items())
+        },
         "server_idle_mb": round(idle_mb),
         "server_peak_over_idle_mb": round(sampler.peak(*whole, "server_mb") - idle_mb),
         "server_after_close_over_idle_mb": round(after_mb - idle_mb),

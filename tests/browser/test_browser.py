@@ -555,3 +555,73 @@ def test_a_student_trains_and_reads_an_uploaded_digit_with_the_keyboard_alone(
     chooser.value.set_files(str(picture))
     expect(page.get_by_text(answer_re("Is it even?"))).to_be_visible(timeout=T)
     expect(page.get_by_text(answer_re("Is it 3, 6 or 9?"))).to_be_visible()
+
+
+def test_a_student_opens_a_lesson_stops_downloads_compares_and_deletes_with_the_keyboard_alone(
+    fresh_page: Page, streamlit_server
+):
+    """The rest of a student's actions, no mouse: a lesson opened and sent to the Train form, a run
+    stopped, its model downloaded from the popover, picked on Compare, and deleted after the question.
+    Each control is focused (as Tab would) and worked with Enter or typing."""
+    page = fresh_page
+    page.goto(streamlit_server + "/")
+    expect(page.get_by_role("heading", name="Multi-task learning playground")).to_be_visible(timeout=T)
+
+    def press(locator) -> None:
+        expect(locator).to_be_visible(timeout=T)
+        locator.focus()
+        expect(locator).to_be_focused()
+        page.keyboard.press("Enter")
+
+    # A lesson: its question opens with Enter, and its first run goes to the Train form.
+    lesson = page.get_by_test_id("stExpander").filter(has_text="Does sharing help?")
+    press(lesson.locator("summary"))
+    press(lesson.get_by_role("button", name=re.compile("Open in the Train form")))
+    expect(page.get_by_role("heading", name="Train")).to_be_visible(timeout=T)
+    form = page.get_by_test_id("stForm")
+    expect(form.get_by_label("Epochs", exact=True)).to_have_value("5")  # the lesson's 5, not the recipe's 20
+
+    # A long run, stopped from the keyboard once an epoch is in.
+    data = form.get_by_role("combobox", name="Data", exact=True)
+    data.focus()
+    page.keyboard.type("synthetic")
+    page.keyboard.press("Enter")
+    expect(data).to_have_value(re.compile(r"^synthetic"))
+    epochs = form.get_by_label("Epochs", exact=True)
+    epochs.focus()
+    page.keyboard.press("Control+A")
+    page.keyboard.type(str(STOP_EPOCHS))
+    press(form.get_by_role("button", name="Start training"))
+    expect(page.get_by_text(re.compile(rf"Epoch [1-9]\d* of {STOP_EPOCHS}"))).to_be_visible(timeout=T)
+    press(page.get_by_role("button", name="Stop"))
+    expect(page.get_by_text(re.compile(r"^Stopped after"))).to_be_visible(timeout=20_000)
+
+    # Its model: the popover opens with Enter, and Enter on the file's button downloads it.
+    press(page.get_by_role("button", name="⬇ Model"))
+    with page.expect_download() as download:
+        press(page.get_by_role("button", name="⬇ Model (.safetensors)"))
+    assert download.value.suggested_filename.endswith(".safetensors")
+    page.keyboard.press("Escape")
+
+    # Compare: a stopped run is not picked by default; typing its name and Enter picks it.
+    page.get_by_test_id("stSidebarNav").get_by_role("link", name="Compare", exact=True).focus()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Compare")).to_be_visible(timeout=T)
+    runs = page.get_by_role("combobox", name="Runs")
+    expect(page.get_by_text("Pick one or more runs above.")).to_be_visible(timeout=T)
+    runs.focus()
+    page.keyboard.type("stl")
+    page.keyboard.press("Enter")
+    expect(page.get_by_text("Pick one or more runs above.")).to_have_count(0, timeout=T)
+    expect(page.get_by_test_id("stMultiSelect").get_by_text(re.compile(r"stl · .*\(cancelled\)"))).to_be_visible()
+
+    page.keyboard.press("Escape")  # the picker's list closes; the rest of the page is reachable again
+
+    # Delete, after the question that names the run.
+    page.get_by_test_id("stSidebarNav").get_by_role("link", name="Train", exact=True).focus()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Train")).to_be_visible(timeout=T)
+    press(page.get_by_role("button", name="🗑 Delete run"))
+    expect(page.get_by_text(re.compile(r"^Delete “stl · "))).to_be_visible(timeout=T)
+    press(page.get_by_role("button", name="Delete", exact=True))
+    expect(page.get_by_text(re.compile(r"^No runs yet"))).to_be_visible(timeout=T)
