@@ -27,6 +27,17 @@ def _fewer_malloc_arenas(arenas: int = 2) -> None:
         pass
 
 
+def _one_torch_thread() -> None:
+    """The server's own torch work (answers on Draw, saliency, confusion matrices, exports) is small and
+    comes from many sessions at once, while the training workers keep the cores busy. Two intra-op threads
+    then wait on each other at every parallel step: a saliency map took 66 ms at the median with two
+    threads and 7 ms with one beside two busy processes at nice 10 (12 and 3 ms on an idle machine).
+    Parallelism across students comes from the sessions' own threads; the workers set their own count."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def _install_ingress_budget() -> None:
     """Put dashboard/ingress.py's per-tab budget in front of Streamlit's own middleware. Streamlit 1.67
     offers middleware only to an `st.App` script, which plain `streamlit run app.py` is not, so the list
@@ -70,6 +81,7 @@ def _router_from_the_first_request() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     _fewer_malloc_arenas()
+    _one_torch_thread()
     from mtl_core.jobs.runner import RunnerSettings, server_runner
     from mtl_core.settings import SettingError
     from mtl_core.store.classroom import teacher_token

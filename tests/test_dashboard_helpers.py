@@ -238,6 +238,20 @@ def test_the_conflict_chart_has_one_line_per_task_pair_and_a_zero_line():
     assert conflict_chart([{"epoch": 1, "conflict": None}]) is None  # STL: nothing shared, nothing drawn
 
 
+def test_every_chart_is_drawn_on_white_with_the_projector_margins():
+    """The look comes from plotly's default template (set once in dashboard/charts.py), not from each figure."""
+    import json
+
+    import plotly.io as pio
+
+    from dashboard.charts import conflict_chart
+
+    fig = conflict_chart([{"epoch": 1, "conflict": {"cos": {"a|b": 0.5}}}])
+    drawn = json.loads(pio.to_json(fig))["layout"]  # what st.plotly_chart sends the browser
+    assert drawn["template"]["layout"]["plot_bgcolor"] == "white"
+    assert drawn["margin"] == {"l": 10, "r": 10, "t": 45, "b": 10}
+
+
 def test_a_click_on_a_confusion_cell_is_read_back_as_that_cell():
     from dashboard.charts import cell_of_point, confusion_heatmap
 

@@ -322,8 +322,10 @@ def test_a_store_emptied_under_a_training_server_loses_no_run(store):
         def back() -> bool:
             try:
                 return store.get_run(long)["status"] == "interrupted"
-            except (StoreUnavailable, TypeError):
-                return False  # not recovered yet, or recovered before the worker kept the run
+            except (StoreUnavailable, sqlite3.DatabaseError, TypeError):
+                # Not recovered yet (emptied, or malformed while the old WAL went back into it: the pages
+                # and the runner recover on that error), or recovered before the worker kept the run.
+                return False
 
         assert wait_for(back, timeout=60), store.notice
         run = store.get_run(long)

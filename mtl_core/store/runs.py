@@ -327,16 +327,17 @@ class RunStore:
         return f"{self.path.absolute().as_uri()}?mode={mode}"
 
     def _read_identity(self, db: sqlite3.Connection) -> int | None:
-        try:
-            row = db.execute("SELECT value FROM meta WHERE key='store_id'").fetchone()
-            db.execute("SELECT 1 FROM runs LIMIT 1").fetchone()
+        try:  # one statement: it names both tables, so either one missing fails it
+            row = db.execute(
+                "SELECT (SELECT value FROM meta WHERE key='store_id'), EXISTS (SELECT 1 FROM runs)"
+            ).fetchone()
         except sqlite3.OperationalError as exc:
             if "no such table" in str(exc).lower():
                 raise StoreLost(
                     f"The run store {self.path.name} is no longer a run store (emptied or replaced)."
                 ) from exc
             raise
-        return row[0] if row else None
+        return row[0]
 
     def _check_identity(self, db: sqlite3.Connection) -> None:
         if self._read_identity(db) != self.store_id:
@@ -590,11 +591,11 @@ class RunStore:
         try:
             if not self.read_only:
                 self._check_identity(db)  # emptied or replaced under us: StoreLost, never a silent new schema
-            db.execute("PRAGMA foreign_keys=ON")
-            # WAL with NORMAL sync: commits stay atomic and survive a crashed process; only a power cut
-            # can lose the last ones. FULL would fsync every heartbeat and epoch.
-            db.execute("PRAGMA synchronous=NORMAL")
-            if write:
+            if write:  # both pragmas only act on writes; a read skips them (each call costs a busy server)
+                db.execute("PRAGMA foreign_keys=ON")
+                # WAL with NORMAL sync: commits stay atomic and survive a crashed process; only a power cut
+                # can lose the last ones. FULL would fsync every heartbeat and epoch.
+                db.execute("PRAGMA synchronous=NORMAL")
                 db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
