@@ -12,6 +12,11 @@ class SettingError(ValueError):
     """An environment setting that cannot be used; the message names the variable and what it takes."""
 
 
+# A worker's `nice` past 19: Linux's idle scheduling class (MTL_WORKER_NICE=idle, the default;
+# mtl_core/jobs/worker.py lower_priority).
+IDLE_CLASS = 20
+
+
 def _raw(name: str) -> str | None:
     text = os.environ.get(name, "").strip()
     return text or None  # set but empty counts as unset, as a shell's `MTL_X= cmd` means

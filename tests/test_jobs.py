@@ -12,6 +12,7 @@ from waiting import wait_for  # tests/waiting.py
 
 from mtl_core.config import TrainConfig
 from mtl_core.jobs.runner import JobRunner, Limits, QueueFull, RunnerSettings
+from mtl_core.settings import IDLE_CLASS, SettingError
 from mtl_core.store.runs import RunStore
 
 
@@ -245,17 +246,32 @@ def test_workers_that_die_at_once_are_not_respawned_in_a_loop(store, monkeypatch
         runner.shutdown()
 
 
-def test_workers_run_below_the_server_in_cpu_priority(store):
-    """A click on a page must not wait behind training: workers start `nice` steps lower."""
-    assert RunnerSettings.from_env().nice == 10  # the default a classroom server gets
-    runner = JobRunner(store, settings=RunnerSettings(workers=1, nice=5))
+@pytest.mark.parametrize("setting", ["", "idle", "5"])
+def test_workers_run_below_the_server_in_cpu_priority(store, monkeypatch, setting):
+    """A click on a page must not wait behind training: by default workers run in the kernel's idle class
+    (only on CPU time nothing else wants); MTL_WORKER_NICE=5 starts them 5 steps lower instead."""
+    monkeypatch.setenv("MTL_WORKER_NICE", setting)
+    settings = RunnerSettings.from_env()
+    assert settings.nice == (5 if setting == "5" else IDLE_CLASS)
+    runner = JobRunner(store, settings=RunnerSettings(workers=1, nice=settings.nice))
     try:
         assert runner.wait_ready(60)
         (worker,) = runner._workers
-        mine = os.getpriority(os.PRIO_PROCESS, 0)
-        assert os.getpriority(os.PRIO_PROCESS, worker.proc.pid) == min(19, mine + 5)
+        policy = os.sched_getscheduler(worker.proc.pid)
+        if setting == "5":
+            mine = os.getpriority(os.PRIO_PROCESS, 0)
+            assert policy == os.SCHED_OTHER
+            assert os.getpriority(os.PRIO_PROCESS, worker.proc.pid) == min(19, mine + 5)
+        else:
+            assert policy == os.SCHED_IDLE
     finally:
         runner.shutdown()
+
+
+def test_a_worker_priority_outside_its_range_is_refused_with_its_choices(monkeypatch):
+    monkeypatch.setenv("MTL_WORKER_NICE", "20")
+    with pytest.raises(SettingError, match=r"MTL_WORKER_NICE='20' is not usable: .* from 0 to 19, or idle"):
+        RunnerSettings.from_env()
 
 
 def test_a_long_epoch_reports_how_far_it_is_with_the_heartbeat(runner, store):

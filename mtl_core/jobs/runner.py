@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtl_core.config import TrainConfig
-from mtl_core.settings import env_choice, env_float, env_int
+from mtl_core.settings import IDLE_CLASS, SettingError, env_choice, env_float, env_int
 from mtl_core.store.runs import (
     STORE_EXIT,
     Limits,
@@ -73,7 +73,7 @@ class RunnerSettings:
     max_threads: int = 0  # a run alone on the machine may take this many threads (0: `threads`)
     max_job_s: float = 0.0  # 0: no limit
     abandon_s: float = 0.0  # 0: queued runs of a closed tab wait forever
-    nice: int = 0  # added to the workers' scheduling niceness: clicks on the pages come before training
+    nice: int = 0  # added to the workers' niceness (IDLE_CLASS: the idle class): clicks come before training
     limits: Limits = field(default_factory=Limits)
     executor: str = "local"  # "local": worker processes here; "ray": tasks on a Ray cluster (ray_backend.py)
     ray_address: str = ""  # "" starts a local Ray instance; "auto" or host:port joins a running cluster
@@ -95,11 +95,22 @@ class RunnerSettings:
             max_threads=env_int("MTL_MAX_THREADS", threads if pinned else cores, 0, 1024),
             max_job_s=_env_float("MTL_MAX_JOB_MINUTES", 30) * 60,
             abandon_s=_env_float("MTL_ABANDON_MINUTES", 10) * 60,
-            nice=env_int("MTL_WORKER_NICE", 10, 0, 19),  # lower priority only: raising it needs root
+            nice=_worker_nice(),
             limits=Limits.from_env(),
             executor=env_choice("MTL_EXECUTOR", "local", EXECUTORS),
             ray_address=os.environ.get("MTL_RAY_ADDRESS", "").strip(),
         )
+
+
+def _worker_nice() -> int:
+    """MTL_WORKER_NICE: "idle" (the default; the kernel's idle class, `worker.lower_priority`) or a
+    niceness of 0-19 (lower priority only: raising it needs root)."""
+    if os.environ.get("MTL_WORKER_NICE", "").strip().lower() in ("", "idle"):
+        return IDLE_CLASS
+    try:
+        return env_int("MTL_WORKER_NICE", 10, 0, 19)
+    except SettingError as exc:
+        raise SettingError(f"{exc}, or idle") from None
 
 
 class _Worker:

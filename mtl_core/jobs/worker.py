@@ -25,6 +25,7 @@ from mtl_core.analysis import predictions_bytes, predictions_from_outputs
 from mtl_core.checkpoint import model_bytes
 from mtl_core.config import ConfigError, TrainConfig
 from mtl_core.data import DataUnavailable, MTLData, load_data, make_multimnist
+from mtl_core.settings import IDLE_CLASS
 from mtl_core.store.run_link import STORE_ERRORS, RunLink, StoreLink, is_store_failure, store_problem
 from mtl_core.store.runs import STORE_EXIT, RunStore
 from mtl_core.training.loop import Training
@@ -324,10 +325,7 @@ def serve(
     train queued runs one after another and exit as soon as none can be claimed (the fair-share extra
     worker: one process start for a whole wave of waiting runs, not one per run)."""
     worker = worker or uuid.uuid4().hex
-    if nice > 0:
-        # Below the server in the CPU's queue: on a busy box a click is answered first and training
-        # takes what is left (on an otherwise idle machine this costs training nothing).
-        os.nice(nice)
+    lower_priority(nice)
     if threads > 0:
         # One thread per worker and one worker per core: tiny matrices gain nothing from a second
         # thread, and two workers with two threads each on two cores wait on each other.
@@ -367,6 +365,22 @@ def _exit_for_store(exc: BaseException) -> None:
     sys.exit(STORE_EXIT)
 
 
+def lower_priority(nice: int) -> None:
+    """Below the server in the CPU's queue: on a busy box a click is answered first and training takes
+    what is left (on an otherwise idle machine this costs training nothing). IDLE_CLASS goes further than
+    any niceness: the kernel runs this process only on CPU time no ordinary process wants, so neither the
+    server nor a browser on the same machine ever waits for training. Where there is no idle class, the
+    lowest niceness."""
+    if nice >= IDLE_CLASS:
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            return
+        except (AttributeError, OSError):
+            nice = 19
+    if nice > 0:
+        os.nice(nice)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--db", required=True, type=Path)
@@ -375,7 +389,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--drain", action="store_true", help="train queued runs until none can be claimed, then exit")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--max-seconds", type=float, default=0, help="stop a job after this long (0: no limit)")
-    ap.add_argument("--nice", type=int, default=0, help="lower this worker's CPU priority by this much")
+    ap.add_argument(
+        "--nice", type=int, default=0, help=f"lower this worker's CPU priority by this much ({IDLE_CLASS}: idle class)"
+    )
     ap.add_argument(
         "--max-threads", type=int, default=0, help="threads a run alone on the machine may take (0: --threads)"
     )
