@@ -507,6 +507,27 @@ def test_every_page_is_readable_and_open_to_every_student_at_both_sizes(app: Pag
     assert not problems, "\n".join(problems)
 
 
+def open_page_by_keyboard(page: Page, name: str, heading: str) -> None:
+    """The sidebar link focused (as Tab would reach it) and followed with Enter."""
+    page.get_by_test_id("stSidebarNav").get_by_role("link", name=name, exact=True).focus()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name=heading)).to_be_visible(timeout=T)
+
+
+def fill_by_keyboard(page: Page, data: str, epochs: int) -> None:
+    """The Train form's Data typed into its picker and Epochs typed over, each control focused first."""
+    form = page.get_by_test_id("stForm")
+    picker = form.get_by_role("combobox", name="Data", exact=True)
+    picker.focus()
+    page.keyboard.type(data)
+    page.keyboard.press("Enter")
+    expect(picker).to_have_value(re.compile(rf"^{data}"))
+    field = form.get_by_label("Epochs", exact=True)
+    field.focus()
+    page.keyboard.press("Control+A")
+    page.keyboard.type(str(epochs))
+
+
 def test_a_student_trains_and_reads_an_uploaded_digit_with_the_keyboard_alone(
     fresh_page: Page, streamlit_server, tmp_path
 ):
@@ -519,23 +540,9 @@ def test_a_student_trains_and_reads_an_uploaded_digit_with_the_keyboard_alone(
     page.goto(streamlit_server + "/")
     expect(page.get_by_role("heading", name="Multi-task learning playground")).to_be_visible(timeout=T)
 
-    def open_page_by_keyboard(name: str, heading: str) -> None:
-        page.get_by_test_id("stSidebarNav").get_by_role("link", name=name, exact=True).focus()
-        page.keyboard.press("Enter")
-        expect(page.get_by_role("heading", name=heading)).to_be_visible(timeout=T)
-
-    open_page_by_keyboard("Train", "Train")
-    form = page.get_by_test_id("stForm")
-    data = form.get_by_role("combobox", name="Data", exact=True)
-    data.focus()
-    page.keyboard.type("synthetic")
-    page.keyboard.press("Enter")
-    expect(data).to_have_value(re.compile(r"^synthetic"))
-    epochs = form.get_by_label("Epochs", exact=True)
-    epochs.focus()
-    page.keyboard.press("Control+A")
-    page.keyboard.type("2")
-    form.get_by_role("button", name="Start training").focus()
+    open_page_by_keyboard(page, "Train", "Train")
+    fill_by_keyboard(page, "synthetic", 2)
+    page.get_by_test_id("stForm").get_by_role("button", name="Start training").focus()
     page.keyboard.press("Enter")
     expect(page.get_by_text("Finished all 2 epochs")).to_be_visible(timeout=120_000)
 
@@ -543,7 +550,7 @@ def test_a_student_trains_and_reads_an_uploaded_digit_with_the_keyboard_alone(
     img = Image.new("L", (280, 280), 0)
     ImageDraw.Draw(img).line([(140, 50), (140, 230)], fill=255, width=24)  # a "1"
     img.save(picture)
-    open_page_by_keyboard("Draw", "Draw a digit")
+    open_page_by_keyboard(page, "Draw", "Draw a digit")
     # Once the page has settled (its models chosen, the canvas up), so no rerun takes the focus away.
     expect(page.get_by_text("Draw a digit on the black square")).to_be_visible(timeout=T)
     expect(page.locator("canvas.upper-canvas")).to_be_visible(timeout=T)
@@ -582,15 +589,7 @@ def test_a_student_opens_a_lesson_stops_downloads_compares_and_deletes_with_the_
     expect(form.get_by_label("Epochs", exact=True)).to_have_value("5")  # the lesson's 5, not the recipe's 20
 
     # A long run, stopped from the keyboard once an epoch is in.
-    data = form.get_by_role("combobox", name="Data", exact=True)
-    data.focus()
-    page.keyboard.type("synthetic")
-    page.keyboard.press("Enter")
-    expect(data).to_have_value(re.compile(r"^synthetic"))
-    epochs = form.get_by_label("Epochs", exact=True)
-    epochs.focus()
-    page.keyboard.press("Control+A")
-    page.keyboard.type(str(STOP_EPOCHS))
+    fill_by_keyboard(page, "synthetic", STOP_EPOCHS)
     press(form.get_by_role("button", name="Start training"))
     expect(page.get_by_text(re.compile(rf"Epoch [1-9]\d* of {STOP_EPOCHS}"))).to_be_visible(timeout=T)
     press(page.get_by_role("button", name="Stop"))
@@ -604,9 +603,7 @@ def test_a_student_opens_a_lesson_stops_downloads_compares_and_deletes_with_the_
     page.keyboard.press("Escape")
 
     # Compare: a stopped run is not picked by default; typing its name and Enter picks it.
-    page.get_by_test_id("stSidebarNav").get_by_role("link", name="Compare", exact=True).focus()
-    page.keyboard.press("Enter")
-    expect(page.get_by_role("heading", name="Compare")).to_be_visible(timeout=T)
+    open_page_by_keyboard(page, "Compare", "Compare")
     runs = page.get_by_role("combobox", name="Runs")
     expect(page.get_by_text("Pick one or more runs above.")).to_be_visible(timeout=T)
     runs.focus()
@@ -618,9 +615,7 @@ def test_a_student_opens_a_lesson_stops_downloads_compares_and_deletes_with_the_
     page.keyboard.press("Escape")  # the picker's list closes; the rest of the page is reachable again
 
     # Delete, after the question that names the run.
-    page.get_by_test_id("stSidebarNav").get_by_role("link", name="Train", exact=True).focus()
-    page.keyboard.press("Enter")
-    expect(page.get_by_role("heading", name="Train")).to_be_visible(timeout=T)
+    open_page_by_keyboard(page, "Train", "Train")
     press(page.get_by_role("button", name="🗑 Delete run"))
     expect(page.get_by_text(re.compile(r"^Delete “stl · "))).to_be_visible(timeout=T)
     press(page.get_by_role("button", name="Delete", exact=True))
