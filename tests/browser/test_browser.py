@@ -568,7 +568,8 @@ def test_a_student_opens_a_lesson_stops_downloads_compares_and_deletes_with_the_
     fresh_page: Page, streamlit_server
 ):
     """The rest of a student's actions, no mouse: a lesson opened and sent to the Train form, a run
-    stopped, its model downloaded from the popover, picked on Compare, and deleted after the question.
+    stopped, its model downloaded from the popover, picked on Compare and looked inside through its tab, and
+    deleted after the question.
     Each control is focused (as Tab would) and worked with Enter or typing."""
     page = fresh_page
     page.goto(streamlit_server + "/")
@@ -613,6 +614,10 @@ def test_a_student_opens_a_lesson_stops_downloads_compares_and_deletes_with_the_
     expect(page.get_by_test_id("stMultiSelect").get_by_text(re.compile(r"stl · .*\(cancelled\)"))).to_be_visible()
 
     page.keyboard.press("Escape")  # the picker's list closes; the rest of the page is reachable again
+    # A tab of the comparison, opened with Enter: only then is its content built (on_change="rerun").
+    expect(page.get_by_role("combobox", name="Run", exact=True)).to_have_count(0)
+    press(page.get_by_role("tab", name=re.compile("Look inside one run")))
+    expect(page.get_by_role("combobox", name="Run", exact=True)).to_have_value(re.compile(r"^stl · "), timeout=T)
 
     # Delete, after the question that names the run.
     open_page_by_keyboard(page, "Train", "Train")
