@@ -24,15 +24,16 @@ same messages on the same websocket, no rendering). One Chromium session costs t
 CPU-seconds against about 0.5 s for the server; a class's browsers run on the students' computers, so 30
 Chromiums on the server's own 2 cores would measure the browsers. The browsers run at the lowest CPU
 priority (`--browser-nice 19`), and the server logs how long each of its script runs took
-(MTL_TIMING_LOG, dashboard/timing.py). The hostile, long-jobs and watching sessions are browserless.
+(MTL_TIMING_LOG, dashboard/timing.py; reported per page). The hostile, long-jobs and watching sessions are
+browserless.
 
-Reported per N: failed sessions, exceptions on the page, click p50/p95 (click to the awaited text; for
-all regular sessions, and for each kind), queue wait p50/p95/max of the regular students' short runs
-(started - created in the run store), short jobs finished exactly once, the long runs' state and the
-seconds fair share paused them, the server's memory (its process and children other than training
-workers, sampled every second) at its peak over its idle size, the workers' memory, the server's CPU
-during the class and while only the watching tabs are left, and whether the hostile canvas messages got
-the "too large" sentence.
+Reported per N: failed sessions, exceptions on the page, click p50/p95 (click to the awaited text, a drawing
+from the pen lifted; for all regular sessions, for each kind, and Chromium's seconds per action), queue wait
+p50/p95/max of the regular students' short runs (started - created in the run store), short jobs finished
+exactly once, the long runs' state and the seconds fair share paused them, the server's memory (its process
+and children other than training workers, sampled every second) at its peak over its idle size, the workers'
+memory, the server's CPU during the class and while only the watching tabs are left, and whether the hostile
+canvas messages got the "too large" sentence.
 
 Pacing: by default the regular students arrive evenly over 60 s and pause 3 s between actions, as a
 class does; `--lockstep` has all of them start at once and click as fast as they can (the worst case).
