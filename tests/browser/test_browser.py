@@ -567,10 +567,9 @@ def test_a_student_trains_and_reads_an_uploaded_digit_with_the_keyboard_alone(
 def test_a_student_opens_a_lesson_stops_downloads_compares_and_deletes_with_the_keyboard_alone(
     fresh_page: Page, streamlit_server
 ):
-    """The rest of a student's actions, no mouse: a lesson opened and sent to the Train form, a run
-    stopped, its model downloaded from the popover, picked on Compare and looked inside through its tab, and
-    deleted after the question.
-    Each control is focused (as Tab would) and worked with Enter or typing."""
+    """The rest of a student's actions, no mouse: a lesson opened and sent to the Train form, a run stopped,
+    its model downloaded from the popover, picked on Compare and looked inside through its tab, and deleted
+    after the question. Each control is focused (as Tab would) and worked with Enter or typing."""
     page = fresh_page
     page.goto(streamlit_server + "/")
     expect(page.get_by_role("heading", name="Multi-task learning playground")).to_be_visible(timeout=T)
@@ -612,7 +611,6 @@ def test_a_student_opens_a_lesson_stops_downloads_compares_and_deletes_with_the_
     page.keyboard.press("Enter")
     expect(page.get_by_text("Pick one or more runs above.")).to_have_count(0, timeout=T)
     expect(page.get_by_test_id("stMultiSelect").get_by_text(re.compile(r"stl · .*\(cancelled\)"))).to_be_visible()
-
     page.keyboard.press("Escape")  # the picker's list closes; the rest of the page is reachable again
     # A tab of the comparison, opened with Enter: only then is its content built (on_change="rerun").
     expect(page.get_by_role("combobox", name="Run", exact=True)).to_have_count(0)
