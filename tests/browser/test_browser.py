@@ -27,6 +27,11 @@ CURVE_LEN_JS = """() => {
     const p = document.querySelector('.js-plotly-plot');
     return p && p.data && p.data.length ? p.data[0].x.length : 0;
 }"""
+# The app's script (or a fragment of it) is not running: what it drew is on the page, stale elements gone.
+SCRIPT_DONE_JS = """() => {
+    const app = document.querySelector('[data-test-script-state]');
+    return app && app.getAttribute('data-test-script-state') === 'notRunning';
+}"""
 PLOT_TYPES_JS = """() => Array.from(document.querySelectorAll('.js-plotly-plot'))
     .map(p => (p.data || []).map(d => d.type))"""
 PLOT_TITLES_JS = """() => Array.from(document.querySelectorAll('.js-plotly-plot'))
@@ -72,7 +77,11 @@ def fill_train_form(page: Page, model_title: str, description: str, epochs: int,
     """Pick a model, data "synthetic", epochs and batch size, and press Start training."""
     page.get_by_test_id("stRadio").get_by_text(model_title, exact=True).click()
     expect(page.get_by_text(description)).to_be_visible(timeout=T)
+    # Each model's form has fields of its own: until the rerun that drew the new one is over, the old
+    # one's Epochs can still be on the page beside it.
+    page.wait_for_function(SCRIPT_DONE_JS, timeout=T)
     form = page.get_by_test_id("stForm")
+    expect(form.get_by_label("Epochs", exact=True)).to_have_count(1, timeout=T)
     data = form.get_by_role("combobox", name="Data", exact=True)
     data.click()
     page.get_by_role("option", name="synthetic").click()
