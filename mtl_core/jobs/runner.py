@@ -105,10 +105,10 @@ class RunnerSettings:
 def _worker_nice() -> int:
     """MTL_WORKER_NICE: "idle" (the default; the kernel's idle class, `worker.lower_priority`) or a
     niceness of 0-19 (lower priority only: raising it needs root)."""
-    if os.environ.get("MTL_WORKER_NICE", "").strip().lower() in ("", "idle"):
+    if os.environ.get("MTL_WORKER_NICE", "").strip().lower() == "idle":
         return IDLE_CLASS
     try:
-        return env_int("MTL_WORKER_NICE", 10, 0, 19)
+        return env_int("MTL_WORKER_NICE", IDLE_CLASS, 0, 19)  # unset (or empty): the idle class
     except SettingError as exc:
         raise SettingError(f"{exc}, or idle") from None
 
