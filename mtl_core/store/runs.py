@@ -1066,13 +1066,14 @@ class RunStore:
         turn dropped, so a closed tab does not hold the queue. Owners never seen by the dashboard (the CLI)
         are left alone."""
         gone = "SELECT owner FROM owners WHERE seen < ?"
+        now = time.time()
         with self._connect(write=True) as db:
             db.execute(f"UPDATE sweeps SET open=0 WHERE kind='turn' AND open=1 AND owner IN ({gone})",
-                       (time.time() - max_age_s,))  # fmt: skip
+                       (now - max_age_s,))  # fmt: skip
             rows = db.execute(
                 "UPDATE runs SET status='cancelled', reason='its browser tab was closed before it started', "
                 f"finished=? WHERE status='queued' AND owner IN ({gone}) RETURNING id",
-                (time.time(), time.time() - max_age_s),
+                (now, now - max_age_s),
             ).fetchall()
         return [r[0] for r in rows]
 
