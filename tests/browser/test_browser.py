@@ -563,6 +563,7 @@ def test_a_student_trains_and_reads_an_uploaded_digit_with_the_keyboard_alone(
     # Once the page has settled (its models chosen, the canvas up), so no rerun takes the focus away.
     expect(page.get_by_text("Draw a digit on the black square")).to_be_visible(timeout=T)
     expect(page.locator("canvas.upper-canvas")).to_be_visible(timeout=T)
+    page.wait_for_function(SCRIPT_DONE_JS, timeout=T)  # the canvas's first value reran the page: it is over
     browse = page.get_by_test_id("stFileUploader").get_by_role("button").first
     browse.focus()
     expect(browse).to_be_focused()
