@@ -427,6 +427,7 @@ async def long_jobs_session(base: str, db: Path, plan: Plan, ready: asyncio.Even
     try:
         await over.wait()
         out.watching["fragment_runs"] = [tab.fragment_runs for tab in tabs]
+        out.watching["live_fetches"] = [tab.live_fetches for tab in tabs]
         out.watching["tabs_closed_by_server"] = sum(bool(tab.closed) for tab in [s, *tabs])
         out.watching["exceptions"] = sum(len(tab.exceptions) for tab in [s, *tabs])
     finally:
@@ -829,7 +830,8 @@ def measure(n: int, pace: Pace, plan: Plan, browser_nice: int, browsers: int, mn
             k: round(sampler.mean(*during, k)) for k in ("server_cpu", "worker_cpu", "client_cpu", "machine_cpu")
         },
         "watching_tabs": len(watchers),
-        "watching_polls_per_tab": watchers,
+        "watching_polls_per_tab": watchers,  # script reruns of a fragment (the charts' own pace, for one)
+        "watching_live_fetches_per_tab": out.watching.get("live_fetches", []),  # the progress line's
         "watching_long_runs_running": out.watching.get("long_runs_running"),
         "watching_server_cpu_pct": round(sampler.mean(phases.watch_from, phases.watch_until, "server_cpu"))
         if watch_s > 0

@@ -9,7 +9,9 @@ A thin session does what the browser does on the wire, as recorded from Chromium
 it fetches the page and the static files it names, opens `/_stcore/stream`, sends a `rerun_script`
 BackMsg for each click (the query string, the page's script hash, the widgets it changed, a trigger
 for a button), and reruns each fragment at the interval the server asks for (`auto_rerun`) until told
-to stop. Widgets are found by the key at the end of their element id. It renders nothing: an action's
+to stop. A run's live progress line (dashboard/live.py) is kept as the browser keeps it: its address
+fetched every `poll_ms`, and one rerun of its fragment, with the component's trigger, when the run's state
+changes. Widgets are found by the key at the end of their element id. It renders nothing: an action's
 time runs from sending its message to the end of the script run that sent the awaited text, so it
 holds the server's work, its queueing behind other sessions, and the loopback network.
 
@@ -38,6 +40,7 @@ from streamlit.proto.WidgetStates_pb2 import WidgetState
 
 FULL_RUN_DONE = (ForwardMsg.FINISHED_SUCCESSFULLY, ForwardMsg.FINISHED_WITH_COMPILE_ERROR)
 COOKIE_WRITER = "mtl_cookie_writer"  # dashboard/identity.py's component: its data is the cookies it sets
+LIVE_PROGRESS = "mtl_live_progress"  # dashboard/live.py's component: its data says what to fetch and how often
 
 
 def _texts(element) -> list[str]:
@@ -76,6 +79,8 @@ class ThinSession:
         self.last_status = ""
         self.closed = ""
         self._fragments: dict[str, asyncio.Task] = {}
+        self._live: dict[str, asyncio.Task] = {}  # live progress lines on the page, by component id
+        self.live_fetches = 0
         self._reader: asyncio.Task | None = None
 
     # --- the connection -------------------------------------------------------------------------
@@ -107,7 +112,7 @@ class ThinSession:
             self._get(f"{self.base}/{ref}")
 
     async def close(self) -> None:
-        for task in self._fragments.values():
+        for task in [*self._fragments.values(), *self._live.values()]:
             task.cancel()
         if self._reader:
             self._reader.cancel()
@@ -138,7 +143,11 @@ class ThinSession:
                 self.widget_ids[element_id.split("-", 2)[2]] = element_id
             if which == "bidi_component" and element.bidi_component.component_name == COOKIE_WRITER:
                 self._write_cookies(element.bidi_component.json)
+            if which == "bidi_component" and element.bidi_component.component_name == LIVE_PROGRESS:
+                self._follow_live(element.bidi_component, msg.delta.fragment_id)
             self.seen.extend(_texts(element))
+        elif kind == "new_session":  # a full run starts: the page is drawn anew, its live lines with it
+            self._stop_live()
         elif kind == "navigation":
             self.pages = {p.url_pathname: p.page_script_hash for p in msg.navigation.app_pages}
             self.page_hash = msg.navigation.page_script_hash
@@ -175,12 +184,48 @@ class ThinSession:
             else:
                 self.cookies.pop(c["name"], None)
 
+    def _follow_live(self, component, fragment: str) -> None:
+        """What the live progress line's script does in the browser (dashboard/live.py's _JS)."""
+        data = json.loads(component.json or "{}")
+        old = self._live.pop(component.id, None)
+        if old:
+            old.cancel()
+        self._live[component.id] = asyncio.create_task(self._poll_live(component.id, data, fragment))
+
+    def _stop_live(self) -> None:
+        for task in self._live.values():
+            task.cancel()
+        self._live.clear()
+
+    async def _poll_live(self, component_id: str, data: dict, fragment: str) -> None:
+        from streamlit.components.v2.bidi_component.main import _make_trigger_id
+
+        first = data["state"]
+        while True:
+            await asyncio.sleep(data["poll_ms"] / 1000)
+            try:
+                now = json.loads(await asyncio.to_thread(self._get, self.base + data["url"]))
+            except (OSError, ValueError):
+                continue  # as the browser: try again next turn
+            self.live_fetches += 1
+            if now["status"] != first["status"] or (first["epochs"] == 0 and now["epochs"] > 0):
+                payload = json.dumps([{"event": "changed", "value": f"{now['status']}:{now['epochs']}"}])
+                trigger = WidgetState(id=_make_trigger_id(component_id, "events"), json_trigger_value=payload)
+                await self._send(fragment_id=fragment, raw=[trigger], auto=False)
+                return
+
     async def _poll(self, fragment: str, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
             await self._send(fragment_id=fragment)
 
-    async def _send(self, widgets: dict[str, WidgetState] | None = None, fragment_id: str = "") -> None:
+    async def _send(
+        self,
+        widgets: dict[str, WidgetState] | None = None,
+        fragment_id: str = "",
+        raw: list[WidgetState] | None = None,
+        auto: bool = True,
+    ) -> None:
         msg = BackMsg()
         state = msg.rerun_script
         state.query_string = self.query
@@ -189,12 +234,14 @@ class ThinSession:
             state.page_name = self.path
         if fragment_id:
             state.fragment_id = fragment_id
-            state.is_auto_rerun = True
+            state.is_auto_rerun = auto
         for key, value in {**self.sticky, **(widgets or {})}.items():
             if key in self.widget_ids:
                 entry = state.widget_states.widgets.add()
                 entry.CopyFrom(value)
                 entry.id = self.widget_ids[key]
+        for entry in raw or []:  # widget states by their full id (a component's trigger)
+            state.widget_states.widgets.add().CopyFrom(entry)
         ctx = state.context_info
         ctx.timezone, ctx.locale, ctx.url, ctx.color_scheme = "UTC", "en-US", f"{self.base}/{self.path}", "light"
         await self.ws.send(msg.SerializeToString())

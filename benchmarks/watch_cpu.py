@@ -1,7 +1,7 @@
 """What a tab watching a run in training costs its browser: `python benchmarks/watch_cpu.py [--tabs 2]`.
 
 Starts the dashboard (`python -m dashboard.serve`, its own MTL_HOME), opens `--tabs` headless Chromium
-tabs (each a student of its own), has each queue a long hard-sharing run from the Train form, and once
+tabs (each a student of its own), has each queue a long run from the Train form (its default model, STL), and once
 every run trains, samples the CPU of the whole Chromium process tree for `--seconds`, with the tabs
 only watching. Prints the browsers' CPU per watching tab (% of one core), the server's, and, for
 reference, the same tabs sitting on the Home page (where nothing polls). Issue 24's goal: at most 5 %

@@ -26,10 +26,15 @@ SAFE_SCALES = ("Blues", "RdBu")
 pio.templates.default = "plotly_white"
 
 
+# Markers drawn per line at most, spread along it: enough to tell the lines apart, while a curve of 500
+# epochs is not 500 shapes per line for the browser to build again each time the chart takes new epochs.
+MAX_MARKERS = 25
+
+
 def series_style(i: int) -> dict:
     """The i-th line's look: colour, dash and marker all differ from the previous lines'."""
     return dict(line=dict(color=PALETTE[i % len(PALETTE)], dash=DASHES[i % len(DASHES)]),
-                marker=dict(symbol=SYMBOLS[i % len(SYMBOLS)], size=7))  # fmt: skip
+                marker=dict(symbol=SYMBOLS[i % len(SYMBOLS)], size=7, maxdisplayed=MAX_MARKERS))  # fmt: skip
 
 
 def epoch_axis(fig: go.Figure, last_epoch: int) -> None:
@@ -77,7 +82,7 @@ def training_curves(records: list[dict], total_epochs: int | None = None) -> go.
                 name="average acc",
                 mode="lines+markers",
                 line=dict(color="black", dash="dash", width=3),
-                marker=dict(symbol="star", size=9),
+                marker=dict(symbol="star", size=9, maxdisplayed=MAX_MARKERS),
             ),
             row=1,
             col=2,

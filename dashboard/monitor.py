@@ -1,4 +1,5 @@
-"""Live view of one run: status, progress with ETA, Stop, curves; redrawn by a polling fragment."""
+"""Live view of one run: status, progress with ETA, Stop, curves. While the run trains, the browser keeps
+its progress line live (dashboard/live.py) and the charts take new epochs in a fragment of their own pace."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import streamlit as st
 from dashboard.charts import affinity_heatmap, conflict_chart, overlay, training_curves
 from dashboard.classroom import can_download, can_manage, is_teacher
 from dashboard.forms import load_into_form, share_link_ui
+from dashboard.live import progress, progress_line, running_line, served
 from dashboard.state import (
     client_address,
     get_data,
@@ -42,14 +44,6 @@ CHART_EVERY_S = env_float("MTL_CHART_EVERY_S", 15.0, 1.0, 600.0)
 STILL_PROGRESS_CSS = "<style>[data-testid='stProgress'] * {transition: none !important;}</style>"
 
 
-def _eta(records: list[dict], total: int) -> str:
-    if not records:
-        return "first epoch running…"
-    per = sum(r["seconds"] for r in records) / len(records)
-    left = per * (total - len(records))
-    return f"{duration_words(left)} left ({per:.1f} s per epoch)"
-
-
 def _epochs(n: int) -> str:
     return f"{n} epoch" + ("" if n == 1 else "s")
 
@@ -80,11 +74,9 @@ def status_ui(run: dict, records: list[dict]) -> None:
         queue_ui(run)
     elif status == "running":
         within = get_store().within_epoch(run["id"]) or 0.0  # read on every poll: heartbeats are no change
-        if records:
-            text = f"Epoch {done} of {total} · epoch {done + 1} {within:.0%} done · {_eta(records, total)}"
-        else:  # a long first epoch (a CNN on 60,000 digits) still shows it moves
-            text = f"Epoch 0 of {total} · first epoch {within:.0%} done"
-        st.progress(min(1.0, (done + within) / total), text=text)
+        per = sum(r["seconds"] for r in records) / done if done else 0.0
+        fraction, text = running_line(done, total, within, per)
+        st.progress(fraction, text=text)
         if run.get("yield_requested"):  # fair share (JobRunner.share_workers): it waits in memory, not queued
             st.info("Paused so another student's run could start; it resumes by itself where it stopped.")
     elif status == "finished":
@@ -307,9 +299,12 @@ def monitor_ui(run_id: str, projector: bool = False) -> None:
         st.info("That run no longer exists.")
         return
     started_as = run["status"]
-    every = {"running": POLL_S, "queued": QUEUED_POLL_S}.get(started_as)
+    # While it trains, the browser keeps the progress line live itself (dashboard/live.py) where the server
+    # offers the route; else (plain `streamlit run`, AppTest) the fragment below polls.
+    browser_polls = started_as == "running" and served()
+    every = None if browser_polls else {"running": POLL_S, "queued": QUEUED_POLL_S}.get(started_as)
 
-    if started_as == "running":
+    if started_as == "running" and not browser_polls:
         st.markdown(STILL_PROGRESS_CSS, unsafe_allow_html=True)
 
     @st.fragment(run_every=every)
@@ -338,12 +333,19 @@ def monitor_ui(run_id: str, projector: bool = False) -> None:
                 st.warning(f"Stop could not be recorded. {exc}")
             else:
                 st.toast("Stopping…")
-        status_ui(run, records)  # live every poll: the progress bar shows the run moves
+        if browser_polls and run["status"] == "running":
+            state = progress(store, run_id)
+            if state is not None:
+                progress_line(store, run_id, state)
+        else:
+            status_ui(run, records)  # live every poll: the progress bar shows the run moves
 
     # The epoch numbers and the charts: a fragment of their own, so the 2-s poll above redraws only the status
     # line, and these take new epochs at a pace a person can follow (CHART_EVERY_S) while the run trains.
     @st.fragment(run_every=CHART_EVERY_S if started_as == "running" else None)
     def epochs_view() -> None:
+        if browser_polls:
+            note_presence()  # the status line above no longer reruns while the run trains
         run, records = read_if_changed(f"_monitor_{run_id}", lambda: (store.get_run(run_id), store.epochs(run_id)))
         if run is None:
             return

@@ -82,6 +82,7 @@ def _router_from_the_first_request() -> None:
 def main(argv: list[str] | None = None) -> None:
     _fewer_malloc_arenas()
     _one_torch_thread()
+    from dashboard.live import install as install_live_progress
     from mtl_core.jobs.runner import RunnerSettings, server_runner
     from mtl_core.settings import SettingError
     from mtl_core.store.classroom import teacher_token
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         RunnerSettings.from_env()  # every MTL_* setting checked before anything is opened or started
         RateLimits.from_env()
         _install_ingress_budget()
+        install_live_progress()
         _router_from_the_first_request()
         runner = server_runner()
     except (SettingError, StoreUnavailable) as exc:
