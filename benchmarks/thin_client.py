@@ -146,8 +146,8 @@ class ThinSession:
             if which == "bidi_component" and element.bidi_component.component_name == LIVE_PROGRESS:
                 self._follow_live(element.bidi_component, msg.delta.fragment_id)
             self.seen.extend(_texts(element))
-        elif kind == "new_session":  # a full run starts: the page is drawn anew, its live lines with it
-            self._stop_live()
+        elif kind == "new_session" and not msg.metadata.run.fragment_ids:
+            self._stop_live()  # a full run starts (not a fragment's): the page is drawn anew, its live lines with it
         elif kind == "navigation":
             self.pages = {p.url_pathname: p.page_script_hash for p in msg.navigation.app_pages}
             self.page_hash = msg.navigation.page_script_hash

@@ -41,15 +41,10 @@ with left:
     )
 with right:
     st.subheader("Tasks")
-    st.dataframe(
-        [{"task": t.name, "kind": t.kind, "question": t.title} for t in TASKS.values()],
-        hide_index=True,
-        width="stretch",
-    )
+    # A plain table, not st.dataframe: the interactive grid cost each browser about 0.5 s of CPU on every
+    # first visit, for six rows nobody sorts.
+    st.table([{"task": t.name, "kind": t.kind, "question": t.title} for t in TASKS.values()])
     st.subheader("Models")
-    with st.expander("🖼 Pictures: what is shared (blue), what is one task's own (orange), the mixing (violet)"):
-        for name, tab in zip(MODELS, st.tabs([s.title for s in MODELS.values()])):
-            tab.graphviz_chart(architecture_dot(name, MODELS[name].default_tasks), width="stretch")
     # A list, not a table: the descriptions are sentences and a table cell cut them off.
     st.markdown(
         "\n".join(
@@ -57,6 +52,21 @@ with right:
             for s in MODELS.values()
         )
     )
+
+# Across the page, so a wide picture (the cross-stitch CNN's) keeps readable labels at 1280 px. Drawn only
+# when opened, and only the chosen tab's: nine Graphviz pictures laid out in the browser on every first
+# visit cost it about 0.75 s of CPU (Home is the page a whole class loads at once).
+pictures = st.expander(
+    "🖼 Pictures of the models: what is shared (blue), what is one task's own (orange), the mixing (violet)",
+    key="home_pictures",
+    on_change="rerun",
+)
+if pictures.open:
+    with pictures:
+        tabs = st.tabs([s.title for s in MODELS.values()], key="home_picture_tab", on_change="rerun")
+        for name, tab in zip(MODELS, tabs):
+            if tab.open:
+                tab.graphviz_chart(architecture_dot(name, MODELS[name].default_tasks), width="stretch")
 
 multimnist_samples_ui()
 

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image, ImageDraw
 from streamlit.testing.v1 import AppTest
 
+from dashboard.architecture import architecture_dot
 from dashboard.text import md_escape
 from mtl_core.checkpoint import save_model
 from mtl_core.config import TrainConfig
@@ -453,7 +454,15 @@ def test_train_and_home_picture_the_models():
     assert "cross-stitch unit 1" in chart.proto.spec
     home = open_page()
     assert_ok(home)
-    assert len(home.get("graphviz_chart")) == len(MODELS)  # one picture per model kind
+    assert not home.get("graphviz_chart")  # drawn only once the student opens the pictures
+    home.session_state["home_pictures"] = True  # what a click on the expander sends
+    home.run()
+    for name, spec in MODELS.items():  # one picture per model kind, the chosen tab's only
+        home.session_state["home_picture_tab"] = spec.title
+        home.run()
+        assert_ok(home)
+        (chart,) = home.get("graphviz_chart")
+        assert chart.proto.spec == architecture_dot(name, spec.default_tasks), name
 
 
 def test_the_seed_study_says_how_long_it_will_take_before_it_is_queued():

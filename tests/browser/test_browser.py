@@ -556,6 +556,8 @@ def test_every_page_is_readable_and_open_to_every_student_at_both_sizes(app: Pag
         app.set_viewport_size({"width": width, "height": height})
         for name, heading in PAGES:
             nav(app, name, heading)
+            if name == "Home":  # its model pictures are drawn only when opened: open them, on the widest one
+                open_home_pictures(app, "Cross-stitch CNN")
             settle(app)
             app.screenshot(path=str(screenshot_dir / f"{name.lower()}_{width}x{height}.png"), full_page=True)
             problems += [f"{name} {width}x{height} {c}" for c in app.evaluate(CUT_TEXT_JS)]
@@ -565,6 +567,18 @@ def test_every_page_is_readable_and_open_to_every_student_at_both_sizes(app: Pag
                     problems.append(f"{name} {width}x{height} axe {v['impact']} {v['id']}: {where}")
     app.set_viewport_size(VIEWPORT_DEFAULT)
     assert not problems, "\n".join(problems)
+
+
+def open_home_pictures(page: Page, model_title: str) -> None:
+    """Home's expander of model pictures opened (it stays open for the session) on one model's tab."""
+    pictures = page.get_by_test_id("stExpander").filter(has_text="Pictures of the models")
+    tab = pictures.get_by_role("tab", name=model_title, exact=True)
+    if not tab.count():
+        pictures.locator("summary").click()
+    tab.click()
+    expect(tab).to_have_attribute("aria-selected", "true", timeout=T)
+    expect(pictures.get_by_test_id("stGraphVizChart")).to_have_count(1, timeout=T)
+    page.wait_for_function(SCRIPT_DONE_JS, timeout=T)
 
 
 def open_page_by_keyboard(page: Page, name: str, heading: str) -> None:
