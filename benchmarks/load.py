@@ -32,8 +32,9 @@ from the pen lifted; for all regular sessions, for each kind, and Chromium's sec
 p50/p95/max of the regular students' short runs (started - created in the run store), short jobs finished
 exactly once, the long runs' state and the seconds fair share paused them, the server's memory (its process
 and children other than training workers, sampled every second) at its peak over its idle size, the workers'
-memory, the server's CPU during the class and while only the watching tabs are left, and whether the hostile
-canvas messages got the "too large" sentence.
+memory, the server's CPU during the class and while only the watching tabs are left, what one Chromium tab
+watching a long run in training costs its browser then (% of a core over `--watch-s`, issue 24's 5 % goal),
+and whether the hostile canvas messages got the "too large" sentence.
 
 Pacing: by default the regular students arrive evenly over 60 s and pause 3 s between actions, as a
 class does; `--lockstep` has all of them start at once and click as fast as they can (the worst case).
@@ -222,6 +223,7 @@ class Plan:
     hostile: bool = True
     hostile_rate: float = 50.0
     hostile_mb: float = 2.1
+    watch_s: float = 30.0  # the Chromium watching tab's measure (0: none)
 
 
 @dataclass
@@ -400,6 +402,7 @@ async def long_jobs_session(base: str, db: Path, plan: Plan, ready: asyncio.Even
     step = "open"
     try:
         await named(s, LONG_NAME)
+        out.watching["cookies"] = s.cookies  # the same student's Chromium tab watches later (chromium_watching)
         step = "queue the long runs"
         await s.go("train", "Train")
         await s.act(has("Shared conv trunk"), {"train_model": value(string_value="4-task CNN")})
@@ -629,10 +632,47 @@ async def run_class(
         phases.watch_from = time.monotonic()
         await asyncio.sleep(10)
         phases.watch_until = time.monotonic()
+        if browsers and plan.watch_s and out.watching.get("cookies"):
+            cpu = await chromium_watching(base, out.watching["cookies"], plan.watch_s, browser_nice)
+            out.watching["chromium_tab_cpu_pct"] = None if cpu is None else round(cpu, 1)
         out.watching["long_runs_running"] = len(runs_of(db, LONG_NAME, "running"))
     over.set()
     await asyncio.gather(*extras)
     return out, ok, compare_s, phases
+
+
+async def chromium_watching(base: str, cookies: dict[str, str], seconds: float, nice: int) -> float | None:
+    """% of one core a Chromium tab on Train costs its browser while it watches one of the long-jobs
+    student's runs train (its cookie, so its runs): the browser's whole process tree, sampled over
+    `seconds` once the progress line shows the run moving (benchmarks/watch_cpu.py's measure)."""
+    from watch_cpu import cpu_of
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        me = psutil.Process()
+        tree = [p for p in me.children(recursive=True) if "chrom" in p.name().lower()]
+        for p in tree:
+            try:
+                p.nice(nice)
+            except psutil.Error:
+                pass
+        context = await browser.new_context(viewport=VIEWPORT)
+        await context.add_cookies([{"name": k, "value": v, "url": base} for k, v in cookies.items()])
+        page = await context.new_page()
+        await page.goto(base + "/train")
+        try:
+            await expect(page.get_by_text(re.compile(r"^Epoch \d+ of \d+"))).to_be_visible(timeout=T)
+        except AssertionError:
+            await browser.close()
+            return None  # no run of theirs in training to watch
+        await asyncio.sleep(3)
+
+        def chromium() -> list[psutil.Process]:
+            return [p for p in me.children(recursive=True) if "chrom" in p.name().lower()]
+
+        cpu = await asyncio.to_thread(cpu_of, chromium, seconds)
+        await browser.close()
+    return cpu
 
 
 async def warm_up(base: str) -> None:
@@ -833,6 +873,7 @@ def measure(n: int, pace: Pace, plan: Plan, browser_nice: int, browsers: int, mn
         "watching_polls_per_tab": watchers,  # script reruns of a fragment (the charts' own pace, for one)
         "watching_live_fetches_per_tab": out.watching.get("live_fetches", []),  # the progress line's
         "watching_long_runs_running": out.watching.get("long_runs_running"),
+        "watching_chromium_tab_cpu_pct": out.watching.get("chromium_tab_cpu_pct"),
         "watching_server_cpu_pct": round(sampler.mean(phases.watch_from, phases.watch_until, "server_cpu"))
         if watch_s > 0
         else None,
@@ -849,7 +890,8 @@ def table(results: list[dict]) -> str:
     head = (
         "| N | failed sessions | exceptions | click p50 / p95 | Chromium p50 / p95 | browserless p50 / p95 "
         "| queue wait p50 / p95 / max | short jobs finished once | long runs (paused) "
-        "| server memory peak over idle | server CPU mean / p95 | CPU, tabs watching | hostile: too large |"
+        "| server memory peak over idle | server CPU mean / p95 | CPU, tabs watching (server; a Chromium tab) "
+        "| hostile: too large |"
     )
     lines = [head, "|" + "---|" * 13]
 
@@ -870,6 +912,8 @@ def table(results: list[dict]) -> str:
             if r["watching_server_cpu_pct"] is not None
             else "-"
         )
+        if r.get("watching_chromium_tab_cpu_pct") is not None:
+            watch += f"; a Chromium tab {r['watching_chromium_tab_cpu_pct']}%"
         lines.append(
             f"| {r['sessions']} | {r['failed_sessions']} | {r['exceptions']} | "
             f"{r['click_p50_s']} / {r['click_p95_s']} s | "
@@ -901,10 +945,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--long-epochs", type=int, default=300, help="epochs of each of the two long 4-task CNN runs")
     ap.add_argument("--watchers", type=int, default=5, help="more tabs of the long-jobs student watching its runs")
+    ap.add_argument(
+        "--watch-s", type=float, default=30.0, help="seconds one Chromium tab watching a long run is measured (0: none)"
+    )
     a = ap.parse_args(argv)
     if a.lockstep:
         a.arrive_s = a.think_s = 0.0
-    plan = Plan(a.short_epochs, a.long_epochs, a.watchers, a.hostile, a.hostile_rate, a.hostile_mb)
+    plan = Plan(a.short_epochs, a.long_epochs, a.watchers, a.hostile, a.hostile_rate, a.hostile_mb, a.watch_s)
     mnist = data_dir(a.data_dir)
     print(f"{os.cpu_count()} cores; server and browsers on this machine (loopback); MTL_DATA_DIR={mnist}", flush=True)
     results = []

@@ -127,6 +127,7 @@ def install() -> None:
 # The component: our own code and CSS, no user text (the words come from `running_line` and are set as
 # text, never as markup). It polls while the run trains and asks for one rerun when its state changes.
 _CSS = """
+.live { contain: content; }
 .line { font-size: 0.875rem; margin: 0 0 0.25rem 0; color: var(--st-text-color, #31333f); }
 .track { height: 0.5rem; border-radius: 0.25rem; background: var(--st-secondary-background-color, #f0f2f6); }
 .bar { height: 100%; border-radius: 0.25rem; background: var(--st-primary-color, #ff4b4b); width: 0; }

@@ -7,14 +7,15 @@ import streamlit as st
 from dashboard.classroom import is_teacher, name_ui, teacher_ui, unlock_from_url
 from dashboard.identity import cookie_writer, identity_ui, move_ui
 from dashboard.state import (
-    SEEN_EVERY_S,
     data_label,
     get_runner,
     get_store,
+    has_waiting_work,
     note_presence,
     owner_id,
     read_if_changed,
     rerun_app,
+    seen_every_s,
 )
 from mtl_core.store.runs import ACTIVE
 
@@ -47,7 +48,6 @@ def waiting_turns_ui() -> None:
             rerun_app()
 
 
-@st.fragment(run_every=SEEN_EVERY_S)
 def _keep_present() -> None:
     note_presence()
 
@@ -75,8 +75,9 @@ def sidebar_ui() -> None:
     unlock_from_url()
     runner = get_runner()
     note_presence()
-    if get_store().list_runs(owner=owner_id(), statuses=ACTIVE):
-        _keep_present()  # an open tab keeps its queued runs, whichever page it shows
+    every = seen_every_s()
+    if every and has_waiting_work(owner_id()):  # an open tab keeps its queued runs, whichever page it shows
+        st.fragment(_keep_present, run_every=every)()
     if is_teacher():
         st.session_state["_class_drawn"] = class_overview()
         _follow_the_class()

@@ -99,13 +99,30 @@ def keep_widget_values() -> None:
             st.session_state[key] = st.session_state[key]
 
 
-SEEN_EVERY_S = 30
+SEEN_EVERY_S = 120  # at most this long between two notes that a tab is still open
+
+
+def seen_every_s() -> float:
+    """How often an open tab with runs waiting tells the store it is still there: a quarter of the time after
+    which a closed tab's queued runs are cancelled (MTL_ABANDON_MINUTES, 10 by default), at most every
+    SEEN_EVERY_S; 0 when they never are (nothing to keep). Each note from a polling tab is a script rerun,
+    which costs the student's browser a redraw of the page (benchmarks/watch_cpu.py)."""
+    abandon_s = get_runner().settings.abandon_s
+    return min(SEEN_EVERY_S, max(1.0, abandon_s / 4)) if abandon_s > 0 else 0.0
+
+
+def has_waiting_work(owner: str) -> bool:
+    """Whether `owner` has what a closed tab would lose (RunStore.cancel_abandoned): runs queued, or runs
+    still waiting their turn. A run in training is never cancelled that way."""
+    store = get_store()
+    return bool(store.list_runs(owner=owner, statuses=("queued",)) or store.waiting_turns(owner))
 
 
 def note_presence() -> None:
-    """Tell the store this browser is still here (at most every 30 s), so its queued runs are kept."""
+    """Tell the store this browser is still here (at most every `seen_every_s()`), so its queued runs are
+    kept."""
     now = time.monotonic()
-    if now - st.session_state.get("_seen_at", -1e9) >= SEEN_EVERY_S:
+    if now - st.session_state.get("_seen_at", -1e9) >= (seen_every_s() or SEEN_EVERY_S):
         st.session_state["_seen_at"] = now
         try:
             get_store().touch_owner(owner_id())
