@@ -11,9 +11,10 @@ BackMsg for each click (the query string, the page's script hash, the widgets it
 for a button), and reruns each fragment at the interval the server asks for (`auto_rerun`) until told
 to stop. A run's live progress line (dashboard/live.py) is kept as the browser keeps it: its address
 fetched every `poll_ms`, and one rerun of its fragment, with the component's trigger, when the run's state
-changes. Widgets are found by the key at the end of their element id. It renders nothing: an action's
-time runs from sending its message to the end of the script run that sent the awaited text, so it
-holds the server's work, its queueing behind other sessions, and the loopback network.
+changes or new epochs are in and its charts are due. Widgets are found by the key at the end of their
+element id. It renders nothing: an action's time runs from sending its message to the end of the script
+run that sent the awaited text, so it holds the server's work, its queueing behind other sessions, and
+the loopback network.
 
 Cookies: the one script of the app's own that a browser runs is the cookie writer
 (dashboard/identity.py), which puts the signed identity into `document.cookie`; a thin session keeps
@@ -200,7 +201,7 @@ class ThinSession:
     async def _poll_live(self, component_id: str, data: dict, fragment: str) -> None:
         from streamlit.components.v2.bidi_component.main import _make_trigger_id
 
-        first = data["state"]
+        first, drawn = data["state"], time.monotonic()
         while True:
             await asyncio.sleep(data["poll_ms"] / 1000)
             try:
@@ -208,7 +209,9 @@ class ThinSession:
             except (OSError, ValueError):
                 continue  # as the browser: try again next turn
             self.live_fetches += 1
-            if now["status"] != first["status"] or (first["epochs"] == 0 and now["epochs"] > 0):
+            changed = now["status"] != first["status"] or (first["epochs"] == 0 and now["epochs"] > 0)
+            charts_due = now["epochs"] > first["epochs"] and time.monotonic() - drawn >= data["chart_every_ms"] / 1000
+            if changed or charts_due:
                 payload = json.dumps([{"event": "changed", "value": f"{now['status']}:{now['epochs']}"}])
                 trigger = WidgetState(id=_make_trigger_id(component_id, "events"), json_trigger_value=payload)
                 await self._send(fragment_id=fragment, raw=[trigger], auto=False)

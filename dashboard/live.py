@@ -4,8 +4,9 @@ Every script run, fragment runs included, makes Streamlit's frontend render the 
 a tab that reran its status line every 2 s cost its browser about 6 % of a core while watching a run train
 (benchmarks/watch_cpu.py), most of it for elements that had not changed. Here the line is a small component
 (`progress_line`) that asks the server for the run's progress every 2 s over plain HTTP (`/_mtl/live/...`,
-a route `python -m dashboard.serve` adds) and moves its own bar; only when the run's state changes (its
-first epoch is in, it finished, it was stopped) does it ask Streamlit for a rerun.
+a route `python -m dashboard.serve` adds) and moves its own bar; it asks Streamlit for a rerun only when the
+run's state changes (its first epoch is in, it finished, it was stopped) or when new epochs are in and the
+charts beside it are due (dashboard/monitor.py's CHART_EVERY_S).
 
 The address holds the run's id signed with the server's key, so a page the server drew is the only place
 to get one; it tells the run's progress and nothing else. Under plain `streamlit run app.py` or AppTest
@@ -156,6 +157,7 @@ export default function (component) {
         paused.hidden = !s.paused;
     };
     show(data.state);
+    const drawn = Date.now();  // when the fragment drew this line and the charts beside it
     let asked = false;
     const poll = async () => {
         if (asked) return;
@@ -164,7 +166,9 @@ export default function (component) {
             const r = await fetch(data.url, { cache: "no-store", credentials: "same-origin" });
             s = await r.json();
         } catch (e) { return; }  // the server restarts or the network blinks: try again next turn
-        if (s.status !== data.state.status || (data.state.epochs === 0 && s.epochs > 0)) {
+        const changed = s.status !== data.state.status || (data.state.epochs === 0 && s.epochs > 0);
+        const charts_due = s.epochs > data.state.epochs && Date.now() - drawn >= data.chart_every_ms;
+        if (changed || charts_due) {
             asked = true;  // one rerun: the page draws the new state (and this component anew)
             setTriggerValue("changed", s.status + ":" + s.epochs);
             return;
@@ -182,9 +186,10 @@ export default function (component) {
 _component = None
 
 
-def progress_line(store: RunStore, run_id: str, state: dict) -> bool:
-    """Draw the live progress line for a run in training; true when it saw the run's state change (the
-    caller then draws the page anew)."""
+def progress_line(store: RunStore, run_id: str, state: dict, chart_every_s: float) -> bool:
+    """Draw the live progress line for a run in training. It asks for a rerun of the fragment it is in when
+    the run's state changes, or when new epochs are in and `chart_every_s` has passed since it was drawn (so
+    the charts drawn beside it take them); true in the run it asked for."""
     import streamlit as st
 
     global _component
@@ -193,7 +198,7 @@ def progress_line(store: RunStore, run_id: str, state: dict) -> bool:
     url = _path(token_for(store, run_id))
     result = _component(
         key=f"live_progress_{run_id}",
-        data={"url": url, "state": state, "poll_ms": POLL_MS},
+        data={"url": url, "state": state, "poll_ms": POLL_MS, "chart_every_ms": round(1000 * chart_every_s)},
         on_changed_change=lambda: None,
         height="content",
     )

@@ -307,13 +307,13 @@ def monitor_ui(run_id: str, projector: bool = False) -> None:
     if started_as == "running" and not browser_polls:
         st.markdown(STILL_PROGRESS_CSS, unsafe_allow_html=True)
 
-    @st.fragment(run_every=every)
-    def live() -> None:
+    def live() -> bool:
+        """The run's name, Stop and status line; false when the run is gone."""
         note_presence()
         run, records = read_if_changed(f"_monitor_{run_id}", lambda: (store.get_run(run_id), store.epochs(run_id)))
         if run is None:
             st.info("That run no longer exists.")
-            return
+            return False
         if started_as in ACTIVE and run["status"] != started_as:
             # Queued -> running polls faster; running -> over stops polling. Before drawing anything,
             # so the page never shows the old and the new state at once.
@@ -336,16 +336,13 @@ def monitor_ui(run_id: str, projector: bool = False) -> None:
         if browser_polls and run["status"] == "running":
             state = progress(store, run_id)
             if state is not None:
-                progress_line(store, run_id, state)
+                progress_line(store, run_id, state, CHART_EVERY_S)
         else:
             status_ui(run, records)  # live every poll: the progress bar shows the run moves
+        return True
 
-    # The epoch numbers and the charts: a fragment of their own, so the 2-s poll above redraws only the status
-    # line, and these take new epochs at a pace a person can follow (CHART_EVERY_S) while the run trains.
-    @st.fragment(run_every=CHART_EVERY_S if started_as == "running" else None)
     def epochs_view() -> None:
-        if browser_polls:
-            note_presence()  # the status line above no longer reruns while the run trains
+        """The epoch numbers and the charts."""
         run, records = read_if_changed(f"_monitor_{run_id}", lambda: (store.get_run(run_id), store.epochs(run_id)))
         if run is None:
             return
@@ -394,5 +391,17 @@ def monitor_ui(run_id: str, projector: bool = False) -> None:
             )
             st.caption(WEIGHTING_HINTS.get(method, WEIGHTING_HINTS["gradients"]))
 
-    live()
-    epochs_view()
+    if browser_polls:
+        # One fragment, rerun only when the progress line asks: the run's state changed, or new epochs are in
+        # and CHART_EVERY_S has passed since the charts were drawn. A slow run's page is not drawn again for
+        # nothing, and a fast one's charts take new epochs at a pace a person can follow.
+        def live_view() -> None:
+            if live():
+                epochs_view()
+
+        st.fragment(live_view)()
+    else:
+        # Two fragments: the 2-s poll of the status line redraws only it, and the epoch numbers and charts
+        # take new epochs every CHART_EVERY_S while the run trains.
+        st.fragment(live, run_every=every)()
+        st.fragment(epochs_view, run_every=CHART_EVERY_S if started_as == "running" else None)()
