@@ -293,7 +293,9 @@ class ThinSession:
         return time.perf_counter() - t0
 
     async def go(self, path: str, heading: str) -> float:
-        """A click on a sidebar link: the new page's script, the query string dropped as the browser does."""
+        """A click on a sidebar link: the new page's script, the query string dropped as the browser does. The
+        browser clears the old page's elements at once, so its live progress lines stop there."""
+        self._stop_live()
         self.page_hash, self.path, self.query = self.pages[path], path, ""
         return await self.act(has(heading))
 

@@ -158,17 +158,24 @@ export default function (component) {
     };
     show(data.state);
     const drawn = Date.now();  // when the fragment drew this line and the charts beside it
-    let asked = false;
+    let asked = false, gone = false;
+    // Whether the app is between runs. A click on another page removes this line at once (and its cleanup
+    // sets `gone`); a rerun asked for after that would carry this page's address and take the student back.
+    const idle = () => {
+        const app = document.querySelector("[data-test-script-state]");
+        return !app || app.getAttribute("data-test-script-state") === "notRunning";
+    };
     const poll = async () => {
-        if (asked) return;
+        if (asked || gone) return;
         let s;
         try {
             const r = await fetch(data.url, { cache: "no-store", credentials: "same-origin" });
             s = await r.json();
         } catch (e) { return; }  // the server restarts or the network blinks: try again next turn
+        if (gone) return;  // the page changed while the answer was on its way
         const changed = s.status !== data.state.status || (data.state.epochs === 0 && s.epochs > 0);
         const charts_due = s.epochs > data.state.epochs && Date.now() - drawn >= data.chart_every_ms;
-        if (changed || charts_due) {
+        if ((changed || charts_due) && idle()) {
             asked = true;  // one rerun: the page draws the new state (and this component anew)
             setTriggerValue("changed", s.status + ":" + s.epochs);
             return;
@@ -180,7 +187,7 @@ export default function (component) {
     clearInterval(root._mtlTimer);
     const timer = setInterval(poll, data.poll_ms);
     root._mtlTimer = timer;
-    return () => clearInterval(timer);
+    return () => { gone = true; clearInterval(timer); };
 }
 """
 _component = None
