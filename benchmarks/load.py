@@ -91,6 +91,10 @@ ANSWER = re.compile(r" → .+ \(P\(.+\) = \d+%\)")
 # mtl_core/predict.py's refusals of a picture too large in bytes or in pixels, as the Draw page shows them.
 TOO_LARGE = re.compile(r"That drawing cannot be used: the (file is .*the limit is|picture is .*pixels)")
 HOSTILE_NAME, LONG_NAME = "Hostile Student", "Long Jobs"
+SCRIPT_DONE_JS = """() => {
+    const app = document.querySelector('[data-test-script-state]');
+    return app && app.getAttribute('data-test-script-state') === 'notRunning';
+}"""
 
 
 def student_name(i: int) -> str:
@@ -662,10 +666,14 @@ async def chromium_watching(base: str, cookies: dict[str, str], seconds: float, 
         await page.goto(base + "/train")
         try:
             await expect(page.get_by_text(re.compile(r"^Epoch \d+ of \d+"))).to_be_visible(timeout=T)
+            await expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=T)
         except AssertionError:
             await browser.close()
             return None  # no run of theirs in training to watch
-        await asyncio.sleep(3)
+        # The page's first load (a few CPU-seconds, at low priority on a busy machine) is over before the
+        # measure starts: it is what a tab costs while it watches, not while it opens.
+        await page.wait_for_function(SCRIPT_DONE_JS, timeout=T)
+        await asyncio.sleep(10)
 
         def chromium() -> list[psutil.Process]:
             return [p for p in me.children(recursive=True) if "chrom" in p.name().lower()]

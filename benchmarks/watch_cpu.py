@@ -1,7 +1,8 @@
 """What a tab watching a run in training costs its browser: `python benchmarks/watch_cpu.py [--tabs 2]`.
 
 Starts the dashboard (`python -m dashboard.serve`, its own MTL_HOME), opens `--tabs` headless Chromium
-tabs (each a student of its own), has each queue a long run from the Train form (its default model, STL), and once
+tabs (each a student of its own), has each queue a long run from the Train form (its default model, STL, or
+`--model`), and once
 every run trains, samples the CPU of the whole Chromium process tree for `--seconds`, with the tabs
 only watching. Prints the browsers' CPU per watching tab (% of one core), the server's, and, for
 reference, the same tabs sitting on the Home page (where nothing polls). Issue 24's goal: at most 5 %
@@ -25,6 +26,10 @@ from playwright.sync_api import sync_playwright
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("MTL_CHROMIUM", "/usr/bin/chromium")
 T = 120_000
+SCRIPT_DONE_JS = """() => {
+    const app = document.querySelector('[data-test-script-state]');
+    return app && app.getAttribute('data-test-script-state') === 'notRunning';
+}"""
 
 
 def start_server(home: Path, port: int) -> subprocess.Popen:
@@ -83,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tabs", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--model", default="", help="the Train form's model to pick, e.g. '4-task CNN' (default: its own)")
     a = ap.parse_args(argv)
     home = Path(tempfile.mkdtemp(prefix="watch_cpu_"))
     server = start_server(home, a.port)
@@ -97,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
                 page.set_default_timeout(T)
                 page.goto(base + "/train")
                 page.get_by_role("heading", name="Train").wait_for()
+                if a.model:
+                    page.get_by_test_id("stRadio").get_by_text(a.model, exact=True).click()
+                    page.wait_for_function(SCRIPT_DONE_JS)
                 form = page.get_by_test_id("stForm")
                 form.get_by_label("Epochs", exact=True).fill("500")
                 form.get_by_role("button", name=re.compile("Start")).click()

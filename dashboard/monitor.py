@@ -32,10 +32,12 @@ from mtl_core.settings import env_float
 from mtl_core.store.runs import ACTIVE, STOPPED_BY_TEACHER, QueueFull, StoreUnavailable
 from mtl_core.weighting import WEIGHTINGS
 
-POLL_S = 2.0  # while the watched run trains: an epoch takes 0.2 s to minutes; 2 s reads as live
+# While the watched run trains and the server has no progress route (dashboard/live.py; plain `streamlit
+# run`, AppTest): an epoch takes 0.2 s to minutes; 2 s reads as live.
+POLL_S = 2.0
 QUEUED_POLL_S = 3.0  # while it waits in the queue
-# While it trains, the charts and the epoch numbers take new epochs this often (the progress bar every
-# poll): redrawing them each 2 s cost a watching tab about 15 % of a core in Chromium
+# While it trains, the charts and the epoch numbers take new epochs at most this often (the progress bar
+# every 2 s): redrawing them each 2 s cost a watching tab about 15 % of a core in Chromium
 # (benchmarks/watch_cpu.py); a chart that grows every 15 s is still one a person can follow.
 # MTL_CHART_EVERY_S sets another pace (the browser tests use 3 s, to see a curve grow without waiting).
 CHART_EVERY_S = env_float("MTL_CHART_EVERY_S", 15.0, 1.0, 600.0)
