@@ -1,5 +1,6 @@
 """Live view of one run: status, progress with ETA, Stop, curves. While the run trains, the browser keeps
-its progress line live (dashboard/live.py) and the charts take new epochs in a fragment of their own pace."""
+its progress line live (dashboard/live.py), which asks for the view to be drawn again when the run's state
+changes or new epochs are due on the charts; without that route, fragments poll."""
 
 from __future__ import annotations
 
