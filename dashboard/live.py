@@ -51,16 +51,21 @@ def running_line(done: int, total: int, within: float, per_epoch_s: float) -> tu
     return min(1.0, (done + within) / total), text
 
 
-def progress(store: RunStore, run_id: str) -> dict | None:
+def progress_state(run: dict, done: int, per_epoch_s: float, within: float) -> dict:
     """What the component shows: the run's status, epochs done, bar, words and whether it is paused."""
+    fraction, text = running_line(done, run["config"]["epochs"], within, per_epoch_s)
+    return {"status": run["status"], "epochs": done, "fraction": fraction, "text": text,
+            "paused": bool(run.get("yield_requested"))}  # fmt: skip
+
+
+def progress(store: RunStore, run_id: str) -> dict | None:
+    """`progress_state` read from the store, as the route answers it; None when the run is gone."""
     run = store.get_run(run_id)
     if run is None:
         return None
     done, per = store.epoch_progress([run_id]).get(run_id, (0, 0.0))
     within = store.within_epoch(run_id) or 0.0 if run["status"] == "running" else 0.0
-    fraction, text = running_line(done, run["config"]["epochs"], within, per)
-    return {"status": run["status"], "epochs": done, "fraction": fraction, "text": text,
-            "paused": bool(run.get("yield_requested"))}  # fmt: skip
+    return progress_state(run, done, per, within)
 
 
 def _path(token: str = "{token}") -> str:
@@ -193,20 +198,19 @@ export default function (component) {
 _component = None
 
 
-def progress_line(store: RunStore, run_id: str, state: dict, chart_every_s: float) -> bool:
-    """Draw the live progress line for a run in training. It asks for a rerun of the fragment it is in when
-    the run's state changes, or when new epochs are in and `chart_every_s` has passed since it was drawn (so
-    the charts drawn beside it take them); true in the run it asked for."""
+def progress_line(store: RunStore, run_id: str, state: dict, chart_every_s: float) -> None:
+    """Draw the live progress line for a run in training, starting from `state` (`progress_state`). It asks
+    for a rerun of the fragment it is in when the run's state changes, or when new epochs are in and
+    `chart_every_s` has passed since it was drawn (so the charts drawn beside it take them)."""
     import streamlit as st
 
     global _component
     if _component is None:
         _component = st.components.v2.component("mtl_live_progress", html=_HTML, css=_CSS, js=_JS)
     url = _path(token_for(store, run_id))
-    result = _component(
+    _component(
         key=f"live_progress_{run_id}",
         data={"url": url, "state": state, "poll_ms": POLL_MS, "chart_every_ms": round(1000 * chart_every_s)},
-        on_changed_change=lambda: None,
+        on_changed_change=lambda: None,  # a trigger with a callback reruns the fragment the line is in
         height="content",
     )
-    return bool(getattr(result, "changed", None))

@@ -12,7 +12,7 @@ import streamlit as st
 from dashboard.charts import affinity_heatmap, conflict_chart, overlay, training_curves
 from dashboard.classroom import can_download, can_manage, is_teacher
 from dashboard.forms import load_into_form, share_link_ui
-from dashboard.live import progress, progress_line, running_line, served
+from dashboard.live import progress_line, progress_state, running_line, served
 from dashboard.state import (
     client_address,
     get_data,
@@ -76,8 +76,7 @@ def status_ui(run: dict, records: list[dict]) -> None:
     if status == "queued":
         queue_ui(run)
     elif status == "running":
-        within = get_store().within_epoch(run["id"]) or 0.0  # read on every poll: heartbeats are no change
-        per = sum(r["seconds"] for r in records) / done if done else 0.0
+        _, per, within = _running_numbers(run, records)
         fraction, text = running_line(done, total, within, per)
         st.progress(fraction, text=text)
         if run.get("yield_requested"):  # fair share (JobRunner.share_workers): it waits in memory, not queued
@@ -112,6 +111,13 @@ def status_ui(run: dict, records: list[dict]) -> None:
         st.warning(f"{what} after {_epochs(done)} of {total}: {why}. The curve and {kept} are kept.")
     else:  # failed or diverged
         st.error(f"{status.capitalize()}: {md_escape(run['reason'])}")
+
+
+def _running_numbers(run: dict, records: list[dict]) -> tuple[int, float, float]:
+    """A training run's epochs done, mean seconds per epoch so far, and the fraction of the next one done."""
+    within = get_store().within_epoch(run["id"]) or 0.0  # read on every draw: heartbeats are no change
+    done = len(records)
+    return done, sum(r["seconds"] for r in records) / done if done else 0.0, within
 
 
 def _teacher_on_a_students_run(run: dict) -> bool:
@@ -305,7 +311,7 @@ def monitor_ui(run_id: str, projector: bool = False) -> None:
     # While it trains, the browser keeps the progress line live itself (dashboard/live.py) where the server
     # offers the route; else (plain `streamlit run`, AppTest) the fragment below polls.
     browser_polls = started_as == "running" and served()
-    every = None if browser_polls else {"running": POLL_S, "queued": QUEUED_POLL_S}.get(started_as)
+    every = {"running": POLL_S, "queued": QUEUED_POLL_S}.get(started_as)  # the polling fragment's pace
 
     if started_as == "running" and not browser_polls:
         st.markdown(STILL_PROGRESS_CSS, unsafe_allow_html=True)
@@ -337,9 +343,7 @@ def monitor_ui(run_id: str, projector: bool = False) -> None:
             else:
                 st.toast("Stopping…")
         if browser_polls and run["status"] == "running":
-            state = progress(store, run_id)
-            if state is not None:
-                progress_line(store, run_id, state, CHART_EVERY_S)
+            progress_line(store, run_id, progress_state(run, *_running_numbers(run, records)), CHART_EVERY_S)
         else:
             status_ui(run, records)  # live every poll: the progress bar shows the run moves
         return True
