@@ -91,10 +91,6 @@ ANSWER = re.compile(r" → .+ \(P\(.+\) = \d+%\)")
 # mtl_core/predict.py's refusals of a picture too large in bytes or in pixels, as the Draw page shows them.
 TOO_LARGE = re.compile(r"That drawing cannot be used: the (file is .*the limit is|picture is .*pixels)")
 HOSTILE_NAME, LONG_NAME = "Hostile Student", "Long Jobs"
-SCRIPT_DONE_JS = """() => {
-    const app = document.querySelector('[data-test-script-state]');
-    return app && app.getAttribute('data-test-script-state') === 'notRunning';
-}"""
 
 
 def student_name(i: int) -> str:
@@ -649,13 +645,11 @@ async def chromium_watching(base: str, cookies: dict[str, str], seconds: float, 
     """% of one core a Chromium tab on Train costs its browser while it watches one of the long-jobs
     student's runs train (its cookie, so its runs): the browser's whole process tree, sampled over
     `seconds` once the progress line shows the run moving (benchmarks/watch_cpu.py's measure)."""
-    from watch_cpu import cpu_of
+    from watch_cpu import SCRIPT_DONE_JS, chromium_tree, cpu_of
 
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        me = psutil.Process()
-        tree = [p for p in me.children(recursive=True) if "chrom" in p.name().lower()]
-        for p in tree:
+        for p in chromium_tree():
             try:
                 p.nice(nice)
             except psutil.Error:
@@ -674,11 +668,7 @@ async def chromium_watching(base: str, cookies: dict[str, str], seconds: float, 
         # measure starts: it is what a tab costs while it watches, not while it opens.
         await page.wait_for_function(SCRIPT_DONE_JS, timeout=T)
         await asyncio.sleep(10)
-
-        def chromium() -> list[psutil.Process]:
-            return [p for p in me.children(recursive=True) if "chrom" in p.name().lower()]
-
-        cpu = await asyncio.to_thread(cpu_of, chromium, seconds)
+        cpu = await asyncio.to_thread(cpu_of, chromium_tree, seconds)
         await browser.close()
     return cpu
 
