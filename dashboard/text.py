@@ -32,3 +32,12 @@ def md_escape(text: Any, limit: int | None = None) -> str:
 def chart_text(text: Any) -> str:
     """For Plotly legends and axis labels, which render a subset of HTML tags (and links)."""
     return html.escape(plain_text(text), quote=True)
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A GFM table for st.markdown, every cell as `md_escape` text (one line, its `|` escaped, so no cell
+    can end its row or the table). For a few rows of words it is much lighter for the browser than
+    st.table or st.dataframe, which load Streamlit's Arrow code."""
+    lines = ["| " + " | ".join(map(md_escape, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(md_escape, row)) + " |" for row in rows]
+    return "\n".join(lines)

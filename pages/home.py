@@ -7,6 +7,7 @@ from dashboard.classroom import is_teacher
 from dashboard.lessons import lessons_ui
 from dashboard.samples import multimnist_samples_ui
 from dashboard.state import data_label
+from dashboard.text import markdown_table
 from mtl_core.models import MODELS
 from mtl_core.tasks import TASKS
 
@@ -41,9 +42,9 @@ with left:
     )
 with right:
     st.subheader("Tasks")
-    # A plain table, not st.dataframe: the interactive grid cost each browser about 0.5 s of CPU on every
-    # first visit, for six rows nobody sorts.
-    st.table([{"task": t.name, "kind": t.kind, "question": t.title} for t in TASKS.values()])
+    # A Markdown table: st.dataframe's interactive grid cost each browser about 0.5 s of CPU on every first
+    # visit, and st.table loads Streamlit's Arrow code (about 1 MB of script to compile) for six rows.
+    st.markdown(markdown_table(["task", "kind", "question"], [[t.name, t.kind, t.title] for t in TASKS.values()]))
     st.subheader("Models")
     # A list, not a table: the descriptions are sentences and a table cell cut them off.
     st.markdown(

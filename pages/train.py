@@ -32,9 +32,13 @@ if left is not None:
         reset_form_ui(model)
         fields = train_form_ui(model)
         estimate_ui(model)
-        with st.expander("🖼 What this model looks like"):  # below the form: Start stays in view on a projector
-            tasks = tuple(st.session_state.get(f"f_tasks_{model}") or MODELS[model].default_tasks)
-            st.graphviz_chart(architecture_dot(model, tasks), width="stretch")
+        # Below the form, so Start stays in view on a projector. Drawn only when opened: Graphviz's layout
+        # code (about 0.8 MB of script) and the layout itself cost the browser 0.3-0.7 s of CPU on a visit.
+        picture = st.expander("🖼 What this model looks like", key="train_picture", on_change="rerun")
+        if picture.open:
+            with picture:
+                tasks = tuple(st.session_state.get(f"f_tasks_{model}") or MODELS[model].default_tasks)
+                st.graphviz_chart(architecture_dot(model, tasks), width="stretch")
         if fields is not None:
             label, n_seeds = fields.pop("label"), fields.pop("n_seeds")
             try:

@@ -450,6 +450,9 @@ def test_train_and_home_picture_the_models():
     at = open_page("pages/train.py")
     at.radio(key="train_model").set_value("cross_stitch").run()
     assert_ok(at)
+    assert not at.get("graphviz_chart")  # drawn only once the student opens "What this model looks like"
+    at.session_state["train_picture"] = True  # what a click on the expander sends
+    at.run()
     (chart,) = at.get("graphviz_chart")
     assert "cross-stitch unit 1" in chart.proto.spec
     home = open_page()

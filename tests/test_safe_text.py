@@ -17,7 +17,7 @@ from safetensors.torch import save as st_save
 from streamlit.testing.v1 import AppTest
 from test_pages import OWNER, assert_ok, open_page, stored_run, stroke_png
 
-from dashboard.text import chart_text, md_escape
+from dashboard.text import chart_text, markdown_table, md_escape
 from mtl_core.analysis import compare_rows, curve_rows, group_label, run_label
 from mtl_core.checkpoint import FORMAT, ModelFileError, load_model_bytes
 from mtl_core.config import ConfigError, TrainConfig
@@ -94,6 +94,19 @@ def test_md_escape_leaves_no_markup_link_autolink_or_invisible_character(case):
 def test_md_escape_is_bounded_and_takes_any_value():
     assert len(readable(md_escape(HOSTILE["long"], limit=100))) == 100
     assert md_escape(None) == "" and md_escape(ValueError("a*b")) == "a\\*b" and md_escape(3.5) == "3\\.5"
+
+
+def test_a_markdown_table_holds_any_cell_as_plain_text_in_its_own_column():
+    cells = [HOSTILE["markdown"], "a | b\n| c | d |", HOSTILE["link"]]
+    table = markdown_table(["one", "t|wo", "three"], [cells, ["1", "2", "3"]])
+    header, rule, *rows = table.split("\n")
+    assert rule == "|---|---|---|" and len(rows) == 2  # a line break in a cell starts no row
+    for line in (header, *rows):  # three columns each: every | inside a cell is escaped
+        assert len(re.findall(r"(?<!\\)\|", line)) == 4, line
+    first = re.split(r"(?<!\\)\| ", rows[0].strip("| "))
+    assert [c.rstrip() for c in first] == [md_escape(c.replace("\n", " ")) for c in cells]
+    for cell in first:
+        assert_inert(cell, "table cell")
 
 
 def test_streamlits_autolink_rules_are_the_ones_md_escape_breaks():
