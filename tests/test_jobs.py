@@ -15,6 +15,8 @@ from mtl_core.jobs.runner import JobRunner, Limits, QueueFull, RunnerSettings
 from mtl_core.settings import IDLE_CLASS, SettingError
 from mtl_core.store.runs import RunStore
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 @pytest.fixture(scope="module")
 def ray_instance():
@@ -258,14 +260,53 @@ def test_workers_run_below_the_server_in_cpu_priority(store, monkeypatch, settin
         assert runner.wait_ready(60)
         (worker,) = runner._workers
         policy = os.sched_getscheduler(worker.proc.pid)
+        mine = os.getpriority(os.PRIO_PROCESS, 0)
         if setting == "5":
-            mine = os.getpriority(os.PRIO_PROCESS, 0)
             assert policy == os.SCHED_OTHER
             assert os.getpriority(os.PRIO_PROCESS, worker.proc.pid) == min(19, mine + 5)
         else:
             assert policy == os.SCHED_IDLE
+        group = Path(f"/proc/{worker.proc.pid}/autogroup")
+        if group.exists():  # the worker's session (its own) is as low in the CPU's queue as the worker
+            want = f"nice {min(19, mine + 5) if setting == '5' else 19}"
+            assert wait_for(lambda: group.read_text().split(maxsplit=1)[1].strip() == want, timeout=10)
     finally:
         runner.shutdown()
+
+
+_SPIN = """
+import os, sys, time
+os.sched_setaffinity(0, {int(sys.argv[1])})
+if sys.argv[2] == "worker":
+    from mtl_core.jobs.worker import lower_priority
+    from mtl_core.settings import IDLE_CLASS
+    lower_priority(IDLE_CLASS)
+print("ready", flush=True)
+sys.stdin.readline()  # both spin over the same seconds
+start, end = time.process_time(), time.time() + float(sys.argv[3])
+while time.time() < end:
+    pass
+print(time.process_time() - start, flush=True)
+"""
+
+
+def test_a_worker_takes_only_cpu_time_a_process_of_another_session_leaves():
+    """What the priority is for, measured: a busy worker and a busy ordinary process (a server, a browser:
+    each in a session of its own, as they are) on one core. Where the kernel shares CPU time between
+    sessions first (autogroup), the idle class alone left the worker half the core."""
+    cpu = sorted(os.sched_getaffinity(0))[-1]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _SPIN, str(cpu), kind, "2"], cwd=ROOT, stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+        for kind in ("worker", "other")
+    ]
+    for p in procs:
+        assert p.stdout.readline().strip() == "ready"
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    worker_s, other_s = (float(p.communicate(timeout=60)[0]) for p in procs)
+    assert worker_s < 0.25 * other_s, (worker_s, other_s)
 
 
 def test_a_worker_priority_outside_its_range_is_refused_with_its_choices(monkeypatch):

@@ -9,6 +9,7 @@ the worker's stdin pipe; the operating system closes it whichever way the server
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import os
 import signal
@@ -374,11 +375,35 @@ def lower_priority(nice: int) -> None:
     if nice >= IDLE_CLASS:
         try:
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-            return
         except (AttributeError, OSError):
             nice = 19
+        else:
+            _lower_session_group(19)
+            return
     if nice > 0:
-        os.nice(nice)
+        _lower_session_group(os.nice(nice))
+
+
+def _lower_session_group(nice: int) -> None:
+    """Where the kernel groups processes by session (Linux's autogroup, on by default in most
+    distributions and on this project's machines), CPU time is shared between sessions first, and a
+    process's niceness or idle class counts only against its own session's other processes: a worker in
+    a session of its own (the runner starts each so) got as much CPU as the whole server, half a core
+    beside one busy browser. So its session's group is lowered to `nice` too; only when the worker leads
+    a session of its own, never when it shares the caller's (a worker started by hand from a shell)."""
+    if os.getsid(0) != os.getpid():
+        return
+    group = Path("/proc/self/autogroup")
+    for _ in range(20):
+        try:
+            group.write_text(str(nice))
+            return
+        except FileNotFoundError:  # a kernel without autogroup: the niceness above is the whole story
+            return
+        except OSError as exc:
+            if exc.errno != errno.EAGAIN:
+                return
+            time.sleep(0.11)  # the kernel allows one change of a group's niceness per 100 ms, machine-wide
 
 
 def main(argv: list[str] | None = None) -> None:
