@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 
 import streamlit as st
 
@@ -42,6 +43,12 @@ QUEUED_POLL_S = 3.0  # while it waits in the queue
 # (benchmarks/watch_cpu.py); a chart that grows every 15 s is still one a person can follow.
 # MTL_CHART_EVERY_S sets another pace (the browser tests use 3 s, to see a curve grow without waiting).
 CHART_EVERY_S = env_float("MTL_CHART_EVERY_S", 15.0, 1.0, 600.0)
+# The diagnostics beside the curves (gradient agreement, task affinity, gates, task weights) take new
+# epochs at a quarter of that pace while the run trains, and at once when it ends. A chart whose figure
+# changed is mounted again in the browser (Streamlit 1.67 builds a changed Plotly chart anew), which cost a
+# watching tab of a 4-task CNN about 0.65 CPU-seconds a redraw for its three charts; one left as it was
+# costs nothing. The affinity is an average over all of training and moves slowly by nature.
+DIAGNOSTICS_EVERY_S = 4 * CHART_EVERY_S
 # Our own style rule, no user text in it: the progress bar jumps to its new width instead of animating
 # there; the animation repainted the page for a while after every 2-s poll (about 1.5 % of a core a tab).
 STILL_PROGRESS_CSS = "<style>[data-testid='stProgress'] * {transition: none !important;}</style>"
@@ -299,6 +306,19 @@ def gates_ui(run_id: str, records: list[dict]) -> None:
     )
 
 
+def paced_records(key: str, records: list[dict], training: bool, every_s: float) -> list[dict]:
+    """`records` as they were when last taken under `key`, taken again once `every_s` has passed; all of
+    them at once when the run is not training, and the first epoch as soon as it is in. Charts built from
+    the same records are the same figure, which the browser keeps as it is."""
+    now = time.monotonic()
+    taken = st.session_state.get(key)
+    fresh = taken is None or not taken[1] or not training
+    if fresh or (len(records) != len(taken[1]) and now - taken[0] >= every_s):
+        taken = (now, records)
+        st.session_state[key] = taken
+    return taken[1]
+
+
 def monitor_ui(run_id: str, projector: bool = False) -> None:
     """The watched run, live. `projector`: the curves come right under the status line, before the
     numbers and buttons, so they fit a 1280 x 720 projector without scrolling."""
@@ -353,6 +373,7 @@ def monitor_ui(run_id: str, projector: bool = False) -> None:
         run, records = read_if_changed(f"_monitor_{run_id}", lambda: (store.get_run(run_id), store.epochs(run_id)))
         if run is None:
             return
+        slow = paced_records(f"_diagnostics_{run_id}", records, run["status"] in ACTIVE, DIAGNOSTICS_EVERY_S)
         if not projector:  # on the projector the numbers and buttons go under the curves
             if run["status"] not in ACTIVE:
                 run_actions_ui(run)
@@ -372,10 +393,10 @@ def monitor_ui(run_id: str, projector: bool = False) -> None:
             metrics_ui(run, records)
             if run["status"] not in ACTIVE:
                 run_actions_ui(run)
-        conflict = conflict_chart(records)
+        conflict = conflict_chart(slow)
         if conflict is not None:
             st.plotly_chart(conflict, key=f"conflict_{run_id}", width="stretch")
-            norms = records[-1].get("conflict", {}).get("norm", {}) if records else {}
+            norms = slow[-1].get("conflict", {}).get("norm", {}) if slow else {}
             st.caption(
                 "Each task's gradient says how it wants the shared weights to move; the cosine between two "
                 "of them is 1 when they want the same move and 0 when they want unrelated ones. Below 0 they "
@@ -383,13 +404,13 @@ def monitor_ui(run_id: str, projector: bool = False) -> None:
                 + ("Gradient sizes in the last epoch: " + ", ".join(f"{t} {n:.3g}" for t, n in norms.items()) + "."
                    if norms else "")
             )  # fmt: skip
-        affinity_ui(run, records)
-        if records and records[-1].get("gates"):
-            gates_ui(run_id, records)
+        affinity_ui(run, slow)
+        if slow and slow[-1].get("gates"):
+            gates_ui(run_id, slow)
         method = run["config"].get("loss_weighting", "static")
-        if records and method != "static" and records[0].get("loss_weights"):
-            epochs = [r["epoch"] for r in records]
-            series = {t: (epochs, [r["loss_weights"].get(t) for r in records]) for t in records[0]["loss_weights"]}
+        if slow and method != "static" and slow[0].get("loss_weights"):
+            epochs = [r["epoch"] for r in slow]
+            series = {t: (epochs, [r["loss_weights"].get(t) for r in slow]) for t in slow[0]["loss_weights"]}
             title = WEIGHTINGS[method].title if method in WEIGHTINGS else method
             st.plotly_chart(
                 overlay(series, f"Task weights per epoch: {title}", "mean weight in the epoch"),

@@ -423,6 +423,48 @@ def test_a_run_that_failed_before_training_does_not_say_it_waits_for_a_worker():
     assert "the data is not available here" in texts(at.error)
 
 
+def test_a_training_runs_diagnostics_take_new_epochs_at_their_own_slower_pace(synthetic, monkeypatch):
+    """While a run trains, its curves take every new epoch at the charts' pace; the gradient-agreement
+    chart (and the other diagnostics) at a quarter of it, so the browser keeps those charts as they are
+    in between; all of them once the run is over."""
+    from dashboard import monitor
+
+    done = stored_run("hard", synthetic, epochs=4)
+    store = RunStore()
+    records = [{**r, "conflict": {"cos": {"even|mult3": r["epoch"] / 10}, "norm": {"even": 1.0, "mult3": 2.0}}}
+               for r in store.epochs(done)]  # fmt: skip
+    at = open_page("pages/train.py")  # first: a starting server interrupts runs it finds running
+    run_id = store.create_run(TrainConfig.preset("hard", epochs=4, data="synthetic").to_dict(), owner=OWNER)
+    assert store.claim_next("test-worker", os.getpid()) == run_id
+    store.mark_started(run_id, "test-worker", 1, "synthetic", "cpu")
+    store.add_epoch(run_id, records[0])
+    at.run()
+    at.selectbox(key="watch_select").set_value(run_id).run()
+
+    def drawn() -> tuple[int, int]:
+        assert_ok(at)
+        specs = plotly_specs(at)
+        curves = [s for s in specs if "Train loss per task" in json.dumps(s["layout"].get("annotations", []))]
+        conflict = [s for s in specs if "Gradient agreement" in json.dumps(s["layout"].get("title", ""))]
+        return len(curves[0]["data"][0]["x"]), len(conflict[0]["data"][0]["x"])
+
+    assert drawn() == (1, 1)  # the first epoch everywhere at once
+    store.add_epoch(run_id, records[1])
+    at.run()
+    assert drawn() == (2, 1)  # the diagnostics wait for their turn
+    monkeypatch.setattr(monitor, "DIAGNOSTICS_EVERY_S", 0.0)
+    store.add_epoch(run_id, records[2])
+    at.run()
+    assert drawn() == (3, 3)  # their turn came: every epoch so far
+    monkeypatch.setattr(monitor, "DIAGNOSTICS_EVERY_S", 3600.0)
+    store.add_epoch(run_id, records[3])
+    at.run()
+    assert drawn() == (4, 3)
+    store.finish(run_id, "finished", "", {}, None)
+    at.run()
+    assert drawn() == (4, 4)  # over: nothing held back
+
+
 def test_home_describes_every_model_in_full():
     from mtl_core.models import MODELS
 
