@@ -33,7 +33,7 @@ if left is not None:
         fields = train_form_ui(model)
         estimate_ui(model)
         # Below the form, so Start stays in view on a projector. Drawn only when opened: Graphviz's layout
-        # code (about 0.8 MB of script) and the layout itself cost the browser 0.3-0.7 s of CPU on a visit.
+        # code (about 0.8 MB of script) made a first visit to Train cost the browser 0.15-0.3 s more CPU.
         picture = st.expander("🖼 What this model looks like", key="train_picture", on_change="rerun")
         if picture.open:
             with picture:
