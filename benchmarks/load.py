@@ -23,8 +23,11 @@ headless Chromium (Playwright, Debian's chromium), the rest browserless (benchma
 same messages on the same websocket, no rendering). One Chromium session costs this machine 5-7
 CPU-seconds against about 0.5 s for the server; a class's browsers run on the students' computers, so 30
 Chromiums on the server's own 2 cores would measure the browsers. The browsers run at the lowest CPU
-priority (`--browser-nice 19`), and the server logs how long each of its script runs took
-(MTL_TIMING_LOG, dashboard/timing.py; reported per page). The hostile, long-jobs and watching sessions are
+priority (`--browser-nice 19`). Where Linux groups processes by session (autogroup, as on this project's
+machines) a niceness counts only inside its session: the server (a session of its own) and this script's
+session share the CPU as two groups, and within this one the browsers yield to the browserless sessions.
+The server logs how long each of its script runs took (MTL_TIMING_LOG, dashboard/timing.py; reported per
+page). The hostile, long-jobs and watching sessions are
 browserless.
 
 Reported per N: failed sessions, exceptions on the page, click p50/p95 (click to the awaited text, a drawing
