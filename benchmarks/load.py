@@ -27,8 +27,7 @@ priority (`--browser-nice 19`). Where Linux groups processes by session (autogro
 machines) a niceness counts only inside its session: the server (a session of its own) and this script's
 session share the CPU as two groups, and within this one the browsers yield to the browserless sessions.
 The server logs how long each of its script runs took (MTL_TIMING_LOG, dashboard/timing.py; reported per
-page). The hostile, long-jobs and watching sessions are
-browserless.
+page). The hostile, long-jobs and watching sessions are browserless.
 
 Reported per N: failed sessions, exceptions on the page, click p50/p95 (click to the awaited text, a drawing
 from the pen lifted; for all regular sessions, for each kind, and Chromium's seconds per action), queue wait

@@ -113,8 +113,9 @@ class ThinSession:
             self._get(f"{self.base}/{ref}")
 
     async def close(self) -> None:
-        for task in [*self._fragments.values(), *self._live.values()]:
+        for task in self._fragments.values():
             task.cancel()
+        self._stop_live()
         if self._reader:
             self._reader.cancel()
         if self.ws is not None:

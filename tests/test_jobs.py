@@ -296,8 +296,14 @@ def test_a_worker_takes_only_cpu_time_a_process_of_another_session_leaves():
     sessions first (autogroup), the idle class alone left the worker half the core."""
     cpu = sorted(os.sched_getaffinity(0))[-1]
     procs = [
-        subprocess.Popen([sys.executable, "-c", _SPIN, str(cpu), kind, "2"], cwd=ROOT, stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+        subprocess.Popen(
+            [sys.executable, "-c", _SPIN, str(cpu), kind, "2"],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )  # fmt: skip
         for kind in ("worker", "other")
     ]
     for p in procs:
