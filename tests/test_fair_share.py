@@ -188,8 +188,9 @@ def test_a_short_run_starts_at_once_beside_a_long_one_which_then_goes_on_where_i
     runner = _runner(store, max_job_s=600)
     try:
         assert runner.wait_ready(60)
-        n = 60  # about 20 s alone on an idle 2-core machine: long enough to outlast the short run's start
-        long = runner.submit(TrainConfig.preset("hard", epochs=n, batch_size=8, data="synthetic"), owner="a")
+        # Far more epochs than the test waits for, so that the long run cannot end before the short one
+        # however slow or quick the machine is; it is stopped once it has gone on after its pause.
+        long = runner.submit(TrainConfig.preset("hard", epochs=500, batch_size=8, data="synthetic"), owner="a")
         assert wait_for(lambda: len(store.epochs(long)) >= 2, timeout=180)  # (a first run may build C++)
         time.sleep(max(0.0, 1.6 - (time.time() - store.get_run(long)["started"])))
         short = runner.submit(TrainConfig.preset("hard", epochs=1, data="synthetic"), owner="b")
@@ -198,20 +199,27 @@ def test_a_short_run_starts_at_once_beside_a_long_one_which_then_goes_on_where_i
             {k: store.get_run(long)[k] for k in ("status", "yield_requested", "paused_since")},
             time.time(),
         )
-        b, a = store.get_run(short), store.get_run(long)
+        b = store.get_run(short)
         # It waited for a worker process to start (a few seconds on an idle machine), not for the long run.
         assert b["started"] - b["created"] < 30, "the short run waited for the long one"
-        assert a["status"] == "running", "the long run should have been paused while the short one trained"
-        assert wait_for(lambda: store.get_run(long)["status"] == "finished", timeout=60), store.get_run(long)
+        a = store.get_run(long)
+        assert a["status"] == "running", a
+        assert a["paused_seconds"] > 0 or a["paused_since"] is not None, "the long run was never paused"
+        # Once the short run is over, the long one goes on: it leaves its pause and trains more epochs.
+        assert wait_for(lambda: store.get_run(long)["paused_since"] is None, timeout=20), store.get_run(long)
+        done = len(store.epochs(long))
+        assert wait_for(lambda: len(store.epochs(long)) >= done + 2, timeout=60), store.get_run(long)
+        runner.stop(long)
+        assert wait_for(lambda: store.get_run(long)["status"] == "cancelled", timeout=10), store.get_run(long)
         a = store.get_run(long)
         # It was paused for the whole of the short run, then went on where it was: every epoch once.
         assert a["paused_seconds"] >= b["finished"] - b["started"] > 0
         records = store.epochs(long)
-        assert [r["epoch"] for r in records] == list(range(1, n + 1))
+        assert [r["epoch"] for r in records] == list(range(1, len(records) + 1))
         # The pause is in no epoch's seconds, nor in the run's training time.
         assert max(r["seconds"] for r in records) < a["paused_seconds"]
-        assert a["train_seconds"] == pytest.approx(sum(r["seconds"] for r in records), abs=0.01)
         assert a["train_seconds"] < a["finished"] - a["started"] - a["paused_seconds"] + 0.5
+        assert a["train_seconds"] >= sum(r["seconds"] for r in records) - 0.01
         assert wait_for(lambda: len(runner.worker_pids()) == 1, timeout=10)  # the extra worker is gone
     finally:
         runner.shutdown()
