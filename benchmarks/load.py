@@ -238,9 +238,23 @@ class Outcome:
     owners: list[str] = field(default_factory=list)  # display names of students whose short run was queued
     hostile: dict = field(default_factory=dict)
     watching: dict = field(default_factory=dict)
+    first_loads: list[dict] = field(default_factory=list)  # where each Chromium tab's first load went
 
 
 # --- a regular student, in Chromium -----------------------------------------------------------------
+
+
+# Milliseconds from the page's request: its HTML, the last of the scripts and styles its HTML names (the
+# server answers each), those scripts run (DOMContentLoaded), and the load event; then how many files.
+FIRST_LOAD_JS = """() => {
+  const n = performance.getEntriesByType('navigation')[0];
+  const res = performance.getEntriesByType('resource');
+  const early = res.filter(r => r.startTime < n.domInteractive);
+  const last = early.reduce((m, r) => Math.max(m, r.responseEnd), 0);
+  return {html_ms: Math.round(n.responseEnd), files_ms: Math.round(last),
+          dcl_ms: Math.round(n.domContentLoadedEventEnd), load_ms: Math.round(n.loadEventEnd),
+          files: res.length, early_files: early.length};
+}"""
 
 
 async def timed(latencies: list[tuple[str, float]], label: str, action, awaited) -> None:
@@ -269,6 +283,7 @@ async def one_session(i: int, browser, base: str, out: Outcome, pace: Pace, plan
     try:
         home = page.get_by_role("heading", name="Multi-task learning playground")
         await timed(latencies, "load the app", lambda: page.goto(base + "/"), home)
+        out.first_loads.append({"s": round(latencies[-1][1], 2), **await page.evaluate(FIRST_LOAD_JS)})
         step = "name"
         name = page.get_by_test_id("stSidebar").get_by_role("textbox", name="Your name")
         await name.fill(student_name(i))
@@ -878,6 +893,7 @@ def measure(n: int, pace: Pace, plan: Plan, browser_nice: int, browsers: int, mn
         if watch_s > 0
         else None,
         "hostile_canvas": out.hostile,
+        "chromium_first_loads": out.first_loads,
         "compare_open_all_runs_s": None if compare_s is None else round(compare_s, 2),
         "browsers_nice": browser_nice,
         "setup_s": round(phases.bell - phases.setup, 1),

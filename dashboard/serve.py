@@ -8,6 +8,7 @@ no browser open), then Streamlit on `app.py` in this same process.
 from __future__ import annotations
 
 import ctypes
+import socket
 import sys
 from pathlib import Path
 
@@ -36,6 +37,30 @@ def _one_torch_thread() -> None:
     import torch
 
     torch.set_num_threads(1)
+
+
+def _answer_without_delay() -> None:
+    """Streamlit 1.67 binds its listening socket as `socket.socket(family)`, whose protocol number reads 0,
+    and asyncio turns Nagle's algorithm off (TCP_NODELAY) only on connections whose socket says TCP. So
+    every answer after the first on a kept-alive connection waited for the browser's delayed ACK: 44 ms a
+    file (2-7 ms on a fresh connection), and a first visit asks for about 60 scripts and styles over six
+    connections. The socket is the same; it is only named as TCP here, so each connection it accepts gets
+    TCP_NODELAY from asyncio (tests/test_server.py times a kept-alive connection)."""
+    from streamlit.web.server.starlette import starlette_server
+
+    bind = starlette_server._bind_socket
+    if getattr(bind, "names_tcp", False):
+        return
+
+    def bind_as_tcp(address: str, port: int, backlog: int) -> socket.socket:
+        sock = bind(address, port, backlog)
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.proto != socket.IPPROTO_TCP:
+            sock = socket.socket(sock.family, sock.type, socket.IPPROTO_TCP, fileno=sock.detach())
+            sock.setblocking(False)
+        return sock
+
+    bind_as_tcp.names_tcp = True  # type: ignore[attr-defined]
+    starlette_server._bind_socket = bind_as_tcp
 
 
 def _install_ingress_budget() -> None:
@@ -93,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         RunnerSettings.from_env()  # every MTL_* setting checked before anything is opened or started
         RateLimits.from_env()
         _install_ingress_budget()
+        _answer_without_delay()
         install_live_progress()
         _router_from_the_first_request()
         runner = server_runner()
