@@ -63,25 +63,30 @@ def _answer_without_delay() -> None:
     starlette_server._bind_socket = bind_as_tcp
 
 
-def _install_ingress_budget() -> None:
-    """Put dashboard/ingress.py's per-tab budget in front of Streamlit's own middleware. Streamlit 1.67
-    offers middleware only to an `st.App` script, which plain `streamlit run app.py` is not, so the list
-    its server builds is extended here; tests/test_ingress.py checks that the list still takes it."""
+def _install_front_middleware() -> None:
+    """Put dashboard/static_cache.py's memory of Streamlit's immutable files, then dashboard/ingress.py's
+    per-tab budget, in front of Streamlit's own middleware. Streamlit 1.67 offers middleware only to an
+    `st.App` script, which plain `streamlit run app.py` is not, so the list its server builds is extended
+    here; tests/test_ingress.py checks that the list still takes them."""
     from starlette.middleware import Middleware
+    from streamlit import config
     from streamlit.web.server.starlette import starlette_app
 
     from dashboard.ingress import IngressBudget, IngressLimits
+    from dashboard.static_cache import StaticCache
 
     limits = IngressLimits.from_env()
     build = starlette_app.create_streamlit_middleware
-    if getattr(build, "with_ingress_budget", False):
+    if getattr(build, "with_front_middleware", False):
         return
 
-    def with_budget() -> list[Middleware]:
-        return [Middleware(IngressBudget, limits=limits), *build()]
+    def with_front() -> list[Middleware]:
+        base = (config.get_option("server.baseUrlPath") or "").strip("/")
+        static = "/" + "/".join(filter(None, [base, "static"])) + "/"
+        return [Middleware(StaticCache, prefix=static), Middleware(IngressBudget, limits=limits), *build()]
 
-    with_budget.with_ingress_budget = True  # type: ignore[attr-defined]
-    starlette_app.create_streamlit_middleware = with_budget
+    with_front.with_front_middleware = True  # type: ignore[attr-defined]
+    starlette_app.create_streamlit_middleware = with_front
 
 
 def _router_from_the_first_request() -> None:
@@ -117,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         RunnerSettings.from_env()  # every MTL_* setting checked before anything is opened or started
         RateLimits.from_env()
-        _install_ingress_budget()
+        _install_front_middleware()
         _answer_without_delay()
         install_live_progress()
         _router_from_the_first_request()

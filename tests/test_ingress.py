@@ -113,15 +113,17 @@ def test_the_rates_come_from_the_environment_and_are_checked(monkeypatch):
         IngressLimits.from_env()
 
 
-def test_the_server_puts_the_budget_in_front_of_streamlits_own_middleware(monkeypatch):
+def test_the_server_puts_the_static_cache_and_the_budget_in_front_of_streamlits_own_middleware(monkeypatch):
     from streamlit.web.server.starlette import starlette_app
+
+    from dashboard.static_cache import StaticCache
 
     own = [m.cls for m in starlette_app.create_streamlit_middleware()]
     monkeypatch.setattr(starlette_app, "create_streamlit_middleware", starlette_app.create_streamlit_middleware)
-    serve._install_ingress_budget()
-    serve._install_ingress_budget()  # twice: still once
+    serve._install_front_middleware()
+    serve._install_front_middleware()  # twice: still once
     built = [m.cls for m in starlette_app.create_streamlit_middleware()]
-    assert built == [IngressBudget, *own]
+    assert built == [StaticCache, IngressBudget, *own]
     # and the app Streamlit's server builds reads that list (its runtime is only stored by the builder)
     app = starlette_app.create_starlette_app(runtime=MagicMock())
-    assert [m.cls for m in app.user_middleware][0] is IngressBudget
+    assert [m.cls for m in app.user_middleware][:2] == [StaticCache, IngressBudget]
