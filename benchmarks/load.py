@@ -80,6 +80,7 @@ from PIL import Image
 from playwright.async_api import async_playwright, expect
 from stats import percentile  # benchmarks/stats.py, beside this script
 from thin_client import ThinSession, has, stroke_json, value  # benchmarks/thin_client.py
+from watch_cpu import SCRIPT_DONE_JS  # benchmarks/watch_cpu.py
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"  # where this project's machines keep MNIST (tests/browser too)
@@ -324,7 +325,9 @@ async def one_session(i: int, browser, base: str, out: Outcome, pace: Pace, plan
         step = "form"
         form = page.get_by_test_id("stForm")  # the Data box keeps its default: the form's default data
         epochs = form.get_by_label("Epochs", exact=True)
-        # Until the rerun for the model ends, the previous model's form is still drawn beside the new one.
+        # Until the rerun for the model ends, the previous model's form is still drawn beside the new one
+        # (once seen drawn twice again after a count of one): the rerun ends first.
+        await page.wait_for_function(SCRIPT_DONE_JS, timeout=T)
         await expect(epochs).to_have_count(1, timeout=T)
         await epochs.fill(str(plan.short_epochs))
         await epochs.press("Tab")
@@ -722,7 +725,7 @@ async def chromium_watching(base: str, cookies: dict[str, str], seconds: float, 
     """% of one core a Chromium tab on Train costs its browser while it watches one of the long-jobs
     student's runs train (its cookie, so its runs): the browser's whole process tree, sampled over
     `seconds` once the progress line shows the run moving (benchmarks/watch_cpu.py's measure)."""
-    from watch_cpu import SCRIPT_DONE_JS, chromium_tree, cpu_of
+    from watch_cpu import chromium_tree, cpu_of
 
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
