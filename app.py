@@ -5,7 +5,7 @@ import sqlite3
 import streamlit as st
 
 from dashboard.sidebar import sidebar_ui
-from dashboard.state import get_runner, keep_widget_values
+from dashboard.state import get_runner, guard_page_switches, keep_widget_values
 from dashboard.text import md_escape
 from dashboard.timing import timed_run
 from mtl_core.settings import SettingError
@@ -24,6 +24,7 @@ pages = [
     st.Page("pages/cross_stitch.py", title="Cross-stitch", icon="🧵"),
     st.Page("pages/draw.py", title="Draw", icon="✏️"),
 ]
+guard_page_switches()  # a fragment's late rerun never undoes a page switch (once per process)
 keep_widget_values()
 nav = st.navigation(pages)
 # getattr: outside a server (bare mode, e.g. a process that imports this file) a page has no title.

@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     _fewer_malloc_arenas()
     _one_torch_thread()
     from dashboard.live import install as install_live_progress
+    from dashboard.state import guard_page_switches
     from mtl_core.jobs.runner import RunnerSettings, server_runner
     from mtl_core.settings import SettingError
     from mtl_core.store.classroom import teacher_token
@@ -126,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         _answer_without_delay()
         install_live_progress()
         _router_from_the_first_request()
+        guard_page_switches()
         runner = server_runner()
     except (SettingError, StoreUnavailable) as exc:
         print(f"mtl-playground: cannot start: {exc}", file=sys.stderr, flush=True)

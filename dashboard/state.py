@@ -194,3 +194,40 @@ def rerun_app() -> None:
                      cached_message_hashes=ctx.cached_message_hashes, context_info=ctx.context_info)  # fmt: skip
     if request_app_rerun(requests, data):
         st.empty()  # a yield point: the script runner acts on the queued rerun here, as st.rerun does
+
+
+def guard_page_switches() -> None:
+    """A fragment's rerun that reaches the server after a click on another page must not take the student
+    back. Streamlit 1.67 folds queued reruns into one, and the newest request's page and address win, even
+    when the newest is a fragment's timed rerun or a progress line's trigger sent by the page being left:
+    the load benchmark's class lost a page switch that way. With this guard, a fragment's request folded
+    into a queued rerun of the whole app keeps that rerun's page, address and kind; everything else is
+    folded as Streamlit folds it (widget values included). The fold is Streamlit's own method, wrapped
+    once per process (app.py calls this on each run; tests/test_dashboard_helpers.py pins the behaviour)."""
+    from dataclasses import replace
+
+    from streamlit.runtime.scriptrunner_utils.script_requests import ScriptRequests
+
+    fold = getattr(ScriptRequests, "_request_rerun_locked", None)
+    if fold is None or getattr(fold, "keeps_page_switch", False):
+        return
+
+    def fold_keeping_the_page(self, new_data):  # noqa: ANN001, ANN202 - Streamlit's own signature
+        try:
+            pending = self._rerun_data if _full_rerun_queued(self) else None
+        except AttributeError:  # another Streamlit: fold as it does
+            pending = None
+        folded = fold(self, new_data)
+        if folded and pending is not None and (new_data.fragment_id or new_data.fragment_id_queue):
+            self._rerun_data = replace(
+                self._rerun_data,
+                page_script_hash=pending.page_script_hash,
+                page_name=pending.page_name,
+                query_string=pending.query_string,
+                context_info=pending.context_info,
+                is_auto_rerun=pending.is_auto_rerun,
+            )
+        return folded
+
+    fold_keeping_the_page.keeps_page_switch = True  # type: ignore[attr-defined]
+    ScriptRequests._request_rerun_locked = fold_keeping_the_page

@@ -227,6 +227,43 @@ def test_a_poll_and_a_page_switch_colliding_always_end_on_the_clicked_page(click
     assert [w.id for w in data.widget_states.widgets] == ["f_epochs_hard"]
 
 
+@pytest.mark.parametrize("late", ["timed", "trigger"])
+def test_a_fragments_late_rerun_never_takes_a_student_back_from_a_page_switch(late):
+    """The collision the load benchmark's class hit: the student clicks Compare, and before that rerun
+    starts, the Train page's fragment asks for its own rerun (its timer, or the progress line's trigger,
+    sent by the page being left). Streamlit folds the two and the newest page wins; with
+    guard_page_switches the click's page, address and kind stay, and the fragment's widget values are
+    still folded in. Two fragment requests still fold as Streamlit folds them."""
+    from streamlit.proto.WidgetStates_pb2 import WidgetStates
+    from streamlit.runtime.scriptrunner_utils.script_requests import RerunData, ScriptRequests
+
+    from dashboard.state import guard_page_switches
+
+    guard_page_switches()
+    guard_page_switches()  # twice is once
+    requests = ScriptRequests()
+    requests.request_rerun(RerunData(page_script_hash="compare-page", query_string="", page_name="compare"))
+    widgets = WidgetStates()
+    widgets.widgets.add(id="live_progress_r1", string_trigger_value={"data": "finished:2"})
+    fragment = {"timed": dict(fragment_id="monitor", is_auto_rerun=True), "trigger": dict(fragment_id="monitor")}
+    requests.request_rerun(RerunData(page_script_hash="train-page", query_string="run=r1", page_name="train",
+                                     widget_states=widgets, **fragment[late]))  # fmt: skip
+    data = requests._rerun_data
+    assert (data.page_script_hash, data.query_string, data.page_name) == ("compare-page", "", "compare")
+    assert not data.fragment_id_queue and not data.is_auto_rerun
+    assert [w.id for w in data.widget_states.widgets] == ["live_progress_r1"]
+    # A click after a fragment's request: the click's page, as before.
+    requests = ScriptRequests()
+    requests.request_rerun(RerunData(page_script_hash="train-page", **fragment[late]))
+    requests.request_rerun(RerunData(page_script_hash="compare-page"))
+    assert requests._rerun_data.page_script_hash == "compare-page"
+    # Two fragments' requests on one page: both fragments queued, the newest's page (Streamlit's own fold).
+    requests = ScriptRequests()
+    requests.request_rerun(RerunData(page_script_hash="train-page", fragment_id="a", is_auto_rerun=True))
+    requests.request_rerun(RerunData(page_script_hash="train-page", fragment_id="b", is_auto_rerun=True))
+    assert requests._rerun_data.fragment_id_queue == ["a", "b"]
+
+
 def test_the_conflict_chart_has_one_line_per_task_pair_and_a_zero_line():
     from dashboard.charts import conflict_chart
 
