@@ -1,6 +1,12 @@
 """Start the dashboard: the job runner first (so queued jobs resume and dead workers are replaced with
 no browser open), then Streamlit on `app.py` in this same process.
 
+What this launcher adds to Streamlit's own server, each in a function below: connections without Nagle's
+delay, Streamlit's immutable files answered from memory (dashboard/static_cache.py) and a budget on what
+one tab may send (dashboard/ingress.py) in front of its middleware, the training progress route
+(dashboard/live.py), the router from the first request on, no page switch undone by a fragment's late
+rerun (dashboard/state.py), one torch thread and two malloc arenas for the server's own work.
+
 `python -m dashboard.serve [streamlit run options]`, e.g. `--server.port 8501`. Plain
 `streamlit run app.py` works too; the runner then starts with the first page view.
 """

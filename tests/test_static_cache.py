@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -36,7 +37,8 @@ def request(cache, path="/static/js/index.abc123.js", method="GET", headers=(), 
         return {"type": "http.request", "body": b"", "more_body": False}
 
     scope = {"type": kind, "method": method, "path": path, "query_string": b"", "headers": list(headers)}
-    asyncio.run(cache(scope, receive, send))
+    with ThreadPoolExecutor(1) as pool:  # a loop of its own: the browser tests leave one running here
+        pool.submit(asyncio.run, cache(scope, receive, send)).result()
     start = next(m for m in sent if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     return start["status"], start["headers"], body
