@@ -51,7 +51,8 @@ def _answer_without_delay() -> None:
     every answer after the first on a kept-alive connection waited for the browser's delayed ACK: 44 ms a
     file (2-7 ms on a fresh connection), and a first visit asks for about 60 scripts and styles over six
     connections. The socket is the same; it is only named as TCP here, so each connection it accepts gets
-    TCP_NODELAY from asyncio (tests/test_server.py times a kept-alive connection)."""
+    TCP_NODELAY from asyncio (tests/test_server.py checks the option, tests/browser/test_http.py times a
+    kept-alive connection)."""
     from streamlit.web.server.starlette import starlette_server
 
     bind = starlette_server._bind_socket
