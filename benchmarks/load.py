@@ -84,6 +84,9 @@ from stats import percentile  # benchmarks/stats.py, beside this script
 from thin_client import ThinSession, has, stroke_json, value  # benchmarks/thin_client.py
 from watch_cpu import SCRIPT_DONE_JS  # benchmarks/watch_cpu.py
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+from mtl_core.jobs.autogroup import set_group_nice  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"  # where this project's machines keep MNIST (tests/browser too)
 CHROMIUM = os.environ.get("MTL_CHROMIUM", "/usr/bin/chromium")
@@ -637,21 +640,9 @@ def renice(processes: list[psutil.Process], nice: int) -> None:
         try:
             p.nice(nice)
             if os.getsid(p.pid) == p.pid:
-                lower_group(p.pid, nice)
+                set_group_nice(nice, p.pid)
         except (psutil.Error, OSError):
             pass
-
-
-def lower_group(pid: int, nice: int) -> None:
-    group = Path(f"/proc/{pid}/autogroup")
-    for _ in range(20):  # the kernel allows one change of a group's niceness per 100 ms, machine-wide
-        try:
-            group.write_text(str(nice))
-            return
-        except FileNotFoundError:
-            return  # no autogroup here: the processes' niceness is the whole story
-        except OSError:
-            time.sleep(0.11)
 
 
 def renice_browsers(server_pid: int, nice: int) -> None:

@@ -9,7 +9,6 @@ the worker's stdin pipe; the operating system closes it whichever way the server
 from __future__ import annotations
 
 import argparse
-import errno
 import math
 import os
 import signal
@@ -26,6 +25,7 @@ from mtl_core.analysis import predictions_bytes, predictions_from_outputs
 from mtl_core.checkpoint import model_bytes
 from mtl_core.config import ConfigError, TrainConfig
 from mtl_core.data import DataUnavailable, MTLData, load_data, make_multimnist
+from mtl_core.jobs.autogroup import set_group_nice
 from mtl_core.settings import IDLE_CLASS
 from mtl_core.store.run_link import STORE_ERRORS, RunLink, StoreLink, is_store_failure, store_problem
 from mtl_core.store.runs import STORE_EXIT, RunStore
@@ -393,17 +393,7 @@ def _lower_session_group(nice: int) -> None:
     a session of its own, never when it shares the caller's (a worker started by hand from a shell)."""
     if os.getsid(0) != os.getpid():
         return
-    group = Path("/proc/self/autogroup")
-    for _ in range(20):
-        try:
-            group.write_text(str(nice))
-            return
-        except FileNotFoundError:  # a kernel without autogroup: the niceness above is the whole story
-            return
-        except OSError as exc:
-            if exc.errno != errno.EAGAIN:
-                return
-            time.sleep(0.11)  # the kernel allows one change of a group's niceness per 100 ms, machine-wide
+    set_group_nice(nice)
 
 
 def main(argv: list[str] | None = None) -> None:
