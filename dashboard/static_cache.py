@@ -82,7 +82,7 @@ class StaticCache:
         immutable = any(n.lower() == b"cache-control" and b"immutable" in v.lower() for n, v in headers)
         if start.get("status") != 200 or not immutable or names & _PASS_RESPONSE:
             return
-        if size != len(body) or size > MAX_FILE_BYTES or self.kept_bytes + size > MAX_TOTAL_BYTES:
+        if size > MAX_FILE_BYTES or self.kept_bytes + size > MAX_TOTAL_BYTES:  # (over it, body is cut short)
             return
         if key not in self.kept:
             self.kept[key] = (200, headers, body)
