@@ -279,22 +279,45 @@ async def nav(page, latencies, name: str, heading: str) -> None:
     await timed(latencies, f"open {name}", link.click, page.get_by_role("heading", name=heading))
 
 
-async def finished_in_store(db: Path, name: str) -> float:
-    """Wait for this student's short run to be finished in the run store; when it was (monotonic)."""
-    deadline = time.monotonic() + JOB_WAIT_S
-    while time.monotonic() < deadline:
-        if any(r["status"] == "finished" for r in await asyncio.to_thread(runs_of, db, name)):
-            return time.monotonic()
-        await asyncio.sleep(0.25)
-    raise TimeoutError(f"its run did not finish in {JOB_WAIT_S} s")
+class FinishedRuns:
+    """When each student's short run was first seen finished in the run store: one reader for the whole
+    class, every 0.25 s while anyone waits, rather than one per waiting session."""
+
+    def __init__(self, db: Path):
+        self.db, self.seen = db, {}
+        self._events: dict[str, asyncio.Event] = {}
+        self._reader: asyncio.Task | None = None
+
+    async def when(self, name: str) -> float:
+        """Wait for this student's run to be finished in the store; when it was first seen so (monotonic)."""
+        if self._reader is None:
+            self._reader = asyncio.create_task(self._read())
+        try:
+            await asyncio.wait_for(self._events.setdefault(name, asyncio.Event()).wait(), JOB_WAIT_S)
+        except TimeoutError:
+            raise TimeoutError(f"its run did not finish in {JOB_WAIT_S} s") from None
+        return self.seen[name]
+
+    async def _read(self) -> None:
+        while True:
+            names = await asyncio.to_thread(finished_owners, self.db)
+            now = time.monotonic()
+            for name in names - self.seen.keys():
+                self.seen[name] = now
+                self._events.setdefault(name, asyncio.Event()).set()
+            await asyncio.sleep(0.25)
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
 
 
-async def shown_finished(db: Path, name: str, kind: str, out: Outcome, shown) -> None:
+async def shown_finished(finished: FinishedRuns, name: str, kind: str, out: Outcome, shown) -> None:
     """The page on Train must show the run finished by itself (no click): the seconds from the store
     saying so to the page saying so are recorded; past SHOWN_WITHIN_S the session fails (a lost update)."""
     done = asyncio.create_task(shown())
     try:
-        store_t = await finished_in_store(db, name)
+        store_t = await finished.when(name)
         try:
             await asyncio.wait_for(asyncio.shield(done), SHOWN_WITHIN_S)
         except TimeoutError:
@@ -304,7 +327,7 @@ async def shown_finished(db: Path, name: str, kind: str, out: Outcome, shown) ->
     out.finish_shown_s[kind].append(max(0.0, time.monotonic() - store_t))
 
 
-async def one_session(i: int, browser, base: str, out: Outcome, pace: Pace, plan: Plan, db: Path) -> bool:
+async def one_session(i: int, browser, base: str, out: Outcome, pace: Pace, plan: Plan, runs: FinishedRuns) -> bool:
     await pace.arrive(i)
     latencies = out.latencies["browser"]
     # Its own context, as each student has a browser: tabs of one context would be background tabs,
@@ -351,7 +374,7 @@ async def one_session(i: int, browser, base: str, out: Outcome, pace: Pace, plan
         await nav(page, latencies, "Train", "Train")
         step = "wait for the job"
         finished = page.get_by_text(re.compile(rf"Finished all {plan.short_epochs} epochs"))
-        await shown_finished(db, student_name(i), "browser", out, lambda: finished_visible(finished))
+        await shown_finished(runs, student_name(i), "browser", out, lambda: finished_visible(finished))
         step = "draw"
         await pace.think()
         await nav(page, latencies, "Draw", "Draw a digit")
@@ -407,7 +430,7 @@ async def finished_visible(locator) -> None:
     await expect(locator).to_be_visible(timeout=(JOB_WAIT_S + SHOWN_WITHIN_S) * 1000)
 
 
-async def thin_session(i: int, base: str, out: Outcome, pace: Pace, plan: Plan, db: Path) -> bool:
+async def thin_session(i: int, base: str, out: Outcome, pace: Pace, plan: Plan, runs: FinishedRuns) -> bool:
     """The same student as one_session, on the wire without a browser (benchmarks/thin_client.py)."""
     await pace.arrive(i)
     latencies = out.latencies["thin"]
@@ -430,7 +453,7 @@ async def thin_session(i: int, base: str, out: Outcome, pace: Pace, plan: Plan, 
         step = "wait for the job"
         finished = has(re.compile(rf"Finished all {plan.short_epochs} epochs"))
         await shown_finished(
-            db, student_name(i), "thin", out, lambda: s.wait_for(finished, timeout_s=JOB_WAIT_S + SHOWN_WITHIN_S)
+            runs, student_name(i), "thin", out, lambda: s.wait_for(finished, timeout_s=JOB_WAIT_S + SHOWN_WITHIN_S)
         )
         step = "draw"
         await pace.think()
@@ -692,11 +715,13 @@ async def run_class(
             renice_browsers(sampler.server.pid, browser_nice)
         in_chromium = browser_indices(regular, browsers)
         phases.bell = time.monotonic()
+        runs = FinishedRuns(db)
         ok = await asyncio.gather(*(
-            one_session(i, browser, base, out, pace, plan, db) if i in in_chromium
-            else thin_session(i, base, out, pace, plan, db)
+            one_session(i, browser, base, out, pace, plan, runs) if i in in_chromium
+            else thin_session(i, base, out, pace, plan, runs)
             for i in range(regular)
         ))  # fmt: skip
+        runs.close()
         compare_s = await teacher_opens_compare(browser, base) if regular else None
         await browser.close()
     phases.class_over = time.monotonic()
@@ -779,6 +804,22 @@ def runs_of(db: Path, name: str, status: str | None = None) -> list[dict]:
     finally:
         con.close()
     return [dict(r) for r in rows if status is None or r["status"] == status]
+
+
+def finished_owners(db: Path) -> set[str]:
+    """Display names of the students with a finished run in the store."""
+    if not db.exists():
+        return set()
+    con = _read_store(db)
+    try:
+        rows = con.execute(
+            "SELECT DISTINCT o.name FROM runs r JOIN owners o ON o.owner = r.owner WHERE r.status = 'finished'"
+        ).fetchall()
+    except sqlite3.Error:
+        return set()
+    finally:
+        con.close()
+    return {r[0] for r in rows}
 
 
 def store_figures(db: Path, owners: list[str], plan: Plan) -> dict:
